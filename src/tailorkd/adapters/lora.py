@@ -1,0 +1,51 @@
+"""LoRA adapters through PEFT, on the self-attention projections by default (as the paper does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tailorkd.errors import TailorkdError
+from tailorkd.recipe import AdapterConfig
+
+# Attention projection names by family, most specific first: LLaMA/Gemma/Mistral, OPT, BERT, GPT-2.
+_ATTENTION_NAME_SETS = (
+    ("q_proj", "k_proj", "v_proj", "o_proj"),
+    ("q_proj", "k_proj", "v_proj", "out_proj"),
+    ("query", "key", "value"),
+    ("c_attn",),
+)
+
+
+def attention_modules(model: Any) -> list[str]:
+    """The attention projection module names present in ``model`` (leaf names, as PEFT matches them)."""
+    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    for names in _ATTENTION_NAME_SETS:
+        present = [n for n in names if n in leaves]
+        if "q_proj" in present or "query" in present or "c_attn" in present:
+            return present
+    raise TailorkdError(
+        f"adapter.target_modules: cannot tell the attention projections of {type(model).__name__}; "
+        f"name them in the recipe (linear layers found: {sorted(leaves)[:20]})"
+    )
+
+
+def attach_lora(model: Any, config: AdapterConfig, kind: str) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = config.target_modules or attention_modules(model)
+    lora = LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        # GPT-2's Conv1D stores weights transposed; PEFT must know.
+        fan_in_fan_out=targets == ["c_attn"],
+        task_type=TaskType.SEQ_CLS if kind == "encoder" else TaskType.CAUSAL_LM,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise TailorkdError(f"adapter.target_modules={targets}: {exc}") from exc

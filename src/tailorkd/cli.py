@@ -1,0 +1,164 @@
+"""The ``tailorkd`` command. Each subcommand is a plain function; its docstring is its help.
+
+Every recipe command takes ``key.sub=value`` overrides after the recipe path, e.g.
+``tailorkd run recipes/bbc-news/x.yaml teacher.batch_size=4 data.splits.test_size=50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from tailorkd.errors import TailorkdError
+
+
+def _recipe(path: str, overrides: list[str]):
+    from tailorkd.recipe import load_recipe
+
+    return load_recipe(path, overrides)
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['recipe']['name']}: test set")
+    for col in ("system", "model", "accuracy", "macro-F1", "sensitivity", "specificity", "texts/s"):
+        table.add_column(col)
+    for name, sys_ in report["systems"].items():
+        m = sys_["metrics"]
+        tps = sys_.get("texts_per_second")
+        table.add_row(name, sys_["model"], *(f"{100 * m[k]:.2f}" for k in ("accuracy", "macro_f1", "sensitivity", "specificity")),
+                      "-" if tps is None else f"{tps:.1f}")
+    Console().print(table)
+
+
+def run(recipe: str, overrides: list[str], force: bool = False) -> None:
+    """Run every stage of RECIPE: prepare data, label with the teacher, distil the student, evaluate.
+
+    Work already done and still valid for the recipe is skipped (use --force to redo it).
+    """
+    from tailorkd import pipeline
+
+    r = _recipe(recipe, overrides)
+    report = pipeline.run(r, force=force)
+    _print_summary(report)
+    print(f"report: {r.output_dir}/report.md")
+
+
+def validate(recipe: str, overrides: list[str]) -> None:
+    """Check RECIPE (keys, types, files) and print it resolved, without running anything."""
+    r = _recipe(recipe, overrides)
+    print(r.to_yaml(), end="")
+    print(f"# {recipe}: valid", file=sys.stderr)
+
+
+def prepare(recipe: str, overrides: list[str], force: bool = False) -> None:
+    """Read RECIPE's data sources and write the seed / pool / test splits."""
+    from tailorkd import pipeline
+
+    data = pipeline.prepare(_recipe(recipe, overrides), force=force)
+    print(json.dumps({"seed": len(data.seed), "pool": len(data.pool), "test": len(data.test),
+                      "rejects": len(data.rejects)}))
+
+
+def label(recipe: str, overrides: list[str]) -> None:
+    """Label RECIPE's unlabelled pool and test set with the teacher (resumes where it stopped)."""
+    from tailorkd import pipeline
+
+    summary = pipeline.label(_recipe(recipe, overrides))
+    print(json.dumps({k: summary[k] for k in ("teacher", "pool_labelled", "test_labelled", "pool_predicted_counts")}))
+
+
+def distill(recipe: str, overrides: list[str], force: bool = False) -> None:
+    """Train RECIPE's student on the teacher's labels."""
+    from tailorkd import pipeline
+
+    print(pipeline.distill(_recipe(recipe, overrides), force=force))
+
+
+def evaluate(recipe: str, overrides: list[str]) -> None:
+    """Evaluate teacher and student on RECIPE's human-labelled test set; write report.md and report.json."""
+    from tailorkd import pipeline
+
+    _print_summary(pipeline.evaluate(_recipe(recipe, overrides)))
+
+
+def models_list() -> None:
+    """List the named offline models, whether their packages are installed and whether they are prepared."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tailorkd.models import list_models
+
+    table = Table(title="tailorkd models")
+    for col in ("name", "kind", "installed", "prepared", "description"):
+        table.add_column(col)
+    for m in list_models():
+        table.add_row(m["name"], m["kind"], "yes" if m["installed"] else "no", "yes" if m["prepared"] else "no",
+                      m["description"])
+    Console().print(table)
+
+
+def models_prepare(names: list[str], force: bool = False) -> None:
+    """Convert the named packaged models once into the cache (all of them when no name is given)."""
+    from tailorkd.models import REGISTRY, prepare_model
+
+    for name in names or list(REGISTRY):
+        print(f"{name}: {prepare_model(name, force=force)}")
+
+
+def _help(fn: Callable[..., Any]) -> tuple[str, str]:
+    doc = inspect.getdoc(fn) or ""
+    return doc.splitlines()[0], doc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailorkd", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for fn in (run, validate, prepare, label, distill, evaluate):
+        short, long = _help(fn)
+        p = sub.add_parser(fn.__name__, help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("recipe", help="path to a recipe YAML")
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+        if "force" in inspect.signature(fn).parameters:
+            p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
+        p.set_defaults(func=fn)
+
+    models = sub.add_parser("models", help="named offline models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    short, long = _help(models_list)
+    msub.add_parser("list", help=short, description=long).set_defaults(func=models_list)
+    short, long = _help(models_prepare)
+    mp = msub.add_parser("prepare", help=short, description=long)
+    mp.add_argument("names", nargs="*", help="registry names (default: all)")
+    mp.add_argument("--force", action="store_true", help="convert again even if cached")
+    mp.set_defaults(func=models_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=True)])
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    kwargs = {k: v for k, v in vars(args).items() if k in inspect.signature(args.func).parameters}
+    try:
+        args.func(**kwargs)
+    except TailorkdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Loading every source into one table, and the three deterministic splits written to disk.
+
+- **seed**: ``seed_per_class`` rows of each task label: the small expert-labelled set for few-shot prompts;
+- **test**: ``test_size`` rows, stratified by label: proportional to each label's share of the labelled rows
+  left after the seed set (largest remainders; each label gets at least one when ``test_size`` allows):
+  the human-labelled test set;
+- **pool**: every other row, **without its label column**: the unlabelled texts the teacher labels. Rows
+  without a label only ever go to the pool. ``pool_size`` caps it with a seeded random sample.
+
+Determinism: with ``dedupe`` on, a text seen before (in source order, then file order, then line order) is
+dropped first. The rows are then sorted by ``id`` (ids are unique) and drawn with
+``numpy.random.default_rng(seed)``, label by label in sorted label order, so the same records and seed give
+the same splits whatever the order of the sources' rows or of ``task.labels``. Each split comes out in a
+seeded random order (so any prefix of the pool is a random sample of it).
+
+On disk (``prepare_data``): ``seed.parquet``, ``pool.parquet``, ``test.parquet``, ``rejects.jsonl`` and
+``stats.json``, each written to a temporary file then moved into place; ``stats.json`` is removed first and
+written last, so a folder with a ``stats.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tailorkd.data.config import DataConfig, FileSource, SplitConfig
+from tailorkd.data.readers import RECORD_FIELDS, make_reject
+from tailorkd.data.sources import read_source, source_display_name
+from tailorkd.errors import TailorkdError
+
+SCHEMA_VERSION = 1
+SPLIT_NAMES: tuple[str, ...] = ("seed", "pool", "test")
+POOL_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f != "label")
+FILES = {
+    "seed": "seed.parquet",
+    "pool": "pool.parquet",
+    "test": "test.parquet",
+    "rejects": "rejects.jsonl",
+    "stats": "stats.json",
+}
+
+
+@dataclass
+class PreparedData:
+    """The three splits (the pool has no ``label`` column), the rejects and the stats of a data run."""
+
+    seed: pd.DataFrame
+    pool: pd.DataFrame
+    test: pd.DataFrame
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _label_counts(labels: pd.Series, task_labels: Sequence[str] | None = None) -> dict[str, int]:
+    """Rows per label: every task label (0 when absent), then any other label met, sorted."""
+    counts = Counter(str(v) for v in labels.dropna())
+    order = list(task_labels or []) + sorted(set(counts) - set(task_labels or []))
+    return {label: int(counts.get(label, 0)) for label in order}
+
+
+def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows (dicts with the record fields) as a DataFrame with the columns of ``RECORD_FIELDS``."""
+    frame = pd.DataFrame(rows, columns=list(RECORD_FIELDS))
+    return frame.astype({c: "str" for c in RECORD_FIELDS}) if len(frame) == 0 else frame
+
+
+def load_records(
+    cfg: DataConfig, task_labels: list[str], base_dir: Path
+) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, Any]]:
+    """Read every source: (records, rejects, stats).
+
+    records has the columns of ``RECORD_FIELDS``; ``label`` is a task label or missing. A label mapping that
+    gives a label outside ``task_labels`` is a TailorkdError naming the source and the label. A row whose id
+    was already seen (in an earlier row of any source) is a reject.
+    """
+    task_labels = list(task_labels)
+    rows: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    source_stats: list[dict[str, Any]] = []
+    excluded_total: Counter[str] = Counter()
+    for index, source in enumerate(cfg.sources):
+        key = f"data.sources.{index}"
+        result = read_source(
+            source, base_dir, key=key, task_labels=task_labels, max_reject_fraction=cfg.max_reject_fraction
+        )
+        labels = Counter(row["label"] for row in result.rows if row["label"] is not None)
+        entry: dict[str, Any] = {
+            "key": key,
+            "kind": source.kind,
+            "name": source_display_name(source),
+            "files": len(result.files),
+            "records": result.records,
+            "rows": len(result.rows),
+            "rejects": len(result.rejects),
+            "excluded": dict(sorted(result.excluded.items())),
+            "unlabelled": result.unlabelled,
+            "labels": {label: labels.get(label, 0) for label in task_labels},
+        }
+        if isinstance(source, FileSource):
+            entry["format"] = source.format
+        entry.update(result.notes)
+        source_stats.append(entry)
+        excluded_total.update(result.excluded)
+        rows.extend(result.rows)
+        rejects.extend(result.rejects)
+
+    first_seen: dict[str, str] = {}
+    kept: list[dict[str, Any]] = []
+    duplicate_ids = 0
+    for row in rows:
+        seen_at = first_seen.get(row["id"])
+        if seen_at is None:
+            first_seen[row["id"]] = row["origin"]
+            kept.append(row)
+            continue
+        duplicate_ids += 1
+        file, _, line = row["origin"].rpartition(":")
+        position = "row" if Path(file).suffix.lower() in (".parquet", ".pq") else "line"
+        raw = json.dumps({k: row[k] for k in ("id", "text")}, ensure_ascii=False)
+        rejects.append(
+            make_reject(file, int(line), f"duplicate id {row['id']!r} (first seen at {seen_at})", raw, position)
+        )
+    if not kept:
+        raise TailorkdError("data.sources: no usable rows in any source (see the rejects and exclusions)")
+    records = records_frame(kept)
+    stats: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "task_labels": task_labels,
+        "sources": source_stats,
+        "rows": len(records),
+        "rows_per_source": {str(k): int(v) for k, v in records["source"].value_counts(sort=False).items()},
+        "labels": _label_counts(records["label"], task_labels),
+        "unlabelled": int(records["label"].isna().sum()),
+        "rejects": len(rejects),
+        "duplicate_ids": duplicate_ids,
+        "excluded": int(sum(excluded_total.values())),
+        "excluded_by_raw_label": dict(sorted(excluded_total.items())),
+    }
+    return records, rejects, stats
+
+
+def drop_duplicate_texts(records: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """(records without texts seen before, how many were dropped, how many of those had a different label
+    from the kept row)."""
+    duplicated = records["text"].duplicated(keep="first")
+    n_dropped = int(duplicated.sum())
+    if n_dropped == 0:
+        return records, 0, 0
+    first_label = records.loc[~duplicated].set_index("text")["label"]
+    dropped = records.loc[duplicated]
+    kept_label = dropped["text"].map(first_label)
+    conflicting = dropped["label"].notna() & kept_label.notna() & (dropped["label"] != kept_label)
+    return records.loc[~duplicated].reset_index(drop=True), n_dropped, int(conflicting.sum())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# splitting
+
+
+def _allocate(total: int, available: dict[str, int], order: list[str]) -> dict[str, int]:
+    """``total`` split over the labels in proportion to ``available`` (largest remainders, exact integer
+    arithmetic, ties to the earlier label), then at least one per label that has rows when total allows."""
+    quota = {c: 0 for c in order}
+    pool = sum(available.values())
+    if total <= 0 or pool == 0:
+        return quota
+    remainders = {}
+    for c in order:
+        quota[c], remainders[c] = divmod(total * available[c], pool)
+    left = total - sum(quota.values())
+    for c in sorted(order, key=lambda c: (-remainders[c], order.index(c)))[:left]:
+        quota[c] += 1
+    present = [c for c in order if available[c] > 0]
+    if total >= len(present):
+        for c in present:
+            if quota[c] == 0:
+                donor = max(order, key=lambda d: (quota[d], -order.index(d)))
+                if quota[donor] > 1:
+                    quota[donor] -= 1
+                    quota[c] += 1
+    return quota
+
+
+def make_splits(
+    records: pd.DataFrame, splits: SplitConfig, task_labels: list[str], seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(seed, pool, test): disjoint, deterministic for the same records and seed; the pool has no label
+    column. With ``splits.dedupe`` repeated texts are dropped first (keeping the first)."""
+    missing = [c for c in RECORD_FIELDS if c not in records.columns]
+    if missing:
+        raise TailorkdError(f"records lack the column(s) {', '.join(missing)}")
+    frame = records[list(RECORD_FIELDS)]
+    if splits.dedupe:
+        frame, _, _ = drop_duplicate_texts(frame)
+    repeated = frame["id"][frame["id"].duplicated()]
+    if len(repeated):
+        raise TailorkdError(f"row ids must be unique; repeated: {sorted(set(repeated))[:5]}")
+    unknown = sorted(set(frame["label"].dropna()) - set(task_labels))
+    if unknown:
+        raise TailorkdError(f"rows carry label(s) {unknown} that are not task labels ({', '.join(task_labels)})")
+
+    frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(task_labels))
+    labels = frame["label"]
+    k = splits.seed_per_class
+
+    seed_parts: list[np.ndarray] = []
+    rest: dict[str, np.ndarray] = {}
+    for c in classes:
+        members = np.flatnonzero(labels.eq(c).fillna(False).to_numpy(dtype=bool))
+        if len(members) < k:
+            raise TailorkdError(
+                f"label {c!r} has {len(members)} labelled row(s), fewer than data.splits.seed_per_class={k}; "
+                f"add labelled data for it or lower seed_per_class"
+            )
+        order = rng.permutation(members)
+        seed_parts.append(order[:k])
+        rest[c] = order[k:]
+
+    available = {c: len(rest[c]) for c in classes}
+    if splits.test_size > sum(available.values()):
+        raise TailorkdError(
+            f"data.splits.test_size={splits.test_size}, but only {sum(available.values())} labelled rows are "
+            f"left after the seed set ({k} per label); lower test_size or add labelled data"
+        )
+    if splits.test_size >= len(classes):
+        empty = [c for c in classes if available[c] == 0]
+        if empty:
+            raise TailorkdError(
+                f"label(s) {empty} have no labelled rows left for the test set after the seed set "
+                f"(data.splits.seed_per_class={k}); add labelled data or lower seed_per_class"
+            )
+    quota = _allocate(splits.test_size, available, classes)
+    test_parts = [rest[c][: quota[c]] for c in classes]
+    leftover = [rest[c][quota[c] :] for c in classes]
+    unlabelled = np.flatnonzero(labels.isna().to_numpy(dtype=bool))
+    remaining = np.sort(np.concatenate([*leftover, unlabelled]).astype(np.int64))
+    if splits.pool_size is not None and splits.pool_size < len(remaining):
+        pool_idx = rng.choice(remaining, size=splits.pool_size, replace=False)
+    else:
+        pool_idx = rng.permutation(remaining)
+
+    def take(parts: list[np.ndarray] | np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
+        idx = np.concatenate(parts) if isinstance(parts, list) else parts
+        idx = rng.permutation(np.asarray(idx, dtype=np.int64))
+        return frame.iloc[idx][list(columns)].reset_index(drop=True)
+
+    seed_df = take(seed_parts, RECORD_FIELDS)
+    test_df = take(test_parts, RECORD_FIELDS)
+    pool_df = frame.iloc[pool_idx][list(POOL_FIELDS)].reset_index(drop=True)
+    return seed_df, pool_df, test_df
+
+
+# --------------------------------------------------------------------------------------------------------------
+# writing and reading
+
+
+def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write a split with every column as (nullable) text, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(str(c), pa.string()) for c in frame.columns])
+    columns = {str(c): [None if pd.isna(v) else str(v) for v in frame[c].tolist()] for c in frame.columns}
+    table = pa.Table.from_pydict(columns, schema=schema)
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: int, base_dir: Path) -> PreparedData:
+    """Read the sources, split them and write the splits, rejects and stats to ``out_dir``."""
+    records, rejects, stats = load_records(cfg, task_labels, base_dir)
+    n_before = len(records)
+    n_dup = n_conflict = 0
+    if cfg.splits.dedupe:
+        records, n_dup, n_conflict = drop_duplicate_texts(records)
+    seed_df, pool_df, test_df = make_splits(records, cfg.splits, task_labels, seed)
+
+    label_of = records.set_index("id")["label"]
+    pool_labels = pool_df["id"].map(label_of)
+    stats.update(
+        {
+            "seed": seed,
+            "dedupe": cfg.splits.dedupe,
+            "duplicates_dropped": n_dup,
+            "duplicates_with_other_label": n_conflict,
+            "rows_after_dedupe": len(records),
+            "unused": len(records) - len(seed_df) - len(test_df) - len(pool_df),
+            "splits": {
+                "seed": {"rows": len(seed_df), "labels": _label_counts(seed_df["label"], task_labels)},
+                "test": {"rows": len(test_df), "labels": _label_counts(test_df["label"], task_labels)},
+                "pool": {
+                    "rows": len(pool_df),
+                    "unlabelled": int(pool_labels.isna().sum()),
+                    # The pool's labels are hidden from the pipeline; their counts are for the report only.
+                    "hidden_labels": _label_counts(pool_labels, task_labels),
+                },
+            },
+        }
+    )
+    assert n_before == stats["rows"]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats_path = out_dir / FILES["stats"]
+    if stats_path.exists():
+        stats_path.unlink()  # the folder reads as incomplete until the new stats.json is written
+    for name, frame in (("seed", seed_df), ("pool", pool_df), ("test", test_df)):
+        write_parquet(frame, out_dir / FILES[name])
+    _write_text(out_dir / FILES["rejects"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    _write_text(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    return PreparedData(seed=seed_df, pool=pool_df, test=test_df, rejects=rejects, stats=stats)
+
+
+def load_prepared(out_dir: Path) -> PreparedData:
+    """Read back what :func:`prepare_data` wrote to ``out_dir``."""
+    out_dir = Path(out_dir)
+    missing = [name for name in FILES.values() if not (out_dir / name).is_file()]
+    if missing:
+        raise TailorkdError(
+            f"{out_dir}: the prepared data is missing or incomplete (no {', '.join(missing)}); run the data step again"
+        )
+    try:
+        stats = json.loads((out_dir / FILES["stats"]).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TailorkdError(f"{out_dir / FILES['stats']}: not valid JSON ({exc}); run the data step again") from None
+    if stats.get("schema_version") != SCHEMA_VERSION:
+        raise TailorkdError(
+            f"{out_dir / FILES['stats']}: schema_version {stats.get('schema_version')!r} is not "
+            f"{SCHEMA_VERSION}; run the data step again"
+        )
+    rejects = [
+        json.loads(line)
+        for line in (out_dir / FILES["rejects"]).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    splits = {name: pd.read_parquet(out_dir / FILES[name]) for name in SPLIT_NAMES}
+    return PreparedData(seed=splits["seed"], pool=splits["pool"], test=splits["test"], rejects=rejects, stats=stats)

@@ -1,0 +1,248 @@
+"""The whole workflow, readable top to bottom: prepare -> label -> distill -> evaluate.
+
+Each stage reads the recipe and the previous stage's files in the run folder and writes its own, so
+any stage can be rerun alone; ``run`` calls them in order and skips work that is already done:
+
+    <output_dir>/recipe.yaml                    the resolved recipe (overrides applied)
+    <output_dir>/data/{seed,pool,test}.parquet  splits (+ rejects.jsonl, stats.json)
+    <output_dir>/labels.sqlite                  the teacher's class distributions
+    <output_dir>/students/student/              the trained student (student.json + adapter/)
+    <output_dir>/predictions/*.parquet          per-text predictions on the test set
+    <output_dir>/report.{md,json}               the comparison against human labels
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tailorkd.data import PreparedData, load_prepared, prepare_data
+from tailorkd.errors import TailorkdError
+from tailorkd.labels import LabelStore, text_hash
+from tailorkd.prompts import choose_shots
+from tailorkd.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+STUDENT_DIR = "students/student"
+
+
+def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _shots(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
+    return choose_shots(_rows(data.seed), recipe.task.label_names, recipe.prompt.shots, recipe.seed)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+# -- stage 1: data ---------------------------------------------------------------------------------
+def prepare(recipe: Recipe, force: bool = False) -> PreparedData:
+    """Read the sources and write the seed / pool / test splits (skipped when the recipe's data is unchanged)."""
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    data_dir = out / "data"
+    fingerprint = recipe.content_hash("data", "task", "seed")
+    stamp = data_dir / "recipe_hash.txt"
+    if not force and stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        log.info("data: splits in %s are up to date", data_dir)
+        return load_prepared(data_dir)
+    data = prepare_data(recipe.data, recipe.task.label_names, data_dir, recipe.seed, recipe.base_dir)
+    stamp.write_text(fingerprint)
+    log.info("data: seed %d, pool %d, test %d, rejects %d -> %s", len(data.seed), len(data.pool), len(data.test),
+             len(data.rejects), data_dir)
+    return data
+
+
+def _data(recipe: Recipe) -> PreparedData:
+    data_dir = Path(recipe.output_dir) / "data"
+    if not (data_dir / "recipe_hash.txt").is_file():
+        return prepare(recipe)
+    return load_prepared(data_dir)
+
+
+# -- stage 2: teacher labels -----------------------------------------------------------------------
+def _teacher(recipe: Recipe, data: PreparedData):
+    from tailorkd.teachers import LocalTeacher
+
+    return LocalTeacher(recipe.teacher, recipe.task, recipe.prompt, _shots(recipe, data))
+
+
+def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
+    """The teacher labels the unlabelled pool (training targets) and the test set (for its evaluation)."""
+    from tailorkd.teachers import label_rows
+
+    data = _data(recipe)
+    teacher = teacher or _teacher(recipe, data)
+    out = Path(recipe.output_dir)
+    t0 = time.perf_counter()
+    with LabelStore(out / "labels.sqlite") as store:
+        pool = label_rows(teacher, _rows(data.pool), store, desc="teacher: pool")
+        test = label_rows(teacher, _rows(data.test), store, desc="teacher: test")
+    summary = {
+        "teacher": teacher.identity,
+        "prompt": teacher.builder.describe(),
+        "pool_labelled": len(pool),
+        "test_labelled": len(test),
+        "pool_predicted_counts": pd.Series([r.predicted for r in pool.values()]).value_counts().to_dict(),
+        "seconds": time.perf_counter() - t0,
+    }
+    _write_json(out / "labels_summary.json", summary)
+    return summary
+
+
+def _teacher_records(recipe: Recipe, data: PreparedData, split: str) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Rows of a split with the teacher's stored probabilities and per-text seconds (label stage must be done)."""
+    out = Path(recipe.output_dir)
+    summary_path = out / "labels_summary.json"
+    if not summary_path.is_file():
+        raise TailorkdError(f"{out}: no teacher labels yet; run `tailorkd label` first")
+    summary = json.loads(summary_path.read_text())
+    rows = _rows(getattr(data, split))
+    with LabelStore(out / "labels.sqlite") as store:
+        found = store.get(summary["teacher"], summary["prompt"]["fingerprint"], [text_hash(r["text"]) for r in rows],
+                          recipe.task.label_names)
+    missing = [r["id"] for r in rows if text_hash(r["text"]) not in found]
+    if missing:
+        raise TailorkdError(f"{out / 'labels.sqlite'}: {len(missing)} {split} texts have no teacher label "
+                            f"(e.g. {missing[:3]}); rerun `tailorkd label`")
+    recs = [found[text_hash(r["text"])] for r in rows]
+    return rows, np.array([r.probs for r in recs]), np.array([r.seconds for r in recs])
+
+
+# -- stage 3: distillation -------------------------------------------------------------------------
+def distill(recipe: Recipe, force: bool = False) -> Path:
+    """Train the student's adapter on the teacher's distributions over the pool."""
+    from transformers import set_seed
+
+    from tailorkd.distill import distill_student
+    from tailorkd.students import STUDENT_FILE, build_student
+
+    data = _data(recipe)
+    rows, probs, _ = _teacher_records(recipe, data, "pool")
+    out = Path(recipe.output_dir) / STUDENT_DIR
+    fingerprint = recipe.content_hash("data", "task", "seed", "prompt", "teacher", "student", "adapter", "distill")
+    info_path = out / STUDENT_FILE
+    if not force and info_path.is_file() and json.loads(info_path.read_text()).get("recipe_hash") == fingerprint:
+        log.info("distill: student in %s is up to date", out)
+        return out
+    set_seed(recipe.seed)
+    student = build_student(recipe.student, recipe.task, recipe.prompt, _shots(recipe, data))
+    summary = distill_student(student, rows, probs, recipe.adapter, recipe.distill, out, recipe.seed,
+                              info={"recipe_hash": fingerprint, "base_model": recipe.student.model})
+    log.info("distill: %d steps in %.1fs, final loss %s -> %s", summary["steps"], summary["train_seconds"],
+             summary["train_loss"], out)
+    return out
+
+
+# -- stage 4: evaluation ---------------------------------------------------------------------------
+def _predictions_frame(rows: list[dict[str, Any]], probs: np.ndarray, names: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({"id": [r["id"] for r in rows], "label": [r["label"] for r in rows],
+                          "predicted": [names[i] for i in probs.argmax(1)], "confidence": probs.max(1)})
+    for j, name in enumerate(names):
+        frame[f"p_{name}"] = probs[:, j]
+    return frame
+
+
+def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Score teacher and student on the human-labelled test set and write report.md / report.json.
+
+    ``timings`` (seconds per stage, from ``run``) go into the report; this stage's own time is added.
+    """
+    t_start = time.perf_counter()
+    from transformers import set_seed
+
+    from tailorkd.evaluation import classification_metrics, write_report
+    from tailorkd.students import load_student, predict_probs
+
+    data = _data(recipe)
+    out = Path(recipe.output_dir)
+    names = recipe.task.label_names
+    systems: dict[str, Any] = {}
+    test_rows = _rows(data.test)
+    truth = [r["label"] for r in test_rows]
+    pred_dir = out / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+
+    if "teacher" in recipe.evaluation.systems:
+        rows, probs, seconds = _teacher_records(recipe, data, "test")
+        frame = _predictions_frame(rows, probs, names)
+        frame.to_parquet(pred_dir / "teacher.parquet", index=False)
+        systems["teacher"] = {
+            "model": recipe.teacher.model,
+            "metrics": classification_metrics(truth, frame["predicted"].tolist(), names),
+            "texts_per_second": float(1.0 / seconds.mean()) if seconds.mean() > 0 else None,
+        }
+
+    if "student" in recipe.evaluation.systems:
+        folder = out / STUDENT_DIR
+        set_seed(recipe.seed)
+        student = load_student(folder, recipe.task, recipe.prompt, _shots(recipe, data), recipe.student)
+        t0 = time.perf_counter()
+        probs = predict_probs(student, test_rows, recipe.evaluation.batch_size, desc="student: test")
+        elapsed = time.perf_counter() - t0
+        frame = _predictions_frame(test_rows, probs, names)
+        frame.to_parquet(pred_dir / "student.parquet", index=False)
+        info = json.loads((folder / "student.json").read_text())
+        metrics = classification_metrics(truth, frame["predicted"].tolist(), names)
+        if "teacher" in systems:
+            teacher_pred = pd.read_parquet(pred_dir / "teacher.parquet")["predicted"].tolist()
+            metrics["agreement_with_teacher"] = float(np.mean(np.array(teacher_pred) == frame["predicted"].to_numpy()))
+        systems["student"] = {
+            "model": recipe.student.model,
+            "kind": student.kind,
+            "adapter": recipe.adapter.method,
+            "metrics": metrics,
+            "texts_per_second": len(test_rows) / elapsed if elapsed > 0 else None,
+            "training": info.get("summary", {}),
+        }
+
+    labels_summary_path = out / "labels_summary.json"
+    report = {
+        "recipe": {"name": recipe.name, "hash": recipe.content_hash(), "task": recipe.task.name},
+        "data": data.stats,
+        "prompt": json.loads(labels_summary_path.read_text())["prompt"] if labels_summary_path.is_file() else None,
+        "systems": systems,
+    }
+    if "teacher" in systems and "student" in systems:
+        t, s = systems["teacher"]["metrics"], systems["student"]["metrics"]
+        report["student_vs_teacher"] = {
+            "accuracy_ratio": s["accuracy"] / t["accuracy"] if t["accuracy"] else None,
+            "macro_f1_ratio": s["macro_f1"] / t["macro_f1"] if t["macro_f1"] else None,
+            "speedup": (systems["student"]["texts_per_second"] / systems["teacher"]["texts_per_second"]
+                        if systems["teacher"]["texts_per_second"] and systems["student"]["texts_per_second"] else None),
+        }
+    if timings is not None:
+        timings = {**timings, "evaluate": round(time.perf_counter() - t_start, 2)}
+        timings["total"] = round(sum(timings.values()), 2)
+        report["timings_seconds"] = timings
+    return write_report(report, recipe, out)
+
+
+def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
+    """Every stage in order; finished, valid work is skipped unless ``force``."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, stage: Any) -> Any:
+        start = time.perf_counter()
+        result = stage()
+        timings[name] = round(time.perf_counter() - start, 2)
+        return result
+
+    timed("prepare", lambda: prepare(recipe, force))
+    timed("label", lambda: label(recipe))
+    timed("distill", lambda: distill(recipe, force))
+    return evaluate(recipe, timings=timings)

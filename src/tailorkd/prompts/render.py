@@ -1,0 +1,147 @@
+"""Render a task prompt for one model: its chat template when it has one, else a plain template.
+
+The prompt always ends where the answer begins, so a class is scored as the likelihood of its
+verbalizer right after the prompt (``label_continuations``). Teacher and causal-LM student use the
+same parts, each through its own tokenizer's format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from tailorkd.recipe import PromptConfig, TaskConfig
+
+
+def clip_text(text: str, max_chars: int) -> str:
+    """Cut ``text`` to at most ``max_chars`` characters at a word boundary, marking the cut with '...'."""
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return text
+    cut = text[: max_chars - 3]
+    space = cut.rfind(" ")
+    if space > max_chars // 2:
+        cut = cut[:space]
+    return cut + "..."
+
+
+def choose_shots(seeds: Sequence[dict[str, Any]], label_names: list[str], k: int, seed: int) -> list[dict[str, Any]]:
+    """Pick ``k`` seed examples balanced across classes (round-robin), in a seeded, interleaved order."""
+    if k == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[dict[str, Any]]] = {name: [] for name in label_names}
+    for row in sorted(seeds, key=lambda r: str(r["id"])):
+        if row.get("label") in by_label:
+            by_label[row["label"]].append(row)
+    for rows in by_label.values():
+        rng.shuffle(rows)
+    order = list(label_names)
+    rng.shuffle(order)
+    chosen: list[dict[str, Any]] = []
+    while len(chosen) < k and any(by_label.values()):
+        for name in order:
+            if by_label[name] and len(chosen) < k:
+                chosen.append(by_label[name].pop())
+    return chosen
+
+
+def _input_text(title: str | None, text: str, max_chars: int) -> str:
+    body = f"{title.strip()}. {text}" if title and title.strip() else text
+    return clip_text(body, max_chars)
+
+
+@dataclass
+class PromptBuilder:
+    task: TaskConfig
+    config: PromptConfig
+    tokenizer: Any
+    shots: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        has_chat = bool(getattr(self.tokenizer, "chat_template", None))
+        if self.config.template == "chat" and not has_chat:
+            raise ValueError("prompt.template is 'chat' but the tokenizer has no chat template")
+        self.use_chat = self.config.template == "chat" or (self.config.template == "auto" and has_chat)
+
+    # -- parts ---------------------------------------------------------------------------------
+    def _task_text(self) -> str:
+        lines = [self.config.instruction.strip()]
+        if self.config.describe_labels:
+            lines.append("")
+            lines.append("Labels:")
+            for label in self.task.labels:
+                desc = f": {label.description}" if label.description else ""
+                lines.append(f"- {label.answer}{desc}")
+        lines.append("")
+        lines.append("Answer with the label only.")
+        return "\n".join(lines)
+
+    def _answer_of(self, label_name: str) -> str:
+        return next(label.answer for label in self.task.labels if label.name == label_name)
+
+    def _input_block(self, title: str | None, text: str, max_chars: int) -> str:
+        return f"{self.config.input_prefix} {_input_text(title, text, max_chars)}".strip()
+
+    # -- rendering -----------------------------------------------------------------------------
+    def render(self, text: str, title: str | None = None) -> str:
+        """The full prompt for one input, ending exactly where the answer starts."""
+        if self.use_chat:
+            return self._render_chat(text, title)
+        return self._render_plain(text, title)
+
+    def _render_plain(self, text: str, title: str | None) -> str:
+        parts = []
+        if self.config.system:
+            parts.append(self.config.system.strip())
+        parts.append(self._task_text())
+        for shot in self.shots:
+            parts.append(
+                self._input_block(shot.get("title"), shot["text"], self.config.max_shot_chars)
+                + f"\n{self.config.answer_prefix} {self._answer_of(shot['label'])}"
+            )
+        parts.append(self._input_block(title, text, self.config.max_text_chars) + f"\n{self.config.answer_prefix}")
+        return "\n\n".join(parts)
+
+    def _render_chat(self, text: str, title: str | None) -> str:
+        messages: list[dict[str, str]] = []
+        if self.config.system:
+            messages.append({"role": "system", "content": self.config.system.strip()})
+        preamble = self._task_text() + "\n\n"
+        for shot in self.shots:
+            block = self._input_block(shot.get("title"), shot["text"], self.config.max_shot_chars)
+            messages.append({"role": "user", "content": preamble + block})
+            messages.append({"role": "assistant", "content": self._answer_of(shot["label"])})
+            preamble = ""
+        messages.append({"role": "user", "content": preamble + self._input_block(title, text, self.config.max_text_chars)})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def label_continuations(self) -> list[str]:
+        """The text of each class's answer as it follows the prompt (a leading space after a cue)."""
+        tail = self.render("x")
+        sep = "" if tail[-1:].isspace() else " "
+        return [sep + label.answer for label in self.task.labels]
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes the rendered prompts: parts, shots, format and template."""
+        payload = {
+            "task": self.task.model_dump(mode="json"),
+            "prompt": self.config.model_dump(mode="json"),
+            "shots": [[s["id"], s["label"]] for s in self.shots],
+            "chat": self.use_chat,
+            "template": getattr(self.tokenizer, "chat_template", None) if self.use_chat else None,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """What the report records about the prompt used."""
+        return {
+            "format": "chat" if self.use_chat else "plain",
+            "shots": [{"id": s["id"], "label": s["label"]} for s in self.shots],
+            "fingerprint": self.fingerprint(),
+            "example": self.render("<input text>"),
+        }

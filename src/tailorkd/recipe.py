@@ -1,0 +1,261 @@
+"""The recipe: one YAML file that is the single source of truth for a run.
+
+Each section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error rather than a
+silently ignored setting. ``load_recipe`` reads the file, applies ``key.sub=value`` overrides, validates,
+and turns every problem into one :class:`TailorkdError` that names the file and the key path.
+
+Paths: data paths are relative to the recipe file's folder (so a recipe can sit beside its data);
+``output_dir`` is relative to the working directory (where the user runs ``tailorkd``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tailorkd.data.config import DataConfig
+from tailorkd.errors import TailorkdError
+
+SCHEMA_VERSION = 1
+SOURCE_KINDS = ("file", "bbc_news", "crisislex_t26", "financial_phrasebank")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LabelSpec(_Section):
+    """One class of the task. Its identity on disk is ``name``; ``verbalizer`` is what the models answer."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    verbalizer: str | None = Field(
+        default=None, description="The word(s) a language model answers for this class; default: name."
+    )
+
+    @property
+    def answer(self) -> str:
+        return self.verbalizer or self.name
+
+
+class TaskConfig(_Section):
+    name: str = Field(min_length=1, description="Short task name, used in reports.")
+    description: str = Field(min_length=1, description="What is being classified, in one sentence.")
+    labels: list[LabelSpec] = Field(min_length=2, description="The classes, in the order used everywhere.")
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, labels: list[LabelSpec]) -> list[LabelSpec]:
+        for what in ("name", "answer"):
+            values = [getattr(label, what) for label in labels]
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"label {what}s must be unique; repeated: {dupes}")
+        return labels
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+
+class PromptConfig(_Section):
+    """Prompt parts. Rendered through the model's chat template when it has one, else a plain template."""
+
+    system: str | None = None
+    instruction: str = Field(min_length=1)
+    describe_labels: bool = Field(default=True, description="List each label with its description.")
+    input_prefix: str = "Text:"
+    answer_prefix: str = Field(default="Answer:", description="Cue after which the label is scored.")
+    shots: int = Field(default=5, ge=0, description="Few-shot examples drawn from the seed set.")
+    max_text_chars: int = Field(default=600, ge=20, description="Each input text is cut to this length.")
+    max_shot_chars: int = Field(default=300, ge=20, description="Each few-shot example is cut to this length.")
+    template: Literal["auto", "chat", "plain"] = Field(
+        default="auto", description="auto: the chat template if the tokenizer has one, else plain."
+    )
+
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TeacherConfig(_Section):
+    model: str = Field(min_length=1, description="Registry name, local folder or hub id.")
+    dtype: Dtype = "float32"
+    device: Device = "auto"
+    batch_size: int = Field(default=8, ge=1)
+    length_normalize: bool = Field(
+        default=False, description="Score a multi-token label by its mean token log-probability."
+    )
+
+
+class StudentConfig(_Section):
+    model: str = Field(min_length=1, description="Registry name, local folder or hub id.")
+    kind: Literal["auto", "causal_lm", "encoder"] = Field(
+        default="auto", description="causal_lm answers through the prompt; encoder uses a classification head."
+    )
+    dtype: Dtype = "float32"
+    device: Device = "auto"
+    max_length: int = Field(default=256, ge=8, description="Token limit of one student input.")
+
+
+class AdapterConfig(_Section):
+    method: Literal["lora", "full", "none"] = Field(
+        default="lora", description="lora: train adapters only; full: all weights; none: untrained student."
+    )
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        default=None, description="Modules to adapt; default: the attention projections of the family."
+    )
+
+
+class DistillConfig(_Section):
+    epochs: float = Field(default=3.0, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    weight_decay: float = Field(default=0.001, ge=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(default=0.3, gt=0)
+    temperature: float = Field(default=1.0, gt=0, description="Softens both distributions; loss scaled by T^2.")
+
+
+class EvaluationConfig(_Section):
+    systems: list[Literal["teacher", "student"]] = Field(default_factory=lambda: ["teacher", "student"])
+    batch_size: int = Field(default=16, ge=1)
+
+    @field_validator("systems")
+    @classmethod
+    def _non_empty_unique(cls, systems: list[str]) -> list[str]:
+        if len(set(systems)) != len(systems):
+            raise ValueError("systems must not repeat")
+        return systems
+
+
+class Recipe(_Section):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1)
+    seed: int = 13
+    output_dir: Path
+    task: TaskConfig
+    data: DataConfig
+    prompt: PromptConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    adapter: AdapterConfig = AdapterConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    # Where the recipe file lies; data paths are relative to it. Not part of the recipe's content.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _shots_fit_seeds(self) -> Recipe:
+        seeds = self.data.splits.seed_per_class * len(self.task.labels)
+        if self.prompt.shots > seeds:
+            raise ValueError(
+                f"prompt.shots={self.prompt.shots} but the seed set has only {seeds} examples "
+                f"(data.splits.seed_per_class={self.data.splits.seed_per_class} x {len(self.task.labels)} labels)"
+            )
+        return self
+
+    def content_hash(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none), for naming and invalidating outputs."""
+        dump = self.model_dump(mode="json", include=set(sections) or None)
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise TailorkdError(f"override {text!r} is not of the form key.sub=value")
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise TailorkdError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise TailorkdError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``key.sub=value`` (value parsed as YAML; list items by index: ``data.sources.0.path=x``)."""
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise TailorkdError(f"override {text!r}: {where} is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise TailorkdError(f"override {text!r}: {'.'.join(parts[:depth])} is a value, not a section")
+    return raw
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: the recipe is not valid ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        # pydantic puts the tag of a tagged union (e.g. a source's kind) into the path: leave it out.
+        loc = [p for i, p in enumerate(err["loc"]) if not (i and isinstance(err["loc"][i - 1], int) and p in SOURCE_KINDS)]
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt, or not a setting of this section)"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; every problem is one TailorkdError naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise TailorkdError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TailorkdError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TailorkdError(f"{path}: a recipe is a mapping of sections (task, data, prompt, ...), got {type(raw).__name__}")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise TailorkdError(_format_validation_error(str(path), exc)) from None
+    recipe.base_dir = path.resolve().parent
+    check_files(recipe, str(path))
+    return recipe
+
+
+def check_files(recipe: Recipe, source: str) -> None:
+    """Fail early, naming the key and the path, when a file or folder the recipe names does not exist."""
+    from tailorkd.data.sources import resolve_source_path
+
+    for i, src in enumerate(recipe.data.sources):
+        try:
+            resolve_source_path(src, recipe.base_dir, key=f"data.sources.{i}")
+        except TailorkdError as exc:
+            raise TailorkdError(f"{source}: {exc}") from None

@@ -1,0 +1,109 @@
+"""Students learn the teacher's distributions: every family, each adapter method, save and reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows
+from tailorkd.distill import distill_student, soft_cross_entropy
+from tailorkd.recipe import AdapterConfig, DistillConfig, PromptConfig, StudentConfig, TaskConfig
+from tailorkd.students import CausalLMStudent, EncoderStudent, load_student, predict_probs
+
+TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TOPICS])
+PROMPT = PromptConfig(instruction="Topic?", shots=0, describe_labels=False)
+
+
+def test_soft_cross_entropy_is_minimal_at_the_teacher_and_scales_with_t():
+    teacher = torch.tensor([[0.7, 0.2, 0.1]])
+    at_teacher = soft_cross_entropy(torch.log(teacher), teacher)
+    elsewhere = soft_cross_entropy(torch.tensor([[0.0, 3.0, 0.0]]), teacher)
+    assert at_teacher < elsewhere
+    # Entropy of the teacher is the minimum of the cross-entropy.
+    assert at_teacher.item() == pytest.approx(-(teacher * teacher.log()).sum().item(), rel=1e-5)
+    # At T=2 the minimum is still at the teacher's logits.
+    logits = torch.log(teacher).requires_grad_()
+    soft_cross_entropy(logits, teacher, temperature=2.0).backward()
+    assert torch.allclose(logits.grad, torch.zeros_like(logits.grad), atol=1e-6)
+    with pytest.raises(ValueError):
+        soft_cross_entropy(torch.zeros(1, 2), teacher)
+
+
+def _targets(rows, sharp=0.9):
+    """A teacher that knows the topic: `sharp` on the right class, the rest spread evenly."""
+    probs = np.full((len(rows), len(TOPICS)), (1 - sharp) / (len(TOPICS) - 1))
+    for i, r in enumerate(rows):
+        probs[i, TOPICS.index(r["label"])] = sharp
+    return probs
+
+
+def _causal_student(folder):
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    return CausalLMStudent(model, tok, TASK, PROMPT, [], max_length=64)
+
+
+def _cross_entropy(student, rows, probs):
+    pred = predict_probs(student, rows, batch_size=16)
+    return float(-(probs * np.log(pred + 1e-12)).sum(1).mean())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_causal_students_learn_save_and_reload(tiny_models, tmp_path, family, method):
+    if family not in tiny_models:
+        pytest.skip(f"{family} not available in this transformers")
+    set_seed(0)
+    rows = topic_rows(6)
+    probs = _targets(rows)
+    student = _causal_student(tiny_models[family])
+    before = _cross_entropy(student, rows, probs)
+    adapter = AdapterConfig(method=method, r=8, alpha=16, dropout=0.0)
+    lr = 3e-2 if method == "lora" else 2e-3
+    summary = distill_student(student, rows, probs, adapter, DistillConfig(epochs=10, learning_rate=lr, batch_size=10,
+                              warmup_ratio=0.0, max_grad_norm=1.0), tmp_path / "student", seed=0,
+                              info={"base_model": str(tiny_models[family])})
+    after = _cross_entropy(student, rows, probs)
+    assert after < before - 0.1, f"{family}/{method}: cross-entropy to the teacher {before:.3f} -> {after:.3f}"
+    params = summary["parameters"]
+    if method == "lora":
+        assert 0 < params["trainable"] < 0.5 * params["total"]
+        assert (tmp_path / "student" / "adapter" / "adapter_config.json").is_file()
+    else:
+        assert params["trainable"] == params["total"]
+    reloaded = load_student(tmp_path / "student", TASK, PROMPT, [],
+                            StudentConfig(model=str(tiny_models[family]), kind="causal_lm", max_length=64))
+    np.testing.assert_allclose(predict_probs(reloaded, rows, 16), predict_probs(student, rows, 16), atol=1e-5)
+
+
+def test_encoder_student_learns_with_lora_and_reloads(tiny_models, tmp_path):
+    set_seed(0)
+    folder = tiny_models["bert"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=len(TOPICS), id2label=dict(enumerate(TOPICS)), label2id={t: i for i, t in enumerate(TOPICS)})
+    student = EncoderStudent(model, AutoTokenizer.from_pretrained(folder), TASK, PROMPT, max_length=64)
+    rows = topic_rows(6)
+    probs = _targets(rows)
+    before = _cross_entropy(student, rows, probs)
+    summary = distill_student(student, rows, probs, AdapterConfig(method="lora", r=8, alpha=16, dropout=0.0),
+                              DistillConfig(epochs=20, learning_rate=5e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0),
+                              tmp_path / "enc", seed=0, info={"base_model": str(folder)})
+    after = _cross_entropy(student, rows, probs)
+    assert after < before - 0.1
+    assert summary["steps"] > 0 and summary["loss_curve"]
+    set_seed(0)
+    reloaded = load_student(tmp_path / "enc", TASK, PROMPT, [], StudentConfig(model=str(folder), kind="encoder", max_length=64))
+    # The classification head is saved with the adapter (PEFT modules_to_save), so predictions match.
+    np.testing.assert_allclose(predict_probs(reloaded, rows, 16), predict_probs(student, rows, 16), atol=1e-5)
+
+
+def test_method_none_trains_nothing(tiny_models, tmp_path):
+    student = _causal_student(tiny_models["llama"])
+    rows = topic_rows(2)
+    before = predict_probs(student, rows, 8)
+    summary = distill_student(student, rows, _targets(rows), AdapterConfig(method="none"), DistillConfig(), tmp_path / "s",
+                              seed=0, info={})
+    assert summary["parameters"]["trainable"] == 0 and summary["steps"] == 0
+    np.testing.assert_allclose(predict_probs(student, rows, 8), before)

@@ -1,0 +1,126 @@
+"""The whole pipeline and the CLI end to end on tiny random models (seconds, no download)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TOPICS, topic_rows, write_jsonl
+from tailorkd import pipeline
+from tailorkd.cli import main
+from tailorkd.evaluation import classification_metrics
+from tailorkd.recipe import load_recipe
+
+
+def make_recipe(tmp_path, teacher, student, **extra) -> str:
+    write_jsonl(tmp_path / "news.jsonl", topic_rows(12))
+    raw = {
+        "name": "tiny", "seed": 3, "output_dir": str(tmp_path / "run"),
+        "task": {"name": "topic", "description": "The topic of a news item.",
+                 "labels": [{"name": t, "description": f"{t} news"} for t in TOPICS]},
+        "data": {"sources": [{"path": "news.jsonl", "columns": {"id": "id"}}],
+                 "splits": {"seed_per_class": 2, "test_size": 20}},
+        "prompt": {"instruction": "Which topic?", "shots": 3, "max_text_chars": 120},
+        "teacher": {"model": str(teacher), "batch_size": 4},
+        "student": {"model": str(student), "max_length": 256},
+        "adapter": {"method": "lora", "r": 4, "alpha": 8},
+        "distill": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return str(path)
+
+
+def labels_in_store(run_dir) -> int:
+    with sqlite3.connect(run_dir / "labels.sqlite") as conn:
+        return conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+
+
+@pytest.mark.parametrize("teacher,student", [("llama", "gpt2"), ("opt", "bert"), ("gemma3", "llama")])
+def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
+    if teacher not in tiny_models:
+        pytest.skip(f"{teacher} not available in this transformers")
+    recipe_path = make_recipe(tmp_path, tiny_models[teacher], tiny_models[student])
+    assert main(["run", recipe_path]) == 0
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert set(report["systems"]) == {"teacher", "student"}
+    assert set(report["timings_seconds"]) >= {"prepare", "label", "distill", "evaluate", "total"}
+    assert (run / "report.md").read_text().startswith("# tailorkd report: tiny")
+    assert "| teacher |" in (run / "report.md").read_text()
+
+    # The pool's labels never reach the pipeline; the teacher labelled pool and test, nothing else.
+    pool = pd.read_parquet(run / "data" / "pool.parquet")
+    assert "label" not in pool.columns and len(pool) == 60 - 10 - 20
+    assert labels_in_store(run) == 30 + 20
+
+    # Reported metrics are those of the stored predictions.
+    for system in ("teacher", "student"):
+        frame = pd.read_parquet(run / "predictions" / f"{system}.parquet")
+        recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
+        reported = report["systems"][system]["metrics"]
+        for key in ("accuracy", "macro_f1", "sensitivity", "specificity"):
+            assert reported[key] == pytest.approx(recomputed[key])
+        probs = frame[[f"p_{t}" for t in TOPICS]].to_numpy()
+        assert probs.sum(1) == pytest.approx(1.0)
+    student_info = report["systems"]["student"]["training"]
+    assert 0 < student_info["parameters"]["trainable"] < student_info["parameters"]["total"]
+
+    # A second run skips what is done: no new labels, the student is not retrained.
+    stamp = (run / "students" / "student" / "student.json").stat().st_mtime_ns
+    assert main(["run", recipe_path]) == 0
+    assert labels_in_store(run) == 50
+    assert (run / "students" / "student" / "student.json").stat().st_mtime_ns == stamp
+
+    # A changed prompt labels afresh rather than mixing old and new labels.
+    assert main(["label", recipe_path, "prompt.instruction=Name the topic."]) == 0
+    assert labels_in_store(run) == 100
+
+
+def test_interrupted_labelling_keeps_finished_chunks_and_resumes(tiny_models, tmp_path, monkeypatch):
+    recipe = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["gpt2"]))
+    pipeline.prepare(recipe)
+    from tailorkd import teachers
+    from tailorkd.teachers import local
+
+    calls = {"n": 0}
+    real_score = local.LocalTeacher.score
+
+    def dying_score(self, rows, bar=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed while scoring the second chunk
+        return real_score(self, rows, bar)
+
+    monkeypatch.setattr(local.LocalTeacher, "score", dying_score)
+    monkeypatch.setattr(teachers, "label_rows", functools.partial(local.label_rows, chunk=8))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.label(recipe)
+    assert labels_in_store(tmp_path / "run") == 8  # the first chunk survived
+    monkeypatch.setattr(local.LocalTeacher, "score", real_score)
+    pipeline.label(recipe)
+    assert labels_in_store(tmp_path / "run") == 50
+
+
+def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noutput_dir: y\nteacher: {model: m, batchsize: 2}\n", encoding="utf-8")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.batchsize" in err and "Traceback" not in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "recipe file not found" in capsys.readouterr().err
+
+
+def test_evaluate_before_label_says_what_to_run(tiny_models, tmp_path, capsys):
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["gpt2"])
+    assert main(["prepare", recipe_path]) == 0
+    assert main(["evaluate", recipe_path]) == 2
+    assert "tailorkd label" in capsys.readouterr().err

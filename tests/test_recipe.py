@@ -1,0 +1,106 @@
+"""Recipes: every shipped one parses; mistakes are one clear error naming the key (and file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tailorkd.errors import TailorkdError
+from tailorkd.recipe import apply_overrides, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "recipes").glob("*/*.yaml"))
+
+
+def test_recipes_are_shipped_and_named_by_convention():
+    assert SHIPPED, "no recipes shipped"
+    for path in SHIPPED:
+        assert "_to_" in path.stem, f"{path.name}: expected <teacher>_to_<student>_<method>.yaml"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_recipe_parses(path):
+    recipe = load_recipe(path)
+    assert recipe.task.label_names
+    assert recipe.base_dir == path.parent
+    assert path.stem.endswith(recipe.adapter.method)
+
+
+def minimal(tmp_path: Path, **changes) -> Path:
+    data = tmp_path / "texts.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n', encoding="utf-8")
+    raw = {
+        "name": "t", "output_dir": str(tmp_path / "run"),
+        "task": {"name": "t", "description": "d", "labels": [{"name": "x"}, {"name": "y"}]},
+        "data": {"sources": [{"path": "texts.jsonl"}], "splits": {"seed_per_class": 1, "test_size": 2}},
+        "prompt": {"instruction": "Classify.", "shots": 2},
+        "teacher": {"model": "m"}, "student": {"model": "s"},
+    }
+    for key, value in changes.items():
+        apply_overrides(raw, [f"{key}={value}"])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_minimal_recipe_gets_defaults(tmp_path):
+    recipe = load_recipe(minimal(tmp_path))
+    assert recipe.adapter.method == "lora" and recipe.distill.learning_rate == 2e-4
+    assert recipe.evaluation.systems == ["teacher", "student"]
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    with pytest.raises(TailorkdError) as err:
+        load_recipe(minimal(tmp_path, **{"teacher.batchsize": 4}))
+    assert "teacher.batchsize" in str(err.value) and "unknown key" in str(err.value)
+    assert "recipe.yaml" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(TailorkdError) as err:
+        load_recipe(minimal(tmp_path, **{"distill.epochs": "many"}))
+    assert "distill.epochs" in str(err.value) and "'many'" in str(err.value)
+
+
+def test_missing_data_file_names_key_and_path(tmp_path):
+    with pytest.raises(TailorkdError) as err:
+        load_recipe(minimal(tmp_path, **{"data.sources.0.path": "nowhere.jsonl"}))
+    assert "data.sources.0" in str(err.value) and "nowhere.jsonl" in str(err.value)
+
+
+def test_more_shots_than_seeds_is_an_error(tmp_path):
+    with pytest.raises(TailorkdError, match="prompt.shots=5"):
+        load_recipe(minimal(tmp_path, **{"prompt.shots": 5}))
+
+
+def test_duplicate_labels_are_an_error(tmp_path):
+    with pytest.raises(TailorkdError, match="unique"):
+        load_recipe(minimal(tmp_path, **{"task.labels.1.name": "x"}))
+
+
+def test_overrides_on_the_command_line(tmp_path):
+    recipe = load_recipe(minimal(tmp_path), ["teacher.batch_size=3", "adapter.method=full",
+                                             "prompt.system=Be brief.", "data.splits.test_size=4"])
+    assert recipe.teacher.batch_size == 3 and recipe.adapter.method == "full"
+    assert recipe.prompt.system == "Be brief." and recipe.data.splits.test_size == 4
+
+
+@pytest.mark.parametrize("bad", ["novalue", "data.sources.7.path=x", "teacher.model.sub=1"])
+def test_bad_overrides_are_clear(tmp_path, bad):
+    with pytest.raises(TailorkdError, match="override"):
+        load_recipe(minimal(tmp_path), [bad])
+
+
+def test_content_hash_tracks_sections(tmp_path):
+    a = load_recipe(minimal(tmp_path))
+    b = load_recipe(minimal(tmp_path), ["distill.epochs=9"])
+    assert a.content_hash("data", "task") == b.content_hash("data", "task")
+    assert a.content_hash("distill") != b.content_hash("distill")
+
+
+def test_error_inside_a_source_names_the_plain_key_path(tmp_path):
+    with pytest.raises(TailorkdError) as err:
+        load_recipe(minimal(tmp_path, **{"data.sources.0.format": "xml"}))
+    assert "data.sources.0.format:" in str(err.value)
