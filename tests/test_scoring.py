@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import CAUSAL_FAMILIES
-from tailorkd.scoring import LabelScorer, continuation_token_ids
+from tailorkd.scoring import LabelScorer, continuation_token_ids, shared_prefix
 
 
 def reference_scores(model, prompts, label_ids):
@@ -30,7 +30,7 @@ def test_exact_scores_match_reference_with_multi_token_labels(tiny_models, famil
     model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval()
     tok = AutoTokenizer.from_pretrained(tiny_models[family])
     texts = ["The team won the match.", "Shares rose on the market after profits were reported today.", "Rain."]
-    prompts = [tok(f"Text: {t}\nAnswer:")["input_ids"] for t in texts]
+    prompts = [tok(f"Classify the topic.\nText: {t}\nAnswer:")["input_ids"] for t in texts]
     # Labels of 1..several tokens; two share a first token.
     label_ids = continuation_token_ids(tok, "Text: x\nAnswer:", [" sport", " business news", " busy", " tech"], True)
     assert max(len(x) for x in label_ids) > 1
@@ -38,6 +38,14 @@ def test_exact_scores_match_reference_with_multi_token_labels(tiny_models, famil
     got = scorer.score_exact(prompts)  # one left-padded batch of different lengths
     want = reference_scores(model, prompts, label_ids)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    # With a cached shared prefix (the prompts' common start) the scores are the same.
+    scorer.set_shared_prefix(shared_prefix(prompts)[:-1])
+    assert len(scorer._prefix[0]) >= 3 and scorer._prefix_for(prompts) is not None
+    torch.testing.assert_close(scorer.score_exact(prompts), want, atol=1e-4, rtol=1e-4)
+    # A prompt that does not share the prefix falls back to full computation, still exact.
+    other = tok("Something else entirely")["input_ids"]
+    torch.testing.assert_close(scorer.score_exact([other]), reference_scores(model, [other], label_ids), atol=1e-4, rtol=1e-4)
 
     # The differentiable training form gives the same scores (full-sequence path: first tokens collide).
     assert not scorer.first_tokens_distinct

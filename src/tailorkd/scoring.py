@@ -3,9 +3,10 @@
 This is how both the teacher and a causal-LM student turn a prompt into a distribution over the M
 classes, whatever their tokenizers: no free text is generated or parsed.
 
-Exact scoring (``score_exact``): one forward pass over the (left-padded) prompts gives the first answer
-token's distribution and a KV cache; labels of several tokens are finished from a copy of that cache, so
-the prompt is never recomputed per class. ``class_logits`` is the differentiable form used to train a
+Exact scoring (``score_exact``): the part all prompts share (system prompt, instruction, few-shot
+examples) is computed once and its KV cache reused (``set_shared_prefix``); one forward pass over the
+texts' own tokens (left-padded, batched) gives the first answer token's distribution and a KV cache;
+labels of several tokens are finished from a copy of that cache, so nothing is recomputed per class. ``class_logits`` is the differentiable form used to train a
 student: when all classes begin with different tokens it reads them off one forward pass; otherwise it
 scores every (prompt, class) sequence in full.
 """
@@ -43,6 +44,30 @@ def continuation_token_ids(tokenizer: Any, prompt: str, continuations: Sequence[
     return result
 
 
+def _repeat_cache(cache: Any, batch: int, keep_original: bool = True) -> Any:
+    """A KV cache with each row repeated ``batch`` times (a copy, unless the original may be consumed)."""
+    if keep_original:
+        cache = copy.deepcopy(cache)
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(batch)
+        return cache
+    # Legacy tuple caches: ((key, value), ...) per layer.
+    return tuple(tuple(t.repeat_interleave(batch, dim=0) for t in layer) for layer in cache)
+
+
+def shared_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    """The longest common token prefix of ``sequences``."""
+    first = list(sequences[0])
+    n = len(first)
+    for seq in sequences[1:]:
+        n = min(n, len(seq))
+        for i in range(n):
+            if seq[i] != first[i]:
+                n = i
+                break
+    return first[:n]
+
+
 def _base_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -58,6 +83,11 @@ class LabelScorer:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.first_tokens_distinct = len({ids[0] for ids in label_ids}) == len(label_ids)
+        self._prefix: tuple[list[int], Any] | None = None
+        # With sliding-window attention, padding between the cached prefix and a text would shift the
+        # window; such models score texts of equal length together instead (no padding at all).
+        config = getattr(_base_model(model), "config", None)
+        self.sliding_window = getattr(config, "sliding_window", None) is not None
 
     @cached_property
     def _forward_params(self) -> set[str]:
@@ -92,42 +122,91 @@ class LabelScorer:
             kwargs[self._keep_kwarg] = keep
         return self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, **kwargs)
 
-    def _combine(self, per_token: list[torch.Tensor]) -> torch.Tensor:
-        """[B] tensors of summed log-probs per class -> [B, M] scores (mean per token if normalising)."""
-        scores = torch.stack(per_token, dim=1)
+    def _combine(self, scores: torch.Tensor) -> torch.Tensor:
+        """[B, M] summed log-probs per class -> scores (the mean per token if normalising)."""
         if self.length_normalize:
             lengths = torch.tensor([len(ids) for ids in self.label_ids], dtype=scores.dtype, device=scores.device)
             scores = scores / lengths
         return scores
 
+    def set_shared_prefix(self, prefix: Sequence[int]) -> None:
+        """Compute the KV cache of the part every prompt shares (system, instruction, few-shot) once.
+
+        Later ``score_exact`` calls whose prompts all start with ``prefix`` only run their own tokens.
+        """
+        self._prefix = None
+        if len(prefix) < 2:
+            return
+        ids = torch.tensor([list(prefix)], device=self.device)
+        with torch.no_grad():
+            out = self._forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device)[None], keep=1,
+                                use_cache=True)
+        self._prefix = (list(prefix), out.get(self._cache_kwarg))
+
+    def _prefix_for(self, prompts: Sequence[Sequence[int]]) -> tuple[list[int], Any] | None:
+        prefix = self._prefix
+        if prefix is None:
+            return None
+        n = len(prefix[0])
+        return prefix if all(len(p) > n and list(p[:n]) == prefix[0] for p in prompts) else None
+
     @torch.no_grad()
     def score_exact(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """[B, M] total log-likelihood of each class's answer after each prompt (no gradient)."""
-        ids, mask = self._left_pad(prompts)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        prefix = self._prefix_for(prompts)
+        if prefix is not None and self.sliding_window and len({len(p) for p in prompts}) > 1:
+            out = torch.empty(len(prompts), len(self.label_ids), device=self.device)
+            for length in {len(p) for p in prompts}:
+                rows = [i for i, p in enumerate(prompts) if len(p) == length]
+                out[rows] = self.score_exact([prompts[i] for i in rows])
+            return out
         needs_cache = any(len(label) > 1 for label in self.label_ids)
-        out = self._forward(ids, mask, positions, keep=1, use_cache=needs_cache)
+        if prefix is None:
+            ids, mask = self._left_pad(prompts)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = self._forward(ids, mask, positions, keep=1, use_cache=needs_cache)
+        else:
+            # Only the texts' own tokens run, on top of a copy of the shared prefix's cache. Padding sits
+            # between prefix and text, masked out; positions continue from the prefix.
+            n, cache = len(prefix[0]), _repeat_cache(prefix[1], len(prompts))
+            ids, own_mask = self._left_pad([p[n:] for p in prompts])
+            positions = n + (own_mask.cumsum(-1) - 1).clamp(min=0)
+            mask = torch.cat([torch.ones(len(prompts), n, dtype=own_mask.dtype, device=ids.device), own_mask], dim=1)
+            out = self._forward(ids, mask, positions, keep=1, use_cache=True, **{self._cache_kwarg: cache})
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1)
-        last_pos = positions[:, -1:]
-        per_class = []
-        for label in self.label_ids:
-            total = first[:, label[0]]
-            if len(label) > 1:
-                n = len(label) - 1
-                step = torch.tensor(label[:-1], device=ids.device).expand(ids.shape[0], n)
-                cont = self._forward(
-                    step,
-                    torch.cat([mask, torch.ones_like(step)], dim=1),
-                    last_pos + 1 + torch.arange(n, device=ids.device),
-                    keep=n,
-                    use_cache=True,
-                    **{self._cache_kwarg: copy.deepcopy(out.get(self._cache_kwarg))},
-                )
-                logp = F.log_softmax(cont.logits[:, -n:].float(), dim=-1)
-                targets = torch.tensor(label[1:], device=ids.device).expand(ids.shape[0], n)
-                total = total + logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
-            per_class.append(total)
-        return self._combine(per_class)
+        scores = torch.stack([first[:, label[0]] for label in self.label_ids], dim=1)
+        longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
+        if longer:
+            scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
+        return self._combine(scores)
+
+    def _continuations(self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        """[B, M] log-probs of the 2nd.. answer tokens (0 for one-token answers), in one forward pass.
+
+        Each text's cache is repeated once per multi-token class; the answers are right-padded, which
+        cannot affect the positions before the padding.
+        """
+        b, k = mask.shape[0], len(classes)
+        width = max(len(self.label_ids[c]) for c in classes) - 1
+        steps = torch.full((k, width), self.pad_id, dtype=torch.long)
+        for j, c in enumerate(classes):
+            steps[j, : len(self.label_ids[c]) - 1] = torch.tensor(self.label_ids[c][:-1])
+        steps = steps.to(mask.device).repeat(b, 1)  # row b*k + j: text b, class classes[j]
+        rows_mask = mask.repeat_interleave(k, dim=0)
+        cont = self._forward(
+            steps,
+            torch.cat([rows_mask, torch.ones_like(steps)], dim=1),
+            last_pos.repeat_interleave(k, dim=0) + 1 + torch.arange(width, device=mask.device),
+            keep=width,
+            use_cache=True,
+            **{self._cache_kwarg: _repeat_cache(cache, k, keep_original=False)},
+        )
+        logp = F.log_softmax(cont.logits[:, -width:].float(), dim=-1).view(b, k, width, -1)
+        extra = torch.zeros(b, len(self.label_ids), device=mask.device)
+        for j, c in enumerate(classes):
+            targets = torch.tensor(self.label_ids[c][1:], device=mask.device)
+            extra[:, c] = logp[:, j, torch.arange(len(targets), device=mask.device), targets].sum(-1)
+        return extra
 
     def class_logits(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """[B, M] differentiable class scores for training (softmax of them = class distribution)."""
@@ -151,4 +230,4 @@ class LabelScorer:
             rows = logp[c::m, longest - len(label) :]
             targets = torch.tensor(label, device=ids.device).expand(rows.shape[0], len(label))
             per_class.append(rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1))
-        return self._combine(per_class)
+        return self._combine(torch.stack(per_class, dim=1))

@@ -5,7 +5,8 @@
 - ``EncoderStudent`` reads the text with a classification head (e.g. MiniLM).
 
 Both expose ``collate(rows)`` and ``class_logits(model, batch)`` so that one trainer and one predictor
-serve both. A trained student is a folder: ``student.json`` plus the adapter (or full weights).
+serve both. A trained student is a folder: ``student.json``, the adapter (``adapter/``) or all weights
+(``model/``), and for an encoder its head (``head.safetensors``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.errors import TailorkdError
-from tailorkd.models import load_causal_lm, load_encoder_classifier, model_kind
+from tailorkd.models import load_causal_lm, load_encoder, model_kind
 from tailorkd.prompts import PromptBuilder, clip_text
 from tailorkd.recipe import PromptConfig, StudentConfig, TaskConfig
 from tailorkd.scoring import LabelScorer, continuation_token_ids
@@ -29,6 +31,7 @@ from tailorkd.scoring import LabelScorer, continuation_token_ids
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.json"
+HEAD_FILE = "head.safetensors"
 
 
 class CausalLMStudent:
@@ -64,10 +67,31 @@ class CausalLMStudent:
         return self.scorer.class_logits(batch["prompts"])
 
 
+class MeanPoolClassifier(torch.nn.Module):
+    """An encoder with a linear head over the mean of its token states.
+
+    Mean pooling is how sentence encoders such as all-MiniLM-L6-v2 were trained, so the head starts from
+    good text features (their [CLS] pooler is untrained); the LoRA adapter then tunes the encoder.
+    """
+
+    def __init__(self, encoder: Any, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+        self.head.to(device=next(encoder.parameters()).device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.head(self.dropout(pooled.to(self.head.weight.dtype)))
+
+
 class EncoderStudent:
     kind = "encoder"
 
-    def __init__(self, model: Any, tokenizer: Any, task: TaskConfig, prompt: PromptConfig, max_length: int):
+    def __init__(self, model: MeanPoolClassifier, tokenizer: Any, task: TaskConfig, prompt: PromptConfig, max_length: int):
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
@@ -85,7 +109,7 @@ class EncoderStudent:
 
     def class_logits(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        return model(**inputs).logits.float()
+        return model(**inputs).float()
 
 
 Student = CausalLMStudent | EncoderStudent
@@ -95,19 +119,16 @@ def student_kind(config: StudentConfig) -> str:
     return model_kind(config.model) if config.kind == "auto" else config.kind
 
 
-def build_student(config: StudentConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
-                  model: Any = None, tokenizer: Any = None) -> Student:
+def build_student(config: StudentConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]]) -> Student:
     """The untrained student (base weights), ready for an adapter to be attached."""
     kind = student_kind(config)
     dtype, device = resolve_dtype(config.dtype), resolve_device(config.device)
     if kind == "causal_lm":
-        if model is None:
-            model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
+        model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
         return CausalLMStudent(model, tokenizer, task, prompt, shots, config.max_length)
     if kind == "encoder":
-        if model is None:
-            model, tokenizer = load_encoder_classifier(config.model, task.label_names, dtype=dtype, device=device)
-        return EncoderStudent(model, tokenizer, task, prompt, config.max_length)
+        encoder, tokenizer = load_encoder(config.model, dtype=dtype, device=device)
+        return EncoderStudent(MeanPoolClassifier(encoder, len(task.labels)), tokenizer, task, prompt, config.max_length)
     raise TailorkdError(f"student.kind: unknown kind {kind!r} (expected causal_lm or encoder)")
 
 
@@ -117,21 +138,37 @@ def predict_probs(student: Student, rows: Sequence[dict[str, Any]], batch_size: 
     model = student.model
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = np.zeros((len(rows), len(student.task.labels)))
     with tqdm(total=len(rows), desc=desc, unit="text", dynamic_ncols=True) as bar:
         for start in range(0, len(rows), batch_size):
             part = rows[start : start + batch_size]
-            batch = student.collate(part)
-            batch = {k: (v.to(next(model.parameters()).device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in student.collate(part).items()}
             out[start : start + len(part)] = torch.softmax(student.class_logits(model, batch), -1).cpu().double().numpy()
             bar.update(len(part))
     model.train(was_training)
     return out
 
 
-def save_student_info(folder: Path, info: dict[str, Any]) -> None:
+# -- a trained student on disk ------------------------------------------------------------------------
+def _transformer(student: Student) -> Any:
+    """The (possibly adapter-wrapped) transformer of a student: what PEFT adapts and what is saved."""
+    return student.model.encoder if isinstance(student, EncoderStudent) else student.model
+
+
+def save_student(student: Student, method: str, folder: Path, info: dict[str, Any]) -> None:
+    """Write the adapter (lora) or all weights (full), the encoder's head, and ``student.json``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STUDENT_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    if method == "lora":
+        _transformer(student).save_pretrained(str(folder / "adapter"))
+    elif method == "full":
+        _transformer(student).save_pretrained(str(folder / "model"))
+        student.tokenizer.save_pretrained(str(folder / "model"))
+    if isinstance(student, EncoderStudent):
+        # The head trains under every method but none, and even then is saved so the baseline is reproducible.
+        save_file(student.model.head.state_dict(), str(folder / HEAD_FILE))
+    payload = {**info, "kind": student.kind, "label_names": student.task.label_names, "adapter_method": method}
+    (folder / STUDENT_FILE).write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
 
 
 def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
@@ -144,15 +181,19 @@ def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, sho
     info = json.loads(info_path.read_text(encoding="utf-8"))
     if info["label_names"] != task.label_names:
         raise TailorkdError(f"{info_path}: trained for labels {info['label_names']}, the recipe has {task.label_names}")
-    method = info["adapter"]["method"]
+    method = info["adapter_method"]
+    config = config.model_copy(update={"kind": info["kind"]})
     if method == "full":
-        config = config.model_copy(update={"model": str(folder / "model"), "kind": info["kind"]})
-        return build_student(config, task, prompt, shots)
-    student = build_student(config.model_copy(update={"kind": info["kind"]}), task, prompt, shots)
+        config = config.model_copy(update={"model": str(folder / "model")})
+    student = build_student(config, task, prompt, shots)
     if method == "lora":
         from peft import PeftModel
 
-        student.model = PeftModel.from_pretrained(student.model, str(folder / "adapter"))
-        if isinstance(student, CausalLMStudent):
-            student.scorer.model = student.model
+        adapted = PeftModel.from_pretrained(_transformer(student), str(folder / "adapter"))
+        if isinstance(student, EncoderStudent):
+            student.model.encoder = adapted
+        else:
+            student.model = student.scorer.model = adapted
+    if isinstance(student, EncoderStudent):
+        student.model.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(next(student.model.parameters()).device)))
     return student

@@ -14,11 +14,21 @@ from tailorkd.recipe import AdapterConfig
 
 
 def attach_adapter(model: Any, config: AdapterConfig, kind: str) -> Any:
-    """Return the model prepared for training under ``config.method`` (``kind``: causal_lm or encoder)."""
-    if config.method == "lora":
-        return attach_lora(model, config, kind)
+    """Return the student's model prepared for training under ``config.method``.
+
+    ``kind`` is causal_lm (the model is the LM) or encoder (a classifier whose ``encoder`` is adapted and
+    whose ``head`` always trains, except under ``none``).
+    """
     for param in model.parameters():
         param.requires_grad = config.method == "full"
+    if config.method == "lora":
+        if kind == "encoder":
+            model.encoder = attach_lora(model.encoder, config, kind)
+        else:
+            model = attach_lora(model, config, kind)
+    if kind == "encoder" and config.method != "none":
+        for param in model.head.parameters():
+            param.requires_grad = True
     return model
 
 

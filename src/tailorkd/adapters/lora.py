@@ -43,7 +43,7 @@ def attach_lora(model: Any, config: AdapterConfig, kind: str) -> Any:
         target_modules=targets,
         # GPT-2's Conv1D stores weights transposed; PEFT must know.
         fan_in_fan_out=targets == ["c_attn"],
-        task_type=TaskType.SEQ_CLS if kind == "encoder" else TaskType.CAUSAL_LM,
+        task_type=TaskType.FEATURE_EXTRACTION if kind == "encoder" else TaskType.CAUSAL_LM,
     )
     try:
         return get_peft_model(model, lora)

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 from tailorkd.adapters import attach_adapter, count_parameters
 from tailorkd.distill.losses import soft_cross_entropy
 from tailorkd.recipe import AdapterConfig, DistillConfig
-from tailorkd.students import Student, save_student_info
+from tailorkd.students import Student, save_student
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student.model = attach_adapter(student.model, adapter, student.kind)
+    if student.kind == "causal_lm":
+        student.scorer.model = student.model
     params = count_parameters(student.model)
     log.info("student %s: %d of %d parameters train (%.3f%%)", adapter.method, params["trainable"], params["total"],
              100 * params["trainable"] / max(params["total"], 1))
@@ -110,20 +112,8 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
         summary["loss_curve"] = [
             {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
         ]
-        student.model = trainer.model
     else:
         summary.update(train_seconds=0.0, train_loss=None, steps=0, loss_curve=[])
 
-    save_trained_student(student, adapter, out_dir, {**info, "summary": summary})
+    save_student(student, adapter.method, out_dir, {**info, "summary": summary})
     return summary
-
-
-def save_trained_student(student: Student, adapter: AdapterConfig, out_dir: Path, info: dict[str, Any]) -> None:
-    """Write the adapter (or the full weights) and ``student.json`` so ``load_student`` can rebuild it."""
-    if adapter.method == "lora":
-        student.model.save_pretrained(str(out_dir / "adapter"))
-    elif adapter.method == "full":
-        student.model.save_pretrained(str(out_dir / "model"))
-        student.tokenizer.save_pretrained(str(out_dir / "model"))
-    save_student_info(out_dir, {**info, "kind": student.kind, "label_names": student.task.label_names,
-                                "adapter": adapter.model_dump()})

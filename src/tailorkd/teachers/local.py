@@ -15,7 +15,7 @@ from tailorkd.labels import LabelRecord, LabelStore, make_record, text_hash
 from tailorkd.models import load_causal_lm
 from tailorkd.prompts import PromptBuilder
 from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
-from tailorkd.scoring import LabelScorer, continuation_token_ids
+from tailorkd.scoring import LabelScorer, continuation_token_ids, shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ class LocalTeacher:
         )
         self.scorer = LabelScorer(model, tokenizer, label_ids, config.length_normalize)
         self.tokenizer = tokenizer
+        # The tokens every prompt starts with, found from two unlike inputs; the last common token is left
+        # to the texts, since a text's first word may merge with it.
+        probes = [self.encode({"text": t}) for t in ("alpha beta", "7 Zulu!")]
+        self.scorer.set_shared_prefix(shared_prefix(probes)[:-1])
 
     @property
     def identity(self) -> str:
