@@ -315,12 +315,8 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
             "splits": {
                 "seed": {"rows": len(seed_df), "labels": _label_counts(seed_df["label"], task_labels)},
                 "test": {"rows": len(test_df), "labels": _label_counts(test_df["label"], task_labels)},
-                "pool": {
-                    "rows": len(pool_df),
-                    "unlabelled": int(pool_labels.isna().sum()),
-                    # The pool's labels are hidden from the pipeline; their counts are for the report only.
-                    "hidden_labels": _label_counts(pool_labels, task_labels),
-                },
+                # The pool's labels are hidden from the pipeline: not even their counts are written.
+                "pool": {"rows": len(pool_df), "unlabelled": int(pool_labels.isna().sum())},
             },
         }
     )
