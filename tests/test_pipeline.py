@@ -79,7 +79,10 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert labels_in_store(run) == 50
     assert (run / "students" / "student" / "student.json").stat().st_mtime_ns == stamp
 
-    # A changed prompt labels afresh rather than mixing old and new labels.
+    # A changed prompt labels afresh rather than mixing old and new labels, and the old labels are not
+    # taken for the new recipe's.
+    assert main(["distill", recipe_path, "prompt.instruction=Name the topic."]) == 2
+    assert "run `tailorkd label` again" in capsys.readouterr().err
     assert main(["label", recipe_path, "prompt.instruction=Name the topic."]) == 0
     assert labels_in_store(run) == 100
 

@@ -75,6 +75,10 @@ def _data(recipe: Recipe) -> PreparedData:
 
 
 # -- stage 2: teacher labels -----------------------------------------------------------------------
+def _labels_hash(recipe: Recipe) -> str:
+    return recipe.content_hash("data", "task", "seed", "prompt", "teacher")
+
+
 def _teacher(recipe: Recipe, data: PreparedData):
     from tailorkd.teachers import LocalTeacher
 
@@ -93,6 +97,7 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
         pool = label_rows(teacher, _rows(data.pool), store, desc="teacher: pool")
         test = label_rows(teacher, _rows(data.test), store, desc="teacher: test")
     summary = {
+        "recipe_hash": _labels_hash(recipe),
         "teacher": teacher.identity,
         "prompt": teacher.builder.describe(),
         "pool_labelled": len(pool),
@@ -111,6 +116,9 @@ def _teacher_records(recipe: Recipe, data: PreparedData, split: str) -> tuple[li
     if not summary_path.is_file():
         raise TailorkdError(f"{out}: no teacher labels yet; run `tailorkd label` first")
     summary = json.loads(summary_path.read_text())
+    if summary.get("recipe_hash") != _labels_hash(recipe):
+        raise TailorkdError(f"{summary_path}: the teacher labels were made with another teacher, prompt or data "
+                            f"than the recipe now asks for; run `tailorkd label` again")
     rows = _rows(getattr(data, split))
     with LabelStore(out / "labels.sqlite") as store:
         found = store.get(summary["teacher"], summary["prompt"]["fingerprint"], [text_hash(r["text"]) for r in rows],
