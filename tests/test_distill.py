@@ -106,3 +106,15 @@ def test_method_none_trains_nothing(tiny_models, tmp_path):
                               seed=0, info={})
     assert summary["parameters"]["trainable"] == 0 and summary["steps"] == 0
     np.testing.assert_allclose(predict_probs(student, rows, 8), before)
+
+
+@pytest.mark.parametrize("family,expected", [("llama", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+                                             ("opt", ["q_proj", "k_proj", "v_proj", "out_proj"]),
+                                             ("gpt2", ["c_attn"]), ("bert", ["query", "key", "value"])])
+def test_lora_targets_the_attention_projections_of_each_family(tiny_models, family, expected):
+    from transformers import AutoModel
+
+    from tailorkd.adapters import attention_modules
+
+    model = AutoModel.from_pretrained(tiny_models[family])
+    assert attention_modules(model) == expected

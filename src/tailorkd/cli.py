@@ -112,6 +112,22 @@ def models_prepare(names: list[str], force: bool = False) -> None:
         print(f"{name}: {prepare_model(name, force=force)}")
 
 
+def memory(model: str, adapter: str = "qlora", r: int = 64, target_modules: list[str] | None = None,
+           weights_rule: str = "bnb") -> None:
+    """Estimate the training memory of student MODEL (the paper's Table 3): full KD next to ADAPTER.
+
+    MODEL is a shipped config (llama-2-7b, llama-2-13b, opt-1.3b, opt-13b, gpt2, gpt2-xl), a config.json,
+    a model folder, a packaged model name or a Hub id. Only the config is read: the model is built on the
+    meta device, so no weights are loaded. Weights, gradients, optimizer states and the fp32 copy are
+    counted; activations are not.
+    """
+    from tailorkd.resources import compare_training_memory, render_memory_table
+
+    full, other = compare_training_memory(model, adapter, r=r, target_modules=target_modules,
+                                          weights_rule=weights_rule)
+    print(render_memory_table(full, other, title=model), end="")
+
+
 def _help(fn: Callable[..., Any]) -> tuple[str, str]:
     doc = inspect.getdoc(fn) or ""
     return doc.splitlines()[0], doc
@@ -140,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("names", nargs="*", help="registry names (default: all)")
     mp.add_argument("--force", action="store_true", help="convert again even if cached")
     mp.set_defaults(func=models_prepare)
+
+    short, long = _help(memory)
+    mem = sub.add_parser("memory", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mem.add_argument("model", help="shipped config name, config.json, model folder, packaged model or Hub id")
+    mem.add_argument("--adapter", choices=["full", "lora", "qlora"], default="qlora",
+                     help="what to compare with full KD (default: qlora)")
+    mem.add_argument("--r", type=int, default=64, help="LoRA rank (default: 64)")
+    mem.add_argument("--target-modules", nargs="+", metavar="NAME",
+                     help="modules to adapt, as PEFT names them, or all-linear (default: the attention projections)")
+    mem.add_argument("--weights-rule", choices=["bnb", "paper"], default="bnb",
+                     help="qlora weights as bitsandbytes holds them (default) or the paper's 0.5 byte/parameter")
+    mem.set_defaults(func=memory)
     return parser
 
 

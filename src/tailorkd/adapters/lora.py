@@ -22,10 +22,13 @@ def attention_modules(model: Any) -> list[str]:
     """The attention projection module names present in ``model`` (leaf names, as PEFT matches them)."""
     leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    # A family's whole set first (OPT has q/k/v_proj but out_proj, not o_proj), else the largest partial one.
     for names in _ATTENTION_NAME_SETS:
-        present = [n for n in names if n in leaves]
-        if "q_proj" in present or "query" in present or "c_attn" in present:
-            return present
+        if all(n in leaves for n in names):
+            return list(names)
+    partial = max(([n for n in names if n in leaves] for names in _ATTENTION_NAME_SETS), key=len)
+    if any(n in partial for n in ("q_proj", "query", "c_attn")):
+        return partial
     raise TailorkdError(
         f"adapter.target_modules: cannot tell the attention projections of {type(model).__name__}; "
         f"name them in the recipe (linear layers found: {sorted(leaves)[:20]})"
