@@ -24,6 +24,7 @@ import pandas as pd
 
 from tailorkd.data import PreparedData, load_prepared, prepare_data
 from tailorkd.errors import TailorkdError
+from tailorkd.files import write_text_atomic
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.prompts import choose_shots
 from tailorkd.recipe import Recipe
@@ -42,10 +43,7 @@ def _shots(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 # -- stage 1: data ---------------------------------------------------------------------------------

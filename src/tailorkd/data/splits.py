@@ -21,7 +21,6 @@ written last, so a folder with a ``stats.json`` is complete.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from tailorkd.data.config import DataConfig, FileSource, SplitConfig
 from tailorkd.data.readers import RECORD_FIELDS, make_reject
 from tailorkd.data.sources import read_source, source_display_name
 from tailorkd.errors import TailorkdError
+from tailorkd.files import atomic_write, write_text_atomic
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES: tuple[str, ...] = ("seed", "pool", "test")
@@ -268,16 +268,6 @@ def make_splits(
 # writing and reading
 
 
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write a split with every column as (nullable) text, atomically."""
     import pyarrow as pa
@@ -286,11 +276,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     schema = pa.schema([(str(c), pa.string()) for c in frame.columns])
     columns = {str(c): [None if pd.isna(v) else str(v) for v in frame[c].tolist()] for c in frame.columns}
     table = pa.Table.from_pydict(columns, schema=schema)
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: int, base_dir: Path) -> PreparedData:
@@ -329,8 +315,8 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
         stats_path.unlink()  # the folder reads as incomplete until the new stats.json is written
     for name, frame in (("seed", seed_df), ("pool", pool_df), ("test", test_df)):
         write_parquet(frame, out_dir / FILES[name])
-    _write_text(out_dir / FILES["rejects"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
-    _write_text(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out_dir / FILES["rejects"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    write_text_atomic(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     return PreparedData(seed=seed_df, pool=pool_df, test=test_df, rejects=rejects, stats=stats)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tailorkd.evaluation.metrics import DEFINITIONS
+from tailorkd.files import write_text_atomic
 
 REPORT_SCHEMA_VERSION = 1
 _PACKAGES = ("tailorkd", "torch", "transformers", "peft", "accelerate", "scikit-learn")
@@ -91,8 +92,6 @@ def write_report(report: dict[str, Any], recipe: Any, out_dir: str | Path) -> di
     out_dir = Path(out_dir)
     report = {"schema_version": REPORT_SCHEMA_VERSION, **report, "versions": _versions()}
     recipe_yaml = recipe.to_yaml()
-    for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", _markdown(report, recipe_yaml))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / name)
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(out_dir / "report.md", _markdown(report, recipe_yaml))
     return report
