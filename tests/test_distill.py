@@ -92,6 +92,7 @@ def test_encoder_student_learns_with_lora_and_reloads(tiny_models, tmp_path):
     after = _cross_entropy(student, rows, probs)
     assert after < before - 0.1
     assert summary["steps"] > 0 and summary["loss_curve"]
+    assert summary["peak_memory"]["process_peak_gb"] > 0
     set_seed(0)
     reloaded = load_student(tmp_path / "enc", TASK, PROMPT, [], StudentConfig(model=str(folder), kind="encoder", max_length=64))
     # The head is saved beside the adapter, so predictions match.

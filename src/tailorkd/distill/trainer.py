@@ -15,6 +15,7 @@ from transformers import Trainer, TrainingArguments
 from tailorkd.adapters import attach_adapter, count_parameters
 from tailorkd.distill.losses import soft_cross_entropy
 from tailorkd.recipe import AdapterConfig, DistillConfig
+from tailorkd.resources import measure_peak_memory
 from tailorkd.students import Student, save_student
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,11 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
             temperature=config.temperature,
         )
         t0 = time.perf_counter()
-        result = trainer.train()
+        with measure_peak_memory(device) as peak:
+            result = trainer.train()
         summary["train_seconds"] = time.perf_counter() - t0
+        summary["peak_memory"] = {"source": peak.source, "added_by_training_gb": peak.peak_gb,
+                                  "process_peak_gb": (peak.baseline_bytes + peak.peak_bytes) / 1e9}
         summary["train_loss"] = float(result.training_loss)
         summary["steps"] = int(result.global_step)
         summary["loss_curve"] = [

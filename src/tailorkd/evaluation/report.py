@@ -58,7 +58,12 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
                       f"- adapter: {systems['student']['adapter']}; trainable parameters {params['trainable']:,} of "
                       f"{params['total']:,} ({100 * params['trainable'] / max(params['total'], 1):.3f}%)",
                       f"- {tr.get('train_examples', '-')} teacher-labelled texts, {tr.get('steps', '-')} steps in "
-                      f"{_num(tr.get('train_seconds'))} s, final training loss {_num(tr.get('train_loss'), '{:.4f}')}", ""]
+                      f"{_num(tr.get('train_seconds'))} s, final training loss {_num(tr.get('train_loss'), '{:.4f}')}"]
+            if tr.get("peak_memory"):
+                pm = tr["peak_memory"]
+                lines.append(f"- peak memory while training: {pm['process_peak_gb']:.2f} GB for the process, "
+                             f"{pm['added_by_training_gb']:.2f} GB added by training ({pm['source']})")
+            lines.append("")
     lines += ["## Per class", ""]
     for name, sys in systems.items():
         lines += [f"**{name}**", "", "| class | precision | recall | F1 | specificity | support |", "|---|---|---|---|---|---|"]
