@@ -122,9 +122,9 @@ def label_parser(task):
 
 
 def naive_one(teacher, row: dict[str, Any], max_new_tokens: int) -> str:
-    model, tok = teacher.scorer.model, teacher.tokenizer
+    model, tok = teacher.scorer.model, teacher.prompts.tokenizer
     prompt = teacher.builder.render(row["text"], row.get("title"))
-    enc = tok(prompt, add_special_tokens=teacher.add_special_tokens, return_tensors="pt")
+    enc = tok(prompt, add_special_tokens=teacher.prompts.add_special_tokens, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(
             input_ids=enc["input_ids"],

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.errors import TailorkdError
 from tailorkd.models import load_causal_lm, load_encoder, model_kind
-from tailorkd.prompts import PromptBuilder, clip_text
+from tailorkd.prompts import PromptBuilder, PromptEncoder, clip_text
 from tailorkd.recipe import PromptConfig, StudentConfig, TaskConfig
-from tailorkd.scoring import LabelScorer, continuation_token_ids
+from tailorkd.scoring import LabelScorer
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,18 @@ class CausalLMStudent:
         self.task = task
         self.max_length = max_length
         self.builder = PromptBuilder(task, prompt, tokenizer, shots)
-        self.add_special_tokens = not self.builder.use_chat
-        label_ids = continuation_token_ids(
-            tokenizer, self.builder.render("x"), self.builder.label_continuations(), self.add_special_tokens
-        )
-        self.scorer = LabelScorer(model, tokenizer, label_ids)
-        self._too_long = 0
+        self.prompts = PromptEncoder(self.builder)
+        self.scorer = LabelScorer(model, tokenizer, self.prompts.label_token_ids())
+        self._warned_too_long = False
 
     def encode(self, row: dict[str, Any]) -> list[int]:
-        ids = self.tokenizer(self.builder.render(row["text"], row.get("title")), add_special_tokens=self.add_special_tokens)["input_ids"]
+        ids = self.prompts.encode(row)
         if len(ids) > self.max_length:
             # Keep the end: it holds the input and the answer cue the classes are scored after.
-            self._too_long += 1
+            if not self._warned_too_long:
+                log.warning("student prompts longer than student.max_length=%d tokens are cut from the start "
+                            "(first seen: %d tokens); raise max_length or shorten the prompt", self.max_length, len(ids))
+                self._warned_too_long = True
             ids = ids[-self.max_length :]
         return ids
 
@@ -193,7 +193,7 @@ def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, sho
         if isinstance(student, EncoderStudent):
             student.model.encoder = adapted
         else:
-            student.model = student.scorer.model = adapted
+            student.model = adapted
     if isinstance(student, EncoderStudent):
         student.model.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(next(student.model.parameters()).device)))
     return student

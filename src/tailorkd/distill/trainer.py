@@ -66,8 +66,6 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     student.model = attach_adapter(student.model, adapter, student.kind)
-    if student.kind == "causal_lm":
-        student.scorer.model = student.model
     params = count_parameters(student.model)
     log.info("student %s: %d of %d parameters train (%.3f%%)", adapter.method, params["trainable"], params["total"],
              100 * params["trainable"] / max(params["total"], 1))

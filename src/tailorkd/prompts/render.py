@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tailorkd.recipe import PromptConfig, TaskConfig
+from tailorkd.scoring import continuation_token_ids, shared_prefix
 
 
 def clip_text(text: str, max_chars: int) -> str:
@@ -145,3 +146,25 @@ class PromptBuilder:
             "fingerprint": self.fingerprint(),
             "example": self.render("<input text>"),
         }
+
+
+class PromptEncoder:
+    """A PromptBuilder bound to its tokenizer: rows -> prompt token ids, and the classes' answer token ids."""
+
+    def __init__(self, builder: PromptBuilder):
+        self.builder = builder
+        self.tokenizer = builder.tokenizer
+        self.add_special_tokens = not builder.use_chat  # a chat template writes its own BOS
+
+    def encode(self, row: dict[str, Any]) -> list[int]:
+        prompt = self.builder.render(row["text"], row.get("title"))
+        return self.tokenizer(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]
+
+    def label_token_ids(self) -> list[list[int]]:
+        return continuation_token_ids(self.tokenizer, self.builder.render("x"), self.builder.label_continuations(),
+                                      self.add_special_tokens)
+
+    def shared_prefix_ids(self) -> list[int]:
+        """The tokens every prompt starts with, found from two unlike inputs; the last common token is left
+        to the texts, since a text's first word may merge with it."""
+        return shared_prefix([self.encode({"text": t}) for t in ("alpha beta", "7 Zulu!")])[:-1]

@@ -13,9 +13,9 @@ from tqdm.auto import tqdm
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.labels import LabelRecord, LabelStore, make_record, text_hash
 from tailorkd.models import load_causal_lm
-from tailorkd.prompts import PromptBuilder
+from tailorkd.prompts import PromptBuilder, PromptEncoder
 from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
-from tailorkd.scoring import LabelScorer, continuation_token_ids, shared_prefix
+from tailorkd.scoring import LabelScorer
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,9 @@ class LocalTeacher:
         self.config = config
         self.task = task
         self.builder = PromptBuilder(task, prompt, tokenizer, shots)
-        self.add_special_tokens = not self.builder.use_chat  # a chat template writes its own BOS
-        label_ids = continuation_token_ids(
-            tokenizer, self.builder.render("x"), self.builder.label_continuations(), self.add_special_tokens
-        )
-        self.scorer = LabelScorer(model, tokenizer, label_ids, config.length_normalize)
-        self.tokenizer = tokenizer
-        # The tokens every prompt starts with, found from two unlike inputs; the last common token is left
-        # to the texts, since a text's first word may merge with it.
-        probes = [self.encode({"text": t}) for t in ("alpha beta", "7 Zulu!")]
-        self.scorer.set_shared_prefix(shared_prefix(probes)[:-1])
+        self.prompts = PromptEncoder(self.builder)
+        self.scorer = LabelScorer(model, tokenizer, self.prompts.label_token_ids(), config.length_normalize)
+        self.scorer.set_shared_prefix(self.prompts.shared_prefix_ids())
 
     @property
     def identity(self) -> str:
@@ -50,8 +43,7 @@ class LocalTeacher:
         return self.builder.fingerprint()
 
     def encode(self, row: dict[str, Any]) -> list[int]:
-        prompt = self.builder.render(row["text"], row.get("title"))
-        return self.tokenizer(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]
+        return self.prompts.encode(row)
 
     def score(self, rows: Sequence[dict[str, Any]], bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
         """[N, M] class probabilities and per-text seconds, in the order of ``rows``.
