@@ -119,3 +119,77 @@ def test_lora_targets_the_attention_projections_of_each_family(tiny_models, fami
 
     model = AutoModel.from_pretrained(tiny_models[family])
     assert attention_modules(model) == expected
+
+
+@pytest.fixture(scope="module")
+def qlora_models(tmp_path_factory):
+    """Tiny models whose every projection is a multiple of 32 wide: bitsandbytes' CPU 4-bit kernel packs
+    weights in blocks of 32 rows (the real models' sizes all are)."""
+    from transformers import BertConfig, BertModel, LlamaConfig, OPTConfig
+
+    from conftest import make_tokenizer
+
+    vocab = len(make_tokenizer(chat=False))
+    configs = {
+        "llama": LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+        "opt": OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                         word_embed_proj_dim=64, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+        "bert": BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=128, pad_token_id=0),
+    }
+    folders = {}
+    torch.manual_seed(0)
+    for family, config in configs.items():
+        folder = tmp_path_factory.mktemp(f"qlora_{family}")
+        (BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)).save_pretrained(folder)
+        make_tokenizer(chat=False).save_pretrained(folder)
+        folders[family] = folder
+    return folders
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "bert"])
+def test_qlora_trains_on_a_4bit_base_and_reloads(qlora_models, tmp_path, family):
+    pytest.importorskip("bitsandbytes")
+    from tailorkd.students import build_student
+
+    set_seed(0)
+    tiny_models = qlora_models
+    config = StudentConfig(model=str(tiny_models[family]), max_length=64)
+    rows = topic_rows(6)
+    probs = _targets(rows)
+    # Measured on a copy: on the CPU, bitsandbytes repacks 4-bit weights for inference, a layout that cannot train.
+    before = _cross_entropy(build_student(config, TASK, PROMPT, [], adapter_method="qlora"), rows, probs)
+    set_seed(0)
+    student = build_student(config, TASK, PROMPT, [], adapter_method="qlora")
+    transformer = student.model.encoder if family == "bert" else student.model
+    assert any(type(m).__name__ == "Linear4bit" for m in transformer.modules())  # the base really is 4-bit
+    lr = 5e-2 if family == "bert" else 3e-2
+    summary = distill_student(student, rows, probs, AdapterConfig(method="qlora", r=8, alpha=16, dropout=0.0),
+                              DistillConfig(epochs=20 if family == "bert" else 10, learning_rate=lr, batch_size=10,
+                                            warmup_ratio=0.0, max_grad_norm=1.0),
+                              tmp_path / "q", seed=0, info={"base_model": str(tiny_models[family])})
+    after = _cross_entropy(student, rows, probs)
+    assert after < before - 0.1, f"{family}/qlora: {before:.3f} -> {after:.3f}"
+    assert 0 < summary["parameters"]["trainable"] < summary["parameters"]["total"]
+    set_seed(0)
+    reloaded = load_student(tmp_path / "q", TASK, PROMPT, [], config)
+    np.testing.assert_allclose(predict_probs(reloaded, rows, 16), predict_probs(student, rows, 16), atol=1e-4)
+
+
+def test_qlora_refuses_a_student_already_repacked_for_cpu_inference(qlora_models, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from tailorkd.errors import TailorkdError
+    from tailorkd.students import build_student
+
+    student = build_student(StudentConfig(model=str(qlora_models["llama"]), max_length=64), TASK, PROMPT, [],
+                            adapter_method="qlora")
+    rows = topic_rows(1)
+    predict_probs(student, rows, 8)
+    packed = any(getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
+                 for m in student.model.modules())
+    if not packed:
+        pytest.skip("this bitsandbytes does not repack 4-bit weights for CPU inference")
+    with pytest.raises(TailorkdError, match="cannot train"):
+        distill_student(student, rows, _targets(rows), AdapterConfig(method="qlora", r=8), DistillConfig(epochs=1),
+                        tmp_path / "q", seed=0, info={})

@@ -968,8 +968,24 @@ def _sync_pad_token(model, tokenizer) -> None:
         generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer) for a causal language model: registry name, local folder or Hub id."""
+def quantization_kwargs(quantization: Any, device: str) -> dict:
+    """from_pretrained arguments that load the weights quantised (a BitsAndBytesConfig) onto ``device``."""
+    if quantization is None:
+        return {}
+    return {"quantization_config": quantization, "device_map": {"": device}}
+
+
+def _place(model, quantization: Any, device: str) -> None:
+    # A quantised model is placed by device_map while loading; .to() is refused for 4-bit weights.
+    if quantization is None:
+        model.to(device)
+
+
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", quantization: Any = None):
+    """(model, tokenizer) for a causal language model: registry name, local folder or Hub id.
+
+    ``quantization``: a transformers ``BitsAndBytesConfig`` to load the weights quantised (QLoRA).
+    """
     from transformers import AutoModelForCausalLM
 
     name_or_path = str(name_or_path)
@@ -979,8 +995,9 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device
             f"classifier. Causal LMs among the packaged models: "
             f"{', '.join(m.name for m in REGISTRY.values() if m.kind == KIND_CAUSAL_LM)}."
         )
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "model", **_dtype_kwargs(dtype))
-    model.to(device)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "model", **_dtype_kwargs(dtype),
+                             **quantization_kwargs(quantization, device))
+    _place(model, quantization, device)
     model.eval()
     tokenizer = load_tokenizer(name_or_path)
     _sync_pad_token(model, tokenizer)
@@ -1019,12 +1036,13 @@ def load_encoder_classifier(
     return model, tokenizer
 
 
-def load_encoder(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def load_encoder(name_or_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu", quantization: Any = None):
     """(model, tokenizer): the bare encoder (AutoModel), for a student that adds its own pooling and head."""
     from transformers import AutoModel
 
-    model = _from_pretrained(AutoModel.from_pretrained, name_or_path, "encoder", **_dtype_kwargs(dtype))
-    model.to(device)
+    model = _from_pretrained(AutoModel.from_pretrained, name_or_path, "encoder", **_dtype_kwargs(dtype),
+                             **quantization_kwargs(quantization, device))
+    _place(model, quantization, device)
     tokenizer = load_tokenizer(name_or_path)
     _sync_pad_token(model, tokenizer)
     return model, tokenizer

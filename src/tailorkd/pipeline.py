@@ -146,7 +146,7 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
         log.info("distill: student in %s is up to date", out)
         return out
     set_seed(recipe.seed)
-    student = build_student(recipe.student, recipe.task, recipe.prompt, _shots(recipe, data))
+    student = build_student(recipe.student, recipe.task, recipe.prompt, _shots(recipe, data), recipe.adapter.method)
     summary = distill_student(student, rows, probs, recipe.adapter, recipe.distill, out, recipe.seed,
                               info={"recipe_hash": fingerprint, "base_model": recipe.student.model})
     log.info("distill: %d steps in %.1fs, final loss %s -> %s", summary["steps"], summary["train_seconds"],

@@ -104,8 +104,10 @@ class StudentConfig(_Section):
 
 
 class AdapterConfig(_Section):
-    method: Literal["lora", "full", "none"] = Field(
-        default="lora", description="lora: train adapters only; full: all weights; none: untrained student."
+    method: Literal["lora", "qlora", "full", "none"] = Field(
+        default="lora",
+        description="lora: train adapters only; qlora: adapters on a 4-bit NF4 base; full: all weights; "
+        "none: untrained student.",
     )
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)

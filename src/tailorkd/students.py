@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from tailorkd.adapters.qlora import quantization_config
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.errors import TailorkdError
 from tailorkd.models import load_causal_lm, load_encoder, model_kind
@@ -119,15 +120,17 @@ def student_kind(config: StudentConfig) -> str:
     return model_kind(config.model) if config.kind == "auto" else config.kind
 
 
-def build_student(config: StudentConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]]) -> Student:
-    """The untrained student (base weights), ready for an adapter to be attached."""
+def build_student(config: StudentConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
+                  adapter_method: str = "lora") -> Student:
+    """The untrained student (base weights; 4-bit for qlora), ready for an adapter to be attached."""
     kind = student_kind(config)
     dtype, device = resolve_dtype(config.dtype), resolve_device(config.device)
+    quantization = quantization_config() if adapter_method == "qlora" else None
     if kind == "causal_lm":
-        model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
+        model, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device, quantization=quantization)
         return CausalLMStudent(model, tokenizer, task, prompt, shots, config.max_length)
     if kind == "encoder":
-        encoder, tokenizer = load_encoder(config.model, dtype=dtype, device=device)
+        encoder, tokenizer = load_encoder(config.model, dtype=dtype, device=device, quantization=quantization)
         return EncoderStudent(MeanPoolClassifier(encoder, len(task.labels)), tokenizer, task, prompt, config.max_length)
     raise TailorkdError(f"student.kind: unknown kind {kind!r} (expected causal_lm or encoder)")
 
@@ -159,7 +162,7 @@ def _transformer(student: Student) -> Any:
 def save_student(student: Student, method: str, folder: Path, info: dict[str, Any]) -> None:
     """Write the adapter (lora) or all weights (full), the encoder's head, and ``student.json``."""
     folder.mkdir(parents=True, exist_ok=True)
-    if method == "lora":
+    if method in ("lora", "qlora"):
         _transformer(student).save_pretrained(str(folder / "adapter"))
     elif method == "full":
         _transformer(student).save_pretrained(str(folder / "model"))
@@ -185,8 +188,8 @@ def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, sho
     config = config.model_copy(update={"kind": info["kind"]})
     if method == "full":
         config = config.model_copy(update={"model": str(folder / "model")})
-    student = build_student(config, task, prompt, shots)
-    if method == "lora":
+    student = build_student(config, task, prompt, shots, adapter_method=method)
+    if method in ("lora", "qlora"):
         from peft import PeftModel
 
         adapted = PeftModel.from_pretrained(_transformer(student), str(folder / "adapter"))

@@ -1,6 +1,7 @@
 """Adapters: what of the student trains. One module per method, one entry point.
 
 - ``lora``: low-rank adapters on the attention projections (PEFT); the base stays frozen.
+- ``qlora``: the same adapters on a base loaded in 4-bit NF4 (bitsandbytes).
 - ``full``: every weight trains (the paper's standard-KD baseline).
 - ``none``: nothing trains (the untrained-student baseline).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tailorkd.adapters.lora import attach_lora, attention_modules
+from tailorkd.adapters.qlora import attach_qlora, optimizer_name, quantization_config
 from tailorkd.recipe import AdapterConfig
 
 
@@ -21,11 +23,12 @@ def attach_adapter(model: Any, config: AdapterConfig, kind: str) -> Any:
     """
     for param in model.parameters():
         param.requires_grad = config.method == "full"
-    if config.method == "lora":
+    if config.method in ("lora", "qlora"):
+        attach = attach_lora if config.method == "lora" else attach_qlora
         if kind == "encoder":
-            model.encoder = attach_lora(model.encoder, config, kind)
+            model.encoder = attach(model.encoder, config, kind)
         else:
-            model = attach_lora(model, config, kind)
+            model = attach(model, config, kind)
     if kind == "encoder" and config.method != "none":
         for param in model.head.parameters():
             param.requires_grad = True
@@ -38,4 +41,5 @@ def count_parameters(model: Any) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-__all__ = ["attach_adapter", "attach_lora", "attention_modules", "count_parameters"]
+__all__ = ["attach_adapter", "attach_lora", "attach_qlora", "attention_modules", "count_parameters", "optimizer_name",
+           "quantization_config"]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments
 
-from tailorkd.adapters import attach_adapter, count_parameters
+from tailorkd.adapters import attach_adapter, count_parameters, optimizer_name
 from tailorkd.distill.losses import soft_cross_entropy
 from tailorkd.recipe import AdapterConfig, DistillConfig
 from tailorkd.resources import measure_peak_memory
@@ -93,6 +93,7 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
             label_names=["teacher_probs"],
             seed=seed,
             use_cpu=device.type == "cpu",
+            optim=optimizer_name(device),
             dataloader_num_workers=0,
         )
         trainer = DistillationTrainer(

@@ -1,0 +1,52 @@
+"""QLoRA: the frozen base loaded in 4-bit NF4 (bitsandbytes), LoRA adapters trained on top (Dettmers et al., 2023).
+
+As in the paper: NF4 with double quantisation and bf16 compute; paged AdamW 32-bit where CUDA is present
+(see ``optimizer_name``). bitsandbytes' 4-bit layers also run on the CPU, so this trains there too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tailorkd.adapters.lora import attach_lora
+from tailorkd.errors import TailorkdError
+from tailorkd.recipe import AdapterConfig
+
+
+def quantization_config() -> Any:
+    """The BitsAndBytesConfig the base is loaded with."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise TailorkdError("adapter.method=qlora needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def attach_qlora(model: Any, config: AdapterConfig, kind: str) -> Any:
+    """LoRA on a model that was loaded with ``quantization_config()``; casts norms to fp32 for stability."""
+    from peft import prepare_model_for_kbit_training
+
+    # On the CPU, bitsandbytes repacks 4-bit weights for fast inference the first time the model runs in
+    # eval mode; that layout has no backward pass, so a model must not be evaluated before it is adapted.
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            raise TailorkdError("adapter.method=qlora: the 4-bit student was already run for inference on the CPU, "
+                                "which repacks its weights in a layout that cannot train; load it afresh to train")
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return attach_lora(model, config, kind)
+
+
+def optimizer_name(device: torch.device) -> str:
+    """Paged AdamW 32-bit on CUDA (the paper's choice); plain AdamW elsewhere, where paging does not apply."""
+    return "paged_adamw_32bit" if device.type == "cuda" else "adamw_torch"
