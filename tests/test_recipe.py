@@ -104,3 +104,13 @@ def test_error_inside_a_source_names_the_plain_key_path(tmp_path):
     with pytest.raises(TailorkdError) as err:
         load_recipe(minimal(tmp_path, **{"data.sources.0.format": "xml"}))
     assert "data.sources.0.format:" in str(err.value)
+
+
+def test_source_kinds_match_the_source_models():
+    from typing import get_args
+
+    from tailorkd.data.config import (SOURCE_KINDS, BBCNewsSource, CrisisLexT26Source, FileSource,
+                                      FinancialPhraseBankSource)
+
+    models = (FileSource, BBCNewsSource, CrisisLexT26Source, FinancialPhraseBankSource)
+    assert SOURCE_KINDS == tuple(get_args(m.model_fields["kind"].annotation)[0] for m in models)

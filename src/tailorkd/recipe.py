@@ -18,11 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tailorkd.data.config import DataConfig
+from tailorkd.data.config import SOURCE_KINDS, DataConfig
 from tailorkd.errors import TailorkdError
 
 SCHEMA_VERSION = 1
-SOURCE_KINDS = ("file", "bbc_news", "crisislex_t26", "financial_phrasebank")
 
 
 class _Section(BaseModel):

@@ -49,6 +49,9 @@ SUFFIX_FORMATS: dict[str, str] = {
 #: Default separator per format (``lines`` split on the *last* occurrence).
 DEFAULT_SEPARATORS: dict[str, str] = {"csv": ",", "tsv": "\t", "lines": "@"}
 
+#: The ``kind`` of each source model, in the order of the ``Source`` union below.
+SOURCE_KINDS: tuple[str, ...] = ("file", "bbc_news", "crisislex_t26", "financial_phrasebank")
+
 BBC_TOPICS: tuple[str, ...] = ("business", "entertainment", "politics", "sport", "tech")
 
 FPB_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
@@ -354,7 +357,7 @@ Source = Annotated[
     Discriminator(
         _source_kind,
         custom_error_type="unknown_source_kind",
-        custom_error_message="unknown source kind; use one of: file, bbc_news, crisislex_t26, financial_phrasebank",
+        custom_error_message=f"unknown source kind; use one of: {', '.join(SOURCE_KINDS)}",
     ),
 ]
 
