@@ -2,7 +2,13 @@
 
 A row is keyed by (teacher identity, prompt fingerprint, text hash), so rerunning a stage skips what is
 done, and changing the teacher or the prompt labels afresh instead of mixing results. Each batch is one
-transaction: a run killed at any moment loses at most the batch in flight.
+transaction: a run killed at any moment (kill -9 included) loses at most the batch in flight and never
+leaves a partial or duplicated row (tests/test_label_store_kill.py). The database is in WAL mode with
+``synchronous=NORMAL``: a committed batch survives a killed process; a power cut may undo the last few
+commits, never corrupt the file.
+
+Schema versions: 1 had no ``reason``; 2 adds the optional generated reason. Opening an older store
+migrates it in place, one transaction per step (``_MIGRATIONS``); a newer one is refused.
 """
 
 from __future__ import annotations
@@ -12,15 +18,20 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
-SCHEMA_VERSION = 1
+from tailorkd.errors import TailorkdError
+from tailorkd.files import atomic_write
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS labels (
+SCHEMA_VERSION = 2
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE labels (
     teacher TEXT NOT NULL,
     prompt TEXT NOT NULL,
     text_hash TEXT NOT NULL,
@@ -33,9 +44,21 @@ CREATE TABLE IF NOT EXISTS labels (
     margin REAL NOT NULL,
     seconds REAL NOT NULL,       -- scoring time of the batch, divided among its texts
     created REAL NOT NULL,
+    reason TEXT,                 -- the teacher's generated reason, when one was asked for (v2)
     PRIMARY KEY (teacher, prompt, text_hash)
-);
-"""
+)""",
+)
+
+# Statements that take a store from version v to v + 1 (each step one transaction with its version bump).
+# New columns go last and are nullable or defaulted, so rows written before stay valid.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE labels ADD COLUMN reason TEXT",),
+}
+
+_COLUMNS = ("teacher", "prompt", "text_hash", "text_id", "label_names", "probs", "predicted", "confidence",
+            "entropy", "margin", "seconds", "created", "reason")
+
+EXPORT_FORMATS = (".jsonl", ".parquet")
 
 
 def text_hash(text: str) -> str:
@@ -52,26 +75,87 @@ class LabelRecord:
     entropy: float
     margin: float
     seconds: float
+    reason: str | None = None
 
 
-def make_record(text_id: str, text: str, probs: Sequence[float], label_names: Sequence[str], seconds: float) -> LabelRecord:
+def make_record(text_id: str, text: str, probs: Sequence[float], label_names: Sequence[str], seconds: float,
+                reason: str | None = None) -> LabelRecord:
     probs = [float(p) for p in probs]
     order = sorted(range(len(probs)), key=lambda i: -probs[i])
     entropy = -sum(p * math.log(p) for p in probs if p > 0)
     margin = probs[order[0]] - probs[order[1]] if len(probs) > 1 else 1.0
-    return LabelRecord(text_id, text_hash(text), probs, label_names[order[0]], probs[order[0]], entropy, margin, seconds)
+    return LabelRecord(text_id, text_hash(text), probs, label_names[order[0]], probs[order[0]], entropy, margin,
+                       seconds, reason)
 
 
 class LabelStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
-        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self.conn.commit()
+        # Autocommit mode: every write goes through ``transaction()`` (BEGIN IMMEDIATE ... COMMIT), so what is
+        # one transaction is explicit, schema changes included (Python's implicit transactions skip DDL).
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self._open_schema()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise TailorkdError(f"{self.path}: not a tailorkd label store ({exc})") from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _schema_version(self) -> int | None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            if "labels" in tables:
+                raise TailorkdError(f"{self.path}: a labels table without a schema version; not a tailorkd label store")
+            return None
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise TailorkdError(f"{self.path}: meta table without a schema_version; not a tailorkd label store")
+        return int(row[0])
+
+    def _open_schema(self) -> None:
+        with self.transaction():
+            version = self._schema_version()
+            if version is None:
+                for statement in _SCHEMA:
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                return
+        if version > SCHEMA_VERSION:
+            raise TailorkdError(f"{self.path}: label store schema version {version} is newer than this tailorkd "
+                                f"reads ({SCHEMA_VERSION}); upgrade tailorkd")
+        while version < SCHEMA_VERSION:
+            with self.transaction():
+                version = self._schema_version()  # another process may have migrated meanwhile
+                if version is None or version >= SCHEMA_VERSION:
+                    break
+                for statement in _MIGRATIONS[version]:
+                    self.conn.execute(statement)
+                version += 1
+                self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of its statements are committed together or not at all.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so two writers wait for each other instead of
+        failing half way. Not reentrant.
+        """
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
@@ -87,17 +171,42 @@ class LabelStore:
         return {r[0] for r in rows}
 
     def put_batch(self, teacher: str, prompt: str, label_names: Sequence[str], records: Iterable[LabelRecord]) -> None:
+        """Write (or replace) the records of one batch in one transaction."""
         names = json.dumps(list(label_names))
         now = time.time()
-        with self.conn:  # one transaction per batch
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for r in records:
+                if len(r.probs) != len(label_names):
+                    raise ValueError(f"{self.path}: record {r.text_id!r} has {len(r.probs)} probabilities for "
+                                     f"{len(label_names)} labels {list(label_names)}")
+                yield (teacher, prompt, r.text_hash, r.text_id, names, json.dumps(r.probs), r.predicted,
+                       r.confidence, r.entropy, r.margin, r.seconds, now, r.reason)
+
+        with self.transaction():  # one transaction per batch
             self.conn.executemany(
-                "INSERT OR REPLACE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (teacher, prompt, r.text_hash, r.text_id, names, json.dumps(r.probs), r.predicted,
-                     r.confidence, r.entropy, r.margin, r.seconds, now)
-                    for r in records
-                ],
+                f"INSERT OR REPLACE INTO labels ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
+                rows(),
             )
+
+    def put_reasons(self, teacher: str, prompt: str, reasons: Mapping[str, str | None]) -> None:
+        """Set the generated reason of already labelled texts (by text hash), all in one transaction.
+
+        A text without a label row is an error and nothing is written: a reason belongs to a label.
+        """
+        for h, reason in reasons.items():
+            if reason is not None and not isinstance(reason, str):
+                raise TypeError(f"{self.path}: reason for text {h} is a {type(reason).__name__}, not a string")
+        with self.transaction():
+            missing = []
+            for h, reason in reasons.items():
+                cur = self.conn.execute("UPDATE labels SET reason=? WHERE teacher=? AND prompt=? AND text_hash=?",
+                                        (reason, teacher, prompt, h))
+                if cur.rowcount == 0:
+                    missing.append(h)
+            if missing:
+                raise TailorkdError(f"{self.path}: {len(missing)} reasons are for texts without a label of teacher "
+                                    f"{teacher!r}, prompt {prompt!r} (e.g. {missing[:3]}); none were written")
 
     def get(self, teacher: str, prompt: str, hashes: Sequence[str], label_names: Sequence[str]) -> dict[str, LabelRecord]:
         """Records for the given text hashes (those present), with probs in ``label_names`` order."""
@@ -106,21 +215,125 @@ class LabelStore:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             rows = self.conn.execute(
-                f"SELECT text_hash, text_id, label_names, probs, predicted, confidence, entropy, margin, seconds "
-                f"FROM labels WHERE teacher=? AND prompt=? AND text_hash IN ({','.join('?' * len(chunk))})",
+                f"SELECT text_hash, text_id, label_names, probs, predicted, confidence, entropy, margin, seconds, "
+                f"reason FROM labels WHERE teacher=? AND prompt=? AND text_hash IN ({','.join('?' * len(chunk))})",
                 (teacher, prompt, *chunk),
             )
-            for h, tid, names, probs, pred, conf, ent, margin, secs in rows:
+            for h, tid, names, probs, pred, conf, ent, margin, secs, reason in rows:
                 stored = dict(zip(json.loads(names), json.loads(probs)))
                 if set(stored) != set(label_names):
                     raise ValueError(f"{self.path}: stored labels {sorted(stored)} differ from the task's {list(label_names)}")
-                found[h] = LabelRecord(tid, h, [stored[n] for n in label_names], pred, conf, ent, margin, secs)
+                found[h] = LabelRecord(tid, h, [stored[n] for n in label_names], pred, conf, ent, margin, secs, reason)
         return found
 
-    def count(self, teacher: str | None = None, prompt: str | None = None) -> int:
-        sql, args = "SELECT COUNT(*) FROM labels WHERE 1=1", []
+    @staticmethod
+    def _where(teacher: str | None, prompt: str | None) -> tuple[str, list[str]]:
+        sql, args = " WHERE 1=1", []
         if teacher is not None:
             sql, args = sql + " AND teacher=?", [*args, teacher]
         if prompt is not None:
             sql, args = sql + " AND prompt=?", [*args, prompt]
-        return int(self.conn.execute(sql, args).fetchone()[0])
+        return sql, args
+
+    def count(self, teacher: str | None = None, prompt: str | None = None) -> int:
+        where, args = self._where(teacher, prompt)
+        return int(self.conn.execute("SELECT COUNT(*) FROM labels" + where, args).fetchone()[0])
+
+    def stats(self, teacher: str | None = None, prompt: str | None = None) -> list[dict[str, Any]]:
+        """Per (teacher, prompt): texts, texts with a reason, predicted-label histogram (in label order) and
+        mean confidence / entropy / margin / seconds."""
+        where, args = self._where(teacher, prompt)
+        groups = self.conn.execute(
+            "SELECT teacher, prompt, COUNT(*), COUNT(reason), AVG(confidence), AVG(entropy), AVG(margin), "
+            "AVG(seconds), MIN(label_names) FROM labels" + where + " GROUP BY teacher, prompt ORDER BY teacher, prompt",
+            args,
+        ).fetchall()
+        histogram: dict[tuple[str, str], dict[str, int]] = {}
+        for t, p, predicted, n in self.conn.execute(
+            "SELECT teacher, prompt, predicted, COUNT(*) FROM labels" + where + " GROUP BY teacher, prompt, predicted",
+            args,
+        ):
+            histogram.setdefault((t, p), {})[predicted] = n
+        out = []
+        for t, p, n, with_reason, conf, ent, margin, secs, names in groups:
+            counts = histogram.get((t, p), {})
+            ordered = {name: counts.get(name, 0) for name in json.loads(names)}
+            ordered.update({k: v for k, v in sorted(counts.items()) if k not in ordered})
+            out.append({"teacher": t, "prompt": p, "texts": n, "with_reason": with_reason,
+                        "predicted_counts": ordered, "mean_confidence": conf, "mean_entropy": ent,
+                        "mean_margin": margin, "mean_seconds": secs})
+        return out
+
+    def export(self, path: str | Path, teacher: str | None = None, prompt: str | None = None,
+               batch_rows: int = 5000) -> int:
+        """Write the labels (of one teacher / prompt, or all) to ``path``: JSONL or Parquet by its suffix.
+
+        One row per text: text_id, text_hash, teacher, prompt, ``p_<label>`` per class, predicted,
+        confidence, entropy, margin, seconds, reason. Rows are streamed in batches from one read snapshot
+        and the file is written under a temporary name and renamed. Returns the number of rows.
+        """
+        path = Path(path)
+        fmt = path.suffix.lower()
+        if fmt not in EXPORT_FORMATS:
+            raise TailorkdError(f"{path}: cannot export labels to a {path.suffix or 'suffix-less'} file; "
+                                f"use one of {', '.join(EXPORT_FORMATS)}")
+        where, args = self._where(teacher, prompt)
+        self.conn.execute("BEGIN")  # one read snapshot, even while a labeller goes on writing
+        try:
+            label_names: list[str] = []
+            for (names,) in self.conn.execute("SELECT DISTINCT label_names FROM labels" + where, args):
+                label_names += [n for n in json.loads(names) if n not in label_names]
+            if not label_names:
+                raise TailorkdError(f"{self.path}: no labels to export for teacher {teacher or '(any)'!r}, "
+                                    f"prompt {prompt or '(any)'!r}")
+            cursor = self.conn.execute(
+                "SELECT text_id, text_hash, teacher, prompt, label_names, probs, predicted, confidence, entropy, "
+                "margin, seconds, reason FROM labels" + where + " ORDER BY teacher, prompt, rowid", args)
+            batches = self._export_batches(cursor, label_names, batch_rows)
+            write = _write_jsonl if fmt == ".jsonl" else _write_parquet
+            counted: list[int] = []
+            atomic_write(path, lambda tmp: counted.append(write(tmp, batches, label_names)))
+        finally:
+            self.conn.execute("COMMIT")
+        return counted[0]
+
+    @staticmethod
+    def _export_batches(cursor: sqlite3.Cursor, label_names: list[str], batch_rows: int) -> Iterator[list[dict[str, Any]]]:
+        while rows := cursor.fetchmany(batch_rows):
+            batch = []
+            for tid, h, t, p, names, probs, pred, conf, ent, margin, secs, reason in rows:
+                stored = dict(zip(json.loads(names), json.loads(probs)))
+                batch.append({"text_id": tid, "text_hash": h, "teacher": t, "prompt": p,
+                              **{f"p_{n}": stored.get(n) for n in label_names},
+                              "predicted": pred, "confidence": conf, "entropy": ent, "margin": margin,
+                              "seconds": secs, "reason": reason})
+            yield batch
+
+
+def _write_jsonl(path: Path, batches: Iterable[list[dict[str, Any]]], label_names: list[str]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for batch in batches:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in batch)
+            n += len(batch)
+    return n
+
+
+def _write_parquet(path: Path, batches: Iterable[list[dict[str, Any]]], label_names: list[str]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [("text_id", pa.string()), ("text_hash", pa.string()), ("teacher", pa.string()), ("prompt", pa.string())]
+        + [(f"p_{n}", pa.float64()) for n in label_names]
+        + [("predicted", pa.string()), ("confidence", pa.float64()), ("entropy", pa.float64()),
+           ("margin", pa.float64()), ("seconds", pa.float64()), ("reason", pa.string())],
+        metadata={"tailorkd.label_store_schema_version": str(SCHEMA_VERSION),
+                  "tailorkd.label_names": json.dumps(label_names)},
+    )
+    n = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in batches:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            n += len(batch)
+    return n
