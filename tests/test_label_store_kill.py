@@ -1,0 +1,273 @@
+"""A labelling run killed with SIGKILL at random moments loses at most the batch in flight, never leaves a
+partial or duplicated row, and resumes to exactly what an uninterrupted run stores.
+
+The labelling processes are real: a tiny LLaMA ``LocalTeacher`` through ``label_rows`` with chunks of 4.
+Importing torch and transformers and building the first model takes seconds on a small machine, so one
+helper process (the "zygote", this file run as a script) does that once, single-threaded, and forks a
+fresh child per labelling run, which builds its own teacher and store; the test kills those children.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # run as a script too
+# conftest (which imports torch) is imported where needed: the put_batch loop starts in a blink without it.
+
+CHUNK = 4
+ROWS_PER_TOPIC = 40  # 198 texts to label (2 are shots): about 50 chunks
+SEED = 20240611
+
+
+# -- the labelling job (run in a forked child) -------------------------------------------------------
+def teacher_and_rows(model_dir: str):
+    from conftest import TOPICS, topic_rows
+    from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
+    from tailorkd.teachers import LocalTeacher
+
+    task = TaskConfig(name="topic", description="The topic of a news item.",
+                      labels=[{"name": t, "description": f"{t} news"} for t in TOPICS])
+    rows = topic_rows(ROWS_PER_TOPIC)
+    shots = [rows[0], rows[ROWS_PER_TOPIC * 3]]  # one business, one sport example
+    teacher = LocalTeacher(TeacherConfig(model=model_dir, batch_size=CHUNK, device="cpu"), task,
+                           PromptConfig(instruction="Which topic?", shots=2, max_text_chars=120), shots)
+    return teacher, [r for r in rows if r not in shots]
+
+
+def label_job(model_dir: str, store_path: str) -> None:
+    import torch
+
+    from tailorkd.labels import LabelStore
+    from tailorkd.teachers import label_rows
+
+    torch.set_num_threads(1)  # as in the zygote (and the results do not depend on how many)
+    teacher, rows = teacher_and_rows(model_dir)
+    with LabelStore(store_path) as store:
+        label_rows(teacher, rows, store, chunk=CHUNK)
+
+
+def zygote(model_dir: str) -> None:
+    """Read ``label MODEL STORE`` / ``wait PID`` lines; answer a child's pid / its wait status."""
+    import torch
+
+    # One thread: no OpenMP worker pool exists to be broken by fork. Building a teacher once imports
+    # everything transformers loads lazily.
+    torch.set_num_threads(1)
+    teacher_and_rows(model_dir)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        if cmd == "label":
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    label_job(*args)
+                except BaseException:
+                    import traceback
+
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    sys.stderr.flush()
+                    os._exit(code)
+            print(pid, flush=True)
+        elif cmd == "wait":
+            _, status = os.waitpid(int(args[0]), 0)
+            print(os.waitstatus_to_exitcode(status), flush=True)
+
+
+# -- a loop of huge put_batch calls (a plain subprocess: no torch needed) ----------------------------
+def put_batch_loop(store_path: str, batch: int, prefix: str) -> None:
+    from tailorkd.labels import LabelStore, make_record
+
+    rng = random.Random(0)
+    names = ["x", "y", "z"]
+
+    def records(i: int):  # built inside put_batch's transaction, so that most of the call is the transaction
+        for j in range(batch):
+            w = [rng.random() + 1e-3 for _ in names]
+            yield make_record(f"{prefix}-{i}-{j}", f"text {prefix}-{i}-{j}", [v / sum(w) for v in w], names, 0.001)
+
+    with LabelStore(store_path) as store:
+        for i in range(10_000):
+            print(f"begin {i}", flush=True)
+            t0 = time.perf_counter()
+            store.put_batch("t", "p", names, records(i))
+            print(f"end {i} {time.perf_counter() - t0:.4f}", flush=True)
+
+
+# -- checks ------------------------------------------------------------------------------------------
+def stored_rows(store_path: Path) -> dict[str, tuple]:
+    if not store_path.exists():  # killed before the store was opened
+        return {}
+    conn = sqlite3.connect(store_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables in (set(), {"meta", "labels"}), tables  # the schema is made in one transaction
+        if not tables:
+            return {}
+        dupes = conn.execute("SELECT teacher, prompt, text_hash, COUNT(*) FROM labels GROUP BY 1, 2, 3 "
+                             "HAVING COUNT(*) > 1").fetchall()
+        assert dupes == []
+        rows = conn.execute("SELECT text_hash, text_id, label_names, probs, predicted, confidence, entropy, margin "
+                            "FROM labels").fetchall()
+    finally:
+        conn.close()
+    return {r[0]: r[1:] for r in rows}
+
+
+def check_complete(rows: dict[str, tuple], names: list[str], text_ids: dict[str, str]) -> None:
+    """Every stored row is whole: M probabilities summing to 1, predicted = argmax, statistics consistent."""
+    for h, (tid, label_names, probs, predicted, confidence, entropy, margin) in rows.items():
+        probs = json.loads(probs)
+        assert json.loads(label_names) == names and len(probs) == len(names)
+        assert text_ids[h] == tid
+        assert math.isclose(sum(probs), 1.0, abs_tol=1e-6)  # softmax in float32
+        best = max(range(len(probs)), key=probs.__getitem__)
+        assert predicted == names[best] and confidence == probs[best]
+        assert math.isclose(entropy, -sum(p * math.log(p) for p in probs if p > 0), abs_tol=1e-12)
+        assert math.isclose(margin, probs[best] - sorted(probs)[-2], abs_tol=1e-12)
+
+
+def count_rows(store_path: Path) -> int:
+    """Rows committed so far, read without creating the file or waiting on the writer."""
+    if not store_path.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=0.1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # schema not created yet, or locked for a moment
+        return 0
+
+
+class Zygote:
+    def __init__(self, model_dir: str, log: Path):
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, __file__, "zygote", model_dir], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=HERE.parent)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def ask(self, line: str) -> int:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def test_killed_labelling_keeps_whole_batches_and_resumes_to_the_uninterrupted_result(tiny_models, tmp_path):
+    from conftest import TOPICS, topic_rows
+    from tailorkd.labels import text_hash
+
+    rng = random.Random(SEED)
+    all_rows = topic_rows(ROWS_PER_TOPIC)
+    shots = [all_rows[0], all_rows[ROWS_PER_TOPIC * 3]]
+    rows = [r for r in all_rows if r not in shots]
+    text_ids = {text_hash(r["text"]): r["id"] for r in rows}
+    model = str(tiny_models["llama"])
+    store = tmp_path / "labels.sqlite"
+    log = tmp_path / "zygote.log"
+    zygote_proc = Zygote(model, log)
+    kills = []
+    try:
+        for round_ in range(5):
+            before = count_rows(store)
+            pid = zygote_proc.ask(f"label {model} {store}")
+            if round_ == 0:  # anywhere in start-up or the first chunks
+                time.sleep(rng.uniform(0.0, 0.3))
+                seen = count_rows(store)
+            else:  # once it has written a few more rows, plus a random delay
+                target = before + rng.randint(1, 2 * CHUNK)
+                deadline = time.monotonic() + 30
+                while (seen := count_rows(store)) < target:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(0.0, 0.02))
+            os.kill(pid, signal.SIGKILL)
+            status = zygote_proc.ask(f"wait {pid}")
+            assert status == -signal.SIGKILL, f"round {round_}: the run ended before the kill ({status})\n{log.read_text()}"
+            stored = stored_rows(store)
+            kills.append((seen, len(stored)))
+            assert len(stored) >= seen, "a committed batch was lost"
+            assert len(stored) % CHUNK == 0, f"a partial batch was stored: {len(stored)} rows"
+            check_complete(stored, TOPICS, text_ids)
+        assert len(stored) < len(rows), "the kills came too late to interrupt anything"
+
+        # Resume to completion; then the same job uninterrupted into a fresh store.
+        assert zygote_proc.ask(f"wait {zygote_proc.ask(f'label {model} {store}')}") == 0, log.read_text()
+        fresh = tmp_path / "fresh.sqlite"
+        assert zygote_proc.ask(f"wait {zygote_proc.ask(f'label {model} {fresh}')}") == 0, log.read_text()
+    finally:
+        zygote_proc.close()
+    resumed, reference = stored_rows(store), stored_rows(fresh)
+    assert set(resumed) == set(reference) == set(text_ids)
+    check_complete(resumed, TOPICS, text_ids)
+    for h, ref in reference.items():
+        assert resumed[h][0] == ref[0] and resumed[h][3] == ref[3]  # text id, predicted
+        assert json.loads(resumed[h][2]) == pytest.approx(json.loads(ref[2]), abs=1e-6)
+    print(f"rows seen before each kill / stored after it: {kills}")
+
+
+def test_kill_during_put_batch_leaves_all_or_none_of_the_batch(tmp_path):
+    batch = 5_000
+    rng = random.Random(SEED)
+    store = tmp_path / "labels.sqlite"
+    outcomes = []
+    for round_ in range(4):
+        before = count_rows(store)
+        proc = subprocess.Popen([sys.executable, __file__, "put_batch_loop", str(store), str(batch), f"r{round_}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent)
+        durations = []
+        while True:  # let one batch pass to learn how long a call takes, then kill inside the next one
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            kind, i, *rest = line.split()
+            if kind == "end":
+                durations.append(float(rest[0]))
+            elif durations:
+                in_flight = int(i)
+                time.sleep(rng.uniform(0.05, 0.95) * durations[-1])
+                break
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        conn = sqlite3.connect(store)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        added = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] - before
+        conn.close()
+        # Batches 0..in_flight-1 were committed; the one in flight is all there or not at all.
+        assert added in (in_flight * batch, (in_flight + 1) * batch), \
+            f"round {round_}: {added} rows added, batch {in_flight} of {batch} rows was in flight"
+        outcomes.append((in_flight, added // batch - in_flight, round(durations[-1], 3)))
+    print(f"(batch in flight, whether it was committed) per kill: {outcomes}")
+
+
+if __name__ == "__main__":
+    mode, *arguments = sys.argv[1:]
+    if mode == "zygote":
+        zygote(arguments[0])
+    elif mode == "put_batch_loop":
+        put_batch_loop(arguments[0], int(arguments[1]), arguments[2])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
