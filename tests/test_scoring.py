@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import CAUSAL_FAMILIES
-from tailorkd.scoring import LabelScorer, continuation_token_ids, shared_prefix
+from tailorkd.scoring import LabelScorer, answer_tree, continuation_token_ids, shared_prefix
 
 
 def reference_scores(model, prompts, label_ids):
@@ -39,10 +39,16 @@ def test_exact_scores_match_reference_with_multi_token_labels(tiny_models, famil
     want = reference_scores(model, prompts, label_ids)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
-    # With a cached shared prefix (the prompts' common start) the scores are the same.
+    # With a cached shared prefix (the prompts' common start) the scores are the same, whether the texts
+    # run batched on copies of the cache or one by one on the cache itself (the CPU default).
     scorer.set_shared_prefix(shared_prefix(prompts)[:-1])
     assert len(scorer._prefix[0]) >= 3 and scorer._prefix_for(prompts) is not None
-    torch.testing.assert_close(scorer.score_exact(prompts), want, atol=1e-4, rtol=1e-4)
+    prefix_len = scorer._prefix[1].get_seq_length() if hasattr(scorer._prefix[1], "get_seq_length") else None
+    for sequential in (False, True, True):  # twice: a second pass proves the shared cache was put back
+        scorer.sequential = sequential
+        torch.testing.assert_close(scorer.score_exact(prompts), want, atol=1e-4, rtol=1e-4)
+        if prefix_len is not None:
+            assert scorer._prefix[1].get_seq_length() == prefix_len
     # A prompt that does not share the prefix falls back to full computation, still exact.
     other = tok("Something else entirely")["input_ids"]
     torch.testing.assert_close(scorer.score_exact([other]), reference_scores(model, [other], label_ids), atol=1e-4, rtol=1e-4)
@@ -88,3 +94,43 @@ def test_continuation_ids_follow_the_prompt_boundary(tiny_models):
     assert tok.decode(ids[1]) == " tech"
     with pytest.raises(ValueError, match="same answer tokens"):
         continuation_token_ids(tok, "Answer:", [" sport", " sport"], True)
+
+
+def test_answer_tree_shares_common_prefixes():
+    # Labels [5], [7, 8, 9], [7, 8, 4], [7, 3]: non-final prefixes (7), (7, 8) -> two nodes.
+    tokens, parents, depths = answer_tree([[5], [7, 8, 9], [7, 8, 4], [7, 3]])
+    assert tokens == [7, 8] and parents == [-1, 0] and depths == [0, 1]
+    assert answer_tree([[1], [2]]) == ([], [], [])
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_hidden_states_pool_the_texts_own_tokens(tiny_models, family, pooling):
+    if family not in tiny_models:
+        pytest.skip(f"{family} not available in this transformers")
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[family]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_models[family])
+    texts = ["The team won the match.", "Shares rose on the market after profits were reported today."]
+    prompts = [tok(f"Classify the topic.\nText: {t}\nAnswer:")["input_ids"] for t in texts]
+    label_ids = continuation_token_ids(tok, "Text: x\nAnswer:", [" sport", " business news"], True)
+    scorer = LabelScorer(model, tok, label_ids)
+    prefix = shared_prefix(prompts)[:-1]
+    scorer.set_shared_prefix(prefix)
+    layers = [1, -1]
+    # Reference: one plain forward pass per prompt, pooled over the tokens after the shared prefix.
+    want = {layer: [] for layer in layers}
+    with torch.no_grad():
+        for p in prompts:
+            states = model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states
+            for layer in layers:
+                own = states[layer][0, len(prefix):]
+                want[layer].append(own[-1] if pooling == "last" else own.mean(0))
+    for sequential in (True, False):
+        scorer.sequential = sequential
+        got = scorer.score(prompts, hidden_layers=layers, pooling=pooling)
+        assert got.scores.shape == (2, 2)
+        for layer in layers:
+            assert got.hidden[layer].dtype == torch.float32
+            torch.testing.assert_close(got.hidden[layer], torch.stack(want[layer]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="hidden layer 99 does not exist"):
+        scorer.score(prompts, hidden_layers=[99])

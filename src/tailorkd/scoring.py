@@ -3,18 +3,27 @@
 This is how both the teacher and a causal-LM student turn a prompt into a distribution over the M
 classes, whatever their tokenizers: no free text is generated or parsed.
 
-Exact scoring (``score_exact``): the part all prompts share (system prompt, instruction, few-shot
-examples) is computed once and its KV cache reused (``set_shared_prefix``); one forward pass over the
-texts' own tokens (left-padded, batched) gives the first answer token's distribution and a KV cache;
-labels of several tokens are finished from a copy of that cache, so nothing is recomputed per class. ``class_logits`` is the differentiable form used to train a
-student: when all classes begin with different tokens it reads them off one forward pass; otherwise it
-scores every (prompt, class) sequence in full.
+Exact scoring (``score``/``score_exact``): the part all prompts share (system prompt, instruction,
+few-shot examples) is computed once and its KV cache reused (``set_shared_prefix``). Each text then runs
+only its own tokens, which give the first answer token's distribution; labels of several tokens are
+finished in one more small pass over their remaining tokens, so nothing is recomputed per class.
+
+Two ways to run the texts' own tokens, chosen by device: on a GPU they are left-padded and batched on
+copies of the prefix cache (parallelism pays for the padding and copies); on a CPU, where a batch buys
+little, each text runs alone on the shared cache itself, without padding or copies, and the cache is put
+back as it was afterwards. There the answer tokens of all classes go in one pass as a token tree: each
+attends to the text and to its own label's earlier tokens only (a 4D attention mask).
+
+``class_logits`` is the differentiable form used to train a student: when all classes begin with
+different tokens it reads them off one forward pass; otherwise it scores every (prompt, class) sequence
+in full.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Sequence
 
@@ -55,6 +64,49 @@ def _repeat_cache(cache: Any, batch: int, keep_original: bool = True) -> Any:
     return tuple(tuple(t.repeat_interleave(batch, dim=0) for t in layer) for layer in cache)
 
 
+def _snapshot(cache: Any) -> Any:
+    """What is needed to undo a forward pass's appends to ``cache`` without copying any tensor.
+
+    Caches grow by concatenation into new tensors (never in place), so keeping references to the
+    current tensors and attributes is enough. Legacy tuple caches are immutable: nothing to keep.
+    """
+    if isinstance(cache, tuple) or not hasattr(cache, "__dict__"):
+        return None
+    state = {k: (list(v) if isinstance(v, list) else v) for k, v in vars(cache).items()}
+    layers = [dict(vars(layer)) for layer in getattr(cache, "layers", [])]
+    return state, layers
+
+
+def _restore(cache: Any, snapshot: Any) -> None:
+    if snapshot is None:
+        return
+    state, layers = snapshot
+    vars(cache).clear()
+    vars(cache).update(state)
+    for layer, saved in zip(getattr(cache, "layers", []), layers):
+        vars(layer).clear()
+        vars(layer).update(saved)
+
+
+def answer_tree(label_ids: Sequence[Sequence[int]]) -> tuple[list[int], list[int], list[int]]:
+    """The distinct non-final answer prefixes as a token tree: (tokens, parent index or -1, depth).
+
+    Feeding node i's token predicts the next token of every label that extends that prefix, so all
+    classes' 2nd..last tokens are scored from one pass over these nodes.
+    """
+    index: dict[tuple[int, ...], int] = {}
+    tokens, parents, depths = [], [], []
+    for ids in label_ids:
+        for i in range(len(ids) - 1):
+            key = tuple(ids[: i + 1])
+            if key not in index:
+                index[key] = len(tokens)
+                tokens.append(int(ids[i]))
+                parents.append(index[key[:-1]] if i else -1)
+                depths.append(i)
+    return tokens, parents, depths
+
+
 def shared_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
     """The longest common token prefix of ``sequences``."""
     first = list(sequences[0])
@@ -72,10 +124,27 @@ def _base_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class LabelScorer:
-    """Scores the M classes for batches of tokenized prompts with one causal LM."""
+@dataclass
+class ScoreResult:
+    """Class scores [B, M] (log-likelihoods, or per-token means if normalising) and, when asked for, the
+    pooled hidden states {layer: [B, H] float32} of the texts' own tokens."""
 
-    def __init__(self, model: Any, tokenizer: Any, label_ids: list[list[int]], length_normalize: bool = False):
+    scores: torch.Tensor
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+POOLINGS = ("last", "mean")
+
+
+class LabelScorer:
+    """Scores the M classes for batches of tokenized prompts with one causal LM.
+
+    ``sequential`` (default: True on a CPU) runs each text alone on the shared prefix cache instead of
+    batching padded texts on copies of it; both give the same scores.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, label_ids: list[list[int]], length_normalize: bool = False,
+                 sequential: bool | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.label_ids = label_ids
@@ -88,6 +157,8 @@ class LabelScorer:
         # window; such models score texts of equal length together instead (no padding at all).
         config = getattr(_base_model(model), "config", None)
         self.sliding_window = getattr(config, "sliding_window", None) is not None
+        self.sequential = self.device.type == "cpu" if sequential is None else sequential
+        self.tree = answer_tree(label_ids)
 
     @cached_property
     def _forward_params(self) -> set[str]:
@@ -153,18 +224,38 @@ class LabelScorer:
     @torch.no_grad()
     def score_exact(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """[B, M] total log-likelihood of each class's answer after each prompt (no gradient)."""
+        return self.score(prompts).scores
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Sequence[int]], hidden_layers: Sequence[int] = (),
+              pooling: str = "last") -> ScoreResult:
+        """Class scores, and the hidden states of ``hidden_layers`` (indices into the model's hidden
+        states: 0 = embeddings, -1 = last layer) pooled over each text's own tokens: ``last`` = the
+        state at the answer position, ``mean`` = the mean over the tokens after the shared prefix."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         prefix = self._prefix_for(prompts)
+        if prefix is not None and self.sequential:
+            parts = [self._score_alone(p, prefix, hidden_layers, pooling) for p in prompts]
+            return ScoreResult(torch.cat([r.scores for r in parts]),
+                               {k: torch.cat([r.hidden[k] for r in parts]) for k in parts[0].hidden})
         if prefix is not None and self.sliding_window and len({len(p) for p in prompts}) > 1:
-            out = torch.empty(len(prompts), len(self.label_ids), device=self.device)
-            for length in {len(p) for p in prompts}:
+            scores = torch.empty(len(prompts), len(self.label_ids), device=self.device)
+            hidden: dict[int, torch.Tensor] = {}
+            for length in sorted({len(p) for p in prompts}):
                 rows = [i for i, p in enumerate(prompts) if len(p) == length]
-                out[rows] = self.score_exact([prompts[i] for i in rows])
-            return out
+                part = self.score([prompts[i] for i in rows], hidden_layers, pooling)
+                scores[rows] = part.scores
+                for k, v in part.hidden.items():
+                    hidden.setdefault(k, torch.empty(len(prompts), v.shape[1]))[rows] = v
+            return ScoreResult(scores, hidden)
         needs_cache = any(len(label) > 1 for label in self.label_ids)
+        extra = {"output_hidden_states": True} if hidden_layers else {}
         if prefix is None:
-            ids, mask = self._left_pad(prompts)
+            ids, own_mask = self._left_pad(prompts)
+            mask = own_mask
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self._forward(ids, mask, positions, keep=1, use_cache=needs_cache)
+            out = self._forward(ids, mask, positions, keep=1, use_cache=needs_cache, **extra)
         else:
             # Only the texts' own tokens run, on top of a copy of the shared prefix's cache. Padding sits
             # between prefix and text, masked out; positions continue from the prefix.
@@ -172,13 +263,92 @@ class LabelScorer:
             ids, own_mask = self._left_pad([p[n:] for p in prompts])
             positions = n + (own_mask.cumsum(-1) - 1).clamp(min=0)
             mask = torch.cat([torch.ones(len(prompts), n, dtype=own_mask.dtype, device=ids.device), own_mask], dim=1)
-            out = self._forward(ids, mask, positions, keep=1, use_cache=True, **{self._cache_kwarg: cache})
+            out = self._forward(ids, mask, positions, keep=1, use_cache=True, **{self._cache_kwarg: cache}, **extra)
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1)
         scores = torch.stack([first[:, label[0]] for label in self.label_ids], dim=1)
         longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
         if longer:
             scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
-        return self._combine(scores)
+        return ScoreResult(self._combine(scores), self._pool(out, own_mask, hidden_layers, pooling))
+
+    def _score_alone(self, prompt: Sequence[int], prefix: tuple[list[int], Any], hidden_layers: Sequence[int],
+                     pooling: str) -> ScoreResult:
+        """One text on the shared prefix cache itself (no padding, no copy); the cache is restored after."""
+        n, cache = len(prefix[0]), prefix[1]
+        snapshot = _snapshot(cache)
+        try:
+            ids = torch.tensor([list(prompt[n:])], device=self.device)
+            positions = torch.arange(n, len(prompt), device=self.device)[None]
+            mask = torch.ones(1, len(prompt), dtype=torch.long, device=self.device)
+            extra = {"output_hidden_states": True} if hidden_layers else {}
+            out = self._forward(ids, mask, positions, keep=1, use_cache=True, **{self._cache_kwarg: cache}, **extra)
+            first = F.log_softmax(out.logits[:, -1].float(), dim=-1)
+            scores = torch.stack([first[:, label[0]] for label in self.label_ids], dim=1)
+            if self.tree[0]:
+                if self.sliding_window:  # a custom 4D mask cannot describe a sliding window's cache
+                    longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
+                    scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
+                else:
+                    scores = scores + self._tree_continuations(out.get(self._cache_kwarg), len(prompt))
+            return ScoreResult(self._combine(scores), self._pool(out, torch.ones_like(ids), hidden_layers, pooling))
+        finally:
+            _restore(cache, snapshot)
+
+    def _tree_continuations(self, cache: Any, length: int) -> torch.Tensor:
+        """[1, M] log-probs of every class's 2nd.. answer tokens after one unpadded prompt of ``length``
+        tokens whose KV cache is ``cache``: one pass over the answer tree (see ``answer_tree``)."""
+        tokens, parents, depths = self.tree
+        q = len(tokens)
+        allowed = torch.zeros(q, length + q, dtype=torch.bool)
+        allowed[:, :length] = True
+        for i in range(q):
+            node = i
+            while node >= 0:  # the node itself and its ancestors
+                allowed[i, length + node] = True
+                node = parents[node]
+        dtype = next(self.model.parameters()).dtype
+        dtype = dtype if dtype.is_floating_point else torch.float32
+        mask = torch.zeros(1, 1, q, length + q, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        out = self._forward(
+            torch.tensor([tokens], device=self.device),
+            mask.to(self.device),
+            torch.tensor([[length + d for d in depths]], device=self.device),
+            keep=q,
+            use_cache=True,
+            **{self._cache_kwarg: cache},
+        )
+        logp = F.log_softmax(out.logits[0, -q:].float(), dim=-1)
+        index = {tuple(tokens[j] for j in self._path(i)): i for i in range(q)}
+        extra = torch.zeros(1, len(self.label_ids), device=self.device)
+        for c, ids in enumerate(self.label_ids):
+            for i in range(1, len(ids)):
+                extra[0, c] += logp[index[tuple(ids[:i])], ids[i]]
+        return extra
+
+    def _path(self, node: int) -> list[int]:
+        parents = self.tree[1]
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = parents[node]
+        return path[::-1]
+
+    def _pool(self, out: Any, own_mask: torch.Tensor, layers: Sequence[int], pooling: str) -> dict[int, torch.Tensor]:
+        if not layers:
+            return {}
+        states = out.hidden_states
+        pooled = {}
+        for layer in layers:
+            if not -len(states) <= layer < len(states):
+                raise ValueError(f"hidden layer {layer} does not exist: the model has hidden states 0..{len(states) - 1}")
+            h = states[layer].float()
+            if pooling == "last":
+                pooled[layer] = h[:, -1].cpu()
+            else:
+                m = own_mask[:, -h.shape[1]:].to(h.dtype).unsqueeze(-1)
+                pooled[layer] = ((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu()
+        return pooled
 
     def _continuations(self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, classes: list[int]) -> torch.Tensor:
         """[B, M] log-probs of the 2nd.. answer tokens (0 for one-token answers), in one forward pass.
