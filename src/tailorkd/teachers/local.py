@@ -1,8 +1,14 @@
-"""A local Hugging Face causal LM as teacher: class probabilities from label likelihoods."""
+"""A local Hugging Face causal LM as teacher: class probabilities from label likelihoods.
+
+Optionally it also gives its pooled hidden states (for hidden-state distillation) and, for a sample of
+texts, a short generated reason for its label (shown beside the student's alerts).
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+import random
 import time
 from typing import Any, Sequence
 
@@ -11,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tailorkd.devices import resolve_device, resolve_dtype
+from tailorkd.hidden_states import HiddenStateWriter
 from tailorkd.labels import LabelRecord, LabelStore, make_record, text_hash
 from tailorkd.models import load_causal_lm
 from tailorkd.prompts import PromptBuilder, PromptEncoder
@@ -46,7 +53,15 @@ class LocalTeacher:
         return self.prompts.encode(row)
 
     def score(self, rows: Sequence[dict[str, Any]], bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """[N, M] class probabilities and per-text seconds, in the order of ``rows``.
+        """[N, M] class probabilities and per-text seconds, in the order of ``rows``."""
+        probs, seconds, _ = self.score_states(rows, bar)
+        return probs, seconds
+
+    def score_states(self, rows: Sequence[dict[str, Any]], bar: tqdm | None = None,
+                     hidden_layers: Sequence[int] = (), pooling: str = "last"
+                     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """Class probabilities [N, M], per-text seconds [N] and the pooled hidden states {layer: [N, H]}
+        of ``hidden_layers`` (none asked: empty), in the order of ``rows``.
 
         Prompts are batched by length so that little padding is computed.
         """
@@ -54,31 +69,117 @@ class LocalTeacher:
         order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
         probs = np.zeros((len(rows), len(self.task.labels)), dtype=np.float64)
         seconds = np.zeros(len(rows))
+        hidden: dict[int, np.ndarray] = {}
         bs = self.config.batch_size
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             t0 = time.perf_counter()
-            scores = self.scorer.score_exact([encoded[i] for i in idx])
-            probs[idx] = torch.softmax(scores, dim=-1).cpu().double().numpy()
+            result = self.scorer.score([encoded[i] for i in idx], hidden_layers, pooling)
+            probs[idx] = torch.softmax(result.scores, dim=-1).cpu().double().numpy()
+            for layer, states in result.hidden.items():
+                hidden.setdefault(layer, np.zeros((len(rows), states.shape[1]), dtype=np.float32))[idx] = states.numpy()
             seconds[idx] = (time.perf_counter() - t0) / len(idx)
             if bar is not None:
                 bar.update(len(idx))
-        return probs, seconds
+        return probs, seconds, hidden
+
+    # -- reasons -----------------------------------------------------------------------------------
+    REASON_QUESTION = "In one short sentence, why is that the answer?"
+
+    def reason_prompt(self, row: dict[str, Any], label_name: str) -> str:
+        """The labelling prompt, the teacher's own answer, then a request for a one-sentence reason."""
+        b = self.builder
+        answer = b._answer_of(label_name)
+        if b.use_chat:
+            messages = b.messages(row["text"], row.get("title")) + [
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": self.REASON_QUESTION},
+            ]
+            return b.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return b.render(row["text"], row.get("title")) + f" {answer}\nReason:"
+
+    @torch.no_grad()
+    def reasons(self, rows: Sequence[dict[str, Any]], label_names: Sequence[str], max_new_tokens: int = 48,
+                bar: tqdm | None = None) -> list[str]:
+        """A short English justification of the given label for each row (greedy, one line).
+
+        Generation starts from a copy of the shared prefix's KV cache, so the few-shot part is not
+        recomputed for every text.
+        """
+        scorer, tok = self.scorer, self.builder.tokenizer
+        model = scorer.model
+        out = []
+        for row, name in zip(rows, label_names):
+            ids = tok(self.reason_prompt(row, name), add_special_tokens=self.prompts.add_special_tokens)["input_ids"]
+            kwargs: dict[str, Any] = {}
+            prefix = scorer._prefix_for([ids])
+            if prefix is not None and not scorer.sliding_window:
+                kwargs[scorer._cache_kwarg] = copy.deepcopy(prefix[1])
+            input_ids = torch.tensor([ids], device=scorer.device)
+            generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=scorer.pad_id,
+                                       **kwargs)
+            text = tok.decode(generated[0, len(ids):], skip_special_tokens=True).strip()
+            out.append(" ".join(text.splitlines()[0].split()) if text else "")
+            if bar is not None:
+                bar.update(1)
+        return out
+
+
+def hidden_key(teacher_identity: str, layers: Sequence[int], pooling: str) -> str:
+    """The teacher key hidden states are stored under: a change of layers or pooling stores afresh."""
+    return f"{teacher_identity}|hidden={','.join(str(int(x)) for x in layers)}|pool={pooling}"
 
 
 def label_rows(teacher: LocalTeacher, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
-               chunk: int = 64) -> dict[str, LabelRecord]:
-    """Label the rows not yet in the store (chunk by chunk, each one transaction); return all their records."""
+               chunk: int = 64, hidden_layers: Sequence[int] = (), pooling: str = "last",
+               rows_per_shard: int = 1024) -> dict[str, LabelRecord]:
+    """Label the rows not yet in the store (chunk by chunk, each one transaction); return all their records.
+
+    With ``hidden_layers``, the teacher's pooled hidden states of those layers are stored too (sharded
+    beside the store, see ``tailorkd.hidden_states``); a text lacking either is labelled again.
+    """
     names = teacher.task.label_names
     key = (teacher.identity, teacher.prompt_fingerprint)
     done = store.done_hashes(*key)
+    writer = None
+    if hidden_layers:
+        writer = HiddenStateWriter(store, hidden_key(teacher.identity, hidden_layers, pooling), key[1], hidden_layers,
+                                   rows_per_shard)
+        done &= writer.done_hashes()
     todo = [r for r in rows if text_hash(r["text"]) not in done]
     if len(todo) < len(rows):
         log.info("%s: %d of %d texts already labelled in %s", desc, len(rows) - len(todo), len(rows), store.path)
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            probs, secs = teacher.score(part, bar)
+            probs, secs, hidden = teacher.score_states(part, bar, hidden_layers, pooling)
             records = [make_record(r["id"], r["text"], p, names, s) for r, p, s in zip(part, probs, secs)]
+            if writer is not None:
+                writer.add([r.text_hash for r in records], hidden)
             store.put_batch(*key, names, records)
+            if writer is not None:
+                writer.flush()  # after put_batch: every stored hidden state has its label
+    if writer is not None:
+        writer.close()
     return store.get(*key, [text_hash(r["text"]) for r in rows], names)
+
+
+def add_reasons(teacher: LocalTeacher, rows: Sequence[dict[str, Any]], store: LabelStore, sample: int, seed: int,
+                max_new_tokens: int = 48, desc: str = "teacher: reasons", chunk: int = 8) -> int:
+    """Generate the teacher's reason for its label on a seeded sample of ``sample`` labelled rows (texts
+    that already have one count towards the sample). Returns how many reasons the sample now has."""
+    names = teacher.task.label_names
+    key = (teacher.identity, teacher.prompt_fingerprint)
+    records = store.get(*key, [text_hash(r["text"]) for r in rows], names)
+    labelled = [r for r in rows if text_hash(r["text"]) in records]
+    random.Random(seed).shuffle(labelled)
+    chosen = labelled[:sample]  # a seeded order, so a bigger sample extends a smaller one
+    todo = [r for r in chosen if records[text_hash(r["text"])].reason is None]
+    with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            predicted = [records[text_hash(r["text"])].predicted for r in part]
+            reasons = teacher.reasons(part, predicted, max_new_tokens, bar)
+            store.put_reasons(*key, {text_hash(r["text"]): reason for r, reason in zip(part, reasons)})
+    return len(chosen)
