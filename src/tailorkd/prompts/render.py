@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class PromptBuilder:
     config: PromptConfig
     tokenizer: Any
     shots: list[dict[str, Any]] = field(default_factory=list)
+    # The last line of the task text; a served teacher in JSON mode asks for a JSON object instead.
+    answer_instruction: ClassVar[str] = "Answer with the label only."
 
     def __post_init__(self) -> None:
         has_chat = bool(getattr(self.tokenizer, "chat_template", None))
@@ -79,11 +81,15 @@ class PromptBuilder:
                 desc = f": {label.description}" if label.description else ""
                 lines.append(f"- {label.answer}{desc}")
         lines.append("")
-        lines.append("Answer with the label only.")
+        lines.append(self.answer_instruction)
         return "\n".join(lines)
 
     def _answer_of(self, label_name: str) -> str:
         return next(label.answer for label in self.task.labels if label.name == label_name)
+
+    def _shot_answer(self, label_name: str) -> str:
+        """What a few-shot example's answer turn says (a served teacher in JSON mode answers in JSON)."""
+        return self._answer_of(label_name)
 
     def _input_block(self, title: str | None, text: str, max_chars: int) -> str:
         return f"{self.config.input_prefix} {_input_text(title, text, max_chars)}".strip()
@@ -108,7 +114,10 @@ class PromptBuilder:
         parts.append(self._input_block(title, text, self.config.max_text_chars) + f"\n{self.config.answer_prefix}")
         return "\n\n".join(parts)
 
-    def _render_chat(self, text: str, title: str | None) -> str:
+    def messages(self, text: str, title: str | None = None) -> list[dict[str, str]]:
+        """The prompt as chat messages: system (if any), the task with each few-shot example as a user turn
+        answered by an assistant turn, then the input. The one source of the chat format: a local chat
+        template renders these, a served teacher sends them as they are."""
         messages: list[dict[str, str]] = []
         if self.config.system:
             messages.append({"role": "system", "content": self.config.system.strip()})
@@ -116,10 +125,13 @@ class PromptBuilder:
         for shot in self.shots:
             block = self._input_block(shot.get("title"), shot["text"], self.config.max_shot_chars)
             messages.append({"role": "user", "content": preamble + block})
-            messages.append({"role": "assistant", "content": self._answer_of(shot["label"])})
+            messages.append({"role": "assistant", "content": self._shot_answer(shot["label"])})
             preamble = ""
         messages.append({"role": "user", "content": preamble + self._input_block(title, text, self.config.max_text_chars)})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return messages
+
+    def _render_chat(self, text: str, title: str | None) -> str:
+        return self.tokenizer.apply_chat_template(self.messages(text, title), tokenize=False, add_generation_prompt=True)
 
     def label_continuations(self) -> list[str]:
         """The text of each class's answer as it follows the prompt (a leading space after a cue)."""
