@@ -203,3 +203,56 @@ def test_stats_per_teacher_and_prompt(tmp_path):
         assert first["mean_seconds"] == pytest.approx(1.25 / 3)
         assert stats[1]["predicted_counts"] == {"z": 1, "y": 0, "x": 0}
         assert store.stats(teacher="t2")[0]["predicted_counts"] == {"x": 0, "w": 1}
+
+
+def labelled_run(tmp_path):
+    """A recipe whose run folder holds a filled store and the summary of its label stage (no model needed)."""
+    (tmp_path / "news.jsonl").write_text(json.dumps({"id": "1", "text": "a", "label": "x"}) + "\n", encoding="utf-8")
+    recipe = {
+        "name": "tiny", "output_dir": str(tmp_path / "run"),
+        "task": {"name": "t", "description": "d", "labels": [{"name": n} for n in ("x", "y", "z")]},
+        "data": {"sources": [{"path": "news.jsonl"}]},
+        "prompt": {"instruction": "Which?", "shots": 0},
+        "teacher": {"model": "t1"}, "student": {"model": "s"},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe), encoding="utf-8")  # JSON is YAML
+    filled_store(tmp_path / "run" / "labels.sqlite").close()
+    (tmp_path / "run" / "labels_summary.json").write_text(json.dumps({"teacher": "t1", "prompt": {"fingerprint": "p1"}}))
+    return str(path)
+
+
+def test_cli_labels_export_and_stats(tmp_path, capsys):
+    from tailorkd.cli import main
+
+    recipe = labelled_run(tmp_path)
+    out = tmp_path / "labels.parquet"
+    assert main(["labels", "export", recipe, str(out)]) == 0  # the run's teacher and prompt
+    assert capsys.readouterr().out.strip() == f"3 labels -> {out}"
+    frame = pd.read_parquet(out)
+    assert set(frame["teacher"]) == {"t1"} and set(frame["prompt"]) == {"p1"} and len(frame) == 3
+    assert main(["labels", "export", recipe, str(tmp_path / "t1.jsonl"), "--teacher", "t1"]) == 0
+    assert len(read_export(tmp_path / "t1.jsonl")) == 4  # both prompts of t1
+    assert main(["labels", "export", recipe, str(tmp_path / "all.jsonl"), "--all"]) == 0
+    assert len(read_export(tmp_path / "all.jsonl")) == 5
+    capsys.readouterr()
+
+    assert main(["labels", "export", recipe, str(tmp_path / "labels.csv")]) == 2
+    assert "labels.csv: cannot export labels to a .csv file" in capsys.readouterr().err
+    # An override moves the run folder: no store there yet.
+    assert main(["labels", "stats", recipe, f"output_dir={tmp_path / 'elsewhere'}"]) == 2
+    assert "no label store yet; run `tailorkd label" in capsys.readouterr().err
+
+    assert main(["labels", "stats", recipe]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].endswith("labels.sqlite: 5 labels, 3 teacher x prompt")
+    blocks = text.split("\n\n")[1:]
+    assert blocks[0].splitlines() == [
+        "teacher    t1  (run)", "prompt     p1", "texts      3 (1 with a reason)",
+        "mean       confidence 0.6667  entropy 0.8235  margin 0.4667  seconds/text 0.4167",
+        "predicted  x 1  y 1  z 1"]
+    assert blocks[2].splitlines()[0] == "teacher    t2" and blocks[2].splitlines()[-1] == "predicted  x 0  w 1"
+
+    (tmp_path / "run" / "labels_summary.json").unlink()  # label stage never finished: say what to do
+    assert main(["labels", "export", recipe, str(out)]) == 2
+    assert "--teacher / --prompt, or export them --all" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import inspect
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from tailorkd.errors import TailorkdError
@@ -112,6 +113,60 @@ def models_prepare(names: list[str], force: bool = False) -> None:
         print(f"{name}: {prepare_model(name, force=force)}")
 
 
+def _run_label_store(recipe: str, overrides: list[str]) -> tuple[Path, dict[str, Any] | None]:
+    """RECIPE's label store path and its labels_summary.json (None when the label stage has not finished)."""
+    out = Path(_recipe(recipe, overrides).output_dir)
+    store = out / "labels.sqlite"
+    if not store.is_file():
+        raise TailorkdError(f"{store}: no label store yet; run `tailorkd label {recipe}` first")
+    summary_path = out / "labels_summary.json"
+    return store, json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+
+
+def labels_export(recipe: str, out: str, overrides: list[str], teacher: str | None = None, prompt: str | None = None,
+                  everything: bool = False) -> None:
+    """Export the teacher labels of RECIPE's run (<output_dir>/labels.sqlite) to OUT, .jsonl or .parquet.
+
+    One row per text: text_id, text_hash, teacher, prompt, p_<label> per class, predicted, confidence,
+    entropy, margin, seconds, reason. By default the labels of the teacher and prompt the run used (from
+    labels_summary.json); --teacher / --prompt select others (either alone: every match), --all exports
+    the whole store.
+    """
+    from tailorkd.labels import LabelStore
+
+    store_path, summary = _run_label_store(recipe, overrides)
+    if not everything and teacher is None and prompt is None:
+        if summary is None:
+            raise TailorkdError(f"{store_path.parent / 'labels_summary.json'} not found (the label stage did not "
+                                f"finish); name the labels with --teacher / --prompt, or export them --all")
+        teacher, prompt = summary["teacher"], summary["prompt"]["fingerprint"]
+    with LabelStore(store_path) as store:
+        n = store.export(out, teacher=teacher, prompt=prompt)
+    print(f"{n} labels -> {out}")
+
+
+def labels_stats(recipe: str, overrides: list[str]) -> None:
+    """Summarise RECIPE's label store, per teacher and prompt.
+
+    For each: the texts labelled (and how many have a reason), the predicted-label histogram, and mean
+    confidence, entropy, margin and seconds per text. "(run)" marks the labels the run currently uses.
+    """
+    from tailorkd.labels import LabelStore
+
+    store_path, summary = _run_label_store(recipe, overrides)
+    current = (summary["teacher"], summary["prompt"]["fingerprint"]) if summary else None
+    with LabelStore(store_path) as store:
+        groups = store.stats()
+    print(f"{store_path}: {sum(g['texts'] for g in groups)} labels, {len(groups)} teacher x prompt")
+    for g in groups:
+        mark = "  (run)" if (g["teacher"], g["prompt"]) == current else ""
+        print(f"\nteacher    {g['teacher']}{mark}\nprompt     {g['prompt']}")
+        print(f"texts      {g['texts']} ({g['with_reason']} with a reason)")
+        print(f"mean       confidence {g['mean_confidence']:.4f}  entropy {g['mean_entropy']:.4f}  "
+              f"margin {g['mean_margin']:.4f}  seconds/text {g['mean_seconds']:.4g}")
+        print("predicted  " + "  ".join(f"{name} {n}" for name, n in g["predicted_counts"].items()))
+
+
 def memory(model: str, adapter: str = "qlora", r: int = 64, target_modules: list[str] | None = None,
            weights_rule: str = "bnb") -> None:
     """Estimate the training memory of student MODEL (the paper's Table 3): full KD next to ADAPTER.
@@ -156,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("names", nargs="*", help="registry names (default: all)")
     mp.add_argument("--force", action="store_true", help="convert again even if cached")
     mp.set_defaults(func=models_prepare)
+
+    labels = sub.add_parser("labels", help="the run's teacher labels: export, statistics")
+    lsub = labels.add_subparsers(dest="labels_command", required=True)
+    short, long = _help(labels_export)
+    le = lsub.add_parser("export", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    le.add_argument("recipe", help="path to a recipe YAML")
+    le.add_argument("out", help="output file: .jsonl or .parquet")
+    le.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    le.add_argument("--teacher", help="teacher identity (default: the run's)")
+    le.add_argument("--prompt", help="prompt fingerprint (default: the run's)")
+    le.add_argument("--all", dest="everything", action="store_true", help="every teacher and prompt in the store")
+    le.set_defaults(func=labels_export)
+    short, long = _help(labels_stats)
+    ls = lsub.add_parser("stats", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls.add_argument("recipe", help="path to a recipe YAML")
+    ls.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    ls.set_defaults(func=labels_stats)
 
     short, long = _help(memory)
     mem = sub.add_parser("memory", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
