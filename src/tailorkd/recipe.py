@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from tailorkd.data.config import SOURCE_KINDS, DataConfig
 from tailorkd.errors import TailorkdError
@@ -82,14 +84,70 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class TeacherConfig(_Section):
-    model: str = Field(min_length=1, description="Registry name, local folder or hub id.")
-    dtype: Dtype = "float32"
-    device: Device = "auto"
-    batch_size: int = Field(default=8, ge=1)
-    length_normalize: bool = Field(
-        default=False, description="Score a multi-token label by its mean token log-probability."
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ServerConfig(_Section):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama, a hosted API) that
+    serves the teacher. The prompt goes out as chat messages; the server applies its own chat template."""
+
+    base_url: str = Field(min_length=1, description="The API root, e.g. http://127.0.0.1:8000/v1.")
+    model: str | None = Field(default=None, description="The served model name sent in requests; default: teacher.model.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key (the key itself never goes in a "
+        "recipe); none: no key is sent, as for most local servers.",
     )
+    mode: Literal["auto", "logprobs", "json"] = Field(
+        default="auto",
+        description="logprobs: class probabilities from the top log-probabilities of the answer's first token; "
+        "json: the answer as a JSON object {label, reason}, the parsed label taking the probability mass; "
+        "auto: logprobs, falling back to json when the server gives none.",
+    )
+    top_logprobs: int = Field(default=20, ge=1, le=20, description="How many top tokens to ask for (logprobs mode).")
+    json_smoothing: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="json mode: the parsed label gets 1 - this, the other classes share it evenly.",
+    )
+    max_tokens_json: int = Field(default=64, ge=8, description="Token limit of one JSON answer.")
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds one request may take before it is retried.")
+    max_retries: int = Field(
+        default=5, ge=0, description="Retries with exponential backoff after a timeout, a connection error, 429 or 5xx."
+    )
+    temperature: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_env_is_a_name(cls, raw: Any) -> Any:
+        # Checked here rather than on the field so that an error never echoes the value: a key pasted in
+        # by mistake must not be printed.
+        name = raw.get("api_key_env") if isinstance(raw, dict) else None
+        if name is not None and not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):
+            raise ValueError("api_key_env must be the name of an environment variable (letters, digits, _), "
+                             "not the key itself")
+        return raw
+
+
+class TeacherConfig(_Section):
+    model: str = Field(min_length=1, description="Registry name, local folder or hub id (with server: the "
+                       "default served model name).")
+    dtype: Dtype = Field(default="float32", description="Local teacher only; ignored with server.")
+    device: Device = Field(default="auto", description="Local teacher only; ignored with server.")
+    batch_size: int = Field(default=8, ge=1, description="Local teacher only; ignored with server.")
+    length_normalize: bool = Field(
+        default=False, description="Score a multi-token label by its mean token log-probability (local teacher only)."
+    )
+    server: ServerConfig | None = Field(default=None, description="Set: the teacher is served over an "
+                                        "OpenAI-compatible API instead of loaded locally.")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_server(self, handler: Any) -> dict[str, Any]:
+        # A recipe without a server dumps (and so hashes) exactly as before the section existed.
+        data = handler(self)
+        if data.get("server") is None:
+            data.pop("server", None)
+        return data
 
 
 class StudentConfig(_Section):
