@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from tailorkd.recipe import Recipe
 log = logging.getLogger(__name__)
 
 STUDENT_DIR = "students/student"
+# The teacher's prediction on a test text it abstained on: no class, so it counts as wrong.
+ABSTAINED = "(abstained)"
 
 
 def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -78,28 +81,37 @@ def _labels_hash(recipe: Recipe) -> str:
 
 
 def _teacher(recipe: Recipe, data: PreparedData):
-    from tailorkd.teachers import LocalTeacher
+    from tailorkd.teachers import LocalTeacher, ServedTeacher
 
-    return LocalTeacher(recipe.teacher, recipe.task, recipe.prompt, _shots(recipe, data))
+    kind = ServedTeacher if recipe.teacher.server is not None else LocalTeacher
+    return kind(recipe.teacher, recipe.task, recipe.prompt, _shots(recipe, data))
 
 
 def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
-    """The teacher labels the unlabelled pool (training targets) and the test set (for its evaluation)."""
-    from tailorkd.teachers import label_rows
+    """The teacher labels the unlabelled pool (training targets) and the test set (for its evaluation).
+
+    A served teacher may abstain on a text (its answer names no class); such texts get no label and are
+    listed in labels_summary.json, so that later stages can tell them from texts never labelled.
+    """
+    from tailorkd.teachers import ServedTeacher, label_rows, label_served_rows
 
     data = _data(recipe)
     teacher = teacher or _teacher(recipe, data)
+    labeller = label_served_rows if isinstance(teacher, ServedTeacher) else label_rows
     out = Path(recipe.output_dir)
     t0 = time.perf_counter()
+    pool_rows, test_rows = _rows(data.pool), _rows(data.test)
     with LabelStore(out / "labels.sqlite") as store:
-        pool = label_rows(teacher, _rows(data.pool), store, desc="teacher: pool")
-        test = label_rows(teacher, _rows(data.test), store, desc="teacher: test")
+        pool = labeller(teacher, pool_rows, store, desc="teacher: pool")
+        test = labeller(teacher, test_rows, store, desc="teacher: test")
     summary = {
         "recipe_hash": _labels_hash(recipe),
         "teacher": teacher.identity,
         "prompt": teacher.builder.describe(),
         "pool_labelled": len(pool),
         "test_labelled": len(test),
+        "abstained": {split: [r["id"] for r in rows if text_hash(r["text"]) not in found]
+                      for split, rows, found in (("pool", pool_rows, pool), ("test", test_rows, test))},
         "pool_predicted_counts": pd.Series([r.predicted for r in pool.values()]).value_counts().to_dict(),
         "seconds": time.perf_counter() - t0,
     }
@@ -108,7 +120,11 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
 
 
 def _teacher_records(recipe: Recipe, data: PreparedData, split: str) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Rows of a split with the teacher's stored probabilities and per-text seconds (label stage must be done)."""
+    """Rows of a split with the teacher's stored probabilities and per-text seconds (label stage must be done).
+
+    A text the teacher abstained on (listed in labels_summary.json) gets a row of NaN probabilities and NaN
+    seconds; any other text without a label is an error.
+    """
     out = Path(recipe.output_dir)
     summary_path = out / "labels_summary.json"
     if not summary_path.is_file():
@@ -121,12 +137,15 @@ def _teacher_records(recipe: Recipe, data: PreparedData, split: str) -> tuple[li
     with LabelStore(out / "labels.sqlite") as store:
         found = store.get(summary["teacher"], summary["prompt"]["fingerprint"], [text_hash(r["text"]) for r in rows],
                           recipe.task.label_names)
-    missing = [r["id"] for r in rows if text_hash(r["text"]) not in found]
+    abstained = set(summary.get("abstained", {}).get(split, []))
+    missing = [r["id"] for r in rows if text_hash(r["text"]) not in found and r["id"] not in abstained]
     if missing:
         raise TailorkdError(f"{out / 'labels.sqlite'}: {len(missing)} {split} texts have no teacher label "
                             f"(e.g. {missing[:3]}); rerun `tailorkd label`")
-    recs = [found[text_hash(r["text"])] for r in rows]
-    return rows, np.array([r.probs for r in recs]), np.array([r.seconds for r in recs])
+    none = [math.nan] * len(recipe.task.label_names)
+    recs = [found.get(text_hash(r["text"])) for r in rows]
+    return (rows, np.array([r.probs if r else none for r in recs], dtype=float),
+            np.array([r.seconds if r else math.nan for r in recs], dtype=float))
 
 
 # -- stage 3: distillation -------------------------------------------------------------------------
@@ -139,6 +158,12 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
 
     data = _data(recipe)
     rows, probs, _ = _teacher_records(recipe, data, "pool")
+    answered = ~np.isnan(probs).any(axis=1)
+    if not answered.all():
+        log.info("distill: %d of %d pool texts left out: the teacher abstained on them", (~answered).sum(), len(rows))
+        if not answered.any():
+            raise TailorkdError(f"{recipe.output_dir}: the teacher abstained on every pool text; nothing to train on")
+        rows, probs = [r for r, ok in zip(rows, answered) if ok], probs[answered]
     out = Path(recipe.output_dir) / STUDENT_DIR
     fingerprint = recipe.content_hash("data", "task", "seed", "prompt", "teacher", "student", "adapter", "distill")
     info_path = out / STUDENT_FILE
@@ -156,8 +181,13 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
 
 # -- stage 4: evaluation ---------------------------------------------------------------------------
 def _predictions_frame(rows: list[dict[str, Any]], probs: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """One row per text; a row of NaN probabilities (the teacher abstained) is predicted as ABSTAINED, which
+    is no class, so it counts as wrong."""
+    answered = ~np.isnan(probs).any(axis=1)
+    best = np.where(answered[:, None], probs, 0.0).argmax(1)
     frame = pd.DataFrame({"id": [r["id"] for r in rows], "label": [r["label"] for r in rows],
-                          "predicted": [names[i] for i in probs.argmax(1)], "confidence": probs.max(1)})
+                          "predicted": [names[i] if ok else ABSTAINED for i, ok in zip(best, answered)],
+                          "confidence": np.where(answered, np.where(answered[:, None], probs, 0.0).max(1), np.nan)})
     for j, name in enumerate(names):
         frame[f"p_{name}"] = probs[:, j]
     return frame
@@ -190,7 +220,8 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
         systems["teacher"] = {
             "model": recipe.teacher.model,
             "metrics": classification_metrics(truth, frame["predicted"].tolist(), names),
-            "texts_per_second": float(1.0 / seconds.mean()) if seconds.mean() > 0 else None,
+            "abstained": int((frame["predicted"] == ABSTAINED).sum()),
+            "texts_per_second": float(1.0 / np.nanmean(seconds)) if np.nanmean(seconds) > 0 else None,
         }
 
     if "student" in recipe.evaluation.systems:
