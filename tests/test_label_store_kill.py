@@ -1,7 +1,8 @@
 """A labelling run killed with SIGKILL at random moments loses at most the batch in flight, never leaves a
 partial or duplicated row, and resumes to exactly what an uninterrupted run stores.
 
-The labelling processes are real: a tiny LLaMA ``LocalTeacher`` through ``label_rows`` with chunks of 4.
+The labelling processes are real: a tiny LLaMA ``LocalTeacher`` through ``label_rows`` with chunks of 4,
+also storing pooled hidden states of two layers in shards of 8 rows.
 Importing torch and transformers and building the first model takes seconds on a small machine, so one
 helper process (the "zygote", this file run as a script) does that once, single-threaded, and forks a
 fresh child per labelling run, which builds its own teacher and store; the test kills those children.
@@ -20,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +29,8 @@ sys.path.insert(0, str(HERE))  # run as a script too
 # conftest (which imports torch) is imported where needed: the put_batch loop starts in a blink without it.
 
 CHUNK = 4
+HIDDEN_LAYERS = (1, -1)
+ROWS_PER_SHARD = 8
 ROWS_PER_TOPIC = 40  # 198 texts to label (2 are shots): about 50 chunks
 SEED = 20240611
 
@@ -55,7 +59,7 @@ def label_job(model_dir: str, store_path: str) -> None:
     torch.set_num_threads(1)  # as in the zygote (and the results do not depend on how many)
     teacher, rows = teacher_and_rows(model_dir)
     with LabelStore(store_path) as store:
-        label_rows(teacher, rows, store, chunk=CHUNK)
+        label_rows(teacher, rows, store, chunk=CHUNK, hidden_layers=HIDDEN_LAYERS, rows_per_shard=ROWS_PER_SHARD)
 
 
 def zygote(model_dir: str) -> None:
@@ -117,7 +121,8 @@ def stored_rows(store_path: Path) -> dict[str, tuple]:
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables in (set(), {"meta", "labels"}), tables  # the schema is made in one transaction
+        # The label schema is made in one transaction (the hidden-state index in a later one).
+        assert tables in (set(), {"meta", "labels"}, {"meta", "labels", "hidden_index"}), tables
         if not tables:
             return {}
         dupes = conn.execute("SELECT teacher, prompt, text_hash, COUNT(*) FROM labels GROUP BY 1, 2, 3 "
@@ -141,6 +146,33 @@ def check_complete(rows: dict[str, tuple], names: list[str], text_ids: dict[str,
         assert predicted == names[best] and confidence == probs[best]
         assert math.isclose(entropy, -sum(p * math.log(p) for p in probs if p > 0), abs_tol=1e-12)
         assert math.isclose(margin, probs[best] - sorted(probs)[-2], abs_tol=1e-12)
+
+
+def stored_hidden(store_path: Path, hashes: list[str] | None = None) -> tuple[int, dict[int, np.ndarray] | None]:
+    """Check the hidden-state index (every row has its label and an existing shard, whole shards only);
+    return its row count and, for ``hashes``, the stored states."""
+    from tailorkd.hidden_states import HiddenStateReader
+    from tailorkd.labels import LabelStore
+
+    if not store_path.exists():
+        return 0, None
+    conn = sqlite3.connect(store_path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='hidden_index'").fetchone():
+            return 0, None
+        index = conn.execute("SELECT teacher, prompt, text_hash, shard FROM hidden_index").fetchall()
+        unlabelled = conn.execute("SELECT COUNT(*) FROM hidden_index h LEFT JOIN labels l "
+                                  "USING (prompt, text_hash) WHERE l.text_hash IS NULL").fetchone()[0]
+    finally:
+        conn.close()
+    assert unlabelled == 0, "a hidden state without its label"
+    assert len(index) % ROWS_PER_SHARD == 0 or hashes is not None, f"{len(index)} indexed rows: a partial shard"
+    assert all((store_path.parent / shard).is_file() for *_, shard in index)
+    if hashes is None or not index:
+        return len(index), None
+    (teacher, prompt), = {(t, p) for t, p, _, _ in index}
+    with LabelStore(store_path) as store:
+        return len(index), HiddenStateReader(store, teacher, prompt).get(hashes, HIDDEN_LAYERS)
 
 
 def count_rows(store_path: Path) -> int:
@@ -211,6 +243,8 @@ def test_killed_labelling_keeps_whole_batches_and_resumes_to_the_uninterrupted_r
             assert len(stored) >= seen, "a committed batch was lost"
             assert len(stored) % CHUNK == 0, f"a partial batch was stored: {len(stored)} rows"
             check_complete(stored, TOPICS, text_ids)
+            hidden_rows, _ = stored_hidden(store)
+            kills[-1] += (hidden_rows,)
         assert len(stored) < len(rows), "the kills came too late to interrupt anything"
 
         # Resume to completion; then the same job uninterrupted into a fresh store.
@@ -225,7 +259,12 @@ def test_killed_labelling_keeps_whole_batches_and_resumes_to_the_uninterrupted_r
     for h, ref in reference.items():
         assert resumed[h][0] == ref[0] and resumed[h][3] == ref[3]  # text id, predicted
         assert json.loads(resumed[h][2]) == pytest.approx(json.loads(ref[2]), abs=1e-6)
-    print(f"rows seen before each kill / stored after it: {kills}")
+    order = sorted(text_ids)
+    (n_resumed, states), (n_reference, reference_states) = stored_hidden(store, order), stored_hidden(fresh, order)
+    assert n_resumed == n_reference == len(rows)
+    for layer in HIDDEN_LAYERS:  # float16 on disk: equal up to its rounding
+        np.testing.assert_allclose(states[layer], reference_states[layer], rtol=2e-3, atol=1e-4)
+    print(f"labels seen before each kill / labels, hidden states stored after it: {kills}")
 
 
 def test_kill_during_put_batch_leaves_all_or_none_of_the_batch(tmp_path):
