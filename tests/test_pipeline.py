@@ -18,6 +18,7 @@ from tailorkd.recipe import load_recipe
 
 
 def make_recipe(tmp_path, teacher, student, **extra) -> str:
+    """A tiny recipe; ``extra`` sections replace the defaults (e.g. ``teacher_section={...}``)."""
     write_jsonl(tmp_path / "news.jsonl", topic_rows(12))
     raw = {
         "name": "tiny", "seed": 3, "output_dir": str(tmp_path / "run"),
@@ -26,7 +27,7 @@ def make_recipe(tmp_path, teacher, student, **extra) -> str:
         "data": {"sources": [{"path": "news.jsonl", "columns": {"id": "id"}}],
                  "splits": {"seed_per_class": 2, "test_size": 20}},
         "prompt": {"instruction": "Which topic?", "shots": 3, "max_text_chars": 120},
-        "teacher": {"model": str(teacher), "batch_size": 4},
+        "teacher": extra.pop("teacher_section", None) or {"model": str(teacher), "batch_size": 4},
         "student": {"model": str(student), "max_length": 256},
         "adapter": {"method": "lora", "r": 4, "alpha": 8},
         "distill": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
@@ -94,22 +95,50 @@ def test_interrupted_labelling_keeps_finished_chunks_and_resumes(tiny_models, tm
     from tailorkd.teachers import local
 
     calls = {"n": 0}
-    real_score = local.LocalTeacher.score
+    real_score = local.LocalTeacher.score_states
 
-    def dying_score(self, rows, bar=None):
+    def dying_score(self, rows, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # killed while scoring the second chunk
-        return real_score(self, rows, bar)
+        return real_score(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(local.LocalTeacher, "score", dying_score)
+    monkeypatch.setattr(local.LocalTeacher, "score_states", dying_score)
     monkeypatch.setattr(teachers, "label_rows", functools.partial(local.label_rows, chunk=8))
     with pytest.raises(KeyboardInterrupt):
         pipeline.label(recipe)
+    assert calls["n"] == 2
     assert labels_in_store(tmp_path / "run") == 8  # the first chunk survived
-    monkeypatch.setattr(local.LocalTeacher, "score", real_score)
+    monkeypatch.setattr(local.LocalTeacher, "score_states", real_score)
     pipeline.label(recipe)
     assert labels_in_store(tmp_path / "run") == 50
+
+
+def test_label_stage_stores_hidden_states_and_reasons(tiny_models, tmp_path):
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                       "hidden_states": {"layers": [-1], "pooling": "mean", "rows_per_shard": 16},
+                                       "reasons": {"sample": 5, "max_new_tokens": 5}})
+    assert main(["label", recipe_path]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "labels_summary.json").read_text())
+    assert summary["hidden_states"]["layers"] == [-1] and summary["pool_reasons"] == 5
+    from tailorkd.hidden_states import HiddenStateReader
+    from tailorkd.labels import LabelStore, text_hash
+
+    pool = pd.read_parquet(run / "data" / "pool.parquet")
+    with LabelStore(run / "labels.sqlite") as store:
+        reader = HiddenStateReader(store, summary["hidden_states"]["teacher_key"], summary["prompt"]["fingerprint"])
+        states = reader.get([text_hash(t) for t in pool["text"]], [-1])[-1]
+        assert states.shape == (len(pool), 32) and (states != 0).any()
+        with sqlite3.connect(run / "labels.sqlite") as conn:
+            assert conn.execute("SELECT COUNT(reason) FROM labels").fetchone()[0] == 5
+    # Both options are for a local teacher only.
+    bad = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                      teacher_section={"model": "m", "server": {"base_url": "http://127.0.0.1:1/v1"},
+                               "hidden_states": {"layers": [-1]}})
+    with pytest.raises(Exception, match="hidden_states needs a local teacher"):
+        load_recipe(bad)
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):

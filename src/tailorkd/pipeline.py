@@ -94,6 +94,7 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
     listed in labels_summary.json, so that later stages can tell them from texts never labelled.
     """
     from tailorkd.teachers import ServedTeacher, label_rows, label_served_rows
+    from tailorkd.teachers.local import hidden_key
 
     data = _data(recipe)
     teacher = teacher or _teacher(recipe, data)
@@ -101,9 +102,19 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
     out = Path(recipe.output_dir)
     t0 = time.perf_counter()
     pool_rows, test_rows = _rows(data.pool), _rows(data.test)
+    options: dict[str, Any] = {}
+    hidden = recipe.teacher.hidden_states
+    if hidden is not None:
+        options = {"hidden_layers": hidden.layers, "pooling": hidden.pooling, "rows_per_shard": hidden.rows_per_shard}
+    reasons = None
     with LabelStore(out / "labels.sqlite") as store:
-        pool = labeller(teacher, pool_rows, store, desc="teacher: pool")
-        test = labeller(teacher, test_rows, store, desc="teacher: test")
+        pool = labeller(teacher, pool_rows, store, desc="teacher: pool", **options)
+        test = labeller(teacher, test_rows, store, desc="teacher: test", **options)
+        if recipe.teacher.reasons is not None:
+            from tailorkd.teachers.local import add_reasons
+
+            reasons = add_reasons(teacher, pool_rows, store, recipe.teacher.reasons.sample, recipe.seed,
+                                  recipe.teacher.reasons.max_new_tokens)
     summary = {
         "recipe_hash": _labels_hash(recipe),
         "teacher": teacher.identity,
@@ -113,6 +124,10 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
         "abstained": {split: [r["id"] for r in rows if text_hash(r["text"]) not in found]
                       for split, rows, found in (("pool", pool_rows, pool), ("test", test_rows, test))},
         "pool_predicted_counts": pd.Series([r.predicted for r in pool.values()]).value_counts().to_dict(),
+        "hidden_states": None if hidden is None else {
+            "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),
+            "layers": hidden.layers, "pooling": hidden.pooling},
+        "pool_reasons": reasons,
         "seconds": time.perf_counter() - t0,
     }
     _write_json(out / "labels_summary.json", summary)

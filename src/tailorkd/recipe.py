@@ -129,6 +129,34 @@ class ServerConfig(_Section):
         return raw
 
 
+class HiddenStatesConfig(_Section):
+    """Which of the teacher's hidden states to keep for hidden-state distillation, and how to pool them."""
+
+    layers: list[int] = Field(
+        min_length=1, description="Indices into the model's hidden states: 0 = embeddings, 1..L = after each "
+        "layer, -1 = the last layer."
+    )
+    pooling: Literal["last", "mean"] = Field(
+        default="last", description="last: the state at the answer position; mean: the mean over the text's own "
+        "tokens (after the shared few-shot prefix)."
+    )
+    rows_per_shard: int = Field(default=1024, ge=1, description="Texts per float16 safetensors shard.")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, layers: list[int]) -> list[int]:
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers repeat: {layers}")
+        return layers
+
+
+class ReasonsConfig(_Section):
+    """A short generated justification of the teacher's label, kept beside it (shown with alerts)."""
+
+    sample: int = Field(default=50, ge=1, description="How many pool texts (a seeded sample) get a reason.")
+    max_new_tokens: int = Field(default=48, ge=4, le=512, description="Token limit of one reason.")
+
+
 class TeacherConfig(_Section):
     model: str = Field(min_length=1, description="Registry name, local folder or hub id (with server: the "
                        "default served model name).")
@@ -140,13 +168,31 @@ class TeacherConfig(_Section):
     )
     server: ServerConfig | None = Field(default=None, description="Set: the teacher is served over an "
                                         "OpenAI-compatible API instead of loaded locally.")
+    hidden_states: HiddenStatesConfig | None = Field(
+        default=None, description="Set: also store the teacher's pooled hidden states (local teacher only)."
+    )
+    reasons: ReasonsConfig | None = Field(
+        default=None, description="Set: the teacher writes a one-sentence reason for its label on a sample of "
+        "the pool (local teacher only)."
+    )
+
+    @model_validator(mode="after")
+    def _local_only_options(self) -> TeacherConfig:
+        if self.server is not None:
+            for name in ("hidden_states", "reasons"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs a local teacher: a served model's internals are not reachable"
+                                     + (" (a served teacher in json mode records reasons itself)" if name == "reasons"
+                                        else ""))
+        return self
 
     @model_serializer(mode="wrap")
-    def _without_unset_server(self, handler: Any) -> dict[str, Any]:
-        # A recipe without a server dumps (and so hashes) exactly as before the section existed.
+    def _without_unset_options(self, handler: Any) -> dict[str, Any]:
+        # A recipe without these options dumps (and so hashes) exactly as before they existed.
         data = handler(self)
-        if data.get("server") is None:
-            data.pop("server", None)
+        for name in ("server", "hidden_states", "reasons"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 

@@ -6,13 +6,13 @@ classes, whatever their tokenizers: no free text is generated or parsed.
 Exact scoring (``score``/``score_exact``): the part all prompts share (system prompt, instruction,
 few-shot examples) is computed once and its KV cache reused (``set_shared_prefix``). Each text then runs
 only its own tokens, which give the first answer token's distribution; labels of several tokens are
-finished in one more small pass over their remaining tokens, so nothing is recomputed per class.
+finished from the same cache over their remaining tokens, so nothing is recomputed per class.
 
 Two ways to run the texts' own tokens, chosen by device: on a GPU they are left-padded and batched on
 copies of the prefix cache (parallelism pays for the padding and copies); on a CPU, where a batch buys
 little, each text runs alone on the shared cache itself, without padding or copies, and the cache is put
-back as it was afterwards. There the answer tokens of all classes go in one pass as a token tree: each
-attends to the text and to its own label's earlier tokens only (a 4D attention mask).
+back as it was afterwards. There the answer tokens of all classes ride in the text's own pass as a token
+tree: each attends to the text and to its own label's earlier tokens only (a 4D attention mask).
 
 ``class_logits`` is the differentiable form used to train a student: when all classes begin with
 different tokens it reads them off one forward pass; otherwise it scores every (prompt, class) sequence
@@ -273,57 +273,72 @@ class LabelScorer:
 
     def _score_alone(self, prompt: Sequence[int], prefix: tuple[list[int], Any], hidden_layers: Sequence[int],
                      pooling: str) -> ScoreResult:
-        """One text on the shared prefix cache itself (no padding, no copy); the cache is restored after."""
+        """One text on the shared prefix cache itself (no padding, no copy); the cache is restored after.
+
+        The answer-tree tokens (see ``answer_tree``) ride in the same pass, after the text: a 4D mask lets
+        the text's tokens see only the prefix and earlier text tokens (exactly causal), and each tree node
+        the prefix, the whole text and its own ancestors, so one forward pass scores every class.
+        Sliding-window models cannot take a custom mask over their truncated cache and finish
+        multi-token answers in a second pass instead.
+        """
         n, cache = len(prefix[0]), prefix[1]
+        own = list(prompt[n:])
+        tree_tokens, _, depths = self.tree if not self.sliding_window else ([], [], [])
+        q_own, q_tree = len(own), len(tree_tokens)
         snapshot = _snapshot(cache)
         try:
-            ids = torch.tensor([list(prompt[n:])], device=self.device)
-            positions = torch.arange(n, len(prompt), device=self.device)[None]
-            mask = torch.ones(1, len(prompt), dtype=torch.long, device=self.device)
+            ids = torch.tensor([own + tree_tokens], device=self.device)
+            positions = torch.tensor([list(range(n, len(prompt))) + [len(prompt) + d for d in depths]],
+                                     device=self.device)
+            if q_tree:
+                mask = self._tree_mask(n, q_own)
+            else:
+                mask = torch.ones(1, len(prompt), dtype=torch.long, device=self.device)
             extra = {"output_hidden_states": True} if hidden_layers else {}
-            out = self._forward(ids, mask, positions, keep=1, use_cache=True, **{self._cache_kwarg: cache}, **extra)
-            first = F.log_softmax(out.logits[:, -1].float(), dim=-1)
-            scores = torch.stack([first[:, label[0]] for label in self.label_ids], dim=1)
-            if self.tree[0]:
-                if self.sliding_window:  # a custom 4D mask cannot describe a sliding window's cache
-                    longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
-                    scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
-                else:
-                    scores = scores + self._tree_continuations(out.get(self._cache_kwarg), len(prompt))
-            return ScoreResult(self._combine(scores), self._pool(out, torch.ones_like(ids), hidden_layers, pooling))
+            out = self._forward(ids, mask, positions, keep=q_tree + 1, use_cache=True, **{self._cache_kwarg: cache},
+                                **extra)
+            logp = F.log_softmax(out.logits[0, -(q_tree + 1):].float(), dim=-1)  # text's last token, then nodes
+            scores = torch.stack([logp[0, label[0]] for label in self.label_ids])[None]
+            if q_tree:
+                scores = scores + self._tree_scores(logp[1:])
+            elif any(len(label) > 1 for label in self.label_ids):  # sliding window: a second pass
+                longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
+                scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
+            if hidden_layers:
+                out.hidden_states = tuple(h[:, :q_own] for h in out.hidden_states)
+            return ScoreResult(self._combine(scores),
+                               self._pool(out, torch.ones(1, q_own, dtype=torch.long), hidden_layers, pooling))
         finally:
             _restore(cache, snapshot)
 
-    def _tree_continuations(self, cache: Any, length: int) -> torch.Tensor:
-        """[1, M] log-probs of every class's 2nd.. answer tokens after one unpadded prompt of ``length``
-        tokens whose KV cache is ``cache``: one pass over the answer tree (see ``answer_tree``)."""
-        tokens, parents, depths = self.tree
-        q = len(tokens)
-        allowed = torch.zeros(q, length + q, dtype=torch.bool)
-        allowed[:, :length] = True
-        for i in range(q):
+    def _tree_mask(self, n: int, q_own: int) -> torch.Tensor:
+        """[1, 1, q_own + q_tree, n + q_own + q_tree] additive mask: 0 where a token may attend."""
+        parents = self.tree[1]
+        q_tree = len(parents)
+        q = q_own + q_tree
+        allowed = torch.zeros(q, n + q, dtype=torch.bool)
+        allowed[:, :n] = True
+        allowed[:q_own, n : n + q_own] = torch.ones(q_own, q_own, dtype=torch.bool).tril()
+        allowed[q_own:, n : n + q_own] = True
+        for i in range(q_tree):
             node = i
             while node >= 0:  # the node itself and its ancestors
-                allowed[i, length + node] = True
+                allowed[q_own + i, n + q_own + node] = True
                 node = parents[node]
         dtype = next(self.model.parameters()).dtype
         dtype = dtype if dtype.is_floating_point else torch.float32
-        mask = torch.zeros(1, 1, q, length + q, dtype=dtype)
+        mask = torch.zeros(1, 1, q, n + q, dtype=dtype)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = self._forward(
-            torch.tensor([tokens], device=self.device),
-            mask.to(self.device),
-            torch.tensor([[length + d for d in depths]], device=self.device),
-            keep=q,
-            use_cache=True,
-            **{self._cache_kwarg: cache},
-        )
-        logp = F.log_softmax(out.logits[0, -q:].float(), dim=-1)
-        index = {tuple(tokens[j] for j in self._path(i)): i for i in range(q)}
-        extra = torch.zeros(1, len(self.label_ids), device=self.device)
+        return mask.to(self.device)
+
+    def _tree_scores(self, node_logp: torch.Tensor) -> torch.Tensor:
+        """[1, M] log-probs of every class's 2nd.. answer tokens from the tree nodes' next-token log-probs."""
+        tokens = self.tree[0]
+        index = {tuple(tokens[j] for j in self._path(i)): i for i in range(len(tokens))}
+        extra = torch.zeros(1, len(self.label_ids), device=node_logp.device)
         for c, ids in enumerate(self.label_ids):
             for i in range(1, len(ids)):
-                extra[0, c] += logp[index[tuple(ids[:i])], ids[i]]
+                extra[0, c] += node_logp[index[tuple(ids[:i])], ids[i]]
         return extra
 
     def _path(self, node: int) -> list[int]:
