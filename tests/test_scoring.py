@@ -134,3 +134,19 @@ def test_hidden_states_pool_the_texts_own_tokens(tiny_models, family, pooling):
             torch.testing.assert_close(got.hidden[layer], torch.stack(want[layer]), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="hidden layer 99 does not exist"):
         scorer.score(prompts, hidden_layers=[99])
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_bfloat16_scores_follow_float32(tiny_models, sequential):
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    texts = ["The team won the match.", "Shares rose on the market after profits were reported today."]
+    prompts = [tok(f"Classify the topic.\nText: {t}\nAnswer:")["input_ids"] for t in texts]
+    label_ids = continuation_token_ids(tok, "Text: x\nAnswer:", [" sport", " business news", " tech"], True)
+    scores = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=dtype).eval()
+        scorer = LabelScorer(model, tok, label_ids, sequential=sequential)
+        scorer.set_shared_prefix(shared_prefix(prompts)[:-1])
+        scores[dtype] = scorer.score_exact(prompts)
+    assert scores[torch.bfloat16].dtype == torch.float32  # log-softmax is taken in float32
+    torch.testing.assert_close(scores[torch.bfloat16], scores[torch.float32], atol=0.1, rtol=0.05)
