@@ -5,13 +5,14 @@ three ways:
 
 (a) naive:  one ``model.generate()`` per text over the whole rendered prompt (greedy, a few new tokens),
             decode, take the first label name/answer that appears in the output (case-insensitive).
-(b) scorer: ``LocalTeacher.score(rows)`` -- shared-prefix KV cache computed once, texts batched by
-            length, multi-token labels finished in one extra batched pass.
-floor:      the cost of only the tokens that are new per text. For the very batches (b) runs, the prefix
-            cache copies are made outside the timer, then one batched forward pass over the texts' own
-            tokens on top of them is timed; its per-token cost (time / padded tokens in the batch) times
-            the tokens actually new per text -- the text's own tokens plus the answer tokens that must be
-            fed to score every class (the distinct non-final tokens of the answers) -- is the floor.
+(b) scorer: ``LocalTeacher.score(rows)`` -- shared-prefix KV cache computed once; on a CPU each text runs
+            alone on it (no padding, no copies) and multi-token labels are finished in one answer-tree
+            pass; with --batched, texts are batched by length on copies of the cache (the GPU way).
+floor:      the cost of only the tokens that are new per text: the text's own tokens plus the answer
+            tokens that must be fed to score every class (the distinct non-final tokens of the answers).
+            Sequential: one unpadded forward pass over exactly those per text on the shared cache.
+            Batched: the per-token time of one batched forward over the texts' own tokens (cache copies
+            made outside the timer) times those tokens, padding excluded.
 
 Times are wall-clock (time.perf_counter), after warm-up, at the same torch thread count; the three are
 interleaved one batch of texts at a time (so (b) scores each batch of ``--batch-size`` texts in its own
@@ -171,13 +172,35 @@ def batches_like_scorer(teacher, rows) -> list[list[list[int]]]:
 
 @torch.no_grad()
 def run_floor(teacher, batches, n_answer: int) -> dict[str, float]:
-    """Time the forward pass over the texts' own tokens with a ready prefix cache; scale to the new tokens."""
-    from tailorkd.scoring import _repeat_cache
+    """The cost of only the tokens new per text, run the way the scorer runs them.
+
+    Sequential scorer (the CPU default): per text, one unpadded forward pass over its own tokens followed
+    by the answer-tree tokens, on the shared prefix cache itself (put back afterwards) -- the same tokens
+    the scorer feeds, in one pass instead of two. Batched scorer: one batched forward over the texts' own
+    tokens on copies of the cache (copies made outside the timer), its per-token time times the tokens
+    new per text (own + answer tokens), padding excluded.
+    """
+    from tailorkd.scoring import _repeat_cache, _restore, _snapshot
 
     scorer = teacher.scorer
     prefix_ids, prefix_cache = scorer._prefix
     n = len(prefix_ids)
     forward_s = floor_s = copy_s = 0.0
+    if scorer.sequential:
+        tree_tokens = scorer.tree[0]
+        for prompts in batches:
+            for p in prompts:
+                ids = torch.tensor([list(p[n:]) + tree_tokens])
+                positions = torch.arange(n, n + ids.shape[1])[None]
+                mask = torch.ones(1, n + ids.shape[1], dtype=torch.long)
+                snap = _snapshot(prefix_cache)
+                t0 = time.perf_counter()
+                scorer._forward(ids, mask, positions, keep=1, use_cache=True, **{scorer._cache_kwarg: prefix_cache})
+                t = time.perf_counter() - t0
+                _restore(prefix_cache, snap)
+                forward_s += t
+                floor_s += t
+        return {"forward_s": forward_s, "floor_s": floor_s, "cache_copy_s": copy_s}
     for prompts in batches:
         c0 = time.perf_counter()
         cache = _repeat_cache(prefix_cache, len(prompts))
@@ -205,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=8, help="scorer batch size")
     p.add_argument("--repeats", type=int, default=1, help="timed repeats of (b) and floor per batch (median used)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--batched", action="store_true",
+                   help="make the scorer batch padded texts on cache copies (its GPU way) instead of its CPU default")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe giving task, data and prompt")
     p.add_argument("--work-dir", default="/tmp/tailorkd_bench_label_throughput", help="where the data splits go")
     p.add_argument("--output", default=str(DEFAULT_OUT), help="JSON results path")
@@ -214,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
 
     recipe, teacher, rows, shots, setup_s = build(args)
+    if args.batched:
+        teacher.scorer.sequential = False
     need = args.n_naive + max(args.n_scorer, args.n_naive) + 2 * args.batch_size
     if need > len(rows):
         sys.exit(f"need {need} test texts, the test split has {len(rows)}")
@@ -307,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data": "BBC News test split (tailorkd.data, recipe " + Path(args.recipe).name + ", seed %d)" % recipe.seed,
         "shots": len(shots),
         "batch_size": args.batch_size,
+        "scorer_mode": "sequential (each text alone on the shared cache)" if teacher.scorer.sequential
+                       else "batched (padded texts on cache copies)",
         "repeats": args.repeats,
         "prompt_tokens": {
             "shared_prefix": n_prefix,
@@ -339,9 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "naive": "per text: render the prompt with the same PromptBuilder, tokenize, model.generate(greedy, "
                      "max_new_tokens=longest label + 3), decode, first label name/answer in the output",
             "scorer": "LocalTeacher.score(rows), wall clock of the whole call (render, tokenize, batches, softmax)",
-            "floor": "for the scorer's own batches: per-token time of one batched forward pass over the texts' "
-                     "own tokens on a ready shared-prefix KV cache (copies made outside the timer), times the "
-                     "tokens new per text (own tokens + distinct non-final answer tokens); padding excluded",
+            "floor": ("per text: one unpadded forward pass over its own tokens + the answer-tree tokens (distinct "
+                      "non-final answer tokens) on the shared-prefix KV cache" if teacher.scorer.sequential else
+                      "for the scorer's own batches: per-token time of one batched forward pass over the texts' "
+                      "own tokens on a ready shared-prefix KV cache (copies made outside the timer), times the "
+                      "tokens new per text (own tokens + distinct non-final answer tokens); padding excluded"),
             "scorer_over_floor": "scorer texts/s divided by floor texts/s (1.0 = at the floor)",
             "timing": "wall clock after warm-up; (a), (b), floor interleaved per batch of texts and summed",
         },
