@@ -192,8 +192,10 @@ def count_rows(store_path: Path) -> int:
 class Zygote:
     def __init__(self, model_dir: str, log: Path):
         self.log = open(log, "w")
+        # No tokenizer thread pool either, for the same reason as one torch thread.
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen([sys.executable, __file__, "zygote", model_dir], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=HERE.parent)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=HERE.parent, env=env)
         assert self.proc.stdout.readline().strip() == "ready"
 
     def ask(self, line: str) -> int:
