@@ -206,18 +206,44 @@ class StudentConfig(_Section):
     max_length: int = Field(default=256, ge=8, description="Token limit of one student input.")
 
 
+_BOTTLENECK_FIELDS = ("bottleneck_size", "reduction_factor", "bottleneck_placement", "bottleneck_non_linearity")
+
+
 class AdapterConfig(_Section):
-    method: Literal["lora", "qlora", "full", "none"] = Field(
+    method: Literal["lora", "qlora", "bottleneck", "full", "none"] = Field(
         default="lora",
-        description="lora: train adapters only; qlora: adapters on a 4-bit NF4 base; full: all weights; "
-        "none: untrained student.",
+        description="lora: train adapters only; qlora: adapters on a 4-bit NF4 base; bottleneck: series "
+        "adapters after each block's feed-forward (and attention) output; full: all weights; none: untrained student.",
     )
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    r: int = Field(default=16, ge=1, description="LoRA rank (lora, qlora).")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (lora, qlora).")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: list[str] | None = Field(
-        default=None, description="Modules to adapt; default: the attention projections of the family."
+        default=None, description="lora/qlora: modules to adapt; default: the attention projections of the family. "
+        "bottleneck: modules (name suffixes) after whose output an adapter goes; default: by bottleneck_placement.",
     )
+    bottleneck_size: int | None = Field(
+        default=None, ge=1, description="bottleneck: width of each adapter; default: hidden size / reduction_factor."
+    )
+    reduction_factor: int = Field(
+        default=16, ge=1, description="bottleneck: hidden size / adapter width, when bottleneck_size is not set."
+    )
+    bottleneck_placement: Literal["ffn", "both"] = Field(
+        default="ffn", description="bottleneck: ffn: after each feed-forward block (Pfeiffer); both: also after "
+        "each attention output projection (Houlsby).",
+    )
+    bottleneck_non_linearity: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        default="relu", description="bottleneck: activation between the down and up projections."
+    )
+
+    @model_serializer(mode="wrap")
+    def _bottleneck_fields_only_for_bottleneck(self, handler: Any) -> dict[str, Any]:
+        # They shape only a bottleneck student: other recipes dump (and so hash) exactly as before they existed.
+        data = handler(self)
+        if self.method != "bottleneck":
+            for key in _BOTTLENECK_FIELDS:
+                data.pop(key, None)
+        return data
 
 
 class DistillConfig(_Section):

@@ -5,7 +5,8 @@
 - ``EncoderStudent`` reads the text with a classification head (e.g. MiniLM).
 
 Both expose ``collate(rows)`` and ``class_logits(model, batch)`` so that one trainer and one predictor
-serve both. A trained student is a folder: ``student.json``, the adapter (``adapter/``) or all weights
+serve both. A trained student is a folder: ``student.json``, the adapter (``adapter/``: PEFT's files for
+lora/qlora, ``bottleneck.safetensors`` + ``bottleneck_config.json`` for bottleneck) or all weights
 (``model/``), and for an encoder its head (``head.safetensors``).
 """
 
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from tailorkd.adapters.bottleneck import load_bottleneck, save_bottleneck
 from tailorkd.adapters.qlora import quantization_config
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.errors import TailorkdError
@@ -160,10 +162,12 @@ def _transformer(student: Student) -> Any:
 
 
 def save_student(student: Student, method: str, folder: Path, info: dict[str, Any]) -> None:
-    """Write the adapter (lora) or all weights (full), the encoder's head, and ``student.json``."""
+    """Write the adapter (lora, qlora, bottleneck) or all weights (full), the encoder's head, and ``student.json``."""
     folder.mkdir(parents=True, exist_ok=True)
     if method in ("lora", "qlora"):
         _transformer(student).save_pretrained(str(folder / "adapter"))
+    elif method == "bottleneck":
+        save_bottleneck(_transformer(student), folder / "adapter")
     elif method == "full":
         _transformer(student).save_pretrained(str(folder / "model"))
         student.tokenizer.save_pretrained(str(folder / "model"))
@@ -197,6 +201,8 @@ def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, sho
             student.model.encoder = adapted
         else:
             student.model = adapted
+    elif method == "bottleneck":
+        load_bottleneck(_transformer(student), folder / "adapter")
     if isinstance(student, EncoderStudent):
         student.model.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(next(student.model.parameters()).device)))
     return student
