@@ -6,6 +6,7 @@ import functools
 import json
 import sqlite3
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -139,6 +140,41 @@ def test_label_stage_stores_hidden_states_and_reasons(tiny_models, tmp_path):
                                "hidden_states": {"layers": [-1]}})
     with pytest.raises(Exception, match="hidden_states needs a local teacher"):
         load_recipe(bad)
+
+
+def test_calibrated_teacher_feeds_student_and_report(tiny_models, tmp_path, capsys):
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                               "calibration": {"method": "auto", "domain_samples": 4}})
+    assert main(["run", recipe_path]) == 0
+    run = tmp_path / "run"
+    fitted = json.loads((run / "calibration.json").read_text())
+    assert fitted["method"] in ("none", "contextual", "domain", "seed_bias")
+    # seeds: 2 per class, 3 of them few-shot examples -> 7 held out judge every method
+    assert {c["held_out_seeds"] for c in fitted["details"]["candidates"].values()} == {7}
+    assert set(fitted["details"]["pool_predicted_counts"]) == {"before", "after"}
+    report = json.loads((run / "report.json").read_text())
+    teacher = report["systems"]["teacher"]
+    assert teacher["calibration"]["method"] == fitted["method"]
+    assert set(teacher["calibration"]["uncalibrated_metrics"]) >= {"accuracy", "macro_f1"}
+    assert "## Teacher calibration" in (run / "report.md").read_text()
+
+    # What the student learns from and what the report scores are the calibrated distributions.
+    from tailorkd.calibration import Calibration
+
+    recipe = load_recipe(recipe_path)
+    data = pipeline._data(recipe)
+    _, calibrated, _ = pipeline._teacher_records(recipe, data, "pool")
+    _, raw, _ = pipeline._teacher_records(recipe, data, "pool", calibrated=False)
+    fitted.pop("recipe_hash")
+    np.testing.assert_allclose(calibrated, Calibration.from_dict(fitted).apply(raw))
+    frame = pd.read_parquet(run / "predictions" / "teacher.parquet")
+    recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
+    assert teacher["metrics"]["accuracy"] == pytest.approx(recomputed["accuracy"])
+
+    # A calibration fitted for another recipe is refused rather than silently applied.
+    assert main(["evaluate", recipe_path, "teacher.calibration.method=contextual"]) == 2
+    assert "run `tailorkd label` again" in capsys.readouterr().err
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):

@@ -115,6 +115,9 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
 
             reasons = add_reasons(teacher, pool_rows, store, recipe.teacher.reasons.sample, recipe.seed,
                                   recipe.teacher.reasons.max_new_tokens)
+        calibration = None
+        if recipe.teacher.calibration is not None:
+            calibration = _fit_calibration(recipe, data, teacher, labeller, store, pool)
     summary = {
         "recipe_hash": _labels_hash(recipe),
         "teacher": teacher.identity,
@@ -128,14 +131,81 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
             "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),
             "layers": hidden.layers, "pooling": hidden.pooling},
         "pool_reasons": reasons,
+        "calibration": None if calibration is None else {
+            "method": calibration.method, **{k: v for k, v in calibration.details.items() if k != "candidates"}},
         "seconds": time.perf_counter() - t0,
     }
     _write_json(out / "labels_summary.json", summary)
     return summary
 
 
-def _teacher_records(recipe: Recipe, data: PreparedData, split: str) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Rows of a split with the teacher's stored probabilities and per-text seconds (label stage must be done).
+CALIBRATION_FILE = "calibration.json"
+
+
+def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller: Any, store: LabelStore,
+                     pool: dict[str, Any]) -> Any:
+    """Score the calibration inputs (content-free, random in-domain, held-out seeds), fit the recipe's
+    calibration and write calibration.json (with the pool's predicted-label counts before and after)."""
+    from tailorkd.calibration import calibrate, domain_inputs
+
+    config = recipe.teacher.calibration
+    names = recipe.task.label_names
+
+    def probs_of(rows: list[dict[str, Any]], desc: str) -> tuple[list[dict[str, Any]], np.ndarray]:
+        found = labeller(teacher, rows, store, desc=desc) if rows else {}
+        kept = [r for r in rows if text_hash(r["text"]) in found]  # a served teacher may abstain
+        return kept, np.array([found[text_hash(r["text"])].probs for r in kept]).reshape(len(kept), len(names))
+
+    pool_texts = _rows(data.pool)
+    _, content_free = probs_of([{"id": f"content-free-{i}", "text": t} for i, t in enumerate(config.content_free)],
+                               "teacher: content-free")
+    domain_rows = [{"id": f"domain-{i}", "text": t} for i, t in
+                   enumerate(domain_inputs([r["text"] for r in pool_texts], config.domain_samples, recipe.seed,
+                                           config.domain_words))]
+    _, domain = probs_of(domain_rows, "teacher: in-domain random")
+    shot_ids = {s["id"] for s in _shots(recipe, data)}
+    held_out = [r for r in _rows(data.seed) if r["id"] not in shot_ids]
+    held_out, seed_probs = probs_of(held_out, "teacher: held-out seeds")
+    try:
+        calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
+                                seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out])
+    except ValueError as e:
+        raise TailorkdError(f"teacher.calibration: {e}") from e
+    pool_probs = np.array([rec.probs for rec in pool.values()]).reshape(len(pool), len(names))
+    counts = {
+        "before": pd.Series([names[i] for i in pool_probs.argmax(1)], dtype=object).value_counts().to_dict(),
+        "after": pd.Series([names[i] for i in calibration.apply(pool_probs).argmax(1)], dtype=object).value_counts().to_dict(),
+    }
+    calibration.details["pool_predicted_counts"] = counts
+    _write_json(Path(recipe.output_dir) / CALIBRATION_FILE, {"recipe_hash": _labels_hash(recipe), **calibration.to_dict()})
+    log.info("calibration: %s (%s); pool predictions %s -> %s", calibration.method,
+             calibration.details["chosen_because"], counts["before"], counts["after"])
+    return calibration
+
+
+def _calibration(recipe: Recipe) -> Any:
+    """The fitted calibration of the run, or None when the recipe asks for none."""
+    from tailorkd.calibration import Calibration
+
+    if recipe.teacher.calibration is None:
+        return None
+    path = Path(recipe.output_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        raise TailorkdError(f"{path}: the recipe asks for teacher calibration but none is fitted; run `tailorkd label`")
+    payload = json.loads(path.read_text())
+    if payload.pop("recipe_hash", None) != _labels_hash(recipe):
+        raise TailorkdError(f"{path}: fitted for another teacher, prompt or data; run `tailorkd label` again")
+    calibration = Calibration.from_dict(payload)
+    if calibration.label_names != recipe.task.label_names:
+        raise TailorkdError(f"{path}: fitted for labels {calibration.label_names}, the recipe has "
+                            f"{recipe.task.label_names}")
+    return calibration
+
+
+def _teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated: bool = True
+                     ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Rows of a split with the teacher's stored probabilities (calibrated as the recipe asks, unless
+    ``calibrated`` is False) and per-text seconds (label stage must be done).
 
     A text the teacher abstained on (listed in labels_summary.json) gets a row of NaN probabilities and NaN
     seconds; any other text without a label is an error.
@@ -159,8 +229,11 @@ def _teacher_records(recipe: Recipe, data: PreparedData, split: str) -> tuple[li
                             f"(e.g. {missing[:3]}); rerun `tailorkd label`")
     none = [math.nan] * len(recipe.task.label_names)
     recs = [found.get(text_hash(r["text"])) for r in rows]
-    return (rows, np.array([r.probs if r else none for r in recs], dtype=float),
-            np.array([r.seconds if r else math.nan for r in recs], dtype=float))
+    probs = np.array([r.probs if r else none for r in recs], dtype=float).reshape(len(rows), len(none))
+    calibration = _calibration(recipe) if calibrated else None
+    if calibration is not None:
+        probs = calibration.apply(probs)
+    return rows, probs, np.array([r.seconds if r else math.nan for r in recs], dtype=float)
 
 
 # -- stage 3: distillation -------------------------------------------------------------------------
@@ -238,6 +311,16 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
             "abstained": int((frame["predicted"] == ABSTAINED).sum()),
             "texts_per_second": float(1.0 / np.nanmean(seconds)) if np.nanmean(seconds) > 0 else None,
         }
+        calibration = _calibration(recipe)
+        if calibration is not None:
+            _, raw, _ = _teacher_records(recipe, data, "test", calibrated=False)
+            raw_frame = _predictions_frame(rows, raw, names)
+            systems["teacher"]["calibration"] = {
+                "method": calibration.method,
+                "chosen_because": calibration.details.get("chosen_because"),
+                "held_out_seeds": calibration.details.get("candidates", {}),
+                "uncalibrated_metrics": classification_metrics(truth, raw_frame["predicted"].tolist(), names),
+            }
 
     if "student" in recipe.evaluation.systems:
         folder = out / STUDENT_DIR

@@ -157,6 +157,22 @@ class ReasonsConfig(_Section):
     max_new_tokens: int = Field(default=48, ge=4, le=512, description="Token limit of one reason.")
 
 
+class CalibrationConfig(_Section):
+    """How the teacher's class distribution is corrected for label bias (see tailorkd.calibration)."""
+
+    method: Literal["auto", "none", "contextual", "domain", "seed_bias"] = Field(
+        default="auto",
+        description="contextual: divide out the distribution on content-free inputs; domain: on random word "
+        "sequences from the pool; seed_bias: domain plus a per-class bias fitted on the held-out seeds; auto: the "
+        "best of these (and none) by macro-F1 on the seeds that are not few-shot examples.",
+    )
+    content_free: list[str] = Field(default_factory=lambda: ["N/A", "", "[MASK]"],
+                                    description="Content-free inputs (contextual).")
+    domain_samples: int = Field(default=16, ge=1, le=1000, description="Random in-domain inputs (domain).")
+    domain_words: int | None = Field(default=None, ge=1, description="Words per in-domain input; default: the "
+                                     "median word count of pool texts (5 to 200).")
+
+
 class TeacherConfig(_Section):
     model: str = Field(min_length=1, description="Registry name, local folder or hub id (with server: the "
                        "default served model name).")
@@ -175,6 +191,9 @@ class TeacherConfig(_Section):
         default=None, description="Set: the teacher writes a one-sentence reason for its label on a sample of "
         "the pool (local teacher only)."
     )
+    calibration: CalibrationConfig | None = Field(
+        default=None, description="Set: correct the teacher's label bias before the student learns from it."
+    )
 
     @model_validator(mode="after")
     def _local_only_options(self) -> TeacherConfig:
@@ -190,7 +209,7 @@ class TeacherConfig(_Section):
     def _without_unset_options(self, handler: Any) -> dict[str, Any]:
         # A recipe without these options dumps (and so hashes) exactly as before they existed.
         data = handler(self)
-        for name in ("server", "hidden_states", "reasons"):
+        for name in ("server", "hidden_states", "reasons", "calibration"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data

@@ -50,6 +50,18 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
         agreement = systems["student"]["metrics"].get("agreement_with_teacher")
         lines += [f"Student / teacher: accuracy {_pct(cmp['accuracy_ratio'])}%, macro-F1 {_pct(cmp['macro_f1_ratio'])}%, "
                   f"speed {_num(cmp['speedup'], '{:.1f}')}x; the student agrees with the teacher on {_pct(agreement)}% of test texts.", ""]
+    calibration = systems.get("teacher", {}).get("calibration")
+    if calibration:
+        raw = calibration["uncalibrated_metrics"]
+        lines += ["## Teacher calibration", "",
+                  f"Method **{calibration['method']}** ({calibration['chosen_because']}). Without it the teacher "
+                  f"scores accuracy {_pct(raw['accuracy'])}, macro-F1 {_pct(raw['macro_f1'])} on the test set.", ""]
+        if calibration.get("held_out_seeds"):
+            lines += ["Held-out expert seeds (not few-shot examples), per method:", "",
+                      "| method | accuracy | macro-F1 | seeds |", "|---|---|---|---|"]
+            for name, c in calibration["held_out_seeds"].items():
+                lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['macro_f1'])} | {c['held_out_seeds']} |")
+            lines.append("")
     if "student" in systems:
         tr = systems["student"].get("training", {})
         params = tr.get("parameters", {})
