@@ -89,6 +89,25 @@ def evaluate(recipe: str, overrides: list[str]) -> None:
     _print_summary(pipeline.evaluate(_recipe(recipe, overrides)))
 
 
+def export(recipe: str, out: str, overrides: list[str]) -> None:
+    """Write RECIPE's trained student to OUT as a standalone Hugging Face model folder (plain transformers loads it).
+
+    lora: the adapter merged into the base; qlora: merged into the dequantised 4-bit base; full: the trained
+    weights; none: the base. With the tokenizer and tailorkd.json (labels, how their scores are read); an
+    encoder student also gets its head (head.safetensors). A bottleneck student is refused: its adapters are
+    non-linear and cannot be merged into the base.
+    """
+    from tailorkd import pipeline
+    from tailorkd.students import export_student
+
+    r = _recipe(recipe, overrides)
+    folder = Path(r.output_dir) / pipeline.STUDENT_DIR
+    # The few-shot examples evaluate gives the student, so the exported prompt is the one it was trained on.
+    shots = pipeline._shots(r, pipeline._data(r)) if (folder / "student.json").is_file() else []
+    description = export_student(folder, out, r.task, r.prompt, shots, r.student)
+    print(f"{description['kind']} student ({description['adapter_method']}) -> {out}")
+
+
 def models_list() -> None:
     """List the named offline models, whether their packages are installed and whether they are prepared."""
     from rich.console import Console
@@ -201,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
         if "force" in inspect.signature(fn).parameters:
             p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
         p.set_defaults(func=fn)
+
+    short, long = _help(export)
+    ex = sub.add_parser("export", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("recipe", help="path to a recipe YAML")
+    ex.add_argument("out", help="output folder (new or empty)")
+    ex.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    ex.set_defaults(func=export)
 
     models = sub.add_parser("models", help="named offline models")
     msub = models.add_subparsers(dest="models_command", required=True)

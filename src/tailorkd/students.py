@@ -178,9 +178,27 @@ def save_student(student: Student, method: str, folder: Path, info: dict[str, An
     (folder / STUDENT_FILE).write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
 
 
+def _set_transformer(student: Student, transformer: Any) -> None:
+    if isinstance(student, EncoderStudent):
+        student.model.encoder = transformer
+    else:
+        student.model = transformer
+
+
+def _dequantized(model: Any, folder: Path) -> Any:
+    try:
+        return model.dequantize()
+    except (ValueError, NotImplementedError, AttributeError, RuntimeError) as exc:
+        raise TailorkdError(f"{folder}: cannot dequantise the 4-bit base of this qlora student ({exc}); export from "
+                            "a lora run, or keep the adapter folder and load it with tailorkd") from exc
+
+
 def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
-                 config: StudentConfig) -> Student:
-    """Rebuild a trained student from its folder (base model + saved adapter, or full weights)."""
+                 config: StudentConfig, dequantize: bool = False) -> Student:
+    """Rebuild a trained student from its folder (base model + saved adapter, or full weights).
+
+    ``dequantize``: for a qlora student, put the adapter on the 4-bit base dequantised (for merging).
+    """
     folder = Path(folder)
     info_path = folder / STUDENT_FILE
     if not info_path.is_file():
@@ -193,16 +211,90 @@ def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, sho
     if method == "full":
         config = config.model_copy(update={"model": str(folder / "model")})
     student = build_student(config, task, prompt, shots, adapter_method=method)
+    if method == "qlora" and dequantize:
+        _set_transformer(student, _dequantized(_transformer(student), folder))
     if method in ("lora", "qlora"):
         from peft import PeftModel
 
-        adapted = PeftModel.from_pretrained(_transformer(student), str(folder / "adapter"))
-        if isinstance(student, EncoderStudent):
-            student.model.encoder = adapted
-        else:
-            student.model = adapted
+        _set_transformer(student, PeftModel.from_pretrained(_transformer(student), str(folder / "adapter")))
     elif method == "bottleneck":
         load_bottleneck(_transformer(student), folder / "adapter")
     if isinstance(student, EncoderStudent):
         student.model.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(next(student.model.parameters()).device)))
     return student
+
+
+# -- a trained student as a standalone model ------------------------------------------------------------
+EXPORT_FILE = "tailorkd.json"
+EXPORT_FORMAT_VERSION = 1
+
+
+def export_student(folder: str | Path, out: str | Path, task: TaskConfig, prompt: PromptConfig,
+                   shots: list[dict[str, Any]], config: StudentConfig) -> dict[str, Any]:
+    """Write the trained student in ``folder`` to ``out`` as a standalone Hugging Face model folder that
+    plain transformers loads: weights with the adapter merged, tokenizer, ``tailorkd.json`` (labels and how
+    the classes are read) and, for an encoder, the head (``head.safetensors``). Returns tailorkd.json.
+
+    A bottleneck student is refused: its series adapters are non-linear, so they cannot be folded into the
+    base weights, and transformers would silently drop extra modules it does not know.
+    """
+    folder, out = Path(folder), Path(out)
+    info_path = folder / STUDENT_FILE
+    if not info_path.is_file():
+        raise TailorkdError(f"{folder}: not a trained student folder (no {STUDENT_FILE}); run `tailorkd distill` first")
+    method = json.loads(info_path.read_text(encoding="utf-8"))["adapter_method"]
+    if method == "bottleneck":
+        raise TailorkdError(
+            f"{folder}: a bottleneck student cannot be exported as a standalone model: its series adapters "
+            "(h + up(act(down(h)))) are non-linear and cannot be merged into the base weights; use the student "
+            "folder with tailorkd (its adapter/ holds the adapters), or train with adapter.method=lora to export"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise TailorkdError(f"{out}: the export folder exists and is not empty; choose a new folder")
+    # qlora: merged into the weights the student computed with, the 4-bit base dequantised (merging into the
+    # 4-bit layers would requantise, and the export would need bitsandbytes).
+    student = load_student(folder, task, prompt, shots, config, dequantize=method == "qlora")
+    merged = _transformer(student)
+    if method in ("lora", "qlora"):
+        merged = merged.merge_and_unload()
+        _set_transformer(student, merged)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    student.tokenizer.save_pretrained(str(out))
+    description: dict[str, Any] = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "kind": student.kind,
+        "label_names": task.label_names,
+        "adapter_method": method,
+        "merged": method in ("lora", "qlora"),
+        "exported_from": str(folder),
+        "max_length": student.max_length,
+    }
+    if isinstance(student, EncoderStudent):
+        head = student.model.head
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_FILE))
+        description["head"] = {
+            "file": HEAD_FILE, "in_features": head.in_features, "out_features": head.out_features,
+            "pooling": "mean of last_hidden_state over the tokens where attention_mask is 1",
+        }
+        description["how_to_load"] = (
+            "encoder = AutoModel.from_pretrained(folder); head = torch.nn.Linear(in_features, out_features) with "
+            "load_state_dict(safetensors.torch.load_file(folder/head.safetensors)); class logits = head(mean-pooled "
+            "last_hidden_state), in label_names order; input: the text (title + '. ' + text when there is a title)"
+        )
+    else:
+        builder = student.builder
+        description.update({
+            "prompt_format": "chat" if builder.use_chat else "plain",
+            "prompt_example": builder.render("<input text>"),
+            "add_special_tokens": student.prompts.add_special_tokens,
+            "answers": builder.label_continuations(),
+            "answer_token_ids": student.prompts.label_token_ids(),
+        })
+        description["how_to_load"] = (
+            "model = AutoModelForCausalLM.from_pretrained(folder); render prompt_example with the input in place of "
+            "<input text>; a class's score is the log-likelihood of its answer_token_ids right after the prompt "
+            "(the first token's next-token logit where the classes' first tokens differ); softmax over classes"
+        )
+    (out / EXPORT_FILE).write_text(json.dumps(description, indent=2), encoding="utf-8")
+    return description
