@@ -1,0 +1,54 @@
+"""benchmarks/train_memory.py: the whole script (one process per method) on a tiny LLaMA, few steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_memory_tiny_llama(tiny_models, tmp_path):
+    bench = _load_script("train_memory")
+    out = tmp_path / "train_memory.json"
+    report = bench.main(["--model", str(tiny_models["llama"]), "--methods", "full,lora,qlora", "--seq-len", "32",
+                         "--batch-size", "2", "--steps", "2", "--warmup", "1", "--threads", "1",
+                         "--work-dir", str(tmp_path / "work"), "--output", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert {"machine", "settings", "results", "estimate_table3", "table_markdown", "definitions"} <= set(report)
+    results = report["results"]
+    assert list(results) == ["full", "lora", "qlora"]
+    for method, res in results.items():
+        assert res["steps"] == 2 and len(res["step_seconds"]) == 2 and res["seconds_per_step"] > 0
+        assert res["input_tokens"]["max"] == 32  # prompts cut to the sequence length
+        mem = res["memory"]
+        assert {"after_load_gb", "peak_gb", "added_by_training_gb", "optimizer_state_gb"} <= set(mem)
+        assert mem["peak_gb"] >= mem["after_load_gb"] > 0
+        assert set(res["ratios_to_full"]) == {"peak_gb", "added_by_training_gb", "seconds_per_step", "trainable_params"}
+        assert f"| {method} |" in report["table_markdown"]
+    full, lora = results["full"], results["lora"]
+    assert full["trainable_params"] == full["total_params"]
+    assert 0 < lora["trainable_params"] < full["trainable_params"]
+    assert lora["trainable_params"] == results["qlora"]["trainable_params"]
+    assert results["full"]["ratios_to_full"]["peak_gb"] == 1.0
+    # Full fine-tuning keeps AdamW states for every weight; LoRA only for its adapters.
+    assert lora["memory"]["optimizer_state_gb"] < full["memory"]["optimizer_state_gb"]
+    # The estimate covers the same model: its trainable counts match what was trained.
+    assert report["estimate_table3"]["full"]["trainable_params"] == full["trainable_params"]
+    assert report["estimate_table3"]["lora"]["trainable_params"] == lora["trainable_params"]
+
+
+def test_train_memory_refuses_unknown_method(tmp_path):
+    bench = _load_script("train_memory")
+    with pytest.raises(SystemExit):
+        bench.main(["--methods", "full,prefix", "--output", str(tmp_path / "x.json")])
