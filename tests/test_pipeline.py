@@ -53,7 +53,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     assert report["schema_version"] == 1
-    assert set(report["systems"]) == {"teacher", "student"}
+    assert set(report["systems"]) == {"teacher", "student", "seed_only"}
     assert set(report["timings_seconds"]) >= {"prepare", "label", "distill", "evaluate", "total"}
     assert (run / "report.md").read_text().startswith("# tailorkd report: tiny")
     assert "| teacher |" in (run / "report.md").read_text()
@@ -64,7 +64,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert labels_in_store(run) == 30 + 20
 
     # Reported metrics are those of the stored predictions.
-    for system in ("teacher", "student"):
+    for system in ("teacher", "student", "seed_only"):
         frame = pd.read_parquet(run / "predictions" / f"{system}.parquet")
         recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
         reported = report["systems"][system]["metrics"]

@@ -345,6 +345,20 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
             "training": info.get("summary", {}),
         }
 
+    if "seed_only" in recipe.evaluation.systems:
+        from tailorkd.evaluation.baselines import seed_only_baseline
+
+        baseline = seed_only_baseline(_rows(data.seed), test_rows, names, recipe.evaluation.seed_only_encoder,
+                                      recipe.seed)
+        frame = _predictions_frame(test_rows, baseline["probs"], names)
+        frame.to_parquet(pred_dir / "seed_only.parquet", index=False)
+        systems["seed_only"] = {
+            "model": f"logistic regression on {recipe.evaluation.seed_only_encoder} embeddings of "
+                     f"{baseline['seeds']} seeds (C={baseline['C']:g})",
+            "metrics": classification_metrics(truth, frame["predicted"].tolist(), names),
+            "texts_per_second": 1.0 / baseline["seconds_per_text"] if baseline["seconds_per_text"] > 0 else None,
+        }
+
     labels_summary_path = out / "labels_summary.json"
     report = {
         "recipe": {"name": recipe.name, "hash": recipe.content_hash(), "task": recipe.task.name},

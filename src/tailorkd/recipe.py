@@ -278,8 +278,14 @@ class DistillConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    systems: list[Literal["teacher", "student"]] = Field(default_factory=lambda: ["teacher", "student"])
+    systems: list[Literal["teacher", "student", "seed_only"]] = Field(
+        default_factory=lambda: ["teacher", "student", "seed_only"],
+        description="seed_only: logistic regression on sentence embeddings of the expert seeds alone, the bar "
+        "distillation must clear.",
+    )
     batch_size: int = Field(default=16, ge=1)
+    seed_only_encoder: str = Field(default="minilm-l6", min_length=1,
+                                   description="Sentence encoder of the seed-only baseline (registry name, folder).")
 
     @field_validator("systems")
     @classmethod
