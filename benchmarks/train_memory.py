@@ -67,6 +67,8 @@ DEFINITIONS = {
                "bitsandbytes paged optimizer states held in unified memory (paged_optimizer_gb)",
     "added_by_training_gb": "peak_gb - after_load_gb",
     "seconds_per_step": "median wall-clock seconds of the optimizer steps after the warm-up steps",
+    "cpu_seconds_per_step": "median CPU seconds (user + system, all threads of the process) of the same steps: "
+                            "less sensitive than wall-clock time to other jobs on a shared machine",
     "trainable_params": "parameters with requires_grad after attaching the adapter (tailorkd count_parameters)",
     "total_params": "all parameters after attaching (4-bit weights count packed: two values per element)",
     "ratios_to_full": "the method's value divided by full fine-tuning's, from the same run",
@@ -177,9 +179,10 @@ def _step_timer(device: str):
 
         def __init__(self) -> None:
             self.seconds: list[float] = []
+            self.cpu_seconds: list[float] = []
             self.device_used: list[int] = []
             self.optimizer_bytes = (0, 0)
-            self._start = 0.0
+            self._start = self._cpu_start = 0.0
 
         def _sync(self) -> None:
             if device == "cuda":
@@ -187,11 +190,12 @@ def _step_timer(device: str):
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._sync()
-            self._start = time.perf_counter()
+            self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, optimizer=None, **kwargs):
             self._sync()
             self.seconds.append(time.perf_counter() - self._start)
+            self.cpu_seconds.append(time.process_time() - self._cpu_start)
             if device == "cuda":
                 free, total = torch.cuda.mem_get_info()
                 self.device_used.append(total - free)
@@ -286,7 +290,9 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
             "device_used_max_gb": max(timer.device_used) / GB if timer.device_used else None,
         },
         "seconds_per_step": statistics.median(timed),
+        "cpu_seconds_per_step": statistics.median(timer.cpu_seconds[warm:] or timer.cpu_seconds),
         "step_seconds": timer.seconds,
+        "step_cpu_seconds": timer.cpu_seconds,
         "warmup_steps": min(warm, len(timer.seconds) - len(timed)),
         "steps": summary["steps"],
         "load_seconds": load_s,
@@ -425,6 +431,7 @@ def with_ratios(results: dict[str, dict[str, Any]]) -> None:
             "added_by_training_gb": (mem["added_by_training_gb"] / ref["added_by_training_gb"]
                                      if ref["added_by_training_gb"] > 0 else None),
             "seconds_per_step": res["seconds_per_step"] / full["seconds_per_step"],
+            "cpu_seconds_per_step": res["cpu_seconds_per_step"] / full["cpu_seconds_per_step"],
             "trainable_params": res["trainable_params"] / full["trainable_params"],
         }
 
@@ -432,8 +439,8 @@ def with_ratios(results: dict[str, dict[str, Any]]) -> None:
 def table(results: dict[str, dict[str, Any]], estimate: dict[str, dict[str, Any]]) -> str:
     """The Markdown table the README carries."""
     lines = ["| method | trainable params | after load GB | peak GB | added by training GB | peak vs full "
-             "| s/step | s/step vs full | Table-3 estimate GB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| s/step | s/step vs full | CPU s/step vs full | Table-3 estimate GB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def ratio(res: dict[str, Any], key: str) -> str:
         value = res.get("ratios_to_full", {}).get(key)
@@ -445,7 +452,8 @@ def table(results: dict[str, dict[str, Any]], estimate: dict[str, dict[str, Any]
         est = f"{estimate[method]['total_gb']:.2f}" if method in estimate else "n/a"
         lines.append(f"| {method} | {res['trainable_params']:,} ({share:.3g}%) | {mem['after_load_gb']:.2f} | "
                      f"{mem['peak_gb']:.2f} | {mem['added_by_training_gb']:.2f} | {ratio(res, 'peak_gb')} | "
-                     f"{res['seconds_per_step']:.2f} | {ratio(res, 'seconds_per_step')} | {est} |")
+                     f"{res['seconds_per_step']:.2f} | {ratio(res, 'seconds_per_step')} | "
+                     f"{ratio(res, 'cpu_seconds_per_step')} | {est} |")
     return "\n".join(lines)
 
 
