@@ -15,6 +15,7 @@ from conftest import TOPICS, topic_rows, write_jsonl
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.evaluation import classification_metrics
+from tailorkd.evaluation.metrics import system_metrics
 from tailorkd.recipe import load_recipe
 
 
@@ -52,7 +53,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert main(["run", recipe_path]) == 0
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert set(report["systems"]) == {"teacher", "student", "seed_only"}
     assert set(report["timings_seconds"]) >= {"prepare", "label", "distill", "evaluate", "total"}
     assert (run / "report.md").read_text().startswith("# tailorkd report: tiny")
@@ -72,6 +73,18 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
             assert reported[key] == pytest.approx(recomputed[key])
         probs = frame[[f"p_{t}" for t in TOPICS]].to_numpy()
         assert probs.sum(1) == pytest.approx(1.0)
+        full = system_metrics(frame["label"].tolist(), frame["predicted"].tolist(), frame["confidence"].to_numpy(),
+                              TOPICS, seed=3)
+        assert reported["intervals"] == full["intervals"]
+        assert reported["calibration"]["ece"] == pytest.approx(full["calibration"]["ece"])
+        for key in ("accuracy", "macro_f1"):
+            assert reported["intervals"][key]["low"] <= reported[key] <= reported["intervals"][key]["high"]
+        assert set(report["systems"][system]["cost"]) >= {"texts_per_second", "latency_seconds",
+                                                           "trainable_parameters", "peak_training_memory_gb"}
+        assert (run / report["figures"]["confusion_matrix"][system]).is_file()
+    assert set(report["vs_teacher"]) == {"student", "seed_only"}
+    assert 0 <= report["systems"]["student"]["metrics"]["agreement_with_teacher"] <= 1
+    assert report["systems"]["student"]["cost"]["latency_seconds"]["median"] > 0
     student_info = report["systems"]["student"]["training"]
     assert 0 < student_info["parameters"]["trainable"] < student_info["parameters"]["total"]
 

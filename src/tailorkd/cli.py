@@ -32,7 +32,7 @@ def _print_summary(report: dict[str, Any]) -> None:
         table.add_column(col)
     for name, sys_ in report["systems"].items():
         m = sys_["metrics"]
-        tps = sys_.get("texts_per_second")
+        tps = (sys_.get("cost") or {}).get("texts_per_second")
         table.add_row(name, sys_["model"], *(f"{100 * m[k]:.2f}" for k in ("accuracy", "macro_f1", "sensitivity", "specificity")),
                       "-" if tps is None else f"{tps:.1f}")
     Console().print(table)
@@ -87,6 +87,67 @@ def evaluate(recipe: str, overrides: list[str]) -> None:
     from tailorkd import pipeline
 
     _print_summary(pipeline.evaluate(_recipe(recipe, overrides)))
+
+
+def compare(run_dirs: list[str], output: str | None = None) -> None:
+    """Line up the systems of several runs from their report.json: run, system, accuracy and macro-F1 with
+    their 95% bootstrap intervals, texts per second, trainable parameters. Printed as a markdown table;
+    --output also writes it to a file.
+    """
+    from tailorkd.evaluation.compare import compare_rows, render_comparison
+    from tailorkd.files import write_text_atomic
+
+    table = render_comparison(compare_rows(run_dirs))
+    print(table, end="")
+    if output:
+        write_text_atomic(Path(output), table)
+        print(f"-> {output}", file=sys.stderr)
+
+
+def _texts_from_jsonl(path: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL file: one object a line with a non-empty string "text" (optional "id", "title")."""
+    file = Path(path)
+    if not file.is_file():
+        raise TailorkdError(f"{file}: input file not found")
+    rows = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TailorkdError(f"{file}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
+            raise TailorkdError(f"{file}:{number}: expected an object with a non-empty string \"text\"")
+        rows.append({"id": item.get("id", f"line-{number}"), "text": item["text"], "title": item.get("title")})
+    if not rows:
+        raise TailorkdError(f"{file}: no texts")
+    return rows
+
+
+def classify(recipe: str, overrides: list[str], text: list[str] | None = None, input_file: str | None = None,
+             output: str | None = None) -> None:
+    """Classify texts with RECIPE's trained student: per text its label, confidence, severity level (from the
+    recipe's alerts.severity; "none" without it) and per-class probabilities, as JSON lines.
+
+    Texts come from --text (repeatable) or --input FILE.jsonl (one {"text": ..., optional "id", "title"}
+    a line). Printed, or with --output written to FILE.jsonl.
+    """
+    from tailorkd import pipeline
+    from tailorkd.files import write_text_atomic
+
+    if bool(text) == bool(input_file):
+        raise TailorkdError("give the texts either with --text or with --input FILE.jsonl (one of them)")
+    rows = [{"id": f"text-{i}", "text": t} for i, t in enumerate(text)] if text else _texts_from_jsonl(input_file)
+    if any(not r["text"].strip() for r in rows):
+        raise TailorkdError("--text: a text is empty")
+    predictions = pipeline.classify(_recipe(recipe, overrides), rows)
+    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    if output:
+        write_text_atomic(Path(output), lines)
+        print(f"{len(predictions)} predictions -> {output}", file=sys.stderr)
+    else:
+        print(lines, end="")
 
 
 def export(recipe: str, out: str, overrides: list[str]) -> None:
@@ -220,6 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
         if "force" in inspect.signature(fn).parameters:
             p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
         p.set_defaults(func=fn)
+
+    short, long = _help(compare)
+    cmp = sub.add_parser("compare", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (each with report.json)")
+    cmp.add_argument("--output", metavar="FILE.md", help="also write the table to this file")
+    cmp.set_defaults(func=compare)
+
+    short, long = _help(classify)
+    cl = sub.add_parser("classify", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("recipe", help="path to a recipe YAML (its run holds the trained student)")
+    cl.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    cl.add_argument("--text", action="append", metavar="TEXT", help="a text to classify (repeatable)")
+    cl.add_argument("--input", dest="input_file", metavar="FILE.jsonl", help="texts to classify, one JSON object a line")
+    cl.add_argument("--output", metavar="FILE.jsonl", help="write the predictions here instead of printing them")
+    cl.set_defaults(func=classify)
 
     short, long = _help(export)
     ex = sub.add_parser("export", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)

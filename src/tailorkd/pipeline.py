@@ -281,35 +281,91 @@ def _predictions_frame(rows: list[dict[str, Any]], probs: np.ndarray, names: lis
     return frame
 
 
-def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
-    """Score teacher and student on the human-labelled test set and write report.md / report.json.
+def _latency(per_text_seconds: np.ndarray, measured: str) -> dict[str, Any] | None:
+    """Median and 95th percentile of seconds per text (NaN entries, e.g. abstentions, left out)."""
+    known = per_text_seconds[~np.isnan(per_text_seconds)]
+    if not len(known):
+        return None
+    return {"median": float(np.median(known)), "p95": float(np.percentile(known, 95)), "measured": measured}
 
-    ``timings`` (seconds per stage, from ``run``) go into the report; this stage's own time is added.
+
+def _cost(texts_per_second: float | None = None, latency: dict[str, Any] | None = None,
+          training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A system's cost block (the same keys for every system; None where not measured). ``training``: a
+    student's training summary (parameters, train_seconds, peak_memory)."""
+    training = training or {}
+    params = training.get("parameters") or {}
+    memory = training.get("peak_memory") or {}
+    return {
+        "texts_per_second": texts_per_second,
+        "latency_seconds": latency,
+        "trainable_parameters": params.get("trainable"),
+        "total_parameters": params.get("total"),
+        "peak_training_memory_gb": memory.get("process_peak_gb"),
+        "training_memory_added_gb": memory.get("added_by_training_gb"),
+        "memory_source": memory.get("source"),
+        "training_seconds": training.get("train_seconds"),
+    }
+
+
+def _timed_student_probs(student: Any, rows: list[dict[str, Any]], batch_size: int
+                         ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The student's [N, M] probabilities, batch by batch through ``predict_probs`` so each batch is timed:
+    also each text's share of its batch's seconds and the summed seconds."""
+    from tailorkd.students import predict_probs
+
+    parts, per_text, total = [], np.zeros(len(rows)), 0.0
+    batches = math.ceil(len(rows) / batch_size)
+    for k, start in enumerate(range(0, len(rows), batch_size)):
+        batch = rows[start : start + batch_size]
+        t0 = time.perf_counter()
+        parts.append(predict_probs(student, batch, batch_size, desc=f"student: test batch {k + 1}/{batches}"))
+        seconds = time.perf_counter() - t0  # predict_probs copies to the CPU, so a GPU batch is finished here
+        per_text[start : start + len(batch)] = seconds / len(batch)
+        total += seconds
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(student.task.labels)))
+    return probs, per_text, total
+
+
+def _severity_counts(frame: pd.DataFrame, names: list[str]) -> dict[str, dict[str, int]]:
+    """{level: {human label: texts}} of a predictions frame with a severity column."""
+    table = pd.crosstab(frame["severity"], frame["label"]).reindex(columns=names, fill_value=0)
+    return {str(level): {name: int(row[name]) for name in names} for level, row in table.iterrows()}
+
+
+def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """Score every system of ``recipe.evaluation.systems`` on the human-labelled test set; write each one's
+    predictions, the figures and report.md / report.json.
+
+    Each system yields a predictions frame (``_predictions_frame``) and a cost block (``_cost``); metrics,
+    agreement with the teacher, severity levels and the comparison with the teacher are then computed alike
+    for all of them. ``timings`` (seconds per stage, from ``run``) go into the report with this stage's own.
     """
     t_start = time.perf_counter()
     from transformers import set_seed
 
-    from tailorkd.evaluation import classification_metrics, write_report
-    from tailorkd.students import load_student, predict_probs
+    from tailorkd.evaluation import write_report
+    from tailorkd.evaluation.metrics import agreement, system_metrics
+    from tailorkd.students import load_student
 
     data = _data(recipe)
     out = Path(recipe.output_dir)
     names = recipe.task.label_names
     systems: dict[str, Any] = {}
+    frames: dict[str, pd.DataFrame] = {}
     test_rows = _rows(data.test)
-    truth = [r["label"] for r in test_rows]
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
 
     if "teacher" in recipe.evaluation.systems:
         rows, probs, seconds = _teacher_records(recipe, data, "test")
-        frame = _predictions_frame(rows, probs, names)
-        frame.to_parquet(pred_dir / "teacher.parquet", index=False)
+        frames["teacher"] = _predictions_frame(rows, probs, names)
+        mean_seconds = float(np.nanmean(seconds)) if (~np.isnan(seconds)).any() else math.nan
         systems["teacher"] = {
             "model": recipe.teacher.model,
-            "metrics": classification_metrics(truth, frame["predicted"].tolist(), names),
-            "abstained": int((frame["predicted"] == ABSTAINED).sum()),
-            "texts_per_second": float(1.0 / np.nanmean(seconds)) if np.nanmean(seconds) > 0 else None,
+            "abstained": int((frames["teacher"]["predicted"] == ABSTAINED).sum()),
+            "cost": _cost(texts_per_second=1.0 / mean_seconds if mean_seconds > 0 else None,
+                          latency=_latency(seconds, "per text, as stored by the label stage")),
         }
         calibration = _calibration(recipe)
         if calibration is not None:
@@ -319,30 +375,26 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
                 "method": calibration.method,
                 "chosen_because": calibration.details.get("chosen_because"),
                 "held_out_seeds": calibration.details.get("candidates", {}),
-                "uncalibrated_metrics": classification_metrics(truth, raw_frame["predicted"].tolist(), names),
+                "uncalibrated_metrics": system_metrics([r["label"] for r in rows], raw_frame["predicted"].tolist(),
+                                                       raw_frame["confidence"].to_numpy(), names, seed=recipe.seed),
             }
 
     if "student" in recipe.evaluation.systems:
         folder = out / STUDENT_DIR
         set_seed(recipe.seed)
         student = load_student(folder, recipe.task, recipe.prompt, _shots(recipe, data), recipe.student)
-        t0 = time.perf_counter()
-        probs = predict_probs(student, test_rows, recipe.evaluation.batch_size, desc="student: test")
-        elapsed = time.perf_counter() - t0
-        frame = _predictions_frame(test_rows, probs, names)
-        frame.to_parquet(pred_dir / "student.parquet", index=False)
-        info = json.loads((folder / "student.json").read_text())
-        metrics = classification_metrics(truth, frame["predicted"].tolist(), names)
-        if "teacher" in systems:
-            teacher_pred = pd.read_parquet(pred_dir / "teacher.parquet")["predicted"].tolist()
-            metrics["agreement_with_teacher"] = float(np.mean(np.array(teacher_pred) == frame["predicted"].to_numpy()))
+        probs, per_text, elapsed = _timed_student_probs(student, test_rows, recipe.evaluation.batch_size)
+        frames["student"] = _predictions_frame(test_rows, probs, names)
+        training = json.loads((folder / "student.json").read_text()).get("summary", {})
         systems["student"] = {
             "model": recipe.student.model,
             "kind": student.kind,
             "adapter": recipe.adapter.method,
-            "metrics": metrics,
-            "texts_per_second": len(test_rows) / elapsed if elapsed > 0 else None,
-            "training": info.get("summary", {}),
+            "cost": _cost(texts_per_second=len(test_rows) / elapsed if elapsed > 0 else None,
+                          latency=_latency(per_text, f"per batch of up to {recipe.evaluation.batch_size}, "
+                                                     "divided by its texts"),
+                          training=training),
+            "training": training,
         }
 
     if "seed_only" in recipe.evaluation.systems:
@@ -350,14 +402,26 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
 
         baseline = seed_only_baseline(_rows(data.seed), test_rows, names, recipe.evaluation.seed_only_encoder,
                                       recipe.seed)
-        frame = _predictions_frame(test_rows, baseline["probs"], names)
-        frame.to_parquet(pred_dir / "seed_only.parquet", index=False)
+        frames["seed_only"] = _predictions_frame(test_rows, baseline["probs"], names)
         systems["seed_only"] = {
             "model": f"logistic regression on {recipe.evaluation.seed_only_encoder} embeddings of "
                      f"{baseline['seeds']} seeds (C={baseline['C']:g})",
-            "metrics": classification_metrics(truth, frame["predicted"].tolist(), names),
-            "texts_per_second": 1.0 / baseline["seconds_per_text"] if baseline["seconds_per_text"] > 0 else None,
+            "cost": _cost(texts_per_second=1.0 / baseline["seconds_per_text"] if baseline["seconds_per_text"] > 0
+                          else None),
         }
+
+    # Every system alike from here on.
+    for name, frame in frames.items():
+        if recipe.alerts is not None:
+            frame["severity"] = [recipe.alerts.level(p, c) for p, c in zip(frame["predicted"], frame["confidence"])]
+            systems[name]["severity_counts"] = _severity_counts(frame, names)
+        frame.to_parquet(pred_dir / f"{name}.parquet", index=False)
+        metrics = system_metrics(frame["label"].tolist(), frame["predicted"].tolist(), frame["confidence"].to_numpy(),
+                                 names, seed=recipe.seed)
+        if name != "teacher" and "teacher" in frames:
+            agreed = agreement(frame["predicted"].tolist(), frames["teacher"]["predicted"].tolist(), names)
+            metrics["agreement_with_teacher"], metrics["kappa_with_teacher"] = agreed["agreement"], agreed["kappa"]
+        systems[name] = {"model": systems[name].pop("model"), "metrics": metrics, **systems[name]}
 
     labels_summary_path = out / "labels_summary.json"
     report = {
@@ -365,21 +429,48 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
         "data": data.stats,
         "prompt": json.loads(labels_summary_path.read_text())["prompt"] if labels_summary_path.is_file() else None,
         "systems": systems,
+        "vs_teacher": {name: _versus(systems[name], systems["teacher"]) for name in systems
+                       if name != "teacher" and "teacher" in systems},
     }
-    if "teacher" in systems and "student" in systems:
-        t, s = systems["teacher"]["metrics"], systems["student"]["metrics"]
-        report["student_vs_teacher"] = {
-            "accuracy_ratio": s["accuracy"] / t["accuracy"] if t["accuracy"] else None,
-            "macro_f1_ratio": s["macro_f1"] / t["macro_f1"] if t["macro_f1"] else None,
-            "speedup": (systems["student"]["texts_per_second"] / systems["teacher"]["texts_per_second"]
-                        if systems["teacher"]["texts_per_second"] and systems["student"]["texts_per_second"] else None),
-        }
     if timings is not None:
         timings = {**timings, "evaluate": round(time.perf_counter() - t_start, 2)}
         timings["total"] = round(sum(timings.values()), 2)
         report["timings_seconds"] = timings
     return write_report(report, recipe, out)
 
+
+def _versus(system: dict[str, Any], teacher: dict[str, Any]) -> dict[str, float | None]:
+    """A system's accuracy and macro-F1 as shares of the teacher's, and its speed as a multiple of it."""
+    s, t = system["metrics"], teacher["metrics"]
+    speed, teacher_speed = system["cost"]["texts_per_second"], teacher["cost"]["texts_per_second"]
+    return {
+        "accuracy_ratio": s["accuracy"] / t["accuracy"] if t["accuracy"] else None,
+        "macro_f1_ratio": s["macro_f1"] / t["macro_f1"] if t["macro_f1"] else None,
+        "speedup": speed / teacher_speed if speed and teacher_speed else None,
+    }
+
+
+
+def classify(recipe: Recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trained student's prediction for each row ({"text", optional "id", "title"}): id, label,
+    confidence (its probability), severity (from ``recipe.alerts``; "none" without it) and probabilities."""
+    from tailorkd.recipe import NO_ALERT
+    from tailorkd.students import load_student, predict_probs
+
+    names = recipe.task.label_names
+    folder = Path(recipe.output_dir) / STUDENT_DIR
+    # The few-shot examples the student was trained and evaluated with (a causal-LM student reads them).
+    shots = _shots(recipe, _data(recipe)) if (folder / "student.json").is_file() else []
+    student = load_student(folder, recipe.task, recipe.prompt, shots, recipe.student)
+    probs = predict_probs(student, rows, recipe.evaluation.batch_size, desc="student: classify")
+    out = []
+    for i, (row, p) in enumerate(zip(rows, probs)):
+        best = int(p.argmax())
+        confidence = float(p[best])
+        out.append({"id": row.get("id", i), "label": names[best], "confidence": confidence,
+                    "severity": recipe.alerts.level(names[best], confidence) if recipe.alerts else NO_ALERT,
+                    "probabilities": {name: float(v) for name, v in zip(names, p)}})
+    return out
 
 def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
     """Every stage in order; finished, valid work is skipped unless ``force``."""

@@ -295,6 +295,42 @@ class EvaluationConfig(_Section):
         return systems
 
 
+NO_ALERT = "none"
+
+
+class AlertsConfig(_Section):
+    """How a prediction becomes an alert: a severity level from the predicted label and its confidence."""
+
+    severity: dict[str, list[tuple[float, str]]] = Field(
+        default_factory=dict,
+        description="Per predicted label, [min_confidence, level] pairs with thresholds descending: the first "
+        "pair whose threshold the confidence reaches gives the level, e.g. risk: [[0.8, high], [0.5, medium], "
+        "[0, low]]. A label not listed, or a confidence below its last threshold, gives 'none'.",
+    )
+
+    @field_validator("severity")
+    @classmethod
+    def _thresholds_descend(cls, severity: dict[str, list[tuple[float, str]]]) -> dict[str, list[tuple[float, str]]]:
+        for label, rules in severity.items():
+            if not rules:
+                raise ValueError(f"{label}: give at least one [min_confidence, level] pair (or leave the label out)")
+            thresholds = [t for t, _ in rules]
+            if any(not 0.0 <= t <= 1.0 for t in thresholds):
+                raise ValueError(f"{label}: thresholds are confidences, in [0, 1]; got {thresholds}")
+            if any(a <= b for a, b in zip(thresholds, thresholds[1:])):
+                raise ValueError(f"{label}: thresholds must strictly descend; got {thresholds}")
+            if any(not level.strip() for _, level in rules):
+                raise ValueError(f"{label}: a level name is empty")
+        return severity
+
+    def level(self, label: str, confidence: float) -> str:
+        """The severity level of a prediction of ``label`` with ``confidence`` (NaN: none)."""
+        for threshold, level in self.severity.get(label, []):
+            if confidence >= threshold:  # False for NaN, so an abstention raises no alert
+                return level
+        return NO_ALERT
+
+
 class Recipe(_Section):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(min_length=1)
@@ -308,6 +344,7 @@ class Recipe(_Section):
     adapter: AdapterConfig = AdapterConfig()
     distill: DistillConfig = DistillConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    alerts: AlertsConfig | None = Field(default=None, description="Set: predictions carry a severity level.")
 
     # Where the recipe file lies; data paths are relative to it. Not part of the recipe's content.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -321,6 +358,22 @@ class Recipe(_Section):
                 f"(data.splits.seed_per_class={self.data.splits.seed_per_class} x {len(self.task.labels)} labels)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _alerts_name_task_labels(self) -> Recipe:
+        unknown = sorted(set(self.alerts.severity) - set(self.task.label_names)) if self.alerts else []
+        if unknown:
+            raise ValueError(f"alerts.severity names labels the task does not have: {unknown} "
+                             f"(task labels: {self.task.label_names})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_alerts(self, handler: Any) -> dict[str, Any]:
+        # A recipe without alerts dumps (and so hashes) exactly as before the section existed.
+        data = handler(self)
+        if data.get("alerts") is None:
+            data.pop("alerts", None)
+        return data
 
     def content_hash(self, *sections: str) -> str:
         """A short stable hash of the named sections (all when none), for naming and invalidating outputs."""

@@ -8,11 +8,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from tailorkd.evaluation.metrics import DEFINITIONS
+from tailorkd.evaluation.figures import write_figures
+from tailorkd.evaluation.metrics import DEFINITIONS, HEADLINE
 from tailorkd.files import write_text_atomic
 
-REPORT_SCHEMA_VERSION = 1
-_PACKAGES = ("tailorkd", "torch", "transformers", "peft", "accelerate", "scikit-learn")
+# 2: per-system "cost" block (texts_per_second moved there), bootstrap "intervals" and "calibration" (ECE) in
+# each system's metrics, "vs_teacher" per system (was "student_vs_teacher"), "figures", "definitions".
+REPORT_SCHEMA_VERSION = 2
+_PACKAGES = ("tailorkd", "torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy", "matplotlib")
 
 
 def _versions() -> dict[str, str]:
@@ -33,23 +36,79 @@ def _num(x: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
-    systems = report["systems"]
-    lines = [f"# tailorkd report: {report['recipe']['name']}", ""]
-    lines += [f"Task: **{report['recipe']['task']}**. Recipe hash `{report['recipe']['hash']}`.", ""]
-    lines += ["## Quality on the human-labelled test set", ""]
-    lines += ["| system | model | accuracy | macro-F1 | sensitivity | specificity | texts/s |",
-              "|---|---|---|---|---|---|---|"]
+def _with_interval(metrics: dict[str, Any], key: str) -> str:
+    """"81.00 [75.50, 86.00]": the value and its bootstrap interval, in percent."""
+    ci = (metrics.get("intervals") or {}).get(key)
+    value = _pct(metrics.get(key))
+    return value if ci is None else f"{value} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
+
+
+def _count(x: int | None) -> str:
+    return "-" if x is None else f"{x:,}"
+
+
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _quality_table(systems: dict[str, Any]) -> list[str]:
+    lines = ["| system | model | accuracy | macro-F1 | sensitivity | specificity | ECE | n |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, sys in systems.items():
         m = sys["metrics"]
-        lines.append(f"| {name} | {sys['model']} | {_pct(m['accuracy'])} | {_pct(m['macro_f1'])} | "
-                     f"{_pct(m['sensitivity'])} | {_pct(m['specificity'])} | {_num(sys.get('texts_per_second'))} |")
-    lines.append("")
-    if "student_vs_teacher" in report:
-        cmp = report["student_vs_teacher"]
-        agreement = systems["student"]["metrics"].get("agreement_with_teacher")
-        lines += [f"Student / teacher: accuracy {_pct(cmp['accuracy_ratio'])}%, macro-F1 {_pct(cmp['macro_f1_ratio'])}%, "
-                  f"speed {_num(cmp['speedup'], '{:.1f}')}x; the student agrees with the teacher on {_pct(agreement)}% of test texts.", ""]
+        ece = (m.get("calibration") or {}).get("ece")
+        lines.append(f"| {name} | {sys['model']} | " + " | ".join(_with_interval(m, k) for k in HEADLINE)
+                     + f" | {_pct(ece)} | {m['n']} |")
+    return lines
+
+
+def _cost_table(systems: dict[str, Any]) -> list[str]:
+    lines = ["| system | texts/s | latency median (s/text) | latency p95 (s/text) | trainable parameters | "
+             "peak training memory (GB) | training time (s) |", "|---|---|---|---|---|---|---|"]
+    for name, sys in systems.items():
+        c = sys.get("cost") or {}
+        latency = c.get("latency_seconds") or {}
+        memory = c.get("peak_training_memory_gb")
+        memory_text = "-" if memory is None else f"{memory:.2f} ({c.get('memory_source', '?')})"
+        lines.append(f"| {name} | {_num(c.get('texts_per_second'))} | {_seconds(latency.get('median'))} | "
+                     f"{_seconds(latency.get('p95'))} | {_count(c.get('trainable_parameters'))} | {memory_text} | "
+                     f"{_num(c.get('training_seconds'))} |")
+    return lines
+
+
+def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
+    systems = report["systems"]
+    figures = report.get("figures") or {}
+    lines = [f"# tailorkd report: {report['recipe']['name']}", ""]
+    lines += [f"Task: **{report['recipe']['task']}**. Recipe hash `{report['recipe']['hash']}`. "
+              f"Report schema {report['schema_version']}.", ""]
+    any_ci = next((s["metrics"]["intervals"] for s in systems.values() if s["metrics"].get("intervals")), None)
+    lines += ["## Quality on the human-labelled test set (Table 2)", ""]
+    if any_ci:
+        lines += [f"Percent; brackets: {100 * any_ci['level']:g}% bootstrap interval ({any_ci['resamples']} "
+                  f"resamples, seed {any_ci['seed']}). ECE: expected calibration error of the confidences.", ""]
+    lines += _quality_table(systems) + [""]
+    vs_teacher = report.get("vs_teacher") or {}
+    if vs_teacher:
+        lines += ["## Each system against the teacher", "",
+                  "| system | agreement | Cohen's kappa | accuracy / teacher | macro-F1 / teacher | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for name, cmp in vs_teacher.items():
+            m = systems[name]["metrics"]
+            lines.append(f"| {name} | {_pct(m.get('agreement_with_teacher'))} | "
+                         f"{_num(m.get('kappa_with_teacher'), '{:.3f}')} | {_pct(cmp['accuracy_ratio'])}% | "
+                         f"{_pct(cmp['macro_f1_ratio'])}% | {_num(cmp['speedup'], '{:.1f}x')} |")
+        lines.append("")
+    lines += ["## Cost (Table 3)", ""] + _cost_table(systems) + [""]
+    if figures:
+        lines += ["## Figures", ""]
+        if figures.get("cost_quality"):
+            lines += [f"![Cost vs quality]({figures['cost_quality']})", ""]
+        if figures.get("reliability"):
+            lines += [f"![Reliability diagram]({figures['reliability']})", ""]
+        for name, path in (figures.get("confusion_matrix") or {}).items():
+            lines.append(f"- [{name}: confusion matrix]({path})")
+        lines.append("")
     calibration = systems.get("teacher", {}).get("calibration")
     if calibration:
         raw = calibration["uncalibrated_metrics"]
@@ -62,19 +121,29 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
             for name, c in calibration["held_out_seeds"].items():
                 lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['macro_f1'])} | {c['held_out_seeds']} |")
             lines.append("")
-    if "student" in systems:
-        tr = systems["student"].get("training", {})
+    for name, sys in systems.items():
+        tr = sys.get("training") or {}
         params = tr.get("parameters", {})
-        if params:
-            lines += ["## Student training", "",
-                      f"- adapter: {systems['student']['adapter']}; trainable parameters {params['trainable']:,} of "
-                      f"{params['total']:,} ({100 * params['trainable'] / max(params['total'], 1):.3f}%)",
-                      f"- {tr.get('train_examples', '-')} teacher-labelled texts, {tr.get('steps', '-')} steps in "
-                      f"{_num(tr.get('train_seconds'))} s, final training loss {_num(tr.get('train_loss'), '{:.4f}')}"]
-            if tr.get("peak_memory"):
-                pm = tr["peak_memory"]
-                lines.append(f"- peak memory while training: {pm['process_peak_gb']:.2f} GB for the process, "
-                             f"{pm['added_by_training_gb']:.2f} GB added by training ({pm['source']})")
+        if not params:
+            continue
+        lines += [f"## Training: {name}", "",
+                  f"- adapter: {sys.get('adapter', '-')}; trainable parameters {params['trainable']:,} of "
+                  f"{params['total']:,} ({100 * params['trainable'] / max(params['total'], 1):.3f}%)",
+                  f"- {tr.get('train_examples', '-')} teacher-labelled texts, {tr.get('steps', '-')} steps in "
+                  f"{_num(tr.get('train_seconds'))} s, final training loss {_num(tr.get('train_loss'), '{:.4f}')}"]
+        if tr.get("peak_memory"):
+            pm = tr["peak_memory"]
+            lines.append(f"- peak memory while training: {pm['process_peak_gb']:.2f} GB for the process, "
+                         f"{pm['added_by_training_gb']:.2f} GB added by training ({pm['source']})")
+        lines.append("")
+    severity = {name: sys["severity_counts"] for name, sys in systems.items() if sys.get("severity_counts")}
+    if severity:
+        lines += ["## Alert severity", "", "Texts per severity level (rows) and human label (columns), from the "
+                  "recipe's `alerts.severity` mapping of (predicted label, confidence).", ""]
+        for name, counts in severity.items():
+            truths = list(next(iter(counts.values())))
+            lines += [f"**{name}**", "", "| severity | " + " | ".join(truths) + " |", "|---" * (len(truths) + 1) + "|"]
+            lines += [f"| {level} | " + " | ".join(str(row[t]) for t in truths) + " |" for level, row in counts.items()]
             lines.append("")
     lines += ["## Per class", ""]
     for name, sys in systems.items():
@@ -88,7 +157,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
         for cls, row in zip(cm["labels"], cm["rows_true_cols_predicted"]):
             lines.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
-    lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
+    lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()] + [""]
     data = report.get("data") or {}
     if data:
         lines += ["## Data", "", "```json", json.dumps(data, indent=2, default=str), "```", ""]
@@ -105,9 +174,12 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
 
 
 def write_report(report: dict[str, Any], recipe: Any, out_dir: str | Path) -> dict[str, Any]:
-    """Add schema version and versions, write report.json and report.md into ``out_dir``; return the report."""
+    """Add schema version, definitions and versions, draw the figures (``<out_dir>/figures/``), write
+    report.json and report.md into ``out_dir``; return the report."""
     out_dir = Path(out_dir)
-    report = {"schema_version": REPORT_SCHEMA_VERSION, **report, "versions": _versions()}
+    report = {"schema_version": REPORT_SCHEMA_VERSION, **report, "definitions": dict(DEFINITIONS),
+              "versions": _versions()}
+    report["figures"] = write_figures(report, out_dir)
     recipe_yaml = recipe.to_yaml()
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     write_text_atomic(out_dir / "report.md", _markdown(report, recipe_yaml))
