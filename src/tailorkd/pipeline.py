@@ -80,11 +80,19 @@ def _labels_hash(recipe: Recipe) -> str:
     return recipe.content_hash("data", "task", "seed", "prompt", "teacher")
 
 
-def _teacher(recipe: Recipe, data: PreparedData):
+def _teacher(recipe: Recipe, data: PreparedData, config: Any = None):
+    """The recipe's teacher (or the ensemble member ``config``), local or served."""
     from tailorkd.teachers import LocalTeacher, ServedTeacher
 
-    kind = ServedTeacher if recipe.teacher.server is not None else LocalTeacher
-    return kind(recipe.teacher, recipe.task, recipe.prompt, _shots(recipe, data))
+    config = config or recipe.teacher
+    kind = ServedTeacher if config.server is not None else LocalTeacher
+    return kind(config, recipe.task, recipe.prompt, _shots(recipe, data))
+
+
+def _labeller(teacher: Any) -> Any:
+    from tailorkd.teachers import ServedTeacher, label_rows, label_served_rows
+
+    return label_served_rows if isinstance(teacher, ServedTeacher) else label_rows
 
 
 def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
@@ -93,12 +101,11 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
     A served teacher may abstain on a text (its answer names no class); such texts get no label and are
     listed in labels_summary.json, so that later stages can tell them from texts never labelled.
     """
-    from tailorkd.teachers import ServedTeacher, label_rows, label_served_rows
     from tailorkd.teachers.local import hidden_key
 
     data = _data(recipe)
     teacher = teacher or _teacher(recipe, data)
-    labeller = label_served_rows if isinstance(teacher, ServedTeacher) else label_rows
+    labeller = _labeller(teacher)
     out = Path(recipe.output_dir)
     t0 = time.perf_counter()
     pool_rows, test_rows = _rows(data.pool), _rows(data.test)
@@ -118,6 +125,9 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
         calibration = None
         if recipe.teacher.calibration is not None:
             calibration = _fit_calibration(recipe, data, teacher, labeller, store, pool)
+        ensemble = None
+        if recipe.teacher.ensemble is not None:
+            ensemble = _label_ensemble(recipe, data, store, teacher, calibration)
     summary = {
         "recipe_hash": _labels_hash(recipe),
         "teacher": teacher.identity,
@@ -133,6 +143,7 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
         "pool_reasons": reasons,
         "calibration": None if calibration is None else {
             "method": calibration.method, **{k: v for k, v in calibration.details.items() if k != "candidates"}},
+        "ensemble": ensemble,
         "seconds": time.perf_counter() - t0,
     }
     _write_json(out / "labels_summary.json", summary)
@@ -143,9 +154,10 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller: Any, store: LabelStore,
-                     pool: dict[str, Any]) -> Any:
+                     pool: dict[str, Any], write: bool = True) -> Any:
     """Score the calibration inputs (content-free, random in-domain, held-out seeds), fit the recipe's
-    calibration and write calibration.json (with the pool's predicted-label counts before and after)."""
+    calibration and (``write``) write calibration.json, with the pool's predicted-label counts before and
+    after."""
     from tailorkd.calibration import calibrate, domain_inputs
 
     config = recipe.teacher.calibration
@@ -177,10 +189,101 @@ def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller:
         "after": pd.Series([names[i] for i in calibration.apply(pool_probs).argmax(1)], dtype=object).value_counts().to_dict(),
     }
     calibration.details["pool_predicted_counts"] = counts
-    _write_json(Path(recipe.output_dir) / CALIBRATION_FILE, {"recipe_hash": _labels_hash(recipe), **calibration.to_dict()})
+    if write:
+        _write_json(Path(recipe.output_dir) / CALIBRATION_FILE,
+                    {"recipe_hash": _labels_hash(recipe), **calibration.to_dict()})
     log.info("calibration: %s (%s); pool predictions %s -> %s", calibration.method,
              calibration.details["chosen_because"], counts["before"], counts["after"])
     return calibration
+
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def _held_out_accuracy(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore,
+                       calibration: Any) -> float | None:
+    """A teacher's accuracy on the seeds that are not few-shot examples, after its calibration (the
+    leave-one-out figure for a seed-fitted bias, which saw those seeds); None without such seeds."""
+    if calibration is not None:
+        scored = calibration.details.get("candidates", {}).get(calibration.method)
+        if scored:
+            return float(scored["accuracy"])
+    shot_ids = {s["id"] for s in _shots(recipe, data)}
+    held_out = [r for r in _rows(data.seed) if r["id"] not in shot_ids]
+    found = _labeller(teacher)(teacher, held_out, store, desc="teacher: held-out seeds") if held_out else {}
+    kept = [r for r in held_out if text_hash(r["text"]) in found]
+    if not kept:
+        return None
+    names = recipe.task.label_names
+    probs = np.array([found[text_hash(r["text"])].probs for r in kept])
+    if calibration is not None:
+        probs = calibration.apply(probs)
+    return float(np.mean([names[i] == r["label"] for i, r in zip(probs.argmax(1), kept)]))
+
+
+def _label_ensemble(recipe: Recipe, data: PreparedData, store: LabelStore, main: Any, main_calibration: Any
+                    ) -> dict[str, Any]:
+    """Every extra teacher labels pool and test (each keyed by its own identity in the store) and is
+    calibrated like the main one; the members' weights go with their calibrations into ensemble.json."""
+    import gc
+
+    from tailorkd.teachers.ensemble import seed_weights
+
+    config = recipe.teacher.ensemble
+    pool_rows, test_rows = _rows(data.pool), _rows(data.test)
+    members = [{"model": recipe.teacher.model, "identity": main.identity, "prompt": main.prompt_fingerprint,
+                "calibration": main_calibration.to_dict() if main_calibration else None,
+                "held_out_seed_accuracy": _held_out_accuracy(recipe, data, main, store, main_calibration)}]
+    for i, member_config in enumerate(config.members):
+        teacher = _teacher(recipe, data, member_config)
+        labeller = _labeller(teacher)
+        pool = labeller(teacher, pool_rows, store, desc=f"teacher {i + 2}: pool")
+        labeller(teacher, test_rows, store, desc=f"teacher {i + 2}: test")
+        calibration = None
+        if recipe.teacher.calibration is not None:
+            calibration = _fit_calibration(recipe, data, teacher, labeller, store, pool, write=False)
+        members.append({"model": member_config.model, "identity": teacher.identity, "prompt": teacher.prompt_fingerprint,
+                        "calibration": calibration.to_dict() if calibration else None,
+                        "held_out_seed_accuracy": _held_out_accuracy(recipe, data, teacher, store, calibration)})
+        del teacher  # one model in memory at a time
+        gc.collect()
+    weights = (seed_weights([m["held_out_seed_accuracy"] for m in members]) if config.weights == "seed_accuracy"
+               else [1.0 / len(members)] * len(members))
+    for member, weight in zip(members, weights):
+        member["weight"] = weight
+    payload = {"recipe_hash": _labels_hash(recipe), "combine": config.combine, "weights": config.weights,
+               "members": members}
+    _write_json(Path(recipe.output_dir) / ENSEMBLE_FILE, payload)
+    log.info("ensemble (%s): %s", config.combine,
+             ", ".join(f"{m['model']} w={m['weight']:.2f} (seeds {m['held_out_seed_accuracy']})" for m in members))
+    return {"combine": config.combine, "members": [{k: m[k] for k in ("model", "identity", "weight",
+                                                                      "held_out_seed_accuracy")} for m in members]}
+
+
+def _ensemble_probs(recipe: Recipe, rows: list[dict[str, Any]], store: LabelStore, calibrated: bool
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Combined [N, M] distribution, summed per-text seconds and each member's [N, M] distribution."""
+    from tailorkd.calibration import Calibration
+    from tailorkd.teachers.ensemble import combine
+
+    path = Path(recipe.output_dir) / ENSEMBLE_FILE
+    if not path.is_file():
+        raise TailorkdError(f"{path}: the recipe asks for a teacher ensemble but none is labelled; run `tailorkd label`")
+    payload = json.loads(path.read_text())
+    if payload.get("recipe_hash") != _labels_hash(recipe):
+        raise TailorkdError(f"{path}: made for another teacher, prompt or data; run `tailorkd label` again")
+    names = recipe.task.label_names
+    hashes = [text_hash(r["text"]) for r in rows]
+    member_probs, seconds = [], np.zeros(len(rows))
+    for member in payload["members"]:
+        found = store.get(member["identity"], member["prompt"], hashes, names)
+        probs = np.array([found[h].probs if h in found else [math.nan] * len(names) for h in hashes]).reshape(
+            len(rows), len(names))
+        if calibrated and member["calibration"]:
+            probs = Calibration.from_dict(member["calibration"]).apply(probs)
+        member_probs.append(probs)
+        seconds += np.array([found[h].seconds if h in found else 0.0 for h in hashes])
+    return combine(member_probs, [m["weight"] for m in payload["members"]], payload["combine"]), seconds, member_probs
 
 
 def _calibration(recipe: Recipe) -> Any:
@@ -227,6 +330,10 @@ def _teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated:
     if missing:
         raise TailorkdError(f"{out / 'labels.sqlite'}: {len(missing)} {split} texts have no teacher label "
                             f"(e.g. {missing[:3]}); rerun `tailorkd label`")
+    if recipe.teacher.ensemble is not None:
+        with LabelStore(out / "labels.sqlite") as store:
+            probs, seconds, _ = _ensemble_probs(recipe, rows, store, calibrated)
+        return rows, probs, np.where(np.isnan(probs).any(axis=1), math.nan, seconds)
     none = [math.nan] * len(recipe.task.label_names)
     recs = [found.get(text_hash(r["text"])) for r in rows]
     probs = np.array([r.probs if r else none for r in recs], dtype=float).reshape(len(rows), len(none))

@@ -194,6 +194,19 @@ class TeacherConfig(_Section):
     calibration: CalibrationConfig | None = Field(
         default=None, description="Set: correct the teacher's label bias before the student learns from it."
     )
+    ensemble: EnsembleConfig | None = Field(
+        default=None, description="Set: more teachers label the same texts with the same prompt parts, and their "
+        "(each calibrated) distributions are combined."
+    )
+
+    @model_validator(mode="after")
+    def _members_are_plain(self) -> TeacherConfig:
+        for i, member in enumerate(self.ensemble.members if self.ensemble else []):
+            extras = [n for n in ("hidden_states", "reasons", "calibration", "ensemble") if getattr(member, n) is not None]
+            if extras:
+                raise ValueError(f"ensemble.members.{i}: {', '.join(extras)} belong to the main teacher section "
+                                 "(calibration applies to every member)")
+        return self
 
     @model_validator(mode="after")
     def _local_only_options(self) -> TeacherConfig:
@@ -209,10 +222,26 @@ class TeacherConfig(_Section):
     def _without_unset_options(self, handler: Any) -> dict[str, Any]:
         # A recipe without these options dumps (and so hashes) exactly as before they existed.
         data = handler(self)
-        for name in ("server", "hidden_states", "reasons", "calibration"):
+        for name in ("server", "hidden_states", "reasons", "calibration", "ensemble"):
             if data.get(name) is None:
                 data.pop(name, None)
         return data
+
+
+class EnsembleConfig(_Section):
+    """Extra teachers and how their distributions combine with the main teacher's (see teachers.ensemble)."""
+
+    members: list[TeacherConfig] = Field(min_length=1, description="More teachers (local or served).")
+    combine: Literal["weighted_mean", "product"] = Field(
+        default="weighted_mean", description="weighted_mean: a mixture; product: a product of experts."
+    )
+    weights: Literal["seed_accuracy", "equal"] = Field(
+        default="seed_accuracy", description="seed_accuracy: each member weighted by its accuracy on the held-out "
+        "expert seeds (after calibration)."
+    )
+
+
+TeacherConfig.model_rebuild()
 
 
 class StudentConfig(_Section):

@@ -1,0 +1,109 @@
+"""Several teachers: combination rules, weights that follow seed accuracy, and the pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from conftest import TOPICS
+from tailorkd import pipeline
+from tailorkd.calibration import Calibration, softmax_rows
+from tailorkd.cli import main
+from tailorkd.recipe import load_recipe
+from tailorkd.teachers.ensemble import combine, disagreement, seed_weights
+from test_pipeline import make_recipe
+
+
+def noisy_teacher(y: np.ndarray, signal: float, seed: int, blind_to: int | None = None) -> np.ndarray:
+    """A teacher that sees the true class with strength ``signal``; blind to one class if asked."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.0, size=(len(y), 3)) + signal * np.eye(3)[y]
+    if blind_to is not None:
+        logits[:, blind_to] -= 3.0
+    return softmax_rows(logits)
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(probs.argmax(1) == y))
+
+
+def test_weighted_mean_and_product_rules():
+    a = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
+    b = np.array([[0.1, 0.6, 0.3], [np.nan, np.nan, np.nan]])  # b abstained on text 2
+    mean = combine([a, b], [0.75, 0.25], "weighted_mean")
+    np.testing.assert_allclose(mean[0], 0.75 * a[0] + 0.25 * b[0])
+    np.testing.assert_allclose(mean[1], a[1])  # only a answered: its distribution
+    prod = combine([a, b], [0.5, 0.5], "product")
+    want = np.sqrt(a[0] * b[0])
+    np.testing.assert_allclose(prod[0], want / want.sum())
+    assert np.isnan(combine([b[1:]], [1.0], "product")).all()  # nobody answered
+    np.testing.assert_allclose(disagreement([a, b], mean), [0.5, 0.0])
+    with pytest.raises(ValueError, match="unknown combination"):
+        combine([a], [1.0], "vote")
+
+
+def test_weights_follow_seed_accuracy():
+    assert seed_weights([0.9, 0.3]) == pytest.approx([0.75, 0.25])
+    assert seed_weights([0.0, 0.0]) == [0.5, 0.5] and seed_weights([0.8, None]) == [0.5, 0.5]
+
+
+def test_two_teachers_with_different_blind_spots_beat_each_alone():
+    y = np.random.default_rng(0).integers(0, 3, size=3000)
+    one = noisy_teacher(y, 2.5, seed=1, blind_to=2)
+    two = noisy_teacher(y, 2.5, seed=2, blind_to=0)
+    both = combine([one, two], [0.5, 0.5], "product")
+    assert accuracy(both, y) > max(accuracy(one, y), accuracy(two, y)) + 0.05
+    # A useless member with a small weight barely moves a good one; with an equal weight it hurts more.
+    good, junk = noisy_teacher(y, 3.0, seed=3), noisy_teacher(y, 0.0, seed=4)
+    weighted = combine([good, junk], seed_weights([0.9, 0.34]), "weighted_mean")
+    equal = combine([good, junk], [0.5, 0.5], "weighted_mean")
+    assert accuracy(weighted, y) >= accuracy(equal, y)
+
+
+def test_pipeline_combines_calibrated_members(tiny_models, tmp_path):
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                               "calibration": {"method": "domain", "domain_samples": 3},
+                                               "ensemble": {"combine": "product",
+                                                            "members": [{"model": str(tiny_models["opt"])}]}})
+    assert main(["label", recipe_path]) == 0
+    run = tmp_path / "run"
+    ensemble = json.loads((run / "ensemble.json").read_text())
+    members = ensemble["members"]
+    assert [m["model"] for m in members] == [str(tiny_models["llama"]), str(tiny_models["opt"])]
+    assert sum(m["weight"] for m in members) == pytest.approx(1.0)
+    assert all(m["calibration"]["method"] == "domain" for m in members)
+    # Each member's labels are kept in the store under its own identity.
+    with sqlite3.connect(run / "labels.sqlite") as conn:
+        teachers = {t for (t,) in conn.execute("SELECT DISTINCT teacher FROM labels")}
+    assert {m["identity"] for m in members} <= teachers
+
+    recipe = load_recipe(recipe_path)
+    data = pipeline._data(recipe)
+    rows, probs, seconds = pipeline._teacher_records(recipe, data, "test")
+    from tailorkd.labels import LabelStore
+
+    with LabelStore(run / "labels.sqlite") as store:
+        _, _, member_probs = pipeline._ensemble_probs(recipe, rows, store, calibrated=True)
+    expected = combine(member_probs, [m["weight"] for m in members], "product")
+    np.testing.assert_allclose(probs, expected)
+    # the members' calibrations were applied
+    with LabelStore(run / "labels.sqlite") as store:
+        raw = store.get(members[1]["identity"], members[1]["prompt"], [pipeline.text_hash(r["text"]) for r in rows],
+                        TOPICS)
+    raw_opt = np.array([raw[pipeline.text_hash(r["text"])].probs for r in rows])
+    np.testing.assert_allclose(member_probs[1], Calibration.from_dict(members[1]["calibration"]).apply(raw_opt))
+    assert (seconds > 0).all()
+    summary = json.loads((run / "labels_summary.json").read_text())
+    assert summary["ensemble"]["combine"] == "product" and len(summary["ensemble"]["members"]) == 2
+
+
+def test_members_cannot_carry_their_own_options(tmp_path, tiny_models):
+    bad = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                      teacher_section={"model": "a", "ensemble": {"members": [
+                          {"model": "b", "calibration": {"method": "domain"}}]}})
+    with pytest.raises(Exception, match=r"ensemble.members.0: calibration belong"):
+        load_recipe(bad)
