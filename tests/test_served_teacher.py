@@ -458,7 +458,8 @@ def test_cli_run_with_a_served_teacher_end_to_end(tiny_models, tmp_path, monkeyp
 
     # Training left the pool's abstentions out; the test set counts them as the teacher's errors.
     student = report["systems"]["student"]
-    assert student["training"]["train_examples"] == len(pool) - len(item5(pool))
+    training = student["training"]
+    assert training["train_examples"] + training.get("validation_examples", 0) == len(pool) - len(item5(pool))
     teacher = report["systems"]["teacher"]
     frame = pd.read_parquet(run / "predictions" / "teacher.parquet")
     assert teacher["abstained"] == len(item5(test)) == int((frame["predicted"] == "(abstained)").sum())
