@@ -83,7 +83,7 @@ def test_causal_students_learn_save_and_reload(tiny_models, tmp_path, family, me
     adapter = AdapterConfig(method=method, r=8, alpha=16, dropout=0.0, reduction_factor=4)
     lr = 2e-3 if method == "full" else 3e-2
     epochs = 2 if method == "bottleneck" else 10  # bottleneck: a few steps; the loss is not checked (below)
-    summary = distill_student(student, rows, probs, adapter, DistillConfig(epochs=epochs, learning_rate=lr, batch_size=10,
+    summary = distill_student(student, rows, probs, adapter, DistillConfig(validation_fraction=0.0, epochs=epochs, learning_rate=lr, batch_size=10,
                               warmup_ratio=0.0, max_grad_norm=1.0), tmp_path / "student", seed=0,
                               info={"base_model": str(tiny_models[family])})
     after = _cross_entropy(student, rows, probs)
@@ -119,7 +119,7 @@ def test_encoder_student_learns_and_reloads(tiny_models, tmp_path, method):
     before = _cross_entropy(student, rows, probs)
     summary = distill_student(student, rows, probs,
                               AdapterConfig(method=method, r=8, alpha=16, dropout=0.0, reduction_factor=4),
-                              DistillConfig(epochs=20, learning_rate=5e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0),
+                              DistillConfig(validation_fraction=0.0, epochs=20, learning_rate=5e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0),
                               tmp_path / "enc", seed=0, info={"base_model": str(folder)})
     after = _cross_entropy(student, rows, probs)
     assert after < before - 0.1
@@ -293,7 +293,7 @@ def test_qlora_trains_on_a_4bit_base_and_reloads(qlora_models, tmp_path, family)
     assert any(type(m).__name__ == "Linear4bit" for m in transformer.modules())  # the base really is 4-bit
     lr = 5e-2 if family == "bert" else 3e-2
     summary = distill_student(student, rows, probs, AdapterConfig(method="qlora", r=8, alpha=16, dropout=0.0),
-                              DistillConfig(epochs=20 if family == "bert" else 10, learning_rate=lr, batch_size=10,
+                              DistillConfig(validation_fraction=0.0, epochs=20 if family == "bert" else 10, learning_rate=lr, batch_size=10,
                                             warmup_ratio=0.0, max_grad_norm=1.0),
                               tmp_path / "q", seed=0, info={"base_model": str(tiny_models[family])})
     after = _cross_entropy(student, rows, probs)
@@ -318,5 +318,5 @@ def test_qlora_refuses_a_student_already_repacked_for_cpu_inference(qlora_models
     if not packed:
         pytest.skip("this bitsandbytes does not repack 4-bit weights for CPU inference")
     with pytest.raises(TailorkdError, match="cannot train"):
-        distill_student(student, rows, _targets(rows), AdapterConfig(method="qlora", r=8), DistillConfig(epochs=1),
+        distill_student(student, rows, _targets(rows), AdapterConfig(method="qlora", r=8), DistillConfig(validation_fraction=0.0, epochs=1),
                         tmp_path / "q", seed=0, info={})

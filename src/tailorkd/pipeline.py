@@ -345,10 +345,13 @@ def _teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated:
 
 # -- stage 3: distillation -------------------------------------------------------------------------
 def distill(recipe: Recipe, force: bool = False) -> Path:
-    """Train the student's adapter on the teacher's distributions over the pool."""
+    """Train the student's adapter on the teacher's distributions over the pool (stage by stage when the
+    recipe sets distill.stages or distill.progressive). An interrupted run resumes from its last checkpoint
+    in students/student/trainer/ unless ``force``."""
     from transformers import set_seed
 
     from tailorkd.distill import distill_student
+    from tailorkd.distill.trainer import TRAINING_FORMAT
     from tailorkd.students import STUDENT_FILE, build_student
 
     data = _data(recipe)
@@ -362,16 +365,36 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
     out = Path(recipe.output_dir) / STUDENT_DIR
     fingerprint = recipe.content_hash("data", "task", "seed", "prompt", "teacher", "student", "adapter", "distill")
     info_path = out / STUDENT_FILE
-    if not force and info_path.is_file() and json.loads(info_path.read_text()).get("recipe_hash") == fingerprint:
-        log.info("distill: student in %s is up to date", out)
-        return out
+    if not force and info_path.is_file():
+        done = json.loads(info_path.read_text())
+        if done.get("recipe_hash") == fingerprint and done.get("summary", {}).get("training_format") == TRAINING_FORMAT:
+            log.info("distill: student in %s is up to date", out)
+            return out
+    states = _teacher_hidden_states(recipe, rows) if recipe.distill.hidden_state_loss is not None else None
     set_seed(recipe.seed)
     student = build_student(recipe.student, recipe.task, recipe.prompt, _shots(recipe, data), recipe.adapter.method)
     summary = distill_student(student, rows, probs, recipe.adapter, recipe.distill, out, recipe.seed,
-                              info={"recipe_hash": fingerprint, "base_model": recipe.student.model})
+                              info={"recipe_hash": fingerprint, "base_model": recipe.student.model},
+                              teacher_states=states, resume=not force)
     log.info("distill: %d steps in %.1fs, final loss %s -> %s", summary["steps"], summary["train_seconds"],
              summary["train_loss"], out)
     return out
+
+
+def _teacher_hidden_states(recipe: Recipe, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+    """The teacher's stored pooled hidden states of ``rows``, {layer: [N, H]}, for the hidden-state loss."""
+    from tailorkd.hidden_states import HiddenStateReader
+
+    out = Path(recipe.output_dir)
+    stored = json.loads((out / "labels_summary.json").read_text()).get("hidden_states")
+    if not stored:
+        raise TailorkdError(f"{out / 'labels_summary.json'}: distill.hidden_state_loss needs the teacher's hidden "
+                            "states, but the label stage stored none; set teacher.hidden_states in the recipe and run "
+                            "`tailorkd label` again")
+    layers = recipe.distill.hidden_state_loss.teacher_layers or stored["layers"]
+    with LabelStore(out / "labels.sqlite") as store:
+        prompt = json.loads((out / "labels_summary.json").read_text())["prompt"]["fingerprint"]
+        return HiddenStateReader(store, stored["teacher_key"], prompt).get([text_hash(r["text"]) for r in rows], layers)
 
 
 # -- stage 4: evaluation ---------------------------------------------------------------------------

@@ -69,6 +69,21 @@ class CausalLMStudent:
         self.scorer.model = model  # the trainer may hand us a wrapped model
         return self.scorer.class_logits(batch["prompts"])
 
+    def class_logits_and_pooled(self, model: Any, batch: dict[str, Any], layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and the hidden state ``layer`` (0 = embeddings, -1 = last) at the answer position,
+        the last prompt token, where the class is read: one forward pass when the classes' first tokens differ."""
+        scorer = self.scorer
+        scorer.model = model
+        ids, mask = scorer._left_pad(batch["prompts"])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = scorer._forward(ids, mask, positions, keep=1, use_cache=False, output_hidden_states=True)
+        pooled = out.hidden_states[layer][:, -1].float()
+        if scorer.first_tokens_distinct:
+            logits = out.logits[:, -1].float()[:, [label[0] for label in scorer.label_ids]]
+        else:  # the classes are scored over their whole continuations: a second pass
+            logits = scorer.class_logits(batch["prompts"])
+        return logits, pooled
+
 
 class MeanPoolClassifier(torch.nn.Module):
     """An encoder with a linear head over the mean of its token states.
@@ -84,11 +99,17 @@ class MeanPoolClassifier(torch.nn.Module):
         self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
         self.head.to(device=next(encoder.parameters()).device)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """[B, H] the mean of the last hidden states over the real tokens: what the head reads."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         weights = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pooled.to(self.head.weight.dtype)))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.classify(self.pooled(input_ids, attention_mask, **kwargs))
 
 
 class EncoderStudent:
@@ -113,6 +134,13 @@ class EncoderStudent:
     def class_logits(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         return model(**inputs).float()
+
+    def class_logits_and_pooled(self, model: Any, batch: dict[str, Any], layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and the pooled representation the head reads (``layer`` is not used: the head reads
+        the last layer's mean-pooled states)."""
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        pooled = model.pooled(**inputs)
+        return model.classify(pooled).float(), pooled.float()
 
 
 Student = CausalLMStudent | EncoderStudent

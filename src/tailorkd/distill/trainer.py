@@ -1,122 +1,425 @@
-"""Train a student on the teacher's class distributions with the transformers Trainer."""
+"""Train a student on the teacher's class distributions with the transformers Trainer.
+
+One or more stages (progressive distillation, see tailorkd.distill.stages) train the same model object in
+order, each with a fresh optimizer and schedule. A seeded share of the pool is held out to evaluate the
+student against the teacher after each epoch (loss and agreement), which early stopping watches.
+
+Checkpoints (``<student>/trainer/stage-<k>/checkpoint-<step>/``) hold only the trainable parameters
+(adapters, an encoder's head, the hidden-state projection; all weights for ``full``) plus the Trainer's
+optimizer, scheduler and RNG states, so every student kind and adapter method saves and resumes the same
+way. A finished stage leaves its final weights (``stage-<k>/done.safetensors``). An interrupted run
+resumes from there when its inputs are the same (``trainer/run.json``); the folder is removed once the
+student is saved. TensorBoard logs go to ``<student>/logs/stage-<k>/`` when tensorboard is installed.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from safetensors.torch import load_file, save_file
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
 from tailorkd.adapters import attach_adapter, count_parameters, optimizer_name
-from tailorkd.distill.losses import soft_cross_entropy
-from tailorkd.recipe import AdapterConfig, DistillConfig
+from tailorkd.distill.losses import hidden_state_loss, soft_cross_entropy
+from tailorkd.distill.stages import Stage, plan_stages, validation_split
+from tailorkd.errors import TailorkdError
+from tailorkd.recipe import AdapterConfig, DistillConfig, HiddenStateLossConfig
 from tailorkd.resources import measure_peak_memory
 from tailorkd.students import Student, save_student
 
 log = logging.getLogger(__name__)
 
+# Recorded in student.json: students trained before the validation split and stages existed are retrained.
+TRAINING_FORMAT = 2
+TRAINER_DIR = "trainer"
+LOGS_DIR = "logs"
+CHECKPOINT_WEIGHTS = "trainable.safetensors"
+STAGE_DONE_WEIGHTS = "done.safetensors"
+STAGE_DONE_INFO = "done.json"
+PROJECTION_FILE = "hidden_projection.safetensors"
+
 
 class _TeacherTargets(torch.utils.data.Dataset):
-    def __init__(self, rows: Sequence[dict[str, Any]], probs: np.ndarray):
+    def __init__(self, rows: Sequence[dict[str, Any]], probs: np.ndarray, states: np.ndarray | None = None):
         if len(rows) != len(probs):
             raise ValueError(f"{len(rows)} rows but {len(probs)} teacher distributions")
         self.rows = list(rows)
         self.probs = probs
+        self.states = states
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"row": self.rows[i], "teacher_probs": self.probs[i]}
+        item = {"row": self.rows[i], "teacher_probs": self.probs[i]}
+        if self.states is not None:
+            item["teacher_states"] = self.states[i]
+        return item
+
+
+class StudentWithProjection(torch.nn.Module):
+    """The student's model and the learned projections (student width -> teacher width, one per teacher
+    layer) of the hidden-state loss, as one module so the Trainer optimises and checkpoints both."""
+
+    def __init__(self, student_model: Any, student_width: int, teacher_width: int, layers: Sequence[int]):
+        super().__init__()
+        self.student_model = student_model
+        device = next(student_model.parameters()).device
+        self.projections = torch.nn.ModuleDict(
+            {str(layer): torch.nn.Linear(student_width, teacher_width) for layer in layers}).to(device)
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(model: torch.nn.Module, path: str | Path) -> None:
+    state = load_file(str(path))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != set(params):
+        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        raise TailorkdError(f"{path}: the checkpoint does not fit this student (missing {missing[:3]}, "
+                            f"unexpected {extra[:3]}); delete the trainer folder or run with --force")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name].to(param.device, param.dtype))
 
 
 class DistillationTrainer(Trainer):
-    """Trainer whose loss is the soft cross-entropy between the student's and the teacher's classes."""
+    """Trainer whose loss is the soft cross-entropy between the student's and the teacher's classes (or
+    coarse groups of them), optionally mixed with a hidden-state alignment term; checkpoints hold only the
+    trainable parameters."""
 
-    def __init__(self, *args: Any, student: Student, temperature: float, **kwargs: Any):
+    def __init__(self, *args: Any, student: Student, temperature: float, groups: np.ndarray | None = None,
+                 hidden: HiddenStateLossConfig | None = None, hidden_layers: Sequence[int] = (), **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.student = student
         self.temperature = temperature
+        self.groups = None if groups is None else torch.tensor(groups)
+        self.hidden = hidden
+        self.hidden_layers = list(hidden_layers)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
         targets = inputs.pop("teacher_probs")
-        logits = self.student.class_logits(model, inputs)
-        loss = soft_cross_entropy(logits, targets, self.temperature)
+        states = inputs.pop("teacher_states", None)
+        if self.hidden is None:
+            logits = self.student.class_logits(model, inputs)
+            loss = soft_cross_entropy(logits, targets, self.temperature, self.groups)
+        else:
+            logits, pooled = self.student.class_logits_and_pooled(model.student_model, inputs, self.hidden.student_layer)
+            ce = soft_cross_entropy(logits, targets, self.temperature, self.groups)
+            aligned = torch.stack([
+                hidden_state_loss(model.projections[str(layer)](pooled), states[:, j], self.hidden.kind)
+                for j, layer in enumerate(self.hidden_layers)]).mean()
+            loss = (1.0 - self.hidden.weight) * ce + self.hidden.weight * aligned
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    # -- checkpoints: the trainable parameters only, for every kind of student ---------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        save_file(_trainable_state(self.model), os.path.join(output_dir, CHECKPOINT_WEIGHTS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        _load_trainable_state(self.model, os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS))
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        log.info("loading the best checkpoint %s (validation loss %s)", best, self.state.best_metric)
+        _load_trainable_state(self.model, os.path.join(best, CHECKPOINT_WEIGHTS))
 
 
 def _collator(student: Student):
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = student.collate([f["row"] for f in features])
         batch["teacher_probs"] = torch.tensor(np.stack([f["teacher_probs"] for f in features]), dtype=torch.float32)
+        if "teacher_states" in features[0]:
+            batch["teacher_states"] = torch.tensor(np.stack([f["teacher_states"] for f in features]), dtype=torch.float32)
         return batch
 
     return collate
 
 
+def _agreement_metric(groups: np.ndarray | None):
+    def compute(prediction: Any) -> dict[str, float]:
+        logits, teacher = prediction.predictions, prediction.label_ids
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        if isinstance(teacher, tuple):
+            teacher = teacher[0]
+        student = np.exp(logits - logits.max(-1, keepdims=True))
+        student /= student.sum(-1, keepdims=True)
+        if groups is not None:
+            student, teacher = student @ groups, teacher @ groups
+        return {"agreement": float((student.argmax(-1) == teacher.argmax(-1)).mean())}
+
+    return compute
+
+
+def _tensorboard_callback(log_dir: Path) -> TrainerCallback | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+    except ImportError:
+        return None
+    # An explicit writer puts the logs where we want them on every transformers version (5.x dropped
+    # TrainingArguments.logging_dir).
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
+
+
+def _last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose weights and trainer state were both written (a kill may cut a save short)."""
+    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+            and (p / CHECKPOINT_WEIGHTS).is_file() and (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _run_stamp(adapter: AdapterConfig, config: DistillConfig, seed: int, info: dict[str, Any], rows: Sequence[dict[str, Any]],
+               probs: np.ndarray) -> str:
+    """What a resumable run depends on: a checkpoint of other inputs is never resumed."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([adapter.model_dump(mode="json"), config.model_dump(mode="json"), seed,
+                              info.get("recipe_hash"), info.get("base_model"), [r.get("id") for r in rows]],
+                             sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(probs, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _prepare_trainer_dir(folder: Path, stamp: str, resume: bool) -> None:
+    stamp_file = folder / "run.json"
+    if folder.exists():
+        same = stamp_file.is_file() and json.loads(stamp_file.read_text()).get("stamp") == stamp
+        if resume and same:
+            return
+        log.info("distill: %s holds checkpoints of %s; starting afresh", folder,
+                 "another run" if not same else "this run (resume off)")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    stamp_file.write_text(json.dumps({"stamp": stamp}))
+
+
+def _hidden_targets(hidden: HiddenStateLossConfig, teacher_states: dict[int, np.ndarray] | None, n_rows: int,
+                    train_index: np.ndarray) -> tuple[list[int], np.ndarray, dict[str, Any]]:
+    """[N, L, H] teacher states for the loss (standardised per dimension over the training texts for mse)."""
+    if teacher_states is None:
+        raise TailorkdError("distill.hidden_state_loss is set but no teacher hidden states were given: set "
+                            "teacher.hidden_states in the recipe and run `tailorkd label` again")
+    layers = list(hidden.teacher_layers or sorted(teacher_states))
+    missing = [layer for layer in layers if layer not in teacher_states]
+    if missing:
+        raise TailorkdError(f"distill.hidden_state_loss.teacher_layers: layers {missing} are not among the stored "
+                            f"teacher states {sorted(teacher_states)}")
+    stacked = np.stack([np.asarray(teacher_states[layer], dtype=np.float32) for layer in layers], axis=1)
+    if stacked.shape[0] != n_rows:
+        raise ValueError(f"{stacked.shape[0]} teacher hidden states for {n_rows} texts")
+    details: dict[str, Any] = {"teacher_layers": layers, "teacher_width": int(stacked.shape[-1])}
+    if hidden.kind == "mse":
+        mean = stacked[train_index].mean(0, keepdims=True)
+        std = stacked[train_index].std(0, keepdims=True) + 1e-6
+        stacked = (stacked - mean) / std
+        details["standardised"] = "per layer and dimension, over the training texts"
+    return layers, stacked, details
+
+
 def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_probs: np.ndarray,
                     adapter: AdapterConfig, config: DistillConfig, out_dir: str | Path, seed: int,
-                    info: dict[str, Any]) -> dict[str, Any]:
-    """Attach the adapter, train on (rows, teacher_probs), save the student folder; return a summary."""
+                    info: dict[str, Any], teacher_states: dict[int, np.ndarray] | None = None,
+                    resume: bool = True, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Attach the adapter, train on (rows, teacher_probs) stage by stage, save the student folder; return a
+    summary (also in student.json).
+
+    ``teacher_states``: {layer: [N, H]} the teacher's pooled hidden states of ``rows`` (hidden-state loss).
+    ``resume``: continue from the checkpoints an interrupted run with the same inputs left in
+    ``out_dir/trainer``; otherwise they are discarded. ``callbacks``: extra Trainer callbacks (every stage).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    teacher_probs = np.asarray(teacher_probs, dtype=np.float64)
+    train_index, val_index = validation_split(len(rows), config.validation_fraction, seed)
+    train_rows, val_rows = [rows[i] for i in train_index], [rows[i] for i in val_index]
+    # Everything that can be wrong with the settings fails here, before the student is changed.
+    stages = plan_stages(config, student.task.label_names, train_rows, teacher_probs[train_index], val_rows,
+                         teacher_probs[val_index])
+    hidden = config.hidden_state_loss if adapter.method != "none" else None
+    states = None
+    hidden_layers: list[int] = []
+    hidden_details: dict[str, Any] | None = None
+    if hidden is not None:
+        hidden_layers, states, hidden_details = _hidden_targets(hidden, teacher_states, len(rows), train_index)
+
     student.model = attach_adapter(student.model, adapter, student.kind)
-    params = count_parameters(student.model)
+    trained: torch.nn.Module = student.model
+    if hidden is not None:
+        with torch.no_grad():
+            probe = student.collate(train_rows[:1])
+            device = next(student.model.parameters()).device
+            probe = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in probe.items()}
+            width = student.class_logits_and_pooled(student.model, probe, hidden.student_layer)[1].shape[-1]
+        trained = StudentWithProjection(student.model, width, states.shape[-1], hidden_layers)
+        hidden_details.update(student_width=int(width), kind=hidden.kind, weight=hidden.weight,
+                              student_layer=hidden.student_layer if student.kind == "causal_lm" else "mean-pooled last")
+
+    params = count_parameters(trained)
     log.info("student %s: %d of %d parameters train (%.3f%%)", adapter.method, params["trainable"], params["total"],
              100 * params["trainable"] / max(params["total"], 1))
-    summary: dict[str, Any] = {"parameters": params, "train_examples": len(rows), "adapter": adapter.model_dump()}
+    summary: dict[str, Any] = {"training_format": TRAINING_FORMAT, "parameters": params,
+                               "train_examples": len(train_rows), "validation_examples": len(val_rows),
+                               "adapter": adapter.model_dump()}
+    if hidden_details is not None:
+        summary["hidden_state_loss"] = hidden_details
 
     if adapter.method != "none":
-        steps_per_epoch = math.ceil(len(rows) / (config.batch_size * config.gradient_accumulation_steps))
-        total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
-        device = next(student.model.parameters()).device
-        args = TrainingArguments(
-            output_dir=str(out_dir / "trainer"),
-            num_train_epochs=config.epochs,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            # An absolute count works on transformers 4 and 5 alike (5 dropped warmup_ratio).
-            warmup_steps=math.ceil(config.warmup_ratio * total_steps),
-            lr_scheduler_type=config.lr_scheduler,
-            max_grad_norm=config.max_grad_norm,
-            logging_steps=max(1, total_steps // 20),
-            save_strategy="no",
-            report_to="none",
-            remove_unused_columns=False,
-            label_names=["teacher_probs"],
-            seed=seed,
-            use_cpu=device.type == "cpu",
-            optim=optimizer_name(device),
-            dataloader_num_workers=0,
-        )
-        trainer = DistillationTrainer(
-            model=student.model,
-            args=args,
-            train_dataset=_TeacherTargets(rows, teacher_probs),
-            data_collator=_collator(student),
-            student=student,
-            temperature=config.temperature,
-        )
+        trainer_dir = out_dir / TRAINER_DIR
+        _prepare_trainer_dir(trainer_dir, _run_stamp(adapter, config, seed, info, rows, teacher_probs), resume)
+        device = next(trained.parameters()).device
+        stage_summaries, loss_curve = [], []
         t0 = time.perf_counter()
         with measure_peak_memory(device) as peak:
-            result = trainer.train()
+            for stage in stages:
+                stage_summary, curve = _train_stage(stage, student, trained, train_rows, teacher_probs[train_index],
+                                                    val_rows, teacher_probs[val_index],
+                                                    None if states is None else (states[train_index], states[val_index]),
+                                                    config, hidden, hidden_layers, trainer_dir, out_dir / LOGS_DIR,
+                                                    seed, device, list(callbacks), multi=len(stages) > 1)
+                stage_summaries.append(stage_summary)
+                loss_curve += curve
         summary["train_seconds"] = time.perf_counter() - t0
         summary["peak_memory"] = {"source": peak.source, "added_by_training_gb": peak.peak_gb,
                                   "process_peak_gb": (peak.baseline_bytes + peak.peak_bytes) / 1e9}
-        summary["train_loss"] = float(result.training_loss)
-        summary["steps"] = int(result.global_step)
-        summary["loss_curve"] = [
-            {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
-        ]
+        summary["train_loss"] = stage_summaries[-1]["train_loss"]
+        summary["steps"] = sum(s["steps"] for s in stage_summaries)
+        summary["loss_curve"] = loss_curve
+        summary["stages"] = stage_summaries
     else:
-        summary.update(train_seconds=0.0, train_loss=None, steps=0, loss_curve=[])
+        summary.update(train_seconds=0.0, train_loss=None, steps=0, loss_curve=[],
+                       stages=[{**s.describe(), "steps": 0} for s in stages])
 
     save_student(student, adapter.method, out_dir, {**info, "summary": summary})
+    if isinstance(trained, StudentWithProjection):
+        # Not needed to predict; kept so the aligned representation can be studied or training continued.
+        save_file(_trainable_state(trained.projections), str(out_dir / PROJECTION_FILE))
+    if adapter.method != "none":
+        shutil.rmtree(out_dir / TRAINER_DIR, ignore_errors=True)  # the student is saved: checkpoints are spent
     return summary
+
+
+def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train_rows: list[dict[str, Any]],
+                 train_probs: np.ndarray, val_rows: list[dict[str, Any]], val_probs: np.ndarray,
+                 states: tuple[np.ndarray, np.ndarray] | None, config: DistillConfig,
+                 hidden: HiddenStateLossConfig | None, hidden_layers: list[int], trainer_dir: Path, logs_dir: Path,
+                 seed: int, device: torch.device, callbacks: list[TrainerCallback], multi: bool
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    folder = trainer_dir / f"stage-{stage.index}"
+    described = stage.describe()
+    if (folder / STAGE_DONE_INFO).is_file():
+        # Finished before an interruption: take up its final weights rather than training it again.
+        _load_trainable_state(trained, folder / STAGE_DONE_WEIGHTS)
+        done = json.loads((folder / STAGE_DONE_INFO).read_text())
+        log.info("distill: stage %d (%s) was finished by an earlier run; its weights are loaded", stage.index, stage.name)
+        return done["summary"], done["loss_curve"]
+
+    def subset(items: list[Any], index: np.ndarray) -> list[Any]:
+        return [items[i] for i in index]
+
+    train_set = _TeacherTargets(subset(train_rows, stage.train), train_probs[stage.train],
+                                None if states is None else states[0][stage.train])
+    val_set = None
+    if len(stage.validation):
+        val_set = _TeacherTargets(subset(val_rows, stage.validation), val_probs[stage.validation],
+                                  None if states is None else states[1][stage.validation])
+    steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * config.gradient_accumulation_steps))
+    total_steps = max(1, math.ceil(steps_per_epoch * stage.epochs))
+    strategy = "steps" if config.checkpoint_steps else "epoch"
+    early = config.early_stopping_patience is not None and val_set is not None
+    args = TrainingArguments(
+        output_dir=str(folder),
+        num_train_epochs=stage.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=stage.learning_rate,
+        weight_decay=config.weight_decay,
+        # An absolute count works on transformers 4 and 5 alike (5 dropped warmup_ratio).
+        warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        lr_scheduler_type=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=max(1, total_steps // 20),
+        save_strategy=strategy,
+        save_steps=config.checkpoint_steps or 500,
+        eval_strategy=strategy if val_set is not None else "no",
+        eval_steps=config.checkpoint_steps,
+        # One checkpoint to resume from (the Trainer also keeps the best one while early stopping).
+        save_total_limit=1,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["teacher_probs"],
+        seed=seed,
+        use_cpu=device.type == "cpu",
+        optim=optimizer_name(device),
+        dataloader_num_workers=0,
+    )
+    stage_callbacks = list(callbacks)
+    if early:
+        stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    board = _tensorboard_callback(logs_dir / f"stage-{stage.index}")
+    if board is not None:
+        stage_callbacks.append(board)
+    trainer = DistillationTrainer(
+        model=trained,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=_collator(student),
+        compute_metrics=_agreement_metric(stage.groups) if val_set is not None else None,
+        callbacks=stage_callbacks,
+        student=student,
+        temperature=config.temperature,
+        groups=stage.groups,
+        hidden=hidden,
+        hidden_layers=hidden_layers,
+    )
+    checkpoint = _last_complete_checkpoint(folder) if folder.is_dir() else None
+    if checkpoint is not None:
+        log.info("distill: stage %d (%s) resumes from %s", stage.index, stage.name, checkpoint)
+    if multi:
+        log.info("distill: stage %d (%s): %d texts, %s epochs, lr %g%s", stage.index, stage.name, len(train_set),
+                 stage.epochs, stage.learning_rate, ", coarse classes " + str(list(stage.config.label_map))
+                 if stage.config.label_map else "")
+    t0 = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        if board is not None and board.tb_writer is not None:
+            board.tb_writer.close()
+    history = trainer.state.log_history
+    curve = [{"stage": stage.index, "step": e["step"], "loss": e["loss"]} for e in history if "loss" in e]
+    evals = [{"epoch": e.get("epoch"), "step": e["step"], "loss": e["eval_loss"], "agreement": e.get("eval_agreement")}
+             for e in history if "eval_loss" in e]
+    stage_summary = {
+        **described,
+        "steps": int(result.global_step),
+        "seconds": time.perf_counter() - t0,
+        "train_loss": float(result.training_loss),
+        "final_loss": curve[-1]["loss"] if curve else float(result.training_loss),
+        "validation": evals,
+        "best_validation_loss": trainer.state.best_metric if early else None,
+        "stopped_early": bool(early and result.global_step < trainer.state.max_steps),
+        "resumed_from": None if checkpoint is None else checkpoint.name,
+    }
+    # Mark the stage finished (weights first: the marker names a complete state) before the next one starts.
+    save_file(_trainable_state(trained), str(folder / STAGE_DONE_WEIGHTS))
+    (folder / STAGE_DONE_INFO).write_text(json.dumps({"summary": stage_summary, "loss_curve": curve}, default=str))
+    return stage_summary, curve
