@@ -3,7 +3,7 @@
 The same student, the same data and the same batches are trained a few steps under each adapter method
 (full, lora, qlora, and bottleneck where this tailorkd has it) through tailorkd's own path:
 ``build_student`` (4-bit NF4 base for qlora) then ``distill_student`` (attach_adapter + the transformers
-Trainer with tailorkd's soft cross-entropy). Each method runs in its own fresh Python process, because a
+Trainer with tailorkd's soft cross-entropy; one stage, no validation split, no checkpoint, no final save). Each method runs in its own fresh Python process, because a
 process' peak resident set size is a high-water mark that an earlier method would leave behind.
 
 The texts are BBC News articles from the shipped recipe, rendered as the causal-LM student's k-shot prompt
@@ -142,6 +142,9 @@ def recipe_overrides(spec: dict[str, Any], method: str) -> list[str]:
         f"distill.batch_size={spec['batch_size']}",
         "distill.epochs=1",
         "distill.gradient_accumulation_steps=1",
+        # Only training steps: no held-out split to evaluate, and no checkpoint within the few steps run.
+        "distill.validation_fraction=0",
+        f"distill.checkpoint_steps={10 * spec['steps']}",
     ]
 
 
@@ -206,25 +209,15 @@ def _step_timer(device: str):
 
 
 @contextlib.contextmanager
-def _instrumented_distill(timer: Any):
-    """Run ``distill_student`` as it is, with a step-timing callback on its Trainer and without the final save.
-
-    distill_student builds its Trainer itself and takes no callbacks, so its module's Trainer class is
-    replaced for the call by a subclass that adds one; saving the trained student is left out because
-    it is not training (it would write a whole model under full fine-tuning).
-    """
+def _without_final_save():
+    """Leave out ``distill_student``'s final save of the trained student: it is not training, and under full
+    fine-tuning it would write a whole model."""
     from unittest import mock
 
     from tailorkd.distill import trainer as distill_trainer
 
-    class TimedDistillationTrainer(distill_trainer.DistillationTrainer):
-        def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.add_callback(timer)
-
-    with mock.patch.object(distill_trainer, "DistillationTrainer", TimedDistillationTrainer), \
-            mock.patch.object(distill_trainer, "save_student", lambda *args, **kwargs: None):
-        yield distill_trainer.distill_student
+    with mock.patch.object(distill_trainer, "save_student", lambda *args, **kwargs: None):
+        yield
 
 
 def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
@@ -236,6 +229,7 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
     import torch
 
     from tailorkd import pipeline
+    from tailorkd.distill import distill_student
     from tailorkd.recipe import load_recipe
     from tailorkd.students import build_student
 
@@ -265,8 +259,9 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
     lengths = [len(student.encode(r)) for r in rows]
 
     timer = _step_timer(spec["device"])
-    with _instrumented_distill(timer) as distill_student, tempfile.TemporaryDirectory() as out:
-        summary = distill_student(student, rows, targets, recipe.adapter, recipe.distill, out, spec["seed"], info={})
+    with _without_final_save(), tempfile.TemporaryDirectory() as out:
+        summary = distill_student(student, rows, targets, recipe.adapter, recipe.distill, out, spec["seed"], info={},
+                                  resume=False, callbacks=[timer])
 
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     warm = spec["warmup"]
@@ -538,10 +533,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(rendered)
 
     first = next(iter(results.values()))
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip() or None
     report = {
         "benchmark": "train_memory",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(args.device),
+        "tailorkd_commit": commit,
         "settings": {"student": student, "model": spec["model"] if not args.arch else None,
                      "arch": args.arch, "random_checkpoint": checkpoint, "device": args.device, "dtype": args.dtype,
                      "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": args.steps,
