@@ -387,3 +387,20 @@ def test_recipe_asking_for_the_hidden_loss_without_stored_states_says_which_key_
     path = _recipe(tmp_path, tiny_models, {"stages": [{"label_map": {"a": ["business"], "b": ["tech"]}}]})
     with pytest.raises(TailorkdError, match=r"distill.stages.0.label_map: labels in no group"):
         load_recipe(path)
+
+
+def test_qlora_student_evaluates_between_epochs_and_still_trains(tiny_models, tmp_path):
+    """On the CPU, bitsandbytes repacks 4-bit weights for inference the first time they run in eval mode, in a
+    layout that cannot train; the evaluation after epoch 1 must not do that to the base of epoch 2."""
+    pytest.importorskip("bitsandbytes")
+    from tailorkd.recipe import StudentConfig
+    from tailorkd.students import build_student
+
+    student = build_student(StudentConfig(model=str(tiny_models["bert"]), max_length=64), TASK, PROMPT, [],
+                            adapter_method="qlora")
+    rows = topic_rows(3)
+    summary = distill_student(student, rows, _teacher(rows, [0.9] * len(rows)), AdapterConfig(method="qlora", r=4),
+                              DistillConfig(epochs=2, batch_size=4, validation_fraction=0.2,
+                                            hidden_state_loss={"weight": 0.2}),
+                              tmp_path / "q", seed=0, info={}, teacher_states={-1: _topic_states(rows)})
+    assert len(summary["stages"][0]["validation"]) == 2 and summary["steps"] == 2 * 3

@@ -99,7 +99,8 @@ def plan_stages(config: DistillConfig, label_names: Sequence[str], train_rows: S
                 train_probs: np.ndarray, val_rows: Sequence[dict[str, Any]], val_probs: np.ndarray) -> list[Stage]:
     stages = []
     for k, stage in enumerate(config.resolved_stages()):
-        where = f"distill.stages.{k}" if config.stages is not None else "distill"
+        where = (f"distill.stages.{k}" if config.stages is not None else
+                 f"distill.progressive (stage {k + 1})" if config.progressive is not None else "distill")
         train = np.flatnonzero(filter_mask(stage.filter, train_rows, train_probs))
         val = np.flatnonzero(filter_mask(stage.filter, val_rows, val_probs, reference=train_probs))
         if len(train) == 0:

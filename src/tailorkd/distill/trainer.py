@@ -14,6 +14,7 @@ student is saved. TensorBoard logs go to ``<student>/logs/stage-<k>/`` when tens
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -79,6 +80,21 @@ class StudentWithProjection(torch.nn.Module):
             {str(layer): torch.nn.Linear(student_width, teacher_width) for layer in layers}).to(device)
 
 
+@contextlib.contextmanager
+def _four_bit_layers_kept_trainable(model: torch.nn.Module):
+    """Run an inference pass without spoiling a 4-bit (qlora) base for training: on the CPU, bitsandbytes
+    repacks a Linear4bit's weights for inference the first time it runs in eval mode, in a layout that cannot
+    train again. Those layers stay in training mode meanwhile (the flag changes nothing else in them)."""
+    held = [m for m in model.modules() if type(m).__name__ == "Linear4bit" and not m.training]
+    for module in held:
+        module.training = True
+    try:
+        yield
+    finally:
+        for module in held:
+            module.training = False
+
+
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -123,6 +139,10 @@ class DistillationTrainer(Trainer):
                 for j, layer in enumerate(self.hidden_layers)]).mean()
             loss = (1.0 - self.hidden.weight) * ce + self.hidden.weight * aligned
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        with _four_bit_layers_kept_trainable(model):
+            return super().prediction_step(model, *args, **kwargs)
 
     # -- checkpoints: the trainable parameters only, for every kind of student ---------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -260,7 +280,7 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     student.model = attach_adapter(student.model, adapter, student.kind)
     trained: torch.nn.Module = student.model
     if hidden is not None:
-        with torch.no_grad():
+        with torch.no_grad(), _four_bit_layers_kept_trainable(student.model):
             probe = student.collate(train_rows[:1])
             device = next(student.model.parameters()).device
             probe = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in probe.items()}
