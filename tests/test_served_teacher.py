@@ -217,6 +217,20 @@ def test_json_path_with_smoothing():
     assert "JSON object" in body["messages"][0]["content"]
 
 
+def test_json_reasons_are_stored_beside_the_labels(tmp_path):
+    from tailorkd.labels import LabelStore, text_hash
+    from tailorkd.teachers import label_served_rows
+
+    with Stub(lambda body, n: sensible(body)) as stub, LabelStore(tmp_path / "labels.sqlite") as store:
+        teacher = teacher_for(stub, mode="json")
+        records = label_served_rows(teacher, ROWS, store, chunk=2)
+        assert [records[text_hash(r["text"])].reason for r in ROWS] == [f"it mentions {t}" for t in TOPICS]
+    # logprobs answers carry no reason
+    with Stub(lambda body, n: sensible(body)) as stub, LabelStore(tmp_path / "other.sqlite") as store:
+        lp = teacher_for(stub, mode="logprobs")
+        assert all(r.reason is None for r in label_served_rows(lp, ROWS, store).values())
+
+
 def test_json_path_without_response_format_when_the_server_refuses_it():
     def reply(body: dict[str, Any], n: int) -> Reply:
         if "response_format" in body:

@@ -268,7 +268,7 @@ class ServedTeacher:
             log.debug("abstention: top tokens %s", sorted(top, key=top.get, reverse=True)[:5])
         return probs
 
-    def _ask_json(self, row: dict[str, Any]) -> np.ndarray | None:
+    def _ask_json(self, row: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
         request: dict[str, Any] = {"messages": self.json_builder.messages(row["text"], row.get("title")),
                                    "max_tokens": self.server.max_tokens_json}
         response = None
@@ -293,37 +293,44 @@ class ServedTeacher:
         if answer.index is None:
             self._count_abstention(answer.problem or "unparseable")
             log.debug("abstention (%s): %r", answer.problem, (content or "")[:200])
-            return None
-        if answer.reason:
-            log.debug("%s: %s", names[answer.index], answer.reason)
+            return None, None
         m, eps = len(names), self.server.json_smoothing
         probs = np.full(m, eps / (m - 1))
         probs[answer.index] = 1.0 - eps
-        return probs
+        reason = " ".join(answer.reason.split()) if answer.reason else None
+        return probs, reason or None
 
-    def _ask(self, row: dict[str, Any]) -> np.ndarray | None:
+    def _ask(self, row: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
+        """The class distribution (None: abstained) and, in JSON mode, the model's reason."""
         if self._use_logprobs:
             try:
                 probs = self._ask_logprobs(row)
                 with self._lock:
                     self.answers_by_method["logprobs"] += 1
-                return probs
+                return probs, None
             except _NoLogprobs as exc:
                 with self._lock:
                     if self._use_logprobs:
                         log.warning("teacher server %s gives no logprobs (%s): answering in JSON from now on",
                                     self.server.base_url, exc)
                     self._use_logprobs = False
-        probs = self._ask_json(row)
+        answer = self._ask_json(row)
         with self._lock:
             self.answers_by_method["json"] += 1
-        return probs
+        return answer
 
     # -- many ------------------------------------------------------------------------------------------
     def score(self, rows: Sequence[dict[str, Any]], bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
         """[N, M] class probabilities (a row of NaN: the teacher abstained) and per-text seconds (the
         wall time of all N divided among them), at most ``concurrency`` requests in flight."""
+        probs, seconds, _ = self.score_with_reasons(rows, bar)
+        return probs, seconds
+
+    def score_with_reasons(self, rows: Sequence[dict[str, Any]], bar: tqdm | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """As ``score``, plus the reason of each JSON answer (None for logprobs answers and abstentions)."""
         probs = np.full((len(rows), len(self.task.labels)), np.nan)
+        reasons: list[str | None] = [None] * len(rows)
         t0 = time.perf_counter()
         pool = ThreadPoolExecutor(max_workers=self.server.concurrency, thread_name_prefix="teacher")
         try:
@@ -332,16 +339,17 @@ class ServedTeacher:
             while pending:
                 done, pending = wait(pending, return_when="FIRST_COMPLETED")
                 for future in done:
-                    result = future.result()  # a failed request stops the whole batch
+                    result, reason = future.result()  # a failed request stops the whole batch
                     if result is not None:
                         probs[futures[future]] = result
+                        reasons[futures[future]] = reason
                     if bar is not None:
                         bar.update(1)
         finally:
             # On an error the queued requests are dropped; those in flight end within the timeout.
             pool.shutdown(wait=False, cancel_futures=True)
         seconds = np.full(len(rows), (time.perf_counter() - t0) / max(len(rows), 1))
-        return probs, seconds
+        return probs, seconds, reasons
 
 
 def label_served_rows(teacher: ServedTeacher, rows: Sequence[dict[str, Any]], store: LabelStore,
@@ -360,11 +368,11 @@ def label_served_rows(teacher: ServedTeacher, rows: Sequence[dict[str, Any]], st
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            probs, secs = teacher.score(part, bar)
+            probs, secs, reasons = teacher.score_with_reasons(part, bar)
             answered = ~np.isnan(probs).any(axis=1)
             abstained += int((~answered).sum())
-            records = [make_record(r["id"], r["text"], p, names, s)
-                       for r, p, s, ok in zip(part, probs, secs, answered) if ok]
+            records = [make_record(r["id"], r["text"], p, names, s, reason)
+                       for r, p, s, reason, ok in zip(part, probs, secs, reasons, answered) if ok]
             if records:
                 store.put_batch(*key, names, records)
     if todo:
