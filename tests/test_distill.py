@@ -320,3 +320,45 @@ def test_qlora_refuses_a_student_already_repacked_for_cpu_inference(qlora_models
     with pytest.raises(TailorkdError, match="cannot train"):
         distill_student(student, rows, _targets(rows), AdapterConfig(method="qlora", r=8), DistillConfig(validation_fraction=0.0, epochs=1),
                         tmp_path / "q", seed=0, info={})
+
+
+def test_hard_label_term_mixes_with_the_soft_targets(tiny_models):
+    from tailorkd.distill.trainer import DistillationTrainer
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    targets = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    trainer = DistillationTrainer.__new__(DistillationTrainer)  # only the loss is exercised
+    trainer.temperature, trainer.groups = 1.0, None
+    soft = soft_cross_entropy(logits, targets)
+    hard = torch.nn.functional.cross_entropy(logits, targets.argmax(-1))
+    for h, want in ((0.0, soft), (1.0, hard), (0.25, 0.75 * soft + 0.25 * hard)):
+        trainer.hard_label_weight = h
+        torch.testing.assert_close(trainer._class_loss(logits, targets), want)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_gradient_checkpointing_trains_to_the_same_weights(tiny_models, tmp_path, family):
+    rows = topic_rows(4)
+    probs = _targets(rows)
+    adapter = AdapterConfig(method="lora", r=4, alpha=8, dropout=0.0)
+    weights = {}
+    for checkpointing in (False, True):
+        set_seed(0)
+        if family == "bert":
+            encoder = AutoModel.from_pretrained(tiny_models["bert"])
+            student = EncoderStudent(MeanPoolClassifier(encoder, len(TOPICS), dropout=0.0),
+                                     AutoTokenizer.from_pretrained(tiny_models["bert"]), TASK, PROMPT, 64)
+        else:
+            student = _causal_student(tiny_models[family])
+        config = DistillConfig(epochs=1, batch_size=8, learning_rate=1e-2, validation_fraction=0.0,
+                               gradient_checkpointing=checkpointing)
+        distill_student(student, rows, probs, adapter, config, tmp_path / f"s{int(checkpointing)}", seed=0, info={})
+        from tailorkd.students import _transformer
+
+        base = _transformer(student)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        assert base.is_gradient_checkpointing == checkpointing
+        weights[checkpointing] = {k: v.detach().clone() for k, v in student.model.named_parameters() if v.requires_grad}
+    assert weights[True].keys() == weights[False].keys() and len(weights[True]) > 0
+    for name in weights[True]:
+        torch.testing.assert_close(weights[True][name], weights[False][name], atol=1e-5, rtol=1e-4)

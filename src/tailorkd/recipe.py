@@ -417,6 +417,14 @@ class DistillConfig(_Section):
     hidden_state_loss: HiddenStateLossConfig | None = Field(
         default=None, description="Set: add a hidden-state alignment term (needs teacher.hidden_states).",
     )
+    hard_label_weight: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of a hard-label term (cross-entropy with the teacher's "
+        "top class) in the class loss: (1-h)*soft + h*hard; 0: soft targets only.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass instead of keeping them: less "
+        "memory, about a third more time (the paper's setting).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
@@ -475,6 +483,9 @@ class DistillConfig(_Section):
                 data.pop(name, None)
         if self.validation_fraction == DistillConfig.model_fields["validation_fraction"].default:
             data.pop("validation_fraction", None)
+        for name in ("hard_label_weight", "gradient_checkpointing"):
+            if not data.get(name):
+                data.pop(name, None)
         return data
 
 

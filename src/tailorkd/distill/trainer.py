@@ -117,9 +117,11 @@ class DistillationTrainer(Trainer):
     trainable parameters."""
 
     def __init__(self, *args: Any, student: Student, temperature: float, groups: np.ndarray | None = None,
-                 hidden: HiddenStateLossConfig | None = None, hidden_layers: Sequence[int] = (), **kwargs: Any):
+                 hidden: HiddenStateLossConfig | None = None, hidden_layers: Sequence[int] = (),
+                 hard_label_weight: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.student = student
+        self.hard_label_weight = hard_label_weight
         self.temperature = temperature
         self.groups = None if groups is None else torch.tensor(groups)
         self.hidden = hidden
@@ -130,15 +132,25 @@ class DistillationTrainer(Trainer):
         states = inputs.pop("teacher_states", None)
         if self.hidden is None:
             logits = self.student.class_logits(model, inputs)
-            loss = soft_cross_entropy(logits, targets, self.temperature, self.groups)
+            loss = self._class_loss(logits, targets)
         else:
             logits, pooled = self.student.class_logits_and_pooled(model.student_model, inputs, self.hidden.student_layer)
-            ce = soft_cross_entropy(logits, targets, self.temperature, self.groups)
+            ce = self._class_loss(logits, targets)
             aligned = torch.stack([
                 hidden_state_loss(model.projections[str(layer)](pooled), states[:, j], self.hidden.kind)
                 for j, layer in enumerate(self.hidden_layers)]).mean()
             loss = (1.0 - self.hidden.weight) * ce + self.hidden.weight * aligned
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _class_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Soft cross-entropy with the teacher's distribution, mixed with a hard-label term (the teacher's
+        top class as a one-hot target, at temperature 1) when distill.hard_label_weight > 0."""
+        soft = soft_cross_entropy(logits, targets, self.temperature, self.groups)
+        if not self.hard_label_weight:
+            return soft
+        onehot = torch.nn.functional.one_hot(targets.argmax(-1), targets.shape[-1]).to(targets.dtype)
+        hard = soft_cross_entropy(logits, onehot, 1.0, self.groups)
+        return (1.0 - self.hard_label_weight) * soft + self.hard_label_weight * hard
 
     def prediction_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         with _four_bit_layers_kept_trainable(model):
@@ -157,6 +169,21 @@ class DistillationTrainer(Trainer):
         best = self.state.best_model_checkpoint
         log.info("loading the best checkpoint %s (validation loss %s)", best, self.state.best_metric)
         _load_trainable_state(self.model, os.path.join(best, CHECKPOINT_WEIGHTS))
+
+
+def _enable_gradient_checkpointing(student: Student) -> None:
+    """Checkpoint the transformer's layers (not the Trainer's flag: an encoder student's top module is
+    tailorkd's own). Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings
+    under adapters are fine."""
+    from tailorkd.students import _transformer
+
+    model = _transformer(student)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise TailorkdError(f"distill.gradient_checkpointing: {type(base).__name__} does not support it")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(base, "config", None) is not None:
+        base.config.use_cache = False
 
 
 def _collator(student: Student):
@@ -278,6 +305,8 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
         hidden_layers, states, hidden_details = _hidden_targets(hidden, teacher_states, len(rows), train_index)
 
     student.model = attach_adapter(student.model, adapter, student.kind)
+    if config.gradient_checkpointing and adapter.method != "none":
+        _enable_gradient_checkpointing(student)
     trained: torch.nn.Module = student.model
     if hidden is not None:
         with torch.no_grad(), _four_bit_layers_kept_trainable(student.model):
@@ -410,6 +439,7 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         groups=stage.groups,
         hidden=hidden,
         hidden_layers=hidden_layers,
+        hard_label_weight=config.hard_label_weight,
     )
     checkpoint = _last_complete_checkpoint(folder) if folder.is_dir() else None
     if checkpoint is not None:
