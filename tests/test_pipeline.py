@@ -54,7 +54,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     assert report["schema_version"] == 2
-    assert set(report["systems"]) == {"teacher", "student", "seed_only"}
+    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "student", "seed_only"]
     assert set(report["timings_seconds"]) >= {"prepare", "label", "distill", "evaluate", "total"}
     assert (run / "report.md").read_text().startswith("# tailorkd report: tiny")
     assert "| teacher |" in (run / "report.md").read_text()
@@ -65,7 +65,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert labels_in_store(run) == 30 + 20
 
     # Reported metrics are those of the stored predictions.
-    for system in ("teacher", "student", "seed_only"):
+    for system in ("teacher", "untrained_student", "standard_kd", "student", "seed_only"):
         frame = pd.read_parquet(run / "predictions" / f"{system}.parquet")
         recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
         reported = report["systems"][system]["metrics"]
@@ -82,17 +82,21 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
         assert set(report["systems"][system]["cost"]) >= {"texts_per_second", "latency_seconds",
                                                            "trainable_parameters", "peak_training_memory_gb"}
         assert (run / report["figures"]["confusion_matrix"][system]).is_file()
-    assert set(report["vs_teacher"]) == {"student", "seed_only"}
+    assert set(report["vs_teacher"]) == {"untrained_student", "standard_kd", "student", "seed_only"}
     assert 0 <= report["systems"]["student"]["metrics"]["agreement_with_teacher"] <= 1
     assert report["systems"]["student"]["cost"]["latency_seconds"]["median"] > 0
     student_info = report["systems"]["student"]["training"]
     assert 0 < student_info["parameters"]["trainable"] < student_info["parameters"]["total"]
+    # The paper's baselines: standard KD trains every weight, the untrained student none.
+    full = report["systems"]["standard_kd"]["training"]["parameters"]
+    assert report["systems"]["standard_kd"]["adapter"] == "full" and full["trainable"] == full["total"]
+    assert report["systems"]["untrained_student"]["training"]["parameters"]["trainable"] == 0
 
-    # A second run skips what is done: no new labels, the student is not retrained.
-    stamp = (run / "students" / "student" / "student.json").stat().st_mtime_ns
+    # A second run skips what is done: no new labels, no student is retrained.
+    stamps = {d: (run / "students" / d / "student.json").stat().st_mtime_ns for d in ("student", "untrained", "standard_kd")}
     assert main(["run", recipe_path]) == 0
     assert labels_in_store(run) == 50
-    assert (run / "students" / "student" / "student.json").stat().st_mtime_ns == stamp
+    assert {d: (run / "students" / d / "student.json").stat().st_mtime_ns for d in stamps} == stamps
 
     # A changed prompt labels afresh rather than mixing old and new labels, and the old labels are not
     # taken for the new recipe's.

@@ -48,7 +48,7 @@ def minimal(tmp_path: Path, **changes) -> Path:
 def test_minimal_recipe_gets_defaults(tmp_path):
     recipe = load_recipe(minimal(tmp_path))
     assert recipe.adapter.method == "lora" and recipe.distill.learning_rate == 2e-4
-    assert recipe.evaluation.systems == ["teacher", "student", "seed_only"]
+    assert recipe.evaluation.systems == ["teacher", "untrained_student", "standard_kd", "student", "seed_only"]
 
 
 def test_unknown_key_names_its_path(tmp_path):

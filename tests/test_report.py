@@ -43,7 +43,7 @@ def test_report_metrics_are_those_of_the_stored_predictions(tiny_run):
     run, recipe_path = tiny_run
     report = json.loads((run / "report.json").read_text())
     assert report["schema_version"] == 2
-    assert list(report["systems"]) == ["teacher", "student", "seed_only"]
+    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "student", "seed_only"]
     frames = {name: pd.read_parquet(run / "predictions" / f"{name}.parquet") for name in report["systems"]}
     for name, frame in frames.items():
         reported = report["systems"][name]["metrics"]
@@ -112,7 +112,7 @@ def test_report_markdown_tables_and_figures(tiny_run):
     assert "## Versions" in md and "- matplotlib " in md and "## Recipe" in md
     figures = report["figures"]
     paths = [*figures["confusion_matrix"].values(), figures["reliability"], figures["cost_quality"]]
-    assert len(paths) == 5
+    assert len(paths) == 7  # a confusion matrix per system (5), the reliability diagram, cost vs quality
     for rel in paths:
         assert rel.startswith("figures/") and f"({rel})" in md
         width, height = _png_size(run / rel)
@@ -133,12 +133,13 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
     assert printed == out_md.read_text()
     header, rule, *rows = printed.splitlines()
     assert header.startswith("| run | system | accuracy [95% CI] | macro-F1 [95% CI] | texts/s |") and rule.startswith("|---")
-    assert [r.split(" | ")[:2] for r in rows] == [["| run", "teacher"], ["| run", "student"], ["| run", "seed_only"],
-                                                 ["| other-run", "teacher"], ["| other-run", "seed_only"]]
+    assert [r.split(" | ")[:2] for r in rows] == [["| run", s] for s in ("teacher", "untrained_student", "standard_kd",
+                                                                          "student", "seed_only")] + [
+        ["| other-run", "teacher"], ["| other-run", "seed_only"]]
     first = json.loads((run / "report.json").read_text())["systems"]["student"]
     m, ci = first["metrics"], first["metrics"]["intervals"]["macro_f1"]
     assert (f"| {100 * m['macro_f1']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] | "
-            f"{first['cost']['texts_per_second']:.1f} | {first['cost']['trainable_parameters']:,} |") in rows[1]
+            f"{first['cost']['texts_per_second']:.1f} | {first['cost']['trainable_parameters']:,} |") in rows[3]  # the student row
 
     # A folder without a report, and a report of an unknown schema, are named in the error.
     assert main(["compare", str(run), str(tmp_path)]) == 2

@@ -13,6 +13,7 @@ any stage can be rerun alone; ``run`` calls them in order and skips work that is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -33,6 +34,8 @@ from tailorkd.recipe import Recipe
 log = logging.getLogger(__name__)
 
 STUDENT_DIR = "students/student"
+# Where each student system lives: the distilled student (adaptive KD) and the paper's two baselines.
+STUDENT_DIRS = {"student": STUDENT_DIR, "untrained_student": "students/untrained", "standard_kd": "students/standard_kd"}
 # The teacher's prediction on a test text it abstained on: no class, so it counts as wrong.
 ABSTAINED = "(abstained)"
 
@@ -362,23 +365,41 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
         if not answered.any():
             raise TailorkdError(f"{recipe.output_dir}: the teacher abstained on every pool text; nothing to train on")
         rows, probs = [r for r, ok in zip(rows, answered) if ok], probs[answered]
-    out = Path(recipe.output_dir) / STUDENT_DIR
-    fingerprint = recipe.content_hash("data", "task", "seed", "prompt", "teacher", "student", "adapter", "distill")
-    info_path = out / STUDENT_FILE
-    if not force and info_path.is_file():
-        done = json.loads(info_path.read_text())
-        if done.get("recipe_hash") == fingerprint and done.get("summary", {}).get("training_format") == TRAINING_FORMAT:
-            log.info("distill: student in %s is up to date", out)
-            return out
-    states = _teacher_hidden_states(recipe, rows) if recipe.distill.hidden_state_loss is not None else None
-    set_seed(recipe.seed)
-    student = build_student(recipe.student, recipe.task, recipe.prompt, _shots(recipe, data), recipe.adapter.method)
-    summary = distill_student(student, rows, probs, recipe.adapter, recipe.distill, out, recipe.seed,
-                              info={"recipe_hash": fingerprint, "base_model": recipe.student.model},
-                              teacher_states=states, resume=not force)
-    log.info("distill: %d steps in %.1fs, final loss %s -> %s", summary["steps"], summary["train_seconds"],
-             summary["train_loss"], out)
-    return out
+    base_hash = recipe.content_hash("data", "task", "seed", "prompt", "teacher", "student", "distill")
+    jobs = [("student", recipe.adapter, recipe.distill)]
+    # The paper's baselines, trained on the same targets when the recipe evaluates them: the student
+    # untouched (method none) and standard KD (every weight trains, one stage, soft targets only).
+    if "untrained_student" in recipe.evaluation.systems:
+        jobs.append(("untrained_student", recipe.adapter.model_copy(update={"method": "none"}), recipe.distill))
+    if "standard_kd" in recipe.evaluation.systems:
+        plain = recipe.distill.model_copy(update={"stages": None, "progressive": None, "hidden_state_loss": None,
+                                                  "learning_rate": recipe.distill.standard_kd_learning_rate})
+        jobs.append(("standard_kd", recipe.adapter.model_copy(update={"method": "full"}), plain))
+    main_folder = Path(recipe.output_dir) / STUDENT_DIR
+    for system, adapter, config in jobs:
+        out = Path(recipe.output_dir) / STUDENT_DIRS[system]
+        fingerprint = hashlib.sha256(json.dumps([base_hash, adapter.model_dump(mode="json"),
+                                                 config.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()[:16]
+        if system == "student":  # the main student keeps the hash it always had
+            fingerprint = recipe.content_hash("data", "task", "seed", "prompt", "teacher", "student", "adapter", "distill")
+        info_path = out / STUDENT_FILE
+        if not force and info_path.is_file():
+            done = json.loads(info_path.read_text())
+            if (done.get("recipe_hash") == fingerprint
+                    and done.get("summary", {}).get("training_format") == TRAINING_FORMAT):
+                log.info("distill: %s in %s is up to date", system, out)
+                continue
+        states = (_teacher_hidden_states(recipe, rows) if config.hidden_state_loss is not None else None)
+        set_seed(recipe.seed)
+        student = build_student(recipe.student, recipe.task, recipe.prompt, _shots(recipe, data), adapter.method)
+        summary = distill_student(student, rows, probs, adapter, config, out, recipe.seed,
+                                  info={"recipe_hash": fingerprint, "base_model": recipe.student.model,
+                                        "system": system},
+                                  teacher_states=states, resume=not force)
+        log.info("distill: %s, %d steps in %.1fs, final loss %s -> %s", system, summary["steps"],
+                 summary["train_seconds"], summary["train_loss"], out)
+        del student
+    return main_folder
 
 
 def _teacher_hidden_states(recipe: Recipe, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:
@@ -509,23 +530,27 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
                                                        raw_frame["confidence"].to_numpy(), names, seed=recipe.seed),
             }
 
-    if "student" in recipe.evaluation.systems:
-        folder = out / STUDENT_DIR
+    for system in ("untrained_student", "standard_kd", "student"):
+        if system not in recipe.evaluation.systems:
+            continue
+        folder = out / STUDENT_DIRS[system]
         set_seed(recipe.seed)
         student = load_student(folder, recipe.task, recipe.prompt, _shots(recipe, data), recipe.student)
         probs, per_text, elapsed = _timed_student_probs(student, test_rows, recipe.evaluation.batch_size)
-        frames["student"] = _predictions_frame(test_rows, probs, names)
-        training = json.loads((folder / "student.json").read_text()).get("summary", {})
-        systems["student"] = {
+        frames[system] = _predictions_frame(test_rows, probs, names)
+        info = json.loads((folder / "student.json").read_text())
+        training = info.get("summary", {})
+        systems[system] = {
             "model": recipe.student.model,
             "kind": student.kind,
-            "adapter": recipe.adapter.method,
+            "adapter": info.get("adapter_method", recipe.adapter.method),
             "cost": _cost(texts_per_second=len(test_rows) / elapsed if elapsed > 0 else None,
                           latency=_latency(per_text, f"per batch of up to {recipe.evaluation.batch_size}, "
                                                      "divided by its texts"),
                           training=training),
             "training": training,
         }
+        del student
 
     if "seed_only" in recipe.evaluation.systems:
         from tailorkd.evaluation.baselines import seed_only_baseline

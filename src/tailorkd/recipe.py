@@ -425,6 +425,10 @@ class DistillConfig(_Section):
         default=False, description="Recompute activations in the backward pass instead of keeping them: less "
         "memory, about a third more time (the paper's setting).",
     )
+    standard_kd_learning_rate: float = Field(
+        default=5e-5, gt=0, description="Learning rate of the standard-KD baseline (every weight trains, so far "
+        "lower than an adapter's).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
@@ -486,14 +490,19 @@ class DistillConfig(_Section):
         for name in ("hard_label_weight", "gradient_checkpointing"):
             if not data.get(name):
                 data.pop(name, None)
+        if self.standard_kd_learning_rate == DistillConfig.model_fields["standard_kd_learning_rate"].default:
+            data.pop("standard_kd_learning_rate", None)
         return data
 
 
 class EvaluationConfig(_Section):
-    systems: list[Literal["teacher", "student", "seed_only"]] = Field(
-        default_factory=lambda: ["teacher", "student", "seed_only"],
-        description="seed_only: logistic regression on sentence embeddings of the expert seeds alone, the bar "
-        "distillation must clear.",
+    systems: list[Literal["teacher", "untrained_student", "standard_kd", "student", "seed_only"]] = Field(
+        default_factory=lambda: ["teacher", "untrained_student", "standard_kd", "student", "seed_only"],
+        description="The paper's four systems and a baseline: teacher (few-shot prompt); untrained_student (the "
+        "student as it comes: a causal LM answering through the prompt, an encoder with an untrained head); "
+        "standard_kd (every weight trained on the teacher's targets); student (adaptive KD: adapters, stages, "
+        "hidden-state loss as configured); seed_only (logistic regression on sentence embeddings of the expert "
+        "seeds alone, the bar distillation must clear).",
     )
     batch_size: int = Field(default=16, ge=1)
     seed_only_encoder: str = Field(default="minilm-l6", min_length=1,
