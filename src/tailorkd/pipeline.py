@@ -156,6 +156,12 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
 CALIBRATION_FILE = "calibration.json"
 
 
+def _held_out_seeds(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
+    """The expert seeds that are not few-shot examples: the only labelled texts that may judge a teacher."""
+    shot_ids = {s["id"] for s in _shots(recipe, data)}
+    return [r for r in _rows(data.seed) if r["id"] not in shot_ids]
+
+
 def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller: Any, store: LabelStore,
                      pool: dict[str, Any], write: bool = True) -> Any:
     """Score the calibration inputs (content-free, random in-domain, held-out seeds), fit the recipe's
@@ -178,9 +184,7 @@ def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller:
                    enumerate(domain_inputs([r["text"] for r in pool_texts], config.domain_samples, recipe.seed,
                                            config.domain_words))]
     _, domain = probs_of(domain_rows, "teacher: in-domain random")
-    shot_ids = {s["id"] for s in _shots(recipe, data)}
-    held_out = [r for r in _rows(data.seed) if r["id"] not in shot_ids]
-    held_out, seed_probs = probs_of(held_out, "teacher: held-out seeds")
+    held_out, seed_probs = probs_of(_held_out_seeds(recipe, data), "teacher: held-out seeds")
     try:
         calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
                                 seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out])
@@ -211,8 +215,7 @@ def _held_out_accuracy(recipe: Recipe, data: PreparedData, teacher: Any, store: 
         scored = calibration.details.get("candidates", {}).get(calibration.method)
         if scored:
             return float(scored["accuracy"])
-    shot_ids = {s["id"] for s in _shots(recipe, data)}
-    held_out = [r for r in _rows(data.seed) if r["id"] not in shot_ids]
+    held_out = _held_out_seeds(recipe, data)
     found = _labeller(teacher)(teacher, held_out, store, desc="teacher: held-out seeds") if held_out else {}
     kept = [r for r in held_out if text_hash(r["text"]) in found]
     if not kept:
