@@ -20,7 +20,8 @@ from tailorkd.recipe import load_recipe
 
 
 def make_recipe(tmp_path, teacher, student, **extra) -> str:
-    """A tiny recipe; ``extra`` sections replace the defaults (e.g. ``teacher_section={...}``)."""
+    """A tiny recipe; ``extra`` sections replace the defaults (teacher and student through
+    ``teacher_section={...}`` and ``student_section={...}``)."""
     write_jsonl(tmp_path / "news.jsonl", topic_rows(12))
     raw = {
         "name": "tiny", "seed": 3, "output_dir": str(tmp_path / "run"),
@@ -30,7 +31,7 @@ def make_recipe(tmp_path, teacher, student, **extra) -> str:
                  "splits": {"seed_per_class": 2, "test_size": 20}},
         "prompt": {"instruction": "Which topic?", "shots": 3, "max_text_chars": 120},
         "teacher": extra.pop("teacher_section", None) or {"model": str(teacher), "batch_size": 4},
-        "student": {"model": str(student), "max_length": 256},
+        "student": extra.pop("student_section", None) or {"model": str(student), "max_length": 256},
         "adapter": {"method": "lora", "r": 4, "alpha": 8},
         "distill": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
         **extra,

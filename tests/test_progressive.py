@@ -9,11 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
-from conftest import TOPICS, topic_rows, write_jsonl
+from conftest import TOPICS, topic_rows
 from tailorkd.distill import distill_student, soft_cross_entropy
 from tailorkd.distill.losses import hidden_state_loss
 from tailorkd.distill.stages import filter_mask, group_matrix, validation_split
@@ -21,6 +20,7 @@ from tailorkd.distill.trainer import PROJECTION_FILE
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import AdapterConfig, DistillConfig, PromptConfig, StageFilter, TaskConfig, load_recipe
 from tailorkd.students import EncoderStudent, MeanPoolClassifier, predict_probs
+from test_pipeline import make_recipe
 
 TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TOPICS])
 PROMPT = PromptConfig(instruction="Topic?", shots=0, describe_labels=False)
@@ -341,22 +341,11 @@ def test_hidden_state_loss_on_a_causal_student_and_its_errors(tiny_models, tmp_p
 
 # -- through the pipeline -------------------------------------------------------------------------------
 def _recipe(tmp_path, tiny_models, distill, teacher_extra=None):
-    write_jsonl(tmp_path / "news.jsonl", topic_rows(12))
-    raw = {
-        "name": "tiny", "seed": 3, "output_dir": str(tmp_path / "run"),
-        "task": {"name": "topic", "description": "The topic of a news item.",
-                 "labels": [{"name": t, "description": f"{t} news"} for t in TOPICS]},
-        "data": {"sources": [{"path": "news.jsonl", "columns": {"id": "id"}}],
-                 "splits": {"seed_per_class": 2, "test_size": 20}},
-        "prompt": {"instruction": "Which topic?", "shots": 3, "max_text_chars": 120},
-        "teacher": {"model": str(tiny_models["llama"]), "batch_size": 4, **(teacher_extra or {})},
-        "student": {"model": str(tiny_models["bert"]), "max_length": 64},
-        "adapter": {"method": "lora", "r": 4, "alpha": 8},
-        "distill": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, **distill},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
+    """test_pipeline's tiny recipe (llama teacher, bert student) with these distill settings."""
+    return make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                       teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4, **(teacher_extra or {})},
+                       student_section={"model": str(tiny_models["bert"]), "max_length": 64},
+                       distill={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, **distill})
 
 
 def test_pipeline_trains_the_default_progressive_schedule_with_hidden_states(tiny_models, tmp_path):
