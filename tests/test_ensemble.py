@@ -107,3 +107,46 @@ def test_members_cannot_carry_their_own_options(tmp_path, tiny_models):
                           {"model": "b", "calibration": {"method": "domain"}}]}})
     with pytest.raises(Exception, match=r"ensemble.members.0: calibration belong"):
         load_recipe(bad)
+
+
+def test_seed_classifier_leave_one_out_accuracy_on_constructed_embeddings():
+    from tailorkd.evaluation.baselines import leave_one_out_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = [c for c in "abc" for _ in range(5)]
+    centres = {"a": [4, 0, 0], "b": [0, 4, 0], "c": [0, 0, 4]}
+    separable = np.array([centres[y] for y in labels], dtype=float) + rng.normal(0, 0.3, size=(15, 3))
+    assert leave_one_out_accuracy(separable, labels, seed=0) == 1.0
+    noise = rng.normal(0, 1.0, size=(15, 3))  # nothing to learn: about chance, far below the separable case
+    assert leave_one_out_accuracy(noise, labels, seed=0) < 0.7
+
+
+def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                               "ensemble": {"seed_classifier": {"encoder": str(tiny_models["bert"])}}})
+    assert main(["label", recipe_path]) == 0
+    run = tmp_path / "run"
+    members = json.loads((run / "ensemble.json").read_text())["members"]
+    assert len(members) == 2 and members[1]["identity"].startswith("seed-classifier|")
+    accuracies = [m["held_out_seed_accuracy"] for m in members]
+    assert [m["weight"] for m in members] == pytest.approx(seed_weights(accuracies))
+    recipe = load_recipe(recipe_path)
+    data = pipeline._data(recipe)
+    rows, probs, _ = pipeline._teacher_records(recipe, data, "pool")
+    assert probs.shape == (len(rows), len(TOPICS)) and np.allclose(probs.sum(1), 1.0)
+    # Its distributions are in the store like a teacher's: a second label run refits nothing.
+    from tailorkd.evaluation.baselines import SentenceEmbedder, _text, classifier_probs, fit_seed_classifier
+    from tailorkd.labels import LabelStore
+
+    seeds = pipeline._rows(data.seed)
+    embed = SentenceEmbedder(str(tiny_models["bert"]))
+    model = fit_seed_classifier(embed([_text(r) for r in seeds]), [r["label"] for r in seeds], recipe.seed)
+    expected = classifier_probs(model, embed([_text(r) for r in rows]), TOPICS)
+    with LabelStore(run / "labels.sqlite") as store:
+        stored = store.get(members[1]["identity"], members[1]["prompt"], [pipeline.text_hash(r["text"]) for r in rows],
+                           TOPICS)
+    np.testing.assert_allclose([stored[pipeline.text_hash(r["text"])].probs for r in rows], expected, atol=1e-6)
+    # A seed classifier alone is an ensemble too; an ensemble of nothing is refused.
+    with pytest.raises(Exception, match="needs members"):
+        load_recipe(recipe_path, ["teacher.ensemble={members: []}"])

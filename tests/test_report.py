@@ -150,3 +150,18 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
     assert main(["compare", str(other)]) == 2
     err = capsys.readouterr().err
     assert str(other / "report.json") in err and "schema_version 99" in err
+
+
+def test_report_scores_each_language_when_the_test_set_has_several():
+    import pandas as pd
+
+    from tailorkd.pipeline import _by_language
+
+    test = pd.DataFrame({"id": ["1", "2", "3", "4"], "language": ["en", "en", "it", None]})
+    frame = pd.DataFrame({"id": ["1", "2", "3", "4"], "label": ["a", "b", "a", "b"],
+                          "predicted": ["a", "a", "a", "b"]})
+    languages = _by_language(test, {"student": frame}, ["a", "b"])
+    assert languages["en"]["n"] == 2 and languages["en"]["student"]["accuracy"] == 0.5
+    assert languages["it"]["student"]["accuracy"] == 1.0 and languages["unknown"]["n"] == 1
+    assert _by_language(test.assign(language="en"), {"student": frame}, ["a", "b"]) is None
+    assert _by_language(test.drop(columns="language"), {"student": frame}, ["a", "b"]) is None

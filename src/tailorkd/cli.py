@@ -161,12 +161,41 @@ def export(recipe: str, out: str, overrides: list[str]) -> None:
     from tailorkd import pipeline
     from tailorkd.students import export_student
 
-    r = _recipe(recipe, overrides)
+    r = pipeline.resolve_prompt(_recipe(recipe, overrides))
     folder = Path(r.output_dir) / pipeline.STUDENT_DIR
     # The few-shot examples evaluate gives the student, so the exported prompt is the one it was trained on.
     shots = pipeline._shots(r, pipeline._data(r)) if (folder / "student.json").is_file() else []
     description = export_student(folder, out, r.task, r.prompt, shots, r.student)
     print(f"{description['kind']} student ({description['adapter_method']}) -> {out}")
+
+
+def prompts_tune(recipe: str, overrides: list[str], force: bool = False) -> None:
+    """Choose RECIPE's prompt on its expert seeds (the recipe's prompt_search section; defaults when absent).
+
+    Candidates change one part of the best prompt so far (instruction wording, system prompt, label
+    descriptions, number / draw / per-text kNN selection of shots, answer format); each is scored by the
+    teacher's agreement with the seeds (a seed that is a shot is left out of its own prompt), until no
+    change scores better or prompt_search.max_candidates are scored. Writes <output_dir>/prompts/
+    (search.json, candidates.md, chosen_prompt.yaml) and recipe.tuned.yaml; later stages use the chosen
+    prompt. Scores go into the label store: an interrupted search resumes.
+    """
+    from tailorkd import pipeline
+    from tailorkd.recipe import PromptSearchConfig
+
+    r = _recipe(recipe, overrides)
+    if r.prompt_search is None:
+        r = r.model_copy(update={"prompt_search": PromptSearchConfig()})
+        print("the recipe has no prompt_search section: searching with the defaults (add the section so that "
+              "`tailorkd run` uses the chosen prompt)")
+    pipeline.prepare(r)
+    payload = pipeline.tune_prompt(r, force=force)
+    out = Path(r.output_dir) / "prompts"
+    print((out / "candidates.md").read_text(encoding="utf-8"), end="")
+    base, chosen = payload["base"]["metrics"], payload["chosen"]["metrics"]
+    print(f"\nseeds ({payload['seeds']}): {payload['metric']} {base[payload['metric']]:.3f} (hand-written) -> "
+          f"{chosen[payload['metric']]:.3f} (chosen); {len(payload['candidates'])} candidates, "
+          f"{payload['teacher_calls']} teacher calls, {payload['seconds']:.0f}s; {payload['stopped_because']}")
+    print(f"chosen prompt -> {out / 'chosen_prompt.yaml'}; recipe with it -> {Path(r.output_dir) / 'recipe.tuned.yaml'}")
 
 
 def models_list() -> None:
@@ -303,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("out", help="output folder (new or empty)")
     ex.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
     ex.set_defaults(func=export)
+
+    prompts = sub.add_parser("prompts", help="the teacher's prompt: search on the seeds")
+    psub = prompts.add_subparsers(dest="prompts_command", required=True)
+    short, long = _help(prompts_tune)
+    pt = psub.add_parser("tune", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pt.add_argument("recipe", help="path to a recipe YAML")
+    pt.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    pt.add_argument("--force", action="store_true", help="search again even if the search is up to date")
+    pt.set_defaults(func=prompts_tune)
 
     models = sub.add_parser("models", help="named offline models")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -45,7 +45,20 @@ def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _shots(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
-    return choose_shots(_rows(data.seed), recipe.task.label_names, recipe.prompt.shots, recipe.seed)
+    """The fixed few-shot examples (also a causal-LM student's when the teacher's are chosen per text)."""
+    prompt = recipe.prompt
+    return choose_shots(_rows(data.seed), recipe.task.label_names, prompt.shots,
+                        recipe.seed if prompt.shot_seed is None else prompt.shot_seed)
+
+
+def _selector(recipe: Recipe, data: PreparedData, embedder: Any = None) -> Any:
+    """The per-text shot selector when the prompt asks for one (prompt.shot_selection: knn), else None."""
+    from tailorkd.prompts import KnnShotSelector
+
+    prompt = recipe.prompt
+    if prompt.shot_selection != "knn" or prompt.shots == 0:
+        return None
+    return KnnShotSelector(_rows(data.seed), recipe.task.label_names, prompt.shots, prompt.shot_encoder, embed=embedder)
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -78,6 +91,208 @@ def _data(recipe: Recipe) -> PreparedData:
     return load_prepared(data_dir)
 
 
+# -- stage 1b: prompt search (when the recipe has prompt_search) -------------------------------------
+SEARCH_FILE = "prompts/search.json"
+
+
+def _search_hash(recipe: Recipe) -> str:
+    """What the search's outcome depends on: data, task, seed, the hand-written prompt, the search settings
+    and the teacher that scores (not its calibration, ensemble, reasons or hidden states)."""
+    teacher = recipe.teacher.model_dump(mode="json", exclude={"calibration", "ensemble", "reasons", "hidden_states"})
+    payload = [recipe.content_hash("data", "task", "seed", "prompt", "prompt_search"), teacher]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _search_payload(recipe: Recipe) -> dict[str, Any] | None:
+    """prompts/search.json when it was made for this recipe, else None."""
+    path = Path(recipe.output_dir) / SEARCH_FILE
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    return payload if payload.get("search_hash") == _search_hash(recipe) else None
+
+
+def _teacher_maker(recipe: Recipe) -> Any:
+    """make(prompt, shots, selector) -> a teacher of the recipe with that prompt; a local teacher's model
+    is loaded once and shared by every prompt."""
+    from tailorkd.devices import resolve_device, resolve_dtype
+    from tailorkd.models import load_causal_lm
+    from tailorkd.teachers import LocalTeacher, ServedTeacher
+
+    config = recipe.teacher
+    if config.server is not None:
+        return lambda prompt, shots, selector: ServedTeacher(config, recipe.task, prompt, shots, selector)
+    model, tokenizer = load_causal_lm(config.model, dtype=resolve_dtype(config.dtype), device=resolve_device(config.device))
+    return lambda prompt, shots, selector: LocalTeacher(config, recipe.task, prompt, shots, model, tokenizer, selector)
+
+
+class SeedScorer:
+    """Scores prompts by the teacher's agreement with the expert seeds: ``scorer(prompt)`` -> (metrics,
+    teacher calls, seconds). One teacher model and one sentence encoder serve every prompt; each seed's
+    distribution goes into the label store under its prompt, so a prompt scored before costs nothing.
+    A seed is never scored by a prompt that shows it: fixed shots leave it out (``loo_shot_groups``), a
+    per-text selector never picks a text's own seed."""
+
+    def __init__(self, recipe: Recipe, data: PreparedData, calibrate: bool = True):
+        """``calibrate``: the metrics are those after a leave-one-out per-class bias (``loo_calibrated``),
+        with the raw ones under "raw"."""
+        self.recipe = recipe
+        self.calibrate = calibrate
+        self.seeds = _rows(data.seed)
+        self.names = recipe.task.label_names
+        self.make = _teacher_maker(recipe)
+        self._selectors: dict[tuple[int, str], Any] = {}
+        self._embedders: dict[str, Any] = {}
+
+    def selector(self, prompt: Any) -> Any:
+        """The per-text shot selector of ``prompt`` (None for fixed shots), shared between prompts."""
+        from tailorkd.evaluation.baselines import SentenceEmbedder
+        from tailorkd.prompts import KnnShotSelector
+
+        if prompt.shot_selection != "knn" or prompt.shots == 0:
+            return None
+        key = (prompt.shots, prompt.shot_encoder)
+        if key not in self._selectors:
+            if prompt.shot_encoder not in self._embedders:
+                self._embedders[prompt.shot_encoder] = SentenceEmbedder(prompt.shot_encoder)
+            self._selectors[key] = KnnShotSelector(self.seeds, self.names, prompt.shots, prompt.shot_encoder,
+                                                   embed=self._embedders[prompt.shot_encoder])
+        return self._selectors[key]
+
+    def teacher(self, prompt: Any) -> Any:
+        """A teacher with ``prompt`` (its fixed shots drawn as the pipeline draws them)."""
+        shot_seed = self.recipe.seed if prompt.shot_seed is None else prompt.shot_seed
+        return self.make(prompt, choose_shots(self.seeds, self.names, prompt.shots, shot_seed), self.selector(prompt))
+
+    def __call__(self, prompt: Any) -> tuple[dict[str, Any], int, float]:
+        from tailorkd.prompts.search import loo_calibrated, seed_metrics
+
+        probs, calls, seconds = self.probs(prompt)
+        labels = [r["label"] for r in self.seeds]
+        metrics = seed_metrics(probs, labels, self.names)
+        if self.calibrate:
+            metrics = {**seed_metrics(loo_calibrated(probs, labels, self.names), labels, self.names), "raw": metrics}
+        return metrics, calls, seconds
+
+    def probs(self, prompt: Any) -> tuple[np.ndarray, int, float]:
+        """The teacher's raw [S, M] distributions on the seeds under ``prompt`` (NaN rows: abstentions),
+        the teacher calls it took (texts not yet in the store) and the seconds."""
+        from tailorkd.prompts.search import loo_shot_groups
+
+        t0 = time.perf_counter()
+        selector = self.selector(prompt)
+        if selector is not None:
+            groups = [([], self.seeds)]
+        else:
+            shot_seed = self.recipe.seed if prompt.shot_seed is None else prompt.shot_seed
+            groups = loo_shot_groups(choose_shots(self.seeds, self.names, prompt.shots, shot_seed), self.seeds)
+        found: dict[str, Any] = {}
+        calls = 0
+        with LabelStore(Path(self.recipe.output_dir) / "labels.sqlite") as store:
+            for shots, rows in groups:
+                teacher = self.make(prompt, shots, selector)
+                done = store.done_hashes(teacher.identity, teacher.prompt_fingerprint)
+                calls += sum(text_hash(r["text"]) not in done for r in rows)
+                records = _labeller(teacher)(teacher, rows, store, desc="prompt search: seeds")
+                found.update({r["id"]: records[text_hash(r["text"])] for r in rows if text_hash(r["text"]) in records})
+        none = [math.nan] * len(self.names)
+        probs = np.array([found[r["id"]].probs if r["id"] in found else none for r in self.seeds],
+                         dtype=float).reshape(len(self.seeds), len(self.names))
+        return probs, calls, time.perf_counter() - t0
+
+
+def tune_prompt(recipe: Recipe, force: bool = False) -> dict[str, Any]:
+    """Choose the prompt on the expert seeds (``recipe.prompt_search``; see tailorkd.prompts.search): every
+    candidate's seed scores go into the label store, so an interrupted search resumes where it stopped.
+    Writes prompts/search.json (ranked candidates, scores, cost), prompts/candidates.md,
+    prompts/chosen_prompt.yaml and recipe.tuned.yaml (the recipe with the chosen prompt, no search).
+    Skipped when search.json was made for this recipe, unless ``force``."""
+    import yaml
+
+    from tailorkd.prompts.search import base_parts, greedy_search, search_space, to_prompt, write_table
+
+    config = recipe.prompt_search
+    if config is None:
+        raise TailorkdError(f"{recipe.output_dir}: the recipe has no prompt_search section; add one to tune the prompt")
+    done = _search_payload(recipe)
+    if done is not None and not force:
+        log.info("prompt search: %s is up to date", Path(recipe.output_dir) / SEARCH_FILE)
+        return done
+    out = Path(recipe.output_dir)
+    data = _data(recipe)
+    if len(data.seed) < 2:
+        raise TailorkdError(f"{out / 'data' / 'seed.parquet'}: prompt search needs at least two seeds, "
+                            f"found {len(data.seed)}")
+    space = search_space(recipe.prompt, config, recipe.task, len(data.seed), recipe.seed,
+                         served=recipe.teacher.server is not None)
+    scorer = SeedScorer(recipe, data, calibrate=config.calibrate)
+
+    def progress(item: Any) -> None:
+        m, p = item.metrics, item.parts
+        log.info("prompt search: candidate %d/%d (round %d): %s %.3f, accuracy %.3f [%d %s shots, %s, %s] "
+                 "%d teacher calls, %.1fs", item.order + 1, config.max_candidates, item.round, config.metric,
+                 m[config.metric], m["accuracy"], p["shots"], p["shot_selection"], p["response_format"],
+                 "system" if p["system"] else "no system", item.teacher_calls, item.seconds)
+
+    t0 = time.perf_counter()
+    result = greedy_search(base_parts(recipe.prompt), space, lambda parts: scorer(to_prompt(recipe.prompt, parts)),
+                           config, recipe.seed, progress)
+    chosen_prompt = to_prompt(recipe.prompt, result.chosen.parts)
+
+    def entry(item: Any, rank: int | None = None) -> dict[str, Any]:
+        return {**({"rank": rank} if rank is not None else {}), "parts": item.parts, "metrics": item.metrics,
+                "round": item.round, "teacher_calls": item.teacher_calls, "seconds": round(item.seconds, 2)}
+
+    payload = {
+        "search_hash": _search_hash(recipe),
+        "metric": config.metric,
+        "seeds": len(data.seed),
+        "space": space,
+        "base": entry(result.base),
+        "chosen": {**entry(result.chosen), "prompt": chosen_prompt.model_dump(mode="json")},
+        "candidates": [entry(item, rank) for rank, item in enumerate(result.ranked(config.metric), 1)],
+        "rounds": result.rounds,
+        "stopped_because": result.stopped_because,
+        "teacher_calls": sum(item.teacher_calls for item in result.scored),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    folder = out / "prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "candidates.md", write_table(result, config.metric) + "\n")
+    write_text_atomic(folder / "chosen_prompt.yaml",
+                      yaml.safe_dump({"prompt": chosen_prompt.model_dump(mode="json")}, sort_keys=False,
+                                     allow_unicode=True))
+    tuned = recipe.model_copy(update={"prompt": chosen_prompt, "prompt_search": None}).model_dump(mode="json")
+    for source in tuned["data"]["sources"]:  # it lies in the run folder: data paths must not depend on where
+        if source.get("path") and not Path(source["path"]).is_absolute():
+            source["path"] = str((Path(recipe.base_dir) / source["path"]).resolve())
+    write_text_atomic(out / "recipe.tuned.yaml", "# The recipe with the prompt chosen by `tailorkd prompts tune`.\n"
+                      + yaml.safe_dump(tuned, sort_keys=False, allow_unicode=True))
+    _write_json(out / SEARCH_FILE, payload)  # last: its presence means the search is complete
+    log.info("prompt search: %d candidates, %d teacher calls, %.0fs; seeds %s %.3f -> %.3f (%s)",
+             len(result.scored), payload["teacher_calls"], payload["seconds"], config.metric,
+             result.base.metrics[config.metric], result.chosen.metrics[config.metric], result.stopped_because)
+    return payload
+
+
+def resolve_prompt(recipe: Recipe, tune: bool = False) -> Recipe:
+    """The recipe every stage after the search works with: with ``prompt_search``, its prompt is the chosen
+    one (the search runs first when ``tune``, else it must be done) and the search section is gone, so
+    this is idempotent. A recipe without a search is returned as it is."""
+    if recipe.prompt_search is None:
+        return recipe
+    payload = _search_payload(recipe)
+    if payload is None:
+        if not tune:
+            raise TailorkdError(f"{Path(recipe.output_dir) / SEARCH_FILE}: the recipe asks for a prompt search that is "
+                                "not done for this recipe; run `tailorkd prompts tune` (or `tailorkd label`)")
+        payload = tune_prompt(recipe)
+    from tailorkd.recipe import PromptConfig
+
+    chosen = PromptConfig.model_validate(payload["chosen"]["prompt"])
+    return recipe.model_copy(update={"prompt": chosen, "prompt_search": None})
+
+
 # -- stage 2: teacher labels -----------------------------------------------------------------------
 def _labels_hash(recipe: Recipe) -> str:
     return recipe.content_hash("data", "task", "seed", "prompt", "teacher")
@@ -89,7 +304,7 @@ def _teacher(recipe: Recipe, data: PreparedData, config: Any = None):
 
     config = config or recipe.teacher
     kind = ServedTeacher if config.server is not None else LocalTeacher
-    return kind(config, recipe.task, recipe.prompt, _shots(recipe, data))
+    return kind(config, recipe.task, recipe.prompt, _shots(recipe, data), selector=_selector(recipe, data))
 
 
 def _labeller(teacher: Any) -> Any:
@@ -106,6 +321,7 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
     """
     from tailorkd.teachers.local import hidden_key
 
+    base_recipe, recipe = recipe, resolve_prompt(recipe, tune=True)
     data = _data(recipe)
     teacher = teacher or _teacher(recipe, data)
     labeller = _labeller(teacher)
@@ -149,15 +365,44 @@ def label(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
         "ensemble": ensemble,
         "seconds": time.perf_counter() - t0,
     }
+    if base_recipe.prompt_search is not None:
+        del teacher  # one model in memory at a time
+        summary["prompt_search"] = _label_with_base_prompt(base_recipe, recipe, data)
+        summary["seconds"] = time.perf_counter() - t0
     _write_json(out / "labels_summary.json", summary)
     return summary
+
+
+def _label_with_base_prompt(base_recipe: Recipe, recipe: Recipe, data: PreparedData) -> dict[str, Any]:
+    """With a prompt search: where the teacher's test labels under the hand-written prompt are (labelled
+    now when ``prompt_search.evaluate_base_on_test``), so the report can set them beside the chosen prompt's."""
+    import gc
+
+    base = base_recipe.model_copy(update={"prompt_search": None})
+    info: dict[str, Any] = {"search": SEARCH_FILE, "chosen_is_hand_written": base.prompt == recipe.prompt,
+                            "base_teacher": None, "base_prompt": None}
+    if not base_recipe.prompt_search.evaluate_base_on_test:
+        return info
+    gc.collect()
+    teacher = _teacher(base, data)
+    with LabelStore(Path(recipe.output_dir) / "labels.sqlite") as store:
+        _labeller(teacher)(teacher, _rows(data.test), store, desc="teacher, hand-written prompt: test")
+    info.update(base_teacher=teacher.identity, base_prompt=teacher.prompt_fingerprint)
+    return info
 
 
 CALIBRATION_FILE = "calibration.json"
 
 
+def _selector_kind(recipe: Recipe) -> str:
+    return "knn" if recipe.prompt.shot_selection == "knn" and recipe.prompt.shots > 0 else "fixed"
+
+
 def _held_out_seeds(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
-    """The expert seeds that are not few-shot examples: the only labelled texts that may judge a teacher."""
+    """The expert seeds that are not few-shot examples: the only labelled texts that may judge a teacher.
+    With per-text shots every seed is held out (a seed is never chosen as its own example)."""
+    if _selector_kind(recipe) == "knn":
+        return _rows(data.seed)
     shot_ids = {s["id"] for s in _shots(recipe, data)}
     return [r for r in _rows(data.seed) if r["id"] not in shot_ids]
 
@@ -253,6 +498,9 @@ def _label_ensemble(recipe: Recipe, data: PreparedData, store: LabelStore, main:
                         "held_out_seed_accuracy": _held_out_accuracy(recipe, data, teacher, store, calibration)})
         del teacher  # one model in memory at a time
         gc.collect()
+    if config.seed_classifier is not None:
+        members.append(_label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder,
+                                                   pool_rows + test_rows))
     weights = (seed_weights([m["held_out_seed_accuracy"] for m in members]) if config.weights == "seed_accuracy"
                else [1.0 / len(members)] * len(members))
     for member, weight in zip(members, weights):
@@ -264,6 +512,39 @@ def _label_ensemble(recipe: Recipe, data: PreparedData, store: LabelStore, main:
              ", ".join(f"{m['model']} w={m['weight']:.2f} (seeds {m['held_out_seed_accuracy']})" for m in members))
     return {"combine": config.combine, "members": [{k: m[k] for k in ("model", "identity", "weight",
                                                                       "held_out_seed_accuracy")} for m in members]}
+
+
+def _label_with_seed_classifier(recipe: Recipe, data: PreparedData, store: LabelStore, encoder: str,
+                                rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed classifier as an ensemble member: fitted on all the seeds, its distributions for ``rows``
+    go into the store like a teacher's (keyed by encoder and by the seed set, so other seeds refit it); its
+    weight comes from its leave-one-out accuracy on the seeds."""
+    from tailorkd.evaluation.baselines import (SentenceEmbedder, _text, classifier_probs, fit_seed_classifier,
+                                               leave_one_out_accuracy)
+    from tailorkd.labels import make_record
+
+    seeds = _rows(data.seed)
+    names = recipe.task.label_names
+    identity = f"seed-classifier|{encoder}|logistic-regression"
+    fingerprint = "seeds-" + hashlib.sha256(json.dumps(
+        sorted([str(r["id"]), str(r["label"]), text_hash(r["text"])] for r in seeds)).encode()).hexdigest()[:16]
+    embed = SentenceEmbedder(encoder)
+    x_seed = embed([_text(r) for r in seeds])
+    labels = [str(r["label"]) for r in seeds]
+    done = store.done_hashes(identity, fingerprint)
+    todo = [r for r in rows if text_hash(r["text"]) not in done]
+    if todo:
+        model = fit_seed_classifier(x_seed, labels, recipe.seed)
+        t0 = time.perf_counter()
+        probs = classifier_probs(model, embed([_text(r) for r in todo]), names)
+        per_text = (time.perf_counter() - t0) / len(todo)
+        store.put_batch(identity, fingerprint, names,
+                        [make_record(r["id"], r["text"], p, names, per_text) for r, p in zip(todo, probs)])
+    accuracy = leave_one_out_accuracy(x_seed, labels, recipe.seed)
+    log.info("ensemble: seed classifier (%s) labelled %d texts; leave-one-out seed accuracy %.3f", encoder,
+             len(todo), accuracy)
+    return {"model": f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds",
+            "identity": identity, "prompt": fingerprint, "calibration": None, "held_out_seed_accuracy": accuracy}
 
 
 def _ensemble_probs(recipe: Recipe, rows: list[dict[str, Any]], store: LabelStore, calibrated: bool
@@ -360,6 +641,7 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
     from tailorkd.distill.trainer import TRAINING_FORMAT
     from tailorkd.students import STUDENT_FILE, build_student
 
+    recipe = resolve_prompt(recipe)
     data = _data(recipe)
     rows, probs, _ = _teacher_records(recipe, data, "pool")
     answered = ~np.isnan(probs).any(axis=1)
@@ -502,6 +784,7 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
     from tailorkd.evaluation.metrics import agreement, system_metrics
     from tailorkd.students import load_student
 
+    recipe = resolve_prompt(recipe)
     data = _data(recipe)
     out = Path(recipe.output_dir)
     names = recipe.task.label_names
@@ -582,19 +865,86 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
         systems[name] = {"model": systems[name].pop("model"), "metrics": metrics, **systems[name]}
 
     labels_summary_path = out / "labels_summary.json"
+    labels_summary = json.loads(labels_summary_path.read_text()) if labels_summary_path.is_file() else {}
     report = {
         "recipe": {"name": recipe.name, "hash": recipe.content_hash(), "task": recipe.task.name},
         "data": data.stats,
-        "prompt": json.loads(labels_summary_path.read_text())["prompt"] if labels_summary_path.is_file() else None,
+        "prompt": labels_summary.get("prompt"),
         "systems": systems,
         "vs_teacher": {name: _versus(systems[name], systems["teacher"]) for name in systems
                        if name != "teacher" and "teacher" in systems},
     }
+    languages = _by_language(data.test, frames, names)
+    if languages:
+        report["by_language"] = languages
+    if labels_summary.get("prompt_search"):
+        report["prompt_search"] = _prompt_search_block(recipe, data, labels_summary["prompt_search"])
     if timings is not None:
         timings = {**timings, "evaluate": round(time.perf_counter() - t_start, 2)}
         timings["total"] = round(sum(timings.values()), 2)
         report["timings_seconds"] = timings
     return write_report(report, recipe, out)
+
+
+def _by_language(test: pd.DataFrame, frames: dict[str, pd.DataFrame], names: list[str]) -> dict[str, Any] | None:
+    """Accuracy and macro-F1 of every system per language of the test texts, when they have two or more
+    (known from the source or data.detect_language); None otherwise."""
+    from tailorkd.evaluation import classification_metrics
+
+    if "language" not in test.columns or test["language"].dropna().nunique() < 2:
+        return None
+    language = dict(zip(test["id"], test["language"].fillna("unknown")))
+    out: dict[str, Any] = {}
+    for lang, n in pd.Series(list(language.values())).value_counts().items():
+        entry: dict[str, Any] = {"n": int(n)}
+        for system, frame in frames.items():
+            part = frame[frame["id"].map(language) == lang]
+            m = classification_metrics(part["label"].tolist(), part["predicted"].tolist(), names)
+            entry[system] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+        out[str(lang)] = entry
+    return out
+
+
+def _prompt_search_block(recipe: Recipe, data: PreparedData, info: dict[str, Any]) -> dict[str, Any]:
+    """The search's effect for the report: seed scores of the hand-written and the chosen prompt, and both
+    prompts' uncalibrated teacher on the test set (the hand-written one when it was labelled)."""
+    from tailorkd.evaluation import classification_metrics
+
+    payload = json.loads((Path(recipe.output_dir) / SEARCH_FILE).read_text())
+    names = recipe.task.label_names
+
+    def brief(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
+
+    def test_metrics(probs: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        frame = _predictions_frame(rows, probs, names)
+        return brief(classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), names))
+
+    rows, chosen_raw, _ = _teacher_records(recipe, data, "test", calibrated=False)
+    test = {"chosen": test_metrics(chosen_raw, rows)}
+    if info.get("chosen_is_hand_written"):
+        test["hand_written"] = test["chosen"]
+    elif info.get("base_teacher"):
+        with LabelStore(Path(recipe.output_dir) / "labels.sqlite") as store:
+            found = store.get(info["base_teacher"], info["base_prompt"], [text_hash(r["text"]) for r in rows], names)
+        none = [math.nan] * len(names)
+        probs = np.array([found[text_hash(r["text"])].probs if text_hash(r["text"]) in found else none for r in rows],
+                         dtype=float).reshape(len(rows), len(names))
+        test["hand_written"] = test_metrics(probs, rows)
+    return {
+        "metric": payload["metric"],
+        "candidates": len(payload["candidates"]),
+        "rounds": payload["rounds"],
+        "stopped_because": payload["stopped_because"],
+        "teacher_calls": payload["teacher_calls"],
+        "seconds": payload["seconds"],
+        "chosen_parts": payload["chosen"]["parts"],
+        "hand_written_parts": payload["base"]["parts"],
+        "seeds": {"n": payload["seeds"], "hand_written": payload["base"]["metrics"],
+                  "chosen": payload["chosen"]["metrics"]},
+        "test": test,
+        "test_note": "teacher without calibration or ensemble, so that only the prompt differs",
+    }
 
 
 def _versus(system: dict[str, Any], teacher: dict[str, Any]) -> dict[str, float | None]:
@@ -615,6 +965,7 @@ def classify(recipe: Recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
     from tailorkd.recipe import NO_ALERT
     from tailorkd.students import load_student, predict_probs
 
+    recipe = resolve_prompt(recipe)
     names = recipe.task.label_names
     folder = Path(recipe.output_dir) / STUDENT_DIR
     # The few-shot examples the student was trained and evaluated with (a causal-LM student reads them).
@@ -641,6 +992,8 @@ def run(recipe: Recipe, force: bool = False) -> dict[str, Any]:
         return result
 
     timed("prepare", lambda: prepare(recipe, force))
+    if recipe.prompt_search is not None:
+        timed("prompt_search", lambda: tune_prompt(recipe, force))
     timed("label", lambda: label(recipe))
     timed("distill", lambda: distill(recipe, force))
     return evaluate(recipe, timings=timings)

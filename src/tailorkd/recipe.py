@@ -78,6 +78,80 @@ class PromptConfig(_Section):
     template: Literal["auto", "chat", "plain"] = Field(
         default="auto", description="auto: the chat template if the tokenizer has one, else plain."
     )
+    shot_selection: Literal["fixed", "knn"] = Field(
+        default="fixed",
+        description="fixed: the same seeded, class-balanced shots for every text (their prefix is computed once); "
+        "knn: for each text, the seeds most similar to it (sentence-embedding cosine), balanced across classes. "
+        "A causal-LM student always reads fixed shots.",
+    )
+    shot_encoder: str = Field(default="minilm-l6", min_length=1,
+                              description="knn: the sentence encoder that embeds texts and seeds.")
+    shot_seed: int | None = Field(default=None, description="Seed of the fixed shots' draw and order; default: the "
+                                  "recipe's seed.")
+    response_format: Literal["label", "json"] = Field(
+        default="label",
+        description='label: the answer is the label alone; json: the answer is a JSON object {"label": ..., '
+        '"reason": ...} and the label is scored inside it.',
+    )
+    multilingual: bool = Field(
+        default=False,
+        description="Texts may be in any language: the instruction says so and asks for the answer (and reasons) "
+        "in English.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_default_options(self, handler: Any) -> dict[str, Any]:
+        # A prompt without these options dumps (and so hashes) exactly as before they existed.
+        data = handler(self)
+        defaults = {"shot_selection": "fixed", "shot_seed": None, "response_format": "label", "multilingual": False}
+        for name, default in defaults.items():
+            if data.get(name) == default:
+                data.pop(name, None)
+        if self.shot_selection == "fixed":
+            data.pop("shot_encoder", None)
+        return data
+
+
+class PromptSearchConfig(_Section):
+    """Prompt search (``tailorkd prompts tune``; ``tailorkd run`` runs it before labelling): candidates
+    perturb one part of the best prompt so far at a time, each scored by the teacher's agreement with the
+    expert seeds (a seed that is also a shot is left out of its own prompt), until no neighbour is better
+    or the budget is spent. The chosen prompt replaces ``prompt`` for every later stage."""
+
+    instructions: list[str] = Field(default_factory=list,
+                                    description="Other wordings of the instruction to try, besides prompt.instruction.")
+    builtin_instructions: bool = Field(default=True,
+                                       description="Also try wordings generated from the task's name and description.")
+    systems: list[str | None] = Field(
+        default_factory=list, description="Other system prompts to try; no system prompt is always tried.")
+    shot_counts: list[int] | None = Field(
+        default=None, description="Numbers of shots to try; default: 0, one and two per class, and prompt.shots.")
+    shot_draws: int = Field(default=2, ge=0, description="Other seeded draws (choice and order) of fixed shots to try.")
+    shot_selections: list[Literal["fixed", "knn"]] = Field(default_factory=lambda: ["fixed", "knn"])
+    response_formats: list[Literal["label", "json"]] = Field(
+        default_factory=lambda: ["label"], description="Answer formats to try (a served teacher keeps its own).")
+    describe_labels: list[bool] = Field(default_factory=lambda: [True, False])
+    max_candidates: int = Field(default=16, ge=1, description="Budget: prompts scored, the hand-written one included.")
+    metric: Literal["accuracy", "macro_f1", "log_likelihood"] = Field(
+        default="macro_f1",
+        description="What ranks candidates on the seeds; ties go to the higher mean log-probability of the "
+        "true label. macro_f1 penalises a prompt that piles every answer onto one class.",
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Rank candidates after a per-class bias fitted on the other seeds (leave-one-out), so that "
+        "a prompt is judged by what it can tell apart rather than by the label bias calibration removes anyway.",
+    )
+    evaluate_base_on_test: bool = Field(
+        default=True, description="Also label the test set with the hand-written prompt, so the report shows "
+        "its test accuracy beside the chosen prompt's.")
+
+    @field_validator("shot_counts")
+    @classmethod
+    def _counts(cls, counts: list[int] | None) -> list[int] | None:
+        if counts is not None and (not counts or min(counts) < 0):
+            raise ValueError("shot_counts must be a non-empty list of numbers >= 0")
+        return counts
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -231,14 +305,37 @@ class TeacherConfig(_Section):
 class EnsembleConfig(_Section):
     """Extra teachers and how their distributions combine with the main teacher's (see teachers.ensemble)."""
 
-    members: list[TeacherConfig] = Field(min_length=1, description="More teachers (local or served).")
+    members: list[TeacherConfig] = Field(default_factory=list, description="More teachers (local or served).")
+    seed_classifier: SeedClassifierConfig | None = Field(
+        default=None, description="Set: a classifier fitted on the expert seeds joins as one more member.")
     combine: Literal["weighted_mean", "product"] = Field(
         default="weighted_mean", description="weighted_mean: a mixture; product: a product of experts."
     )
     weights: Literal["seed_accuracy", "equal"] = Field(
         default="seed_accuracy", description="seed_accuracy: each member weighted by its accuracy on the held-out "
-        "expert seeds (after calibration)."
+        "expert seeds (after calibration; leave-one-out for the seed classifier)."
     )
+
+    @model_validator(mode="after")
+    def _has_a_member(self) -> EnsembleConfig:
+        if not self.members and self.seed_classifier is None:
+            raise ValueError("an ensemble needs members, a seed_classifier, or both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_classifier(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("seed_classifier") is None:
+            data.pop("seed_classifier", None)
+        return data
+
+
+class SeedClassifierConfig(_Section):
+    """The seed-only classifier as a teacher: logistic regression on sentence embeddings of the expert seeds
+    (as the seed-only baseline), giving each text a distribution. What an LLM teacher knows and 20 labels
+    know are different errors; the ensemble can use both."""
+
+    encoder: str = Field(default="minilm-l6", min_length=1, description="Sentence encoder (registry name, folder).")
 
 
 TeacherConfig.model_rebuild()
@@ -566,6 +663,8 @@ class Recipe(_Section):
     distill: DistillConfig = DistillConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     alerts: AlertsConfig | None = Field(default=None, description="Set: predictions carry a severity level.")
+    prompt_search: PromptSearchConfig | None = Field(
+        default=None, description="Set: the prompt is chosen on the seeds before labelling (tailorkd prompts tune).")
 
     # Where the recipe file lies; data paths are relative to it. Not part of the recipe's content.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -597,8 +696,9 @@ class Recipe(_Section):
     def _without_unset_alerts(self, handler: Any) -> dict[str, Any]:
         # A recipe without alerts dumps (and so hashes) exactly as before the section existed.
         data = handler(self)
-        if data.get("alerts") is None:
-            data.pop("alerts", None)
+        for name in ("alerts", "prompt_search"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
     def content_hash(self, *sections: str) -> str:

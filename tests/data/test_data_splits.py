@@ -282,3 +282,30 @@ def test_no_usable_rows(tmp_path):
     cfg = DataConfig.model_validate({"sources": [{"path": "x.txt", "labels": {"gone": None}}]})
     with pytest.raises(TailorkdError, match="no usable rows"):
         load_records(cfg, TASK, tmp_path)
+
+
+def test_detect_language_fills_only_missing_languages_and_is_repeatable():
+    from tailorkd.data.splits import detect_languages
+
+    frame = pd.DataFrame({
+        "id": ["a", "b", "c", "d"],
+        "text": ["Terremoto in Emilia, crollate due chiese e una torre", "Flood warning for Brisbane tonight, stay "
+                 "away from the river", "http://t.co/x", "Ya viene el huracán, prepárense"],
+        "language": [None, None, None, "es"],
+    })
+    first = detect_languages(frame)
+    assert first["language"].tolist() == ["it", "en", "unknown", "es"]
+    assert detect_languages(frame)["language"].tolist() == first["language"].tolist()
+    assert frame["language"].isna().sum() == 3  # the input is not changed
+
+
+def test_prepare_data_records_detected_languages_per_split(tmp_path):
+    raw = write_sources(tmp_path)
+    cfg = DataConfig.model_validate({**raw, "detect_language": True})
+    prepared = prepare_data(cfg, TASK, tmp_path / "out", seed=13, base_dir=tmp_path)
+    assert prepared.test["language"].notna().all() and prepared.pool["language"].notna().all()
+    langs = prepared.stats["languages"]
+    assert sum(langs["test"].values()) == len(prepared.test) and set(langs) == {"seed", "pool", "test"}
+    # Off by default, and then the data section dumps (and hashes) as before the option existed.
+    assert "detect_language" not in DataConfig.model_validate(raw).model_dump()
+    assert cfg.model_dump()["detect_language"] is True

@@ -28,7 +28,8 @@ import codecs
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_serializer,
+                      model_validator)
 
 #: raw label -> task label; ``None`` (``null`` in YAML) leaves the rows out on purpose.
 LabelMap = dict[str, str | None]
@@ -386,3 +387,17 @@ class DataConfig(_Model):
         le=1.0,
         description="Stop with an error when more than this fraction of a file's records cannot be read.",
     )
+    detect_language: bool = Field(
+        default=False,
+        description="Record the language of each seed, pool and test text the source gives none for, detected "
+        "by langdetect (seeded, ISO 639-1 codes; 'unknown' when it cannot tell). The report then scores each "
+        "system per language.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler: Any) -> dict[str, Any]:
+        # Data without the option dumps (and so hashes) exactly as before it existed.
+        data = handler(self)
+        if not data.get("detect_language"):
+            data.pop("detect_language", None)
+        return data

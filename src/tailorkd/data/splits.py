@@ -70,6 +70,28 @@ def _label_counts(labels: pd.Series, task_labels: Sequence[str] | None = None) -
     return {label: int(counts.get(label, 0)) for label in order}
 
 
+def detect_languages(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each missing ``language`` detected from its text (langdetect, seeded so that the same
+    text always gets the same code; 'unknown' for a text it cannot read, e.g. only a link)."""
+    try:
+        from langdetect import DetectorFactory, detect
+        from langdetect.lang_detect_exception import LangDetectException
+    except ImportError as exc:
+        raise TailorkdError("data.detect_language needs the langdetect package (pip install langdetect)") from exc
+    DetectorFactory.seed = 0
+
+    def one(text: str) -> str:
+        try:
+            return detect(text)
+        except LangDetectException:
+            return "unknown"
+
+    frame = frame.copy()
+    missing = frame["language"].isna()
+    frame.loc[missing, "language"] = [one(str(t)) for t in frame.loc[missing, "text"]]
+    return frame
+
+
 def records_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows (dicts with the record fields) as a DataFrame with the columns of ``RECORD_FIELDS``."""
     frame = pd.DataFrame(rows, columns=list(RECORD_FIELDS))
@@ -287,11 +309,16 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
     if cfg.splits.dedupe:
         records, n_dup, n_conflict = drop_duplicate_texts(records)
     seed_df, pool_df, test_df = make_splits(records, cfg.splits, task_labels, seed)
+    if cfg.detect_language:
+        seed_df, pool_df, test_df = (detect_languages(df) for df in (seed_df, pool_df, test_df))
 
     label_of = records.set_index("id")["label"]
     pool_labels = pool_df["id"].map(label_of)
     stats.update(
         {
+            **({"languages": {name: _label_counts(df["language"].fillna("unknown"))
+                              for name, df in (("seed", seed_df), ("pool", pool_df), ("test", test_df))}}
+               if cfg.detect_language or records["language"].notna().any() else {}),
             "seed": seed,
             "dedupe": cfg.splits.dedupe,
             "duplicates_dropped": n_dup,

@@ -16,27 +16,81 @@ import torch
 from tailorkd.errors import TailorkdError
 
 
-@torch.no_grad()
+class SentenceEmbedder:
+    """A sentence encoder loaded once: texts -> [N, H] L2-normalised mean-pooled embeddings (as
+    sentence-transformers computes them for MiniLM)."""
+
+    def __init__(self, encoder: str, batch_size: int = 32, max_length: int = 256):
+        from tailorkd.models import load_encoder
+
+        self.encoder = encoder
+        self.batch_size, self.max_length = batch_size, max_length
+        self.model, self.tokenizer = load_encoder(encoder)
+        self.model.eval()
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            weights = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
 def embed_texts(texts: Sequence[str], encoder: str, batch_size: int = 32, max_length: int = 256) -> np.ndarray:
     """[N, H] L2-normalised mean-pooled embeddings of ``texts`` by ``encoder`` (registry name, folder, hub id)."""
-    from tailorkd.models import load_encoder
-
-    model, tokenizer = load_encoder(encoder)
-    model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        states = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        weights = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return SentenceEmbedder(encoder, batch_size, max_length)(texts)
 
 
 def _text(row: dict[str, Any]) -> str:
     title = row.get("title")
     return f"{title}. {row['text']}" if title else str(row["text"])
+
+
+def fit_seed_classifier(x_seed: np.ndarray, labels: Sequence[str], seed: int) -> Any:
+    """Logistic regression on seed embeddings; C chosen by stratified cross-validation over the seeds when
+    every class has at least two of them (else C=10)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    labels = [str(label) for label in labels]
+    if len(set(labels)) < 2:
+        raise TailorkdError(f"a seed classifier needs seeds of at least two classes, got {sorted(set(labels))}")
+    smallest = min(labels.count(label) for label in set(labels))
+    if smallest >= 2:
+        model = LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=min(5, smallest), max_iter=2000,
+                                     random_state=seed)
+    else:
+        model = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
+    return model.fit(x_seed, labels)
+
+
+def classifier_probs(model: Any, x: np.ndarray, label_names: Sequence[str]) -> np.ndarray:
+    """[N, M] probabilities in the task's label order (a class the classifier never saw gets 0)."""
+    names = list(label_names)
+    probs = np.zeros((len(x), len(names)))
+    if len(x):
+        known = model.predict_proba(x)
+        for j, cls in enumerate(model.classes_):
+            probs[:, names.index(cls)] = known[:, j]
+    return probs
+
+
+def leave_one_out_accuracy(x_seed: np.ndarray, labels: Sequence[str], seed: int) -> float:
+    """Accuracy of the seed classifier on each seed when fitted on all the others (what a teacher's
+    held-out seed accuracy is to the ensemble's weights). Seeds whose class would vanish count as wrong."""
+    labels = [str(label) for label in labels]
+    right = 0
+    for i in range(len(labels)):
+        rest = [label for j, label in enumerate(labels) if j != i]
+        if labels[i] not in rest or len(set(rest)) < 2:
+            continue
+        keep = np.arange(len(labels)) != i
+        right += int(fit_seed_classifier(x_seed[keep], rest, seed).predict(x_seed[i : i + 1])[0] == labels[i])
+    return right / len(labels) if labels else 0.0
 
 
 def seed_only_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], label_names: Sequence[str],
@@ -46,29 +100,18 @@ def seed_only_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str,
     The regularisation strength C is chosen by stratified cross-validation over the seeds when every class
     has at least two of them; classes with no seed get probability 0.
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-
-    names = list(label_names)
     labels = [str(r["label"]) for r in seeds]
     if len(set(labels)) < 2:
         raise TailorkdError(f"the seed-only baseline needs seeds of at least two classes, got {sorted(set(labels))}")
-    x_seed = embed_texts([_text(r) for r in seeds], encoder)
+    embed = SentenceEmbedder(encoder)
+    x_seed = embed([_text(r) for r in seeds])
     t0 = time.perf_counter()
-    x = embed_texts([_text(r) for r in rows], encoder)
+    x = embed([_text(r) for r in rows])
     embed_s = time.perf_counter() - t0
-    smallest = min(labels.count(label) for label in set(labels))
-    if smallest >= 2:
-        model = LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=min(5, smallest), max_iter=2000,
-                                     random_state=seed)
-    else:
-        model = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
-    model.fit(x_seed, labels)
+    model = fit_seed_classifier(x_seed, labels, seed)
     t1 = time.perf_counter()
-    probs_known = model.predict_proba(x) if len(rows) else np.zeros((0, len(model.classes_)))
+    probs = classifier_probs(model, x, label_names)
     predict_s = time.perf_counter() - t1
-    probs = np.zeros((len(rows), len(names)))
-    for j, cls in enumerate(model.classes_):
-        probs[:, names.index(cls)] = probs_known[:, j]
     chosen_c = float(np.atleast_1d(model.C_)[0]) if hasattr(model, "C_") else float(model.C)
     return {"probs": probs, "seconds_per_text": (embed_s + predict_s) / max(len(rows), 1), "C": chosen_c,
             "seeds": len(seeds)}

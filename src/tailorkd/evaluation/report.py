@@ -121,6 +121,30 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
             for name, c in calibration["held_out_seeds"].items():
                 lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['macro_f1'])} | {c['held_out_seeds']} |")
             lines.append("")
+    languages = report.get("by_language")
+    if languages:
+        names = [k for k in next(iter(languages.values())) if k != "n"]
+        lines += ["## By language", "", "Accuracy (macro-F1) on the test texts of each language.", "",
+                  "| language | texts | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for lang, entry in languages.items():
+            lines.append(f"| {lang} | {entry['n']} | " + " | ".join(
+                f"{_pct(entry[n]['accuracy'])} ({_pct(entry[n]['macro_f1'])})" for n in names) + " |")
+        lines.append("")
+    search = report.get("prompt_search")
+    if search:
+        seeds, test = search["seeds"], search["test"]
+        lines += ["## Prompt search", "",
+                  f"{search['candidates']} candidate prompts in {search['rounds']} rounds, {search['teacher_calls']} "
+                  f"teacher calls, {search['seconds']:.0f} s, ranked by seed {search['metric']} "
+                  f"({search['stopped_because']}). Test scores: {search['test_note']}.", "",
+                  "| prompt | seeds accuracy | seeds macro-F1 | test accuracy | test macro-F1 |", "|---|---|---|---|---|"]
+        for key, name in (("hand_written", "hand-written"), ("chosen", "chosen")):
+            t = test.get(key) or {}
+            lines.append(f"| {name} | {_pct(seeds[key]['accuracy'])} | {_pct(seeds[key]['macro_f1'])} | "
+                         f"{_pct(t.get('accuracy'))} | {_pct(t.get('macro_f1'))} |")
+        changed = {k: v for k, v in search["chosen_parts"].items() if search["hand_written_parts"].get(k) != v}
+        lines += ["", "Changed parts: " + (", ".join(f"{k} = {json.dumps(v)}" for k, v in changed.items())
+                                           if changed else "none (the hand-written prompt scored best)") + ".", ""]
     for name, sys in systems.items():
         tr = sys.get("training") or {}
         params = tr.get("parameters", {})
@@ -162,8 +186,11 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     if data:
         lines += ["## Data", "", "```json", json.dumps(data, indent=2, default=str), "```", ""]
     if report.get("prompt"):
+        knn = report["prompt"].get("knn")
+        shots = (f"{knn['k']} few-shot examples per text, the seeds nearest to it ({knn['encoder']})" if knn
+                 else f"{len(report['prompt']['shots'])} few-shot examples")
         lines += ["## Teacher prompt", "", f"Format: {report['prompt']['format']}; "
-                  f"{len(report['prompt']['shots'])} few-shot examples; fingerprint `{report['prompt']['fingerprint']}`.",
+                  f"{shots}; fingerprint `{report['prompt']['fingerprint']}`.",
                   "", "```", report["prompt"]["example"], "```", ""]
     if report.get("timings_seconds"):
         lines += ["## Time", "", "| stage | seconds |", "|---|---|"]

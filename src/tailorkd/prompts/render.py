@@ -56,24 +56,49 @@ def _input_text(title: str | None, text: str, max_chars: int) -> str:
     return clip_text(body, max_chars)
 
 
+# Where a JSON answer (prompt.response_format: json) starts: the label is scored right after it.
+JSON_ANSWER_OPENING = '{"label": "'
+MULTILINGUAL_NOTE = "The text may be in any language; answer in English."
+
+
 @dataclass
 class PromptBuilder:
+    """The prompt for one model. ``shots`` are the fixed few-shot examples; with a ``selector``
+    (prompt.shot_selection: knn) each text gets its own, chosen by ``selector.select(row)``."""
+
     task: TaskConfig
     config: PromptConfig
     tokenizer: Any
     shots: list[dict[str, Any]] = field(default_factory=list)
-    # The last line of the task text; a served teacher in JSON mode asks for a JSON object instead.
-    answer_instruction: ClassVar[str] = "Answer with the label only."
+    selector: Any = None
+    # The last line of the task text for label answers.
+    label_answer_instruction: ClassVar[str] = "Answer with the label only."
 
     def __post_init__(self) -> None:
         has_chat = bool(getattr(self.tokenizer, "chat_template", None))
         if self.config.template == "chat" and not has_chat:
             raise ValueError("prompt.template is 'chat' but the tokenizer has no chat template")
         self.use_chat = self.config.template == "chat" or (self.config.template == "auto" and has_chat)
+        self.json_answers = self.config.response_format == "json"
+
+    @property
+    def answer_instruction(self) -> str:
+        if not self.json_answers:
+            return self.label_answer_instruction
+        choices = ", ".join(json.dumps(label.answer) for label in self.task.labels)
+        return f'Answer with a JSON object only: {{"label": one of {choices}, "reason": "<a few words why>"}}.'
+
+    def shots_for(self, text: str, title: str | None = None) -> list[dict[str, Any]]:
+        """The few-shot examples of one input: the selector's choice, else the fixed shots."""
+        if self.selector is not None:
+            return self.selector.select({"text": text, "title": title})
+        return self.shots
 
     # -- parts ---------------------------------------------------------------------------------
     def _task_text(self) -> str:
         lines = [self.config.instruction.strip()]
+        if self.config.multilingual:
+            lines.append(MULTILINGUAL_NOTE)
         if self.config.describe_labels:
             lines.append("")
             lines.append("Labels:")
@@ -87,42 +112,57 @@ class PromptBuilder:
     def _answer_of(self, label_name: str) -> str:
         return next(label.answer for label in self.task.labels if label.name == label_name)
 
+    def answer_of(self, label_name: str) -> str:
+        """The answer text of a class (what a shot's answer turn and the teacher's own answer say)."""
+        return self._shot_answer(label_name)
+
     def _shot_answer(self, label_name: str) -> str:
-        """What a few-shot example's answer turn says (a served teacher in JSON mode answers in JSON)."""
+        """What a few-shot example's answer turn says (a JSON object when answers are JSON)."""
+        if self.json_answers:
+            return json.dumps({"label": self._answer_of(label_name)})
         return self._answer_of(label_name)
+
+    def _answer_opening(self) -> str:
+        """What the prompt ends with after the answer cue: the start of a JSON answer, or nothing."""
+        return JSON_ANSWER_OPENING if self.json_answers else ""
 
     def _input_block(self, title: str | None, text: str, max_chars: int) -> str:
         return f"{self.config.input_prefix} {_input_text(title, text, max_chars)}".strip()
 
     # -- rendering -----------------------------------------------------------------------------
-    def render(self, text: str, title: str | None = None) -> str:
-        """The full prompt for one input, ending exactly where the answer starts."""
+    def render(self, text: str, title: str | None = None, shots: list[dict[str, Any]] | None = None) -> str:
+        """The full prompt for one input, ending exactly where the answer starts. ``shots``: these
+        examples instead of the input's own (``shots_for``)."""
+        shots = self.shots_for(text, title) if shots is None else shots
         if self.use_chat:
-            return self._render_chat(text, title)
-        return self._render_plain(text, title)
+            return self._render_chat(text, title, shots) + self._answer_opening()
+        return self._render_plain(text, title, shots)
 
-    def _render_plain(self, text: str, title: str | None) -> str:
+    def _render_plain(self, text: str, title: str | None, shots: list[dict[str, Any]]) -> str:
         parts = []
         if self.config.system:
             parts.append(self.config.system.strip())
         parts.append(self._task_text())
-        for shot in self.shots:
+        for shot in shots:
             parts.append(
                 self._input_block(shot.get("title"), shot["text"], self.config.max_shot_chars)
-                + f"\n{self.config.answer_prefix} {self._answer_of(shot['label'])}"
+                + f"\n{self.config.answer_prefix} {self._shot_answer(shot['label'])}"
             )
-        parts.append(self._input_block(title, text, self.config.max_text_chars) + f"\n{self.config.answer_prefix}")
+        cue = self.config.answer_prefix + (" " + self._answer_opening() if self.json_answers else "")
+        parts.append(self._input_block(title, text, self.config.max_text_chars) + f"\n{cue}")
         return "\n\n".join(parts)
 
-    def messages(self, text: str, title: str | None = None) -> list[dict[str, str]]:
+    def messages(self, text: str, title: str | None = None, shots: list[dict[str, Any]] | None = None
+                 ) -> list[dict[str, str]]:
         """The prompt as chat messages: system (if any), the task with each few-shot example as a user turn
         answered by an assistant turn, then the input. The one source of the chat format: a local chat
         template renders these, a served teacher sends them as they are."""
+        shots = self.shots_for(text, title) if shots is None else shots
         messages: list[dict[str, str]] = []
         if self.config.system:
             messages.append({"role": "system", "content": self.config.system.strip()})
         preamble = self._task_text() + "\n\n"
-        for shot in self.shots:
+        for shot in shots:
             block = self._input_block(shot.get("title"), shot["text"], self.config.max_shot_chars)
             messages.append({"role": "user", "content": preamble + block})
             messages.append({"role": "assistant", "content": self._shot_answer(shot["label"])})
@@ -130,12 +170,16 @@ class PromptBuilder:
         messages.append({"role": "user", "content": preamble + self._input_block(title, text, self.config.max_text_chars)})
         return messages
 
-    def _render_chat(self, text: str, title: str | None) -> str:
-        return self.tokenizer.apply_chat_template(self.messages(text, title), tokenize=False, add_generation_prompt=True)
+    def _render_chat(self, text: str, title: str | None, shots: list[dict[str, Any]]) -> str:
+        return self.tokenizer.apply_chat_template(self.messages(text, title, shots), tokenize=False,
+                                                  add_generation_prompt=True)
 
     def label_continuations(self) -> list[str]:
-        """The text of each class's answer as it follows the prompt (a leading space after a cue)."""
-        tail = self.render("x")
+        """The text of each class's answer as it follows the prompt (a leading space after a cue; inside a
+        JSON answer, the label and its closing quote)."""
+        if self.json_answers:
+            return [label.answer + '"' for label in self.task.labels]
+        tail = self.render("x", shots=[])
         sep = "" if tail[-1:].isspace() else " "
         return [sep + label.answer for label in self.task.labels]
 
@@ -144,7 +188,7 @@ class PromptBuilder:
         payload = {
             "task": self.task.model_dump(mode="json"),
             "prompt": self.config.model_dump(mode="json"),
-            "shots": [[s["id"], s["label"]] for s in self.shots],
+            "shots": self.selector.describe() if self.selector is not None else [[s["id"], s["label"]] for s in self.shots],
             "chat": self.use_chat,
             "template": getattr(self.tokenizer, "chat_template", None) if self.use_chat else None,
         }
@@ -154,7 +198,10 @@ class PromptBuilder:
         """What the report records about the prompt used."""
         return {
             "format": "chat" if self.use_chat else "plain",
-            "shots": [{"id": s["id"], "label": s["label"]} for s in self.shots],
+            "shot_selection": "knn" if self.selector is not None else "fixed",
+            "shots": ([] if self.selector is not None else [{"id": s["id"], "label": s["label"]} for s in self.shots]),
+            **({"knn": {k: v for k, v in self.selector.describe().items() if k != "seeds"}}
+               if self.selector is not None else {}),
             "fingerprint": self.fingerprint(),
             "example": self.render("<input text>"),
         }
@@ -173,10 +220,21 @@ class PromptEncoder:
         return self.tokenizer(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]
 
     def label_token_ids(self) -> list[list[int]]:
-        return continuation_token_ids(self.tokenizer, self.builder.render("x"), self.builder.label_continuations(),
-                                      self.add_special_tokens)
+        return continuation_token_ids(self.tokenizer, self.builder.render("x", shots=[]),
+                                      self.builder.label_continuations(), self.add_special_tokens)
+
+    def _encode_with(self, text: str, shots: list[dict[str, Any]]) -> list[int]:
+        return self.tokenizer(self.builder.render(text, shots=shots), add_special_tokens=self.add_special_tokens)["input_ids"]
 
     def shared_prefix_ids(self) -> list[int]:
         """The tokens every prompt starts with, found from two unlike inputs; the last common token is left
-        to the texts, since a text's first word may merge with it."""
-        return shared_prefix([self.encode({"text": t}) for t in ("alpha beta", "7 Zulu!")])[:-1]
+        to the texts, since a text's first word may merge with it. With per-text shots, only what comes
+        before the shots is shared (found from inputs without shots and with unlike ones)."""
+        b = self.builder
+        if b.selector is None:
+            return shared_prefix([self.encode({"text": t}) for t in ("alpha beta", "7 Zulu!")])[:-1]
+        seeds = b.selector.seeds
+        variants = [[], seeds[:1], seeds[-1:]] if seeds else [[]]
+        return shared_prefix([self._encode_with(t, shots) for t, shots in zip(("alpha beta", "7 Zulu!", "Quo?"),
+                                                                                variants)]
+                             + [self._encode_with("alpha beta", [])])[:-1]

@@ -29,16 +29,24 @@ log = logging.getLogger(__name__)
 
 class LocalTeacher:
     def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
-                 model: Any = None, tokenizer: Any = None):
+                 model: Any = None, tokenizer: Any = None, selector: Any = None):
+        """``shots``: the fixed few-shot examples; ``selector`` (a KnnShotSelector): per-text ones instead.
+        ``model``/``tokenizer``: an already loaded teacher (several prompts can share one model)."""
         if model is None:
             model, tokenizer = load_causal_lm(config.model, dtype=resolve_dtype(config.dtype), device=resolve_device(config.device))
         model.eval()
         self.config = config
         self.task = task
-        self.builder = PromptBuilder(task, prompt, tokenizer, shots)
+        self.model, self.tokenizer = model, tokenizer
+        self.builder = PromptBuilder(task, prompt, tokenizer, shots, selector)
         self.prompts = PromptEncoder(self.builder)
         self.scorer = LabelScorer(model, tokenizer, self.prompts.label_token_ids(), config.length_normalize)
-        self.scorer.set_shared_prefix(self.prompts.shared_prefix_ids())
+        self._prefix_set = False  # computed on first use: a teacher whose texts are all stored never needs it
+
+    def _ensure_prefix(self) -> None:
+        if not self._prefix_set:
+            self.scorer.set_shared_prefix(self.prompts.shared_prefix_ids())
+            self._prefix_set = True
 
     @property
     def identity(self) -> str:
@@ -65,6 +73,9 @@ class LocalTeacher:
 
         Prompts are batched by length so that little padding is computed.
         """
+        self._ensure_prefix()
+        if self.builder.selector is not None:
+            self.builder.selector.prepare(rows)
         encoded = [self.encode(r) for r in rows]
         order = sorted(range(len(rows)), key=lambda i: len(encoded[i]))
         probs = np.zeros((len(rows), len(self.task.labels)), dtype=np.float64)
@@ -89,14 +100,16 @@ class LocalTeacher:
     def reason_prompt(self, row: dict[str, Any], label_name: str) -> str:
         """The labelling prompt, the teacher's own answer, then a request for a one-sentence reason."""
         b = self.builder
-        answer = b._answer_of(label_name)
+        answer = b.answer_of(label_name)
         if b.use_chat:
             messages = b.messages(row["text"], row.get("title")) + [
                 {"role": "assistant", "content": answer},
                 {"role": "user", "content": self.REASON_QUESTION},
             ]
             return b.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return b.render(row["text"], row.get("title")) + f" {answer}\nReason:"
+        # The plain prompt ends at the answer cue (inside the JSON object when answers are JSON).
+        ending = answer[len(b._answer_opening()):] if b.json_answers else f" {answer}"
+        return b.render(row["text"], row.get("title")) + f"{ending}\nReason:"
 
     @torch.no_grad()
     def reasons(self, rows: Sequence[dict[str, Any]], label_names: Sequence[str], max_new_tokens: int = 48,
@@ -108,6 +121,7 @@ class LocalTeacher:
         """
         scorer, tok = self.scorer, self.builder.tokenizer
         model = scorer.model
+        self._ensure_prefix()
         out = []
         for row, name in zip(rows, label_names):
             ids = tok(self.reason_prompt(row, name), add_special_tokens=self.prompts.add_special_tokens)["input_ids"]

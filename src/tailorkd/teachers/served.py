@@ -127,15 +127,16 @@ class ServedPromptBuilder(PromptBuilder):
     """The prompt parts as chat messages (:meth:`PromptBuilder.messages`); the server applies its own chat
     template, so there is no tokenizer here and ``prompt.template`` does not apply."""
 
-    def __init__(self, task: TaskConfig, config: PromptConfig, shots: list[dict[str, Any]]):
-        super().__init__(task, config, None, shots)
+    def __init__(self, task: TaskConfig, config: PromptConfig, shots: list[dict[str, Any]], selector: Any = None):
+        super().__init__(task, config, None, shots, selector)
 
     def __post_init__(self) -> None:
         self.use_chat = True
+        self.json_answers = False  # the server's mode decides the answer format (JsonAnswerPromptBuilder)
 
-    def render(self, text: str, title: str | None = None) -> str:
+    def render(self, text: str, title: str | None = None, shots: list[dict[str, Any]] | None = None) -> str:
         """The messages as JSON text (what the report shows as the prompt)."""
-        return json.dumps(self.messages(text, title), ensure_ascii=False, indent=1)
+        return json.dumps(self.messages(text, title, shots), ensure_ascii=False, indent=1)
 
     def fingerprint(self) -> str:
         return "served-" + super().fingerprint()
@@ -161,7 +162,8 @@ class ServedTeacher:
     """Same interface as :class:`~tailorkd.teachers.local.LocalTeacher` (identity, prompt fingerprint,
     builder, task, score), over an OpenAI-compatible server. Label with :func:`label_served_rows`."""
 
-    def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]]):
+    def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
+                 selector: Any = None):
         if config.server is None:
             raise ValueError("ServedTeacher needs teacher.server")
         import openai
@@ -170,8 +172,8 @@ class ServedTeacher:
         self.server: ServerConfig = config.server
         self.task = task
         self.model_name = self.server.model or config.model
-        self.builder = ServedPromptBuilder(task, prompt, shots)
-        self.json_builder = JsonAnswerPromptBuilder(task, prompt, shots)
+        self.builder = ServedPromptBuilder(task, prompt, shots, selector)
+        self.json_builder = JsonAnswerPromptBuilder(task, prompt, shots, selector)
         self._key = self._read_key()
         self._openai = openai
         self.client = openai.OpenAI(base_url=self.server.base_url, api_key=self._key or NO_KEY,
@@ -364,6 +366,8 @@ def label_served_rows(teacher: ServedTeacher, rows: Sequence[dict[str, Any]], st
     todo = [r for r in rows if text_hash(r["text"]) not in done]
     if len(todo) < len(rows):
         log.info("%s: %d of %d texts already labelled in %s", desc, len(rows) - len(todo), len(rows), store.path)
+    if teacher.builder.selector is not None:
+        teacher.builder.selector.prepare(todo)  # embed in batches here, not one by one in the request threads
     abstained = 0
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
