@@ -361,12 +361,11 @@ def test_malformed_response_body_is_a_clear_error(body):
 def test_concurrency_bound_is_respected_and_used():
     rows = [{"id": str(i), "text": f"Item {i} on sport."} for i in range(12)]
     with Stub(lambda body, n: sensible(body), delay=0.3) as stub:
-        start = time.monotonic()
         probs, _ = teacher_for(stub, mode="json", concurrency=3).score(rows)
-        elapsed = time.monotonic() - start
     assert predicted(probs) == ["sport"] * 12
+    # Three requests were in flight at once (really in parallel), never more. No wall-clock bound: on a
+    # loaded machine the threads may start late, and in-flight counts say the same without the noise.
     assert stub.max_in_flight == 3
-    assert elapsed < 12 * 0.3 * 0.6  # really in parallel
 
 
 # -- the key ---------------------------------------------------------------------------------------
