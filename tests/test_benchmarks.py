@@ -1,4 +1,4 @@
-"""benchmarks/train_memory.py: the whole script (one process per method) on a tiny LLaMA, few steps."""
+"""The benchmark scripts end to end on tiny random models (few steps, seconds)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,23 @@ def test_train_memory_refuses_unknown_method(tmp_path):
     bench = _load_script("train_memory")
     with pytest.raises(SystemExit):
         bench.main(["--methods", "full,prefix", "--output", str(tmp_path / "x.json")])
+
+
+def test_prompt_search_benchmark_tiny_llama(tiny_models, tmp_path):
+    """benchmarks/prompt_search.py end to end on a tiny LLaMA teacher: search, then four prompts on seeds
+    and test, with the hand-written prompt as the baseline of every ratio."""
+    from test_pipeline import make_recipe
+
+    recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                         prompt_search={"max_candidates": 3, "builtin_instructions": False})
+    bench = _load_script("prompt_search")
+    out = tmp_path / "ps.json"
+    report = bench.main([recipe, f"prompt.shot_encoder={tiny_models['bert']}", "--output-dir",
+                         str(tmp_path / "run"), "--out", str(out)])
+    assert json.loads(out.read_text())["prompts"].keys() == report["prompts"].keys()
+    assert list(report["prompts"])[:2] == ["hand-written", "hand-written, knn shots"]
+    assert report["search"]["candidates"] == 3 and report["search"]["teacher_calls"] > 0
+    for result in report["prompts"].values():
+        assert 0 <= result["test"]["accuracy"] <= 1 and sum(result["test"]["predicted_counts"].values()) == 20
+        assert result["teacher_seconds_per_text"] > 0
+    assert "| hand-written | " in report["table"][2] and "1.00x" in report["table"][2]
