@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real_model
 
 RECIPE = "recipes/crisis-signals/smollm2-135m-instruct_to_minilm-l6_lora.yaml"
 SUBSET = ["data.splits.seed_per_class=3", "data.splits.pool_size=48", "data.splits.test_size=30", "prompt.shots=3",
-          "distill.epochs=2", "distill.batch_size=8", "evaluation.batch_size=8"]
+          "distill.epochs=2", "distill.batch_size=8", "evaluation.batch_size=8", "prompt_search.max_candidates=5"]
 
 
 def test_crisis_recipe_runs_in_ci_size(tmp_path):
@@ -40,8 +40,22 @@ def test_crisis_recipe_runs_in_ci_size(tmp_path):
         assert body["metrics"]["macro_f1"] == pytest.approx(recomputed["macro_f1"])
         # The recipe's alert levels are attached to every prediction.
         assert set(frame["severity"]) <= {"high", "medium", "low", "none"}
-    # The teacher was calibrated on the held-out seeds (3 per class, 3 of them few-shot examples).
+    # The prompt was searched on the 9 seeds; the labels are the chosen prompt's, the report sets it beside the
+    # hand-written one on seeds and test.
+    search = json.loads((run / "prompts" / "search.json").read_text())
+    assert len(search["candidates"]) == 5 and search["seeds"] == 9
+    block = report["prompt_search"]
+    assert block["seeds"]["chosen"]["macro_f1"] >= block["seeds"]["hand_written"]["macro_f1"]
+    assert set(block["test"]) == {"hand_written", "chosen"}
+    chosen = search["chosen"]["parts"]
+    # The teacher was calibrated on the held-out seeds: those not shown as shots (all 9 with per-text shots).
     calibration = json.loads((run / "calibration.json").read_text())
-    assert {c["held_out_seeds"] for c in calibration["details"]["candidates"].values()} == {6}
+    held_out = 9 if chosen["shot_selection"] == "knn" and chosen["shots"] else 9 - chosen["shots"]
+    assert {c["held_out_seeds"] for c in calibration["details"]["candidates"].values()} == {held_out}
+    # Each tweet's language was detected; the report scores every system per language.
+    test = pd.read_parquet(run / "data" / "test.parquet")
+    assert test["language"].notna().all()
+    if test["language"].nunique() > 1:
+        assert sum(entry["n"] for entry in report["by_language"].values()) == 30
     # The distilled student learned something from the teacher: it agrees with it beyond chance.
     assert report["systems"]["student"]["metrics"]["agreement_with_teacher"] > 1 / len(names)

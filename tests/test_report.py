@@ -157,11 +157,15 @@ def test_report_scores_each_language_when_the_test_set_has_several():
 
     from tailorkd.pipeline import _by_language
 
-    test = pd.DataFrame({"id": ["1", "2", "3", "4"], "language": ["en", "en", "it", None]})
-    frame = pd.DataFrame({"id": ["1", "2", "3", "4"], "label": ["a", "b", "a", "b"],
-                          "predicted": ["a", "a", "a", "b"]})
+    ids = [str(i) for i in range(14)]
+    test = pd.DataFrame({"id": ids, "language": ["en"] * 10 + ["it", "it", "fr", None]})
+    frame = pd.DataFrame({"id": ids, "label": ["a", "b"] * 5 + ["a", "b", "a", "b"],
+                          "predicted": ["a"] * 10 + ["a", "a", "a", "b"]})
     languages = _by_language(test, {"student": frame}, ["a", "b"])
-    assert languages["en"]["n"] == 2 and languages["en"]["student"]["accuracy"] == 0.5
-    assert languages["it"]["student"]["accuracy"] == 1.0 and languages["unknown"]["n"] == 1
+    assert languages["en"]["n"] == 10 and languages["en"]["student"]["accuracy"] == 0.5
+    # Languages with fewer than 5 test texts are scored together.
+    assert list(languages) == ["en", "other (fr, it, unknown)"]
+    assert languages["other (fr, it, unknown)"] == {"n": 4, "student": {"accuracy": 0.75, "macro_f1": pytest.approx(
+        0.7333333333)}}
     assert _by_language(test.assign(language="en"), {"student": frame}, ["a", "b"]) is None
     assert _by_language(test.drop(columns="language"), {"student": frame}, ["a", "b"]) is None

@@ -886,14 +886,24 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
     return write_report(report, recipe, out)
 
 
+# Languages with fewer test texts than this are scored together as "other": a score on 1-4 texts says little.
+MIN_TEXTS_PER_LANGUAGE = 5
+
+
 def _by_language(test: pd.DataFrame, frames: dict[str, pd.DataFrame], names: list[str]) -> dict[str, Any] | None:
     """Accuracy and macro-F1 of every system per language of the test texts, when they have two or more
-    (known from the source or data.detect_language); None otherwise."""
+    (known from the source or data.detect_language); languages with fewer than MIN_TEXTS_PER_LANGUAGE
+    texts are pooled as "other (<codes>)". None when there is one language or none."""
     from tailorkd.evaluation import classification_metrics
 
     if "language" not in test.columns or test["language"].dropna().nunique() < 2:
         return None
     language = dict(zip(test["id"], test["language"].fillna("unknown")))
+    counts = pd.Series(list(language.values())).value_counts()
+    rare = sorted(str(lang) for lang, n in counts.items() if n < MIN_TEXTS_PER_LANGUAGE)
+    if len(rare) > 1:
+        other = f"other ({', '.join(rare)})"
+        language = {k: (other if v in rare else v) for k, v in language.items()}
     out: dict[str, Any] = {}
     for lang, n in pd.Series(list(language.values())).value_counts().items():
         entry: dict[str, Any] = {"n": int(n)}
