@@ -13,7 +13,6 @@ from conftest import TOPICS, make_tokenizer
 from test_pipeline import make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
-from tailorkd.labels import make_record
 from tailorkd.models import load_causal_lm
 from tailorkd.prompts import KnnShotSelector, PromptBuilder
 from tailorkd.prompts.render import JSON_ANSWER_OPENING, MULTILINGUAL_NOTE

@@ -44,21 +44,34 @@ def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 
-def _shots(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
-    """The fixed few-shot examples (also a causal-LM student's when the teacher's are chosen per text)."""
-    prompt = recipe.prompt
-    return choose_shots(_rows(data.seed), recipe.task.label_names, prompt.shots,
+def _fixed_shots(recipe: Recipe, seeds: list[dict[str, Any]], prompt: Any) -> list[dict[str, Any]]:
+    """The fixed few-shot examples of ``prompt``: drawn from ``seeds`` with its shot_seed (default: the
+    recipe's seed)."""
+    return choose_shots(seeds, recipe.task.label_names, prompt.shots,
                         recipe.seed if prompt.shot_seed is None else prompt.shot_seed)
 
 
-def _selector(recipe: Recipe, data: PreparedData, embedder: Any = None) -> Any:
-    """The per-text shot selector when the prompt asks for one (prompt.shot_selection: knn), else None."""
+def _shots(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
+    """The recipe's fixed few-shot examples (also a causal-LM student's when the teacher's are per text)."""
+    return _fixed_shots(recipe, _rows(data.seed), recipe.prompt)
+
+
+def _per_text_shots(prompt: Any) -> bool:
+    """Whether ``prompt`` chooses its shots per text (kNN) rather than fixed ones."""
+    return prompt.shot_selection == "knn" and prompt.shots > 0
+
+
+def _knn_selector(recipe: Recipe, seeds: list[dict[str, Any]], prompt: Any, embedder: Any = None) -> Any:
+    """The per-text shot selector of ``prompt`` when it asks for one (shot_selection: knn), else None."""
     from tailorkd.prompts import KnnShotSelector
 
-    prompt = recipe.prompt
-    if prompt.shot_selection != "knn" or prompt.shots == 0:
+    if not _per_text_shots(prompt):
         return None
-    return KnnShotSelector(_rows(data.seed), recipe.task.label_names, prompt.shots, prompt.shot_encoder, embed=embedder)
+    return KnnShotSelector(seeds, recipe.task.label_names, prompt.shots, prompt.shot_encoder, embed=embedder)
+
+
+def _selector(recipe: Recipe, data: PreparedData) -> Any:
+    return _knn_selector(recipe, _rows(data.seed), recipe.prompt)
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -147,22 +160,19 @@ class SeedScorer:
     def selector(self, prompt: Any) -> Any:
         """The per-text shot selector of ``prompt`` (None for fixed shots), shared between prompts."""
         from tailorkd.evaluation.baselines import SentenceEmbedder
-        from tailorkd.prompts import KnnShotSelector
 
-        if prompt.shot_selection != "knn" or prompt.shots == 0:
+        if not _per_text_shots(prompt):
             return None
         key = (prompt.shots, prompt.shot_encoder)
         if key not in self._selectors:
             if prompt.shot_encoder not in self._embedders:
                 self._embedders[prompt.shot_encoder] = SentenceEmbedder(prompt.shot_encoder)
-            self._selectors[key] = KnnShotSelector(self.seeds, self.names, prompt.shots, prompt.shot_encoder,
-                                                   embed=self._embedders[prompt.shot_encoder])
+            self._selectors[key] = _knn_selector(self.recipe, self.seeds, prompt, self._embedders[prompt.shot_encoder])
         return self._selectors[key]
 
     def teacher(self, prompt: Any) -> Any:
         """A teacher with ``prompt`` (its fixed shots drawn as the pipeline draws them)."""
-        shot_seed = self.recipe.seed if prompt.shot_seed is None else prompt.shot_seed
-        return self.make(prompt, choose_shots(self.seeds, self.names, prompt.shots, shot_seed), self.selector(prompt))
+        return self.make(prompt, _fixed_shots(self.recipe, self.seeds, prompt), self.selector(prompt))
 
     def __call__(self, prompt: Any) -> tuple[dict[str, Any], int, float]:
         from tailorkd.prompts.search import loo_calibrated, seed_metrics
@@ -184,8 +194,7 @@ class SeedScorer:
         if selector is not None:
             groups = [([], self.seeds)]
         else:
-            shot_seed = self.recipe.seed if prompt.shot_seed is None else prompt.shot_seed
-            groups = loo_shot_groups(choose_shots(self.seeds, self.names, prompt.shots, shot_seed), self.seeds)
+            groups = loo_shot_groups(_fixed_shots(self.recipe, self.seeds, prompt), self.seeds)
         found: dict[str, Any] = {}
         calls = 0
         with LabelStore(Path(self.recipe.output_dir) / "labels.sqlite") as store:
@@ -394,14 +403,10 @@ def _label_with_base_prompt(base_recipe: Recipe, recipe: Recipe, data: PreparedD
 CALIBRATION_FILE = "calibration.json"
 
 
-def _selector_kind(recipe: Recipe) -> str:
-    return "knn" if recipe.prompt.shot_selection == "knn" and recipe.prompt.shots > 0 else "fixed"
-
-
 def _held_out_seeds(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
     """The expert seeds that are not few-shot examples: the only labelled texts that may judge a teacher.
     With per-text shots every seed is held out (a seed is never chosen as its own example)."""
-    if _selector_kind(recipe) == "knn":
+    if _per_text_shots(recipe.prompt):
         return _rows(data.seed)
     shot_ids = {s["id"] for s in _shots(recipe, data)}
     return [r for r in _rows(data.seed) if r["id"] not in shot_ids]
