@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ from conftest import TOPICS, make_tokenizer
 from test_pipeline import make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
+from tailorkd.labels import LabelStore, text_hash
 from tailorkd.models import load_causal_lm
 from tailorkd.prompts import KnnShotSelector, PromptBuilder
 from tailorkd.prompts.render import JSON_ANSWER_OPENING, MULTILINGUAL_NOTE
@@ -235,12 +237,15 @@ def test_seed_metrics_count_abstentions_wrong():
 
 
 def test_run_with_prompt_search_on_a_tiny_teacher(tiny_models, tmp_path, capsys):
-    """`tailorkd prompts tune` then `tailorkd run` on a tiny LLaMA teacher with kNN candidates: the label
-    stage uses the chosen prompt, the report shows seed and test scores of both prompts."""
+    """`tailorkd prompts tune` then `tailorkd run` on a tiny LLaMA teacher (with a seed classifier as ensemble
+    member) with kNN candidates: the label stage uses the chosen prompt, the report shows seed and test scores
+    of both prompts, the test scores those of the main teacher alone (not the ensemble)."""
     search = {"max_candidates": 4, "shot_draws": 1, "builtin_instructions": False,
               "instructions": ["Name the topic of the news item."]}
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"], prompt_search=search,
-                              evaluation={"systems": ["teacher", "student"]})
+                              evaluation={"systems": ["teacher", "student"]},
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4, "ensemble": {
+                                  "seed_classifier": {"encoder": str(tiny_models["bert"])}}})
     raw = yaml.safe_load(open(recipe_path))
     raw["prompt"]["shot_encoder"] = str(tiny_models["bert"])  # a tiny encoder for the kNN candidates
     yaml.safe_dump(raw, open(recipe_path, "w"))
@@ -256,6 +261,26 @@ def test_run_with_prompt_search_on_a_tiny_teacher(tiny_models, tmp_path, capsys)
     assert block["seeds"]["chosen"]["accuracy"] == payload["chosen"]["metrics"]["accuracy"]
     assert block["seeds"]["hand_written"]["accuracy"] == payload["base"]["metrics"]["accuracy"]
     assert set(block["test"]) == {"hand_written", "chosen"}
+    summary = json.loads((run / "labels_summary.json").read_text())
+    test = pd.read_parquet(run / "data" / "test.parquet")
+    with LabelStore(run / "labels.sqlite") as store:
+        found = store.get(summary["teacher"], summary["prompt"]["fingerprint"], [text_hash(t) for t in test.text],
+                          TOPICS)
+    own = [TOPICS[int(np.argmax(found[text_hash(t)].probs))] for t in test.text]
+    own_accuracy = float(np.mean(np.array(own) == test.label.to_numpy()))
+    assert block["test"]["chosen"]["accuracy"] == pytest.approx(own_accuracy)
+    # Even when the combination is the seed classifier alone, the block scores the main teacher.
+    ensemble = json.loads((run / "ensemble.json").read_text())
+    for member, weight in zip(ensemble["members"], [0.0, 1.0]):
+        member["weight"] = weight
+    (run / "ensemble.json").write_text(json.dumps(ensemble))
+    chosen = pipeline.resolve_prompt(load_recipe(recipe_path))
+    data = pipeline._data(chosen)
+    _, combined, _ = pipeline._teacher_records(chosen, data, "test", calibrated=False)
+    combined_accuracy = float(np.mean(np.array(TOPICS)[combined.argmax(1)] == test.label.to_numpy()))
+    assert combined_accuracy != pytest.approx(own_accuracy)  # else this check could not tell them apart
+    again = pipeline._prompt_search_block(chosen, data, summary["prompt_search"])
+    assert again["test"]["chosen"]["accuracy"] == pytest.approx(own_accuracy)
     assert "timings_seconds" in report and "prompt_search" in report["timings_seconds"]
     summary = json.loads((run / "labels_summary.json").read_text())
     chosen = pipeline.resolve_prompt(load_recipe(recipe_path))

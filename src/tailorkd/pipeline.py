@@ -597,10 +597,11 @@ def _calibration(recipe: Recipe) -> Any:
     return calibration
 
 
-def _teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated: bool = True
-                     ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+def _teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated: bool = True,
+                     combined: bool = True) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """Rows of a split with the teacher's stored probabilities (calibrated as the recipe asks, unless
-    ``calibrated`` is False) and per-text seconds (label stage must be done).
+    ``calibrated`` is False; the ensemble's combination when the recipe has one, unless ``combined`` is False:
+    then the main teacher's own) and per-text seconds (label stage must be done).
 
     A text the teacher abstained on (listed in labels_summary.json) gets a row of NaN probabilities and NaN
     seconds; any other text without a label is an error.
@@ -622,7 +623,7 @@ def _teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated:
     if missing:
         raise TailorkdError(f"{out / 'labels.sqlite'}: {len(missing)} {split} texts have no teacher label "
                             f"(e.g. {missing[:3]}); rerun `tailorkd label`")
-    if recipe.teacher.ensemble is not None:
+    if recipe.teacher.ensemble is not None and combined:
         with LabelStore(out / "labels.sqlite") as store:
             probs, seconds, _ = _ensemble_probs(recipe, rows, store, calibrated)
         return rows, probs, np.where(np.isnan(probs).any(axis=1), math.nan, seconds)
@@ -935,7 +936,7 @@ def _prompt_search_block(recipe: Recipe, data: PreparedData, info: dict[str, Any
         frame = _predictions_frame(rows, probs, names)
         return brief(classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), names))
 
-    rows, chosen_raw, _ = _teacher_records(recipe, data, "test", calibrated=False)
+    rows, chosen_raw, _ = _teacher_records(recipe, data, "test", calibrated=False, combined=False)
     test = {"chosen": test_metrics(chosen_raw, rows)}
     if info.get("chosen_is_hand_written"):
         test["hand_written"] = test["chosen"]
