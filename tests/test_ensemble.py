@@ -150,3 +150,44 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
     # A seed classifier alone is an ensemble too; an ensemble of nothing is refused.
     with pytest.raises(Exception, match="needs members"):
         load_recipe(recipe_path, ["teacher.ensemble={members: []}"])
+
+
+def test_a_member_labels_with_its_own_prompt(tiny_models, tmp_path):
+    """teacher.ensemble.members[i].prompt: that member's labels, shots, held-out seeds and fingerprint follow
+    its own prompt (here zero-shot, another instruction), the main teacher keeps the recipe's."""
+    from tailorkd.labels import LabelStore
+    from tailorkd.models import load_causal_lm
+    from tailorkd.recipe import PromptConfig
+    from tailorkd.teachers import LocalTeacher
+
+    own = {"instruction": "Name the topic of this news item.", "shots": 0, "describe_labels": False,
+           "max_text_chars": 120}
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                               "ensemble": {"members": [{"model": str(tiny_models["opt"]),
+                                                                         "prompt": own}]}})
+    assert main(["label", recipe_path]) == 0
+    run = tmp_path / "run"
+    members = json.loads((run / "ensemble.json").read_text())["members"]
+    assert [m["own_prompt"] for m in members[1:]] == [True]
+    recipe = load_recipe(recipe_path)
+    member_config = recipe.teacher.ensemble.members[0]
+    model, tokenizer = load_causal_lm(str(tiny_models["opt"]))
+    with_own = LocalTeacher(member_config, recipe.task, PromptConfig(**own), [], model, tokenizer)
+    with_recipes = LocalTeacher(member_config, recipe.task, recipe.prompt, [], model, tokenizer)
+    assert members[1]["prompt"] == with_own.prompt_fingerprint != with_recipes.prompt_fingerprint
+    data = pipeline._data(recipe)
+    rows = pipeline._rows(data.test)[:6]
+    with LabelStore(run / "labels.sqlite") as store:
+        stored = store.get(members[1]["identity"], members[1]["prompt"], [pipeline.text_hash(r["text"]) for r in rows],
+                           TOPICS)
+    expected, _ = with_own.score(rows)
+    np.testing.assert_allclose([stored[pipeline.text_hash(r["text"])].probs for r in rows], expected, atol=1e-5)
+    # With zero shots every seed is held out for this member: its seed accuracy is measured on all of them.
+    held_out = pipeline._held_out_seeds(recipe.model_copy(update={"prompt": PromptConfig(**own)}), data)
+    assert len(held_out) == len(data.seed) > len(pipeline._held_out_seeds(recipe, data))
+    # The member's prompt is part of what the labels were made with; a member without one dumps as before.
+    changed = load_recipe(recipe_path, ["teacher.ensemble.members.0.prompt.instruction=Which topic is it?"])
+    assert pipeline._labels_hash(changed) != pipeline._labels_hash(recipe)
+    plain = load_recipe(recipe_path, ["teacher.ensemble.members.0.prompt=null"])
+    assert "prompt" not in plain.model_dump(mode="json")["teacher"]["ensemble"]["members"][0]

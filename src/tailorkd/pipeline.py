@@ -491,16 +491,20 @@ def _label_ensemble(recipe: Recipe, data: PreparedData, store: LabelStore, main:
                 "calibration": main_calibration.to_dict() if main_calibration else None,
                 "held_out_seed_accuracy": _held_out_accuracy(recipe, data, main, store, main_calibration)}]
     for i, member_config in enumerate(config.members):
-        teacher = _teacher(recipe, data, member_config)
+        # A member with a prompt of its own: its shots, held-out seeds and calibration follow that prompt.
+        member_recipe = recipe if member_config.prompt is None else recipe.model_copy(
+            update={"prompt": member_config.prompt})
+        teacher = _teacher(member_recipe, data, member_config)
         labeller = _labeller(teacher)
         pool = labeller(teacher, pool_rows, store, desc=f"teacher {i + 2}: pool")
         labeller(teacher, test_rows, store, desc=f"teacher {i + 2}: test")
         calibration = None
         if recipe.teacher.calibration is not None:
-            calibration = _fit_calibration(recipe, data, teacher, labeller, store, pool, write=False)
+            calibration = _fit_calibration(member_recipe, data, teacher, labeller, store, pool, write=False)
         members.append({"model": member_config.model, "identity": teacher.identity, "prompt": teacher.prompt_fingerprint,
+                        "own_prompt": member_config.prompt is not None,
                         "calibration": calibration.to_dict() if calibration else None,
-                        "held_out_seed_accuracy": _held_out_accuracy(recipe, data, teacher, store, calibration)})
+                        "held_out_seed_accuracy": _held_out_accuracy(member_recipe, data, teacher, store, calibration)})
         del teacher  # one model in memory at a time
         gc.collect()
     if config.seed_classifier is not None:
