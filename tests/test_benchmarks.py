@@ -74,3 +74,35 @@ def test_prompt_search_benchmark_tiny_llama(tiny_models, tmp_path):
         assert 0 <= result["test"]["accuracy"] <= 1 and sum(result["test"]["predicted_counts"].values()) == 20
         assert result["teacher_seconds_per_text"] > 0
     assert "| hand-written | " in report["table"][2] and "1.00x" in report["table"][2]
+
+
+def test_teacher_combination_benchmark_tiny_llama(tiny_models, tmp_path):
+    """benchmarks/teacher_combination.py on a tiny LLaMA + seed-classifier ensemble: the pool's human labels
+    come back from the source as a development set; dev-chosen weights are the best grid point on dev, the
+    test ceiling is at least every weighting's test score, and seed-only is the baseline of every ratio."""
+    from test_pipeline import make_recipe
+
+    encoder = str(tiny_models["bert"])
+    recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                         teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                          "ensemble": {"seed_classifier": {"encoder": encoder}}},
+                         evaluation={"seed_only_encoder": encoder})
+    bench = _load_script("teacher_combination")
+    assert len(bench.weight_grid(3)) == 66 and all(abs(sum(w) - 1) < 1e-9 for w in bench.weight_grid(3))
+    out = tmp_path / "tc.json"
+    report = bench.main([recipe, "--out", str(out)])
+    assert json.loads(out.read_text())["systems"] == report["systems"]
+    systems = report["systems"]
+    assert report["dev"]["texts"] == sum(report["dev"]["label_counts"].values()) > 0
+    names = list(systems)
+    assert names[0].startswith("member 1 (") and names[-1] == "seed-only baseline"
+    dev_chosen = next(s for n, s in systems.items() if n.startswith("dev-chosen"))
+    ceiling = next(s for n, s in systems.items() if n.startswith("test ceiling"))
+    weighted = [s for n, s in systems.items() if n.startswith(("recipe:", "equal weights"))]
+    for s in weighted:
+        assert dev_chosen["dev"]["macro_f1"] >= s["dev"]["macro_f1"]
+        assert ceiling["test"]["macro_f1"] >= s["test"]["macro_f1"]
+    # The seed classifier member is the seed-only baseline (same encoder, seeds and fit).
+    member = next(s for n, s in systems.items() if n.startswith("member 2 (seed classifier") and n.endswith("raw"))
+    assert member["test"] == systems["seed-only baseline"]["test"]
+    assert report["table"][-1].endswith("| 1.00x |")
