@@ -92,10 +92,14 @@ def main(argv: list[str] | None = None) -> dict:
         return {"accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4)}
 
     probs: dict[str, dict[str, list[np.ndarray]]] = {"raw": {}, "calibrated": {}}
+    recipes_combination: dict[str, np.ndarray] = {}  # what the pipeline gives the student
     with LabelStore(Path(recipe.output_dir) / "labels.sqlite") as store:
         for kind in probs:
             for split, rows in splits.items():
-                probs[kind][split] = pipeline._ensemble_probs(recipe, rows, store, calibrated=kind == "calibrated")[2]
+                combined, _, probs[kind][split] = pipeline._ensemble_probs(recipe, rows, store,
+                                                                            calibrated=kind == "calibrated")
+                if kind == "calibrated":
+                    recipes_combination[split] = combined
     seed_only = seed_only_baseline(pipeline._rows(data.seed), splits["test"], names,
                                    recipe.evaluation.seed_only_encoder, recipe.seed)
     baseline = score(seed_only["probs"], "test")
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     weights = [m["weight"] for m in payload["members"]]
     cal = probs["calibrated"]
     systems[f"recipe: {payload['combine']}, weights {[round(w, 2) for w in weights]}"] = {
-        split: score(combine(cal[split], weights, payload["combine"]), split) for split in splits}
+        split: score(recipes_combination[split], split) for split in splits}
     equal = [1.0 / len(members)] * len(members)
     for how in COMBINES:
         systems[f"equal weights, {how}"] = {split: score(combine(cal[split], equal, how), split) for split in splits}

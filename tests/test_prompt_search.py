@@ -282,7 +282,5 @@ def test_run_with_prompt_search_on_a_tiny_teacher(tiny_models, tmp_path, capsys)
     again = pipeline._prompt_search_block(chosen, data, summary["prompt_search"])
     assert again["test"]["chosen"]["accuracy"] == pytest.approx(own_accuracy)
     assert "timings_seconds" in report and "prompt_search" in report["timings_seconds"]
-    summary = json.loads((run / "labels_summary.json").read_text())
-    chosen = pipeline.resolve_prompt(load_recipe(recipe_path))
     assert summary["recipe_hash"] == pipeline._labels_hash(chosen)
     assert "## Prompt search" in (run / "report.md").read_text()
