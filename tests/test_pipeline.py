@@ -195,6 +195,32 @@ def test_calibrated_teacher_feeds_student_and_report(tiny_models, tmp_path, caps
     assert "run `tailorkd label` again" in capsys.readouterr().err
 
 
+def test_calibration_on_all_seeds_with_leave_one_out_shots(tiny_models, tmp_path):
+    """teacher.calibration.seeds: all: the 3 seeds shown as shots are judged too, each by the prompt with its
+    shot swapped for an unused seed of its class: the very scorings the prompt search makes (none repeated),
+    and the seed bias is the one fitted on them."""
+    from tailorkd.calibration import fit_bias, log_probs
+
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                               "calibration": {"method": "seed_bias", "domain_samples": 4,
+                                                               "seeds": "all"}})
+    assert main(["label", recipe_path]) == 0
+    fitted = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert {c["held_out_seeds"] for c in fitted["details"]["candidates"].values()} == {10}  # not 7
+    assert fitted["details"]["seeds"] == "all"
+    recipe = load_recipe(recipe_path)
+    data = pipeline._data(recipe)
+    seed_probs, calls, _ = pipeline.SeedScorer(recipe, data, calibrate=False).probs(recipe.prompt)
+    assert calls == 0 and not np.isnan(seed_probs).any()
+    y = np.array([TOPICS.index(r["label"]) for r in pipeline._rows(data.seed)])
+    bias = fit_bias(log_probs(seed_probs) - np.array(fitted["log_prior"]), y, fitted["details"]["l2"])
+    np.testing.assert_allclose(fitted["bias"], bias, atol=1e-6)
+    # The option's default dumps as before it existed.
+    assert "seeds" not in load_recipe(recipe_path, ["teacher.calibration.seeds=not_shown"]).model_dump(
+        mode="json")["teacher"]["calibration"]
+
+
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\noutput_dir: y\nteacher: {model: m, batchsize: 2}\n", encoding="utf-8")

@@ -412,18 +412,28 @@ def _held_out_seeds(recipe: Recipe, data: PreparedData) -> list[dict[str, Any]]:
     return [r for r in _rows(data.seed) if r["id"] not in shot_ids]
 
 
+def _with_shots(recipe: Recipe, teacher: Any, shots: list[dict[str, Any]]) -> Any:
+    """``teacher`` (of ``recipe.prompt``) with other fixed shots; a local one shares its loaded model."""
+    from tailorkd.teachers import ServedTeacher
+
+    if isinstance(teacher, ServedTeacher):
+        return ServedTeacher(teacher.config, recipe.task, recipe.prompt, shots)
+    return type(teacher)(teacher.config, recipe.task, recipe.prompt, shots, teacher.model, teacher.tokenizer)
+
+
 def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller: Any, store: LabelStore,
                      pool: dict[str, Any], write: bool = True) -> Any:
     """Score the calibration inputs (content-free, random in-domain, held-out seeds), fit the recipe's
     calibration and (``write``) write calibration.json, with the pool's predicted-label counts before and
     after."""
     from tailorkd.calibration import calibrate, domain_inputs
+    from tailorkd.prompts.search import loo_shot_groups
 
     config = recipe.teacher.calibration
     names = recipe.task.label_names
 
-    def probs_of(rows: list[dict[str, Any]], desc: str) -> tuple[list[dict[str, Any]], np.ndarray]:
-        found = labeller(teacher, rows, store, desc=desc) if rows else {}
+    def probs_of(rows: list[dict[str, Any]], desc: str, by: Any = teacher) -> tuple[list[dict[str, Any]], np.ndarray]:
+        found = labeller(by, rows, store, desc=desc) if rows else {}
         kept = [r for r in rows if text_hash(r["text"]) in found]  # a served teacher may abstain
         return kept, np.array([found[text_hash(r["text"])].probs for r in kept]).reshape(len(kept), len(names))
 
@@ -434,7 +444,18 @@ def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller:
                    enumerate(domain_inputs([r["text"] for r in pool_texts], config.domain_samples, recipe.seed,
                                            config.domain_words))]
     _, domain = probs_of(domain_rows, "teacher: in-domain random")
-    held_out, seed_probs = probs_of(_held_out_seeds(recipe, data), "teacher: held-out seeds")
+    if config.seeds == "all" and not _per_text_shots(recipe.prompt):
+        # Every seed, none scored by a prompt that shows it: the seeds that are not shots with the teacher's
+        # own shots, each shown seed with its shot swapped for an unused seed of its class.
+        held_out, parts, own_shots = [], [], _shots(recipe, data)
+        for shots, rows in loo_shot_groups(own_shots, _rows(data.seed)):
+            by = teacher if shots == own_shots else _with_shots(recipe, teacher, shots)
+            kept, probs = probs_of(rows, "teacher: seeds, leave-one-out shots", by)
+            held_out += kept
+            parts.append(probs)
+        seed_probs = np.concatenate(parts) if parts else np.zeros((0, len(names)))
+    else:
+        held_out, seed_probs = probs_of(_held_out_seeds(recipe, data), "teacher: held-out seeds")
     try:
         calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
                                 seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out])
@@ -446,6 +467,7 @@ def _fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, labeller:
         "after": pd.Series([names[i] for i in calibration.apply(pool_probs).argmax(1)], dtype=object).value_counts().to_dict(),
     }
     calibration.details["pool_predicted_counts"] = counts
+    calibration.details["seeds"] = "all" if config.seeds == "all" or _per_text_shots(recipe.prompt) else "not_shown"
     if write:
         _write_json(Path(recipe.output_dir) / CALIBRATION_FILE,
                     {"recipe_hash": _labels_hash(recipe), **calibration.to_dict()})
@@ -459,8 +481,9 @@ ENSEMBLE_FILE = "ensemble.json"
 
 def _held_out_accuracy(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore,
                        calibration: Any) -> float | None:
-    """A teacher's accuracy on the seeds that are not few-shot examples, after its calibration (the
-    leave-one-out figure for a seed-fitted bias, which saw those seeds); None without such seeds."""
+    """A teacher's accuracy on the seeds that are not few-shot examples (with a calibration: on the seeds
+    that judged it, see ``teacher.calibration.seeds``), after its calibration (the leave-one-out figure for a
+    seed-fitted bias, which saw those seeds); None without such seeds."""
     if calibration is not None:
         scored = calibration.details.get("candidates", {}).get(calibration.method)
         if scored:

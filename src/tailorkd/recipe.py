@@ -245,6 +245,19 @@ class CalibrationConfig(_Section):
     domain_samples: int = Field(default=16, ge=1, le=1000, description="Random in-domain inputs (domain).")
     domain_words: int | None = Field(default=None, ge=1, description="Words per in-domain input; default: the "
                                      "median word count of pool texts (5 to 200).")
+    seeds: Literal["not_shown", "all"] = Field(
+        default="not_shown", description="The seeds that choose the method, fit seed_bias and weigh an ensemble "
+        "member. not_shown: those that are not few-shot examples (with 18 fixed shots of 21 seeds, only 3); all: "
+        "every seed, a shown one scored with its shot swapped for an unused seed of its class (as the prompt "
+        "search scores them; one teacher call per shot, none after a search). Per-text shots: always all.")
+
+    @model_serializer(mode="wrap")
+    def _without_default_seeds(self, handler: Any) -> dict[str, Any]:
+        # A calibration without this option dumps (and so hashes) exactly as before it existed.
+        data = handler(self)
+        if data.get("seeds") == "not_shown":
+            data.pop("seeds", None)
+        return data
 
 
 class TeacherConfig(_Section):
