@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe import apply_overrides, load_recipe
+from tailorkd.evaluation.systems import SYSTEMS
+from tailorkd.recipe import Recipe, apply_overrides, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").glob("*/*.yaml"))
@@ -48,7 +50,22 @@ def minimal(tmp_path: Path, **changes) -> Path:
 def test_minimal_recipe_gets_defaults(tmp_path):
     recipe = load_recipe(minimal(tmp_path))
     assert recipe.adapter.method == "lora" and recipe.distill.learning_rate == 2e-4
-    assert recipe.evaluation.systems == ["teacher", "untrained_student", "standard_kd", "student", "seed_only"]
+    assert recipe.evaluation.systems == ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only"]
+    assert recipe.evaluation.systems == list(SYSTEMS)
+
+
+def test_old_system_name_student_loads_as_adaptive_kd(tmp_path):
+    recipe = load_recipe(minimal(tmp_path), ["evaluation.systems=[teacher, student, seed_only]"])
+    assert recipe.evaluation.systems == ["teacher", "adaptive_kd", "seed_only"]
+    assert "- adaptive_kd" in recipe.to_yaml() and "- student" not in recipe.to_yaml()
+
+
+@pytest.mark.parametrize("systems, message", [("[teacher, students]", "unknown systems ['students']"),
+                                              ("[student, adaptive_kd]", "must not repeat")])
+def test_bad_systems_name_the_key(tmp_path, systems, message):
+    with pytest.raises(TailorkdError) as err:
+        load_recipe(minimal(tmp_path), [f"evaluation.systems={systems}"])
+    assert "evaluation.systems" in str(err.value) and message in str(err.value)
 
 
 def test_unknown_key_names_its_path(tmp_path):
@@ -93,11 +110,79 @@ def test_bad_overrides_are_clear(tmp_path, bad):
         load_recipe(minimal(tmp_path), [bad])
 
 
-def test_content_hash_tracks_sections(tmp_path):
-    a = load_recipe(minimal(tmp_path))
-    b = load_recipe(minimal(tmp_path), ["distill.epochs=9"])
-    assert a.content_hash("data", "task") == b.content_hash("data", "task")
-    assert a.content_hash("distill") != b.content_hash("distill")
+SECTIONS = [name for name, field in Recipe.model_fields.items() if not field.exclude]
+
+
+@pytest.mark.parametrize("override, section", [
+    ("distill.epochs=9", "distill"),
+    ("seed=14", "seed"),
+    # Settings that used to be left out of the dump (and so of the hash) while at or near their defaults:
+    ("prompt.shot_encoder=other", "prompt"),
+    ("adapter.bottleneck_placement=both", "adapter"),
+    ("teacher.calibration.seeds=all", "teacher"),
+    ("distill.hard_label_weight=0.5", "distill"),
+    ("evaluation.systems=[teacher]", "evaluation"),
+    ("alerts.severity={}", "alerts"),
+])
+def test_content_hash_moves_with_the_sections_it_covers_only(tmp_path, override, section):
+    path, common = minimal(tmp_path), ["teacher.calibration.method=auto"]
+    base, changed = load_recipe(path, common), load_recipe(path, [*common, override])
+    others = [s for s in SECTIONS if s != section]
+    assert changed.content_hash(section) != base.content_hash(section)
+    assert changed.content_hash() != base.content_hash()
+    assert changed.content_hash(*others) == base.content_hash(*others)
+
+
+def test_content_hash_reads_content_not_spelling(tmp_path):
+    path = minimal(tmp_path)
+    base = load_recipe(path)
+    explicit = load_recipe(path, ["distill.validation_fraction=0.1", "teacher.server=null", "prompt.template=auto"])
+    assert explicit.content_hash() == base.content_hash()
+    assert base.content_hash("task", "data") == base.content_hash("data", "task")
+    with pytest.raises(ValueError, match="not sections"):
+        base.content_hash("distil")
+    with pytest.raises(ValueError, match="not sections"):
+        base.content_hash("base_dir")
+
+
+def _assert_dump_is_complete(model: object, dump: object, where: str) -> None:
+    # Every section's schema: the recipe package's and the data section's (tailorkd.data.config).
+    if isinstance(model, BaseModel) and type(model).__module__.startswith(("tailorkd.recipe", "tailorkd.data")):
+        fields = {name for name, field in type(model).model_fields.items() if not field.exclude}
+        assert set(dump) == fields, f"{where}: dump leaves out {sorted(fields - set(dump))}"
+        for name in fields:
+            _assert_dump_is_complete(getattr(model, name), dump[name], f"{where}.{name}")
+    elif isinstance(model, (list, tuple)):
+        for i, (item, dumped) in enumerate(zip(model, dump)):
+            _assert_dump_is_complete(item, dumped, f"{where}.{i}")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_recipe_survives_dump_and_reload(tmp_path, path):
+    recipe = load_recipe(path)
+    # The full dump has every setting of every section (what the hash reads), and its nulls validate.
+    dump = recipe.model_dump(mode="json")
+    _assert_dump_is_complete(recipe, dump, "recipe")
+    assert Recipe.model_validate(dump).model_copy(update={"base_dir": recipe.base_dir}) == recipe
+    # The YAML people read leaves idle nulls out and loads back to the same recipe, with the same hashes.
+    text = recipe.to_yaml()
+    assert ": null" not in text
+    (tmp_path / "again.yaml").write_text(text, encoding="utf-8")
+    again = load_recipe(tmp_path / "again.yaml")
+    assert again.model_copy(update={"base_dir": recipe.base_dir}) == recipe
+    for sections in [(), ("data", "task", "seed"), ("prompt", "teacher"), ("student", "adapter", "distill")]:
+        assert again.content_hash(*sections) == recipe.content_hash(*sections)
+
+
+def test_to_yaml_keeps_the_nulls_that_mean_something(tmp_path):
+    recipe = load_recipe(minimal(tmp_path), ["data.sources.0.columns.label=null",
+                                             "prompt_search.systems=[null, Be brief.]"])
+    text = recipe.to_yaml()
+    assert "verbalizer" not in text and "alerts" not in text  # nulls that are only defaults are left out
+    (tmp_path / "again.yaml").write_text(text, encoding="utf-8")
+    again = load_recipe(tmp_path / "again.yaml")
+    assert again.data.sources[0].columns.label is None and again.prompt_search.systems == [None, "Be brief."]
+    assert again == recipe
 
 
 def test_error_inside_a_source_names_the_plain_key_path(tmp_path):
@@ -109,8 +194,13 @@ def test_error_inside_a_source_names_the_plain_key_path(tmp_path):
 def test_source_kinds_match_the_source_models():
     from typing import get_args
 
-    from tailorkd.data.config import (SOURCE_KINDS, BBCNewsSource, CrisisLexT26Source, FileSource,
-                                      FinancialPhraseBankSource)
+    from tailorkd.data.config import (
+        SOURCE_KINDS,
+        BBCNewsSource,
+        CrisisLexT26Source,
+        FileSource,
+        FinancialPhraseBankSource,
+    )
 
     models = (FileSource, BBCNewsSource, CrisisLexT26Source, FinancialPhraseBankSource)
     assert SOURCE_KINDS == tuple(get_args(m.model_fields["kind"].annotation)[0] for m in models)

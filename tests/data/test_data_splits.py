@@ -19,7 +19,7 @@ from tailorkd.data import (
     make_splits,
     prepare_data,
 )
-from tailorkd.data.splits import _allocate
+from tailorkd.data.splits import allocate
 from tailorkd.errors import TailorkdError
 
 TASK = ["risk", "caution", "safe"]
@@ -100,12 +100,12 @@ def test_test_set_has_every_label_when_it_can():
 
 
 def test_allocate_is_exact():
-    assert _allocate(10, {"a": 5, "b": 5}, ["a", "b"]) == {"a": 5, "b": 5}
-    assert _allocate(3, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"]) == {"a": 1, "b": 1, "c": 1}
-    assert _allocate(2, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"]) == {"a": 1, "b": 1, "c": 0}
-    assert _allocate(5, {"a": 1000, "b": 1, "c": 0}, ["a", "b", "c"]) == {"a": 4, "b": 1, "c": 0}
-    assert _allocate(0, {"a": 3}, ["a"]) == {"a": 0}
-    quota = _allocate(200, {"a": 2108, "b": 5902, "c": 9056}, ["a", "b", "c"])
+    assert allocate(10, {"a": 5, "b": 5}, ["a", "b"]) == {"a": 5, "b": 5}
+    assert allocate(3, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"]) == {"a": 1, "b": 1, "c": 1}
+    assert allocate(2, {"a": 1, "b": 1, "c": 1}, ["a", "b", "c"]) == {"a": 1, "b": 1, "c": 0}
+    assert allocate(5, {"a": 1000, "b": 1, "c": 0}, ["a", "b", "c"]) == {"a": 4, "b": 1, "c": 0}
+    assert allocate(0, {"a": 3}, ["a"]) == {"a": 0}
+    quota = allocate(200, {"a": 2108, "b": 5902, "c": 9056}, ["a", "b", "c"])
     assert sum(quota.values()) == 200 and quota == {"a": 25, "b": 69, "c": 106}
 
 
@@ -306,6 +306,6 @@ def test_prepare_data_records_detected_languages_per_split(tmp_path):
     assert prepared.test["language"].notna().all() and prepared.pool["language"].notna().all()
     langs = prepared.stats["languages"]
     assert sum(langs["test"].values()) == len(prepared.test) and set(langs) == {"seed", "pool", "test"}
-    # Off by default, and then the data section dumps (and hashes) as before the option existed.
-    assert "detect_language" not in DataConfig.model_validate(raw).model_dump()
+    # Off by default; it is part of the data section, so it changes what the splits were made with.
+    assert DataConfig.model_validate(raw).model_dump()["detect_language"] is False
     assert cfg.model_dump()["detect_language"] is True

@@ -28,8 +28,15 @@ import codecs
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 #: raw label -> task label; ``None`` (``null`` in YAML) leaves the rows out on purpose.
 LabelMap = dict[str, str | None]
@@ -393,11 +400,3 @@ class DataConfig(_Model):
         "by langdetect (seeded, ISO 639-1 codes; 'unknown' when it cannot tell). The report then scores each "
         "system per language.",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: Any) -> dict[str, Any]:
-        # Data without the option dumps (and so hashes) exactly as before it existed.
-        data = handler(self)
-        if not data.get("detect_language"):
-            data.pop("detect_language", None)
-        return data

@@ -58,6 +58,14 @@ class PreparedData:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """The rows of ``split`` (seed, pool or test) as dicts, a missing value as None."""
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; one of {SPLIT_NAMES}")
+        frame: pd.DataFrame = getattr(self, split)
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+                for r in frame.to_dict("records")]
+
 
 # --------------------------------------------------------------------------------------------------------------
 # loading
@@ -191,7 +199,7 @@ def drop_duplicate_texts(records: pd.DataFrame) -> tuple[pd.DataFrame, int, int]
 # splitting
 
 
-def _allocate(total: int, available: dict[str, int], order: list[str]) -> dict[str, int]:
+def allocate(total: int, available: dict[str, int], order: list[str]) -> dict[str, int]:
     """``total`` split over the labels in proportion to ``available`` (largest remainders, exact integer
     arithmetic, ties to the earlier label), then at least one per label that has rows when total allows."""
     quota = {c: 0 for c in order}
@@ -265,7 +273,7 @@ def make_splits(
                 f"label(s) {empty} have no labelled rows left for the test set after the seed set "
                 f"(data.splits.seed_per_class={k}); add labelled data or lower seed_per_class"
             )
-    quota = _allocate(splits.test_size, available, classes)
+    quota = allocate(splits.test_size, available, classes)
     test_parts = [rest[c][: quota[c]] for c in classes]
     leftover = [rest[c][quota[c] :] for c in classes]
     unlabelled = np.flatnonzero(labels.isna().to_numpy(dtype=bool))

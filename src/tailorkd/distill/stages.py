@@ -90,7 +90,7 @@ class Stage:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name,
-                "filter": None if self.config.filter is None else self.config.filter.model_dump(),
+                "filter": None if self.config.filter is None else self.config.filter.model_dump(exclude_none=True),
                 "label_map": self.config.label_map, "epochs": self.epochs, "learning_rate": self.learning_rate,
                 "train_examples": int(len(self.train)), "validation_examples": int(len(self.validation))}
 

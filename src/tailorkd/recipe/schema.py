@@ -1,0 +1,79 @@
+"""The root of a recipe: its sections, and the checks that need more than one of them.
+
+Each section is a pydantic model with ``extra="forbid"`` (see :class:`~tailorkd.recipe.base.Section`), so a
+misspelt key is an error rather than a silently ignored setting. Paths: data paths are relative to the recipe
+file's folder (``base_dir``, so a recipe can sit beside its data); ``output_dir`` is relative to the working
+directory (where the user runs ``tailorkd``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from tailorkd.data.config import DataConfig
+from tailorkd.recipe.base import Section, readable_dump
+from tailorkd.recipe.distill import DistillConfig
+from tailorkd.recipe.evaluation import AlertsConfig, EvaluationConfig
+from tailorkd.recipe.fingerprint import content_hash
+from tailorkd.recipe.prompt import PromptConfig, PromptSearchConfig
+from tailorkd.recipe.student import AdapterConfig, StudentConfig
+from tailorkd.recipe.task import TaskConfig
+from tailorkd.recipe.teacher import TeacherConfig
+
+SCHEMA_VERSION = 1
+
+
+class Recipe(Section):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1)
+    seed: int = 13
+    output_dir: Path
+    task: TaskConfig
+    data: DataConfig
+    prompt: PromptConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    adapter: AdapterConfig = AdapterConfig()
+    distill: DistillConfig = DistillConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    alerts: AlertsConfig | None = Field(default=None, description="Set: predictions carry a severity level.")
+    prompt_search: PromptSearchConfig | None = Field(
+        default=None, description="Set: the prompt is chosen on the seeds before labelling (tailorkd prompts tune).")
+
+    # Where the recipe file lies; data paths are relative to it. Not part of the recipe's content.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _distill_fits_task_and_teacher(self) -> Recipe:
+        self.distill.check_against(self.task.label_names, self.teacher.hidden_states)
+        return self
+
+    @model_validator(mode="after")
+    def _shots_fit_seeds(self) -> Recipe:
+        seeds = self.data.splits.seed_per_class * len(self.task.labels)
+        if self.prompt.shots > seeds:
+            raise ValueError(
+                f"prompt.shots={self.prompt.shots} but the seed set has only {seeds} examples "
+                f"(data.splits.seed_per_class={self.data.splits.seed_per_class} x {len(self.task.labels)} labels)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _alerts_name_task_labels(self) -> Recipe:
+        unknown = sorted(set(self.alerts.severity) - set(self.task.label_names)) if self.alerts else []
+        if unknown:
+            raise ValueError(f"alerts.severity names labels the task does not have: {unknown} "
+                             f"(task labels: {self.task.label_names})")
+        return self
+
+    def content_hash(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none), for naming and invalidating outputs."""
+        return content_hash(self, *sections)
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML for people to read (idle nulls left out); it loads back to an equal recipe."""
+        return yaml.safe_dump(readable_dump(self), sort_keys=False, allow_unicode=True)
