@@ -31,7 +31,7 @@ def test_soft_cross_entropy_is_minimal_at_the_teacher_and_scales_with_t():
         soft_cross_entropy(torch.zeros(1, 2), teacher)
 
 
-def _targets(rows, sharp=0.9):
+def teacher_targets(rows, sharp=0.9):
     """A teacher that knows the topic: `sharp` on the right class, the rest spread evenly."""
     probs = np.full((len(rows), len(TOPICS)), (1 - sharp) / (len(TOPICS) - 1))
     for i, r in enumerate(rows):
@@ -76,15 +76,16 @@ def test_causal_students_learn_save_and_reload(tiny_models, tmp_path, family, me
         pytest.skip(f"{family} not available in this transformers")
     set_seed(0)
     rows = topic_rows(6)
-    probs = _targets(rows)
+    probs = teacher_targets(rows)
     student = _causal_student(tiny_models[family])
     base_before = _base_weights(student.model)
     before = _cross_entropy(student, rows, probs)
     adapter = AdapterConfig(method=method, r=8, alpha=16, dropout=0.0, reduction_factor=4)
     lr = 2e-3 if method == "full" else 3e-2
     epochs = 2 if method == "bottleneck" else 10  # bottleneck: a few steps; the loss is not checked (below)
-    summary = distill_student(student, rows, probs, adapter, DistillConfig(validation_fraction=0.0, epochs=epochs, learning_rate=lr, batch_size=10,
-                              warmup_ratio=0.0, max_grad_norm=1.0), tmp_path / "student", seed=0,
+    config = DistillConfig(validation_fraction=0.0, epochs=epochs, learning_rate=lr, batch_size=10, warmup_ratio=0.0,
+                           max_grad_norm=1.0)
+    summary = distill_student(student, rows, probs, adapter, config, tmp_path / "student", seed=0,
                               info={"base_model": str(tiny_models[family])})
     after = _cross_entropy(student, rows, probs)
     if method != "bottleneck":
@@ -115,11 +116,12 @@ def test_encoder_student_learns_and_reloads(tiny_models, tmp_path, method):
     student = EncoderStudent(model, AutoTokenizer.from_pretrained(folder), TASK, PROMPT, max_length=64)
     base_before = _base_weights(student.model.encoder)
     rows = topic_rows(6)
-    probs = _targets(rows)
+    probs = teacher_targets(rows)
     before = _cross_entropy(student, rows, probs)
     summary = distill_student(student, rows, probs,
                               AdapterConfig(method=method, r=8, alpha=16, dropout=0.0, reduction_factor=4),
-                              DistillConfig(validation_fraction=0.0, epochs=20, learning_rate=5e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0),
+                              DistillConfig(validation_fraction=0.0, epochs=20, learning_rate=5e-2, batch_size=10,
+                                            warmup_ratio=0.0, max_grad_norm=1.0),
                               tmp_path / "enc", seed=0, info={"base_model": str(folder)})
     after = _cross_entropy(student, rows, probs)
     assert after < before - 0.1
@@ -129,7 +131,8 @@ def test_encoder_student_learns_and_reloads(tiny_models, tmp_path, method):
         assert 0 < summary["parameters"]["trainable"] < 0.05 * summary["parameters"]["total"]
         _check_bottleneck_trained(student.model.encoder, base_before)
     set_seed(0)
-    reloaded = load_student(tmp_path / "enc", TASK, PROMPT, [], StudentConfig(model=str(folder), kind="encoder", max_length=64))
+    reloaded = load_student(tmp_path / "enc", TASK, PROMPT, [],
+                            StudentConfig(model=str(folder), kind="encoder", max_length=64))
     # The head is saved beside the adapter, so predictions match.
     np.testing.assert_allclose(predict_probs(reloaded, rows, 16), predict_probs(student, rows, 16), atol=1e-5)
 
@@ -138,10 +141,104 @@ def test_method_none_trains_nothing(tiny_models, tmp_path):
     student = _causal_student(tiny_models["llama"])
     rows = topic_rows(2)
     before = predict_probs(student, rows, 8)
-    summary = distill_student(student, rows, _targets(rows), AdapterConfig(method="none"), DistillConfig(), tmp_path / "s",
-                              seed=0, info={})
+    summary = distill_student(student, rows, teacher_targets(rows), AdapterConfig(method="none"), DistillConfig(),
+                              tmp_path / "s", seed=0, info={})
     assert summary["parameters"]["trainable"] == 0 and summary["steps"] == 0
     np.testing.assert_allclose(predict_probs(student, rows, 8), before)
+
+
+def test_adapter_methods_are_registered_and_attach_through_the_student_protocol(tiny_models):
+    from tailorkd.adapters import adapter_methods, attach_adapter, get_adapter_method, register_adapter_method
+    from tailorkd.errors import TailorkdError
+    from tailorkd.students import Student
+
+    assert adapter_methods() == ["bottleneck", "full", "lora", "none", "qlora"]
+    with pytest.raises(TailorkdError, match="adapter.method: unknown method 'dora'"):
+        get_adapter_method("dora")
+    with pytest.raises(ValueError, match="already registered"):
+        register_adapter_method(get_adapter_method("lora"))
+    assert get_adapter_method("lora").quantization() is None and not get_adapter_method("none").trains
+
+    def encoder_student():
+        folder = tiny_models["bert"]
+        model = MeanPoolClassifier(AutoModel.from_pretrained(folder), len(TOPICS))
+        return EncoderStudent(model, AutoTokenizer.from_pretrained(folder), TASK, PROMPT, max_length=64)
+
+    def trainable(student):
+        return [n for n, p in student.model.named_parameters() if p.requires_grad]
+
+    causal, encoder = _causal_student(tiny_models["llama"]), encoder_student()
+    assert isinstance(causal, Student) and isinstance(encoder, Student)
+    assert causal.transformer is causal.model and encoder.transformer is encoder.model.encoder
+    # The adapter wraps what `transformer` names; the encoder's head, outside it, trains with it.
+    attach_adapter(encoder, AdapterConfig(method="lora", r=4))
+    assert type(encoder.model.encoder).__name__.startswith("PeftModel") and encoder.transformer is encoder.model.encoder
+    assert {n.split(".")[0] for n in trainable(encoder)} == {"encoder", "head"}
+    assert all("lora_" in n for n in trainable(encoder) if not n.startswith("head."))
+    attach_adapter(causal, AdapterConfig(method="lora", r=4))
+    assert causal.model is causal.transformer and all("lora_" in n for n in trainable(causal))
+    none, full = encoder_student(), encoder_student()
+    attach_adapter(none, AdapterConfig(method="none"))
+    attach_adapter(full, AdapterConfig(method="full"))
+    assert trainable(none) == [] and len(trainable(full)) == len(list(full.model.parameters()))
+
+
+def test_student_json_is_written_last_and_never_in_part(tiny_models, tmp_path, monkeypatch):
+    """student.json marks a student folder finished: a failure (or a kill) while a student is saved leaves no
+    student.json or the old one whole, never a partial one, nor the old one beside a half-written student."""
+    import pathlib
+
+    from tailorkd import students
+    from tailorkd.adapters import attach_adapter
+    from tailorkd.errors import TailorkdError
+    from tailorkd.students import save_student
+
+    folder = tiny_models["bert"]
+    student = EncoderStudent(MeanPoolClassifier(AutoModel.from_pretrained(folder), len(TOPICS)),
+                             AutoTokenizer.from_pretrained(folder), TASK, PROMPT, max_length=64)
+    attach_adapter(student, AdapterConfig(method="lora", r=4))
+    out = tmp_path / "student"
+    marker = out / "student.json"
+    save_student(student, "lora", out, {"run": 1})
+    old = marker.read_text()
+
+    write_text = pathlib.Path.write_text
+
+    def half_then_fail(path, text, *args, **kwargs):
+        if "student.json" in path.name:
+            write_text(path, text[: len(text) // 2], *args, **kwargs)
+            raise OSError("no space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pathlib.Path, "write_text", half_then_fail)
+        with pytest.raises(OSError):
+            save_student(student, "lora", out, {"run": 2})
+    assert not marker.exists() or marker.read_text() == old
+    assert [p.name for p in out.iterdir() if "student.json" in p.name] in ([], ["student.json"])  # no temp left
+
+    save_student(student, "lora", out, {"run": 3})
+
+    def failing_save_file(*args, **kwargs):
+        raise OSError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(students, "save_file", failing_save_file)  # the encoder's head, written after the adapter
+        with pytest.raises(OSError):
+            save_student(student, "lora", out, {"run": 4})
+    assert not marker.exists()  # the old marker does not vouch for the new adapter beside the old head
+
+    save_student(student, "lora", out, {"run": 5})
+    reloaded = load_student(out, TASK, PROMPT, [], StudentConfig(model=str(folder), kind="encoder", max_length=64))
+    rows = topic_rows(1)
+    np.testing.assert_allclose(predict_probs(reloaded, rows, 8), predict_probs(student, rows, 8), atol=1e-5)
+    # One cut short by hand (as a kill while an older tailorkd wrote it) is not a trained student.
+    text = marker.read_text()
+    marker.write_text(text[: len(text) // 2])
+    with pytest.raises(TailorkdError, match=r"student.json: this student file is not valid JSON"):
+        load_student(out, TASK, PROMPT, [], StudentConfig(model=str(folder), max_length=64))
+    with pytest.raises(TailorkdError, match="student.json"):
+        students.read_student_info(out)
 
 
 @pytest.mark.parametrize("family,expected", [("llama", ["q_proj", "k_proj", "v_proj", "o_proj"]),
@@ -210,7 +307,7 @@ def test_bottleneck_adapters_alone_fit_a_position_local_signal(tiny_models):
         param.requires_grad = False
     assert all(".adapter." in n for n, p in model.named_parameters() if p.requires_grad)
     rows = topic_rows(4)
-    probs = _targets(rows)
+    probs = teacher_targets(rows)
     before = _cross_entropy(student, rows, probs)
     batch = student.collate(rows)
     targets = torch.tensor(probs, dtype=torch.float32)
@@ -237,9 +334,7 @@ def test_bottleneck_names_the_model_when_it_finds_no_targets(tiny_models):
         attach_bottleneck(tiny, BottleneckConfig())
 
 
-def test_bottleneck_recipe_fields_leave_other_recipes_hashing_as_before():
-    lora = AdapterConfig()
-    assert set(lora.model_dump()) == {"method", "r", "alpha", "dropout", "target_modules"}
+def test_bottleneck_recipe_fields_round_trip_and_are_checked():
     bottleneck = AdapterConfig(method="bottleneck", bottleneck_size=8, bottleneck_placement="both")
     dump = bottleneck.model_dump()
     assert dump["bottleneck_size"] == 8 and dump["bottleneck_placement"] == "both"
@@ -259,7 +354,8 @@ def qlora_models(tmp_path_factory):
     vocab = len(make_tokenizer(chat=False))
     configs = {
         "llama": LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=0,
+                             pad_token_id=0),
         "opt": OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                          word_embed_proj_dim=64, bos_token_id=0, eos_token_id=0, pad_token_id=0),
         "bert": BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -284,7 +380,7 @@ def test_qlora_trains_on_a_4bit_base_and_reloads(qlora_models, tmp_path, family)
     tiny_models = qlora_models
     config = StudentConfig(model=str(tiny_models[family]), max_length=64)
     rows = topic_rows(6)
-    probs = _targets(rows)
+    probs = teacher_targets(rows)
     # Measured on a copy: on the CPU, bitsandbytes repacks 4-bit weights for inference, a layout that cannot train.
     before = _cross_entropy(build_student(config, TASK, PROMPT, [], adapter_method="qlora"), rows, probs)
     set_seed(0)
@@ -293,8 +389,8 @@ def test_qlora_trains_on_a_4bit_base_and_reloads(qlora_models, tmp_path, family)
     assert any(type(m).__name__ == "Linear4bit" for m in transformer.modules())  # the base really is 4-bit
     lr = 5e-2 if family == "bert" else 3e-2
     summary = distill_student(student, rows, probs, AdapterConfig(method="qlora", r=8, alpha=16, dropout=0.0),
-                              DistillConfig(validation_fraction=0.0, epochs=20 if family == "bert" else 10, learning_rate=lr, batch_size=10,
-                                            warmup_ratio=0.0, max_grad_norm=1.0),
+                              DistillConfig(validation_fraction=0.0, epochs=20 if family == "bert" else 10,
+                                            learning_rate=lr, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0),
                               tmp_path / "q", seed=0, info={"base_model": str(tiny_models[family])})
     after = _cross_entropy(student, rows, probs)
     assert after < before - 0.1, f"{family}/qlora: {before:.3f} -> {after:.3f}"
@@ -318,8 +414,8 @@ def test_qlora_refuses_a_student_already_repacked_for_cpu_inference(qlora_models
     if not packed:
         pytest.skip("this bitsandbytes does not repack 4-bit weights for CPU inference")
     with pytest.raises(TailorkdError, match="cannot train"):
-        distill_student(student, rows, _targets(rows), AdapterConfig(method="qlora", r=8), DistillConfig(validation_fraction=0.0, epochs=1),
-                        tmp_path / "q", seed=0, info={})
+        distill_student(student, rows, teacher_targets(rows), AdapterConfig(method="qlora", r=8),
+                        DistillConfig(validation_fraction=0.0, epochs=1), tmp_path / "q", seed=0, info={})
 
 
 def test_hard_label_term_mixes_with_the_soft_targets(tiny_models):
@@ -333,13 +429,13 @@ def test_hard_label_term_mixes_with_the_soft_targets(tiny_models):
     hard = torch.nn.functional.cross_entropy(logits, targets.argmax(-1))
     for h, want in ((0.0, soft), (1.0, hard), (0.25, 0.75 * soft + 0.25 * hard)):
         trainer.hard_label_weight = h
-        torch.testing.assert_close(trainer._class_loss(logits, targets), want)
+        torch.testing.assert_close(trainer.class_loss(logits, targets), want)
 
 
 @pytest.mark.parametrize("family", ["llama", "bert"])
 def test_gradient_checkpointing_trains_to_the_same_weights(tiny_models, tmp_path, family):
     rows = topic_rows(4)
-    probs = _targets(rows)
+    probs = teacher_targets(rows)
     adapter = AdapterConfig(method="lora", r=4, alpha=8, dropout=0.0)
     weights = {}
     for checkpointing in (False, True):
@@ -353,11 +449,11 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tiny_models, tmp_path
         config = DistillConfig(epochs=1, batch_size=8, learning_rate=1e-2, validation_fraction=0.0,
                                gradient_checkpointing=checkpointing)
         distill_student(student, rows, probs, adapter, config, tmp_path / f"s{int(checkpointing)}", seed=0, info={})
-        from tailorkd.students import _transformer
-
-        base = _transformer(student)
+        base = student.transformer
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
-        assert base.is_gradient_checkpointing == checkpointing
+        on = (base.is_activation_checkpointing if hasattr(type(base), "is_activation_checkpointing")
+              else base.is_gradient_checkpointing)
+        assert on == checkpointing
         weights[checkpointing] = {k: v.detach().clone() for k, v in student.model.named_parameters() if v.requires_grad}
     assert weights[True].keys() == weights[False].keys() and len(weights[True]) > 0
     for name in weights[True]:

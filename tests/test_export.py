@@ -13,11 +13,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows, write_jsonl
-from test_distill import PROMPT, TASK, _targets, qlora_models  # noqa: F401  (qlora_models is a fixture)
 from tailorkd.distill import distill_student
 from tailorkd.errors import TailorkdError
+from tailorkd.prompts import fixed_shots
 from tailorkd.recipe import AdapterConfig, DistillConfig, StudentConfig
+from tailorkd.run_dir import RunDir
 from tailorkd.students import build_student, export_student, load_student, predict_probs
+from test_distill import PROMPT, TASK, qlora_models, teacher_targets  # noqa: F401  (qlora_models is a fixture)
 
 ROWS = topic_rows(2)
 FEW_STEPS = DistillConfig(epochs=3, learning_rate=3e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0)
@@ -28,7 +30,7 @@ def _trained(folder, tmp_path, method, kind="auto", steps=FEW_STEPS):
     set_seed(0)
     config = StudentConfig(model=str(folder), kind=kind, max_length=256)
     student = build_student(config, TASK, PROMPT, [], adapter_method=method)
-    distill_student(student, ROWS, _targets(ROWS), AdapterConfig(method=method, r=8, alpha=16, dropout=0.0,
+    distill_student(student, ROWS, teacher_targets(ROWS), AdapterConfig(method=method, r=8, alpha=16, dropout=0.0,
                     reduction_factor=4), steps, tmp_path / "student", seed=0, info={"base_model": str(folder)})
     return tmp_path / "student", config
 
@@ -138,7 +140,8 @@ def test_export_refuses_a_bottleneck_student_and_a_used_folder(tiny_models, tmp_
                               steps=FEW_STEPS.model_copy(update={"epochs": 1}))
     with pytest.raises(TailorkdError, match="bottleneck student cannot be exported.*non-linear"):
         export_student(folder, tmp_path / "export", TASK, PROMPT, [], config)
-    lora, config = _trained(tiny_models["llama"], tmp_path / "l", "lora", steps=FEW_STEPS.model_copy(update={"epochs": 1}))
+    lora, config = _trained(tiny_models["llama"], tmp_path / "l", "lora",
+                            steps=FEW_STEPS.model_copy(update={"epochs": 1}))
     used = tmp_path / "used"
     used.mkdir()
     (used / "x").write_text("x")
@@ -146,6 +149,11 @@ def test_export_refuses_a_bottleneck_student_and_a_used_folder(tiny_models, tmp_
         export_student(lora, used, TASK, PROMPT, [], config)
     with pytest.raises(TailorkdError, match="not a trained student folder"):
         export_student(tmp_path / "nothing", tmp_path / "e2", TASK, PROMPT, [], config)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "student.json").write_text((lora / "student.json").read_text()[:40])  # a kill while it was written
+    with pytest.raises(TailorkdError, match="student.json: this student file is not valid JSON"):
+        export_student(cut, tmp_path / "e3", TASK, PROMPT, [], config)
 
 
 def test_cli_export_writes_the_prompt_the_student_was_trained_with(tiny_models, tmp_path, capsys):
@@ -168,11 +176,11 @@ def test_cli_export_writes_the_prompt_the_student_was_trained_with(tiny_models, 
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     recipe = load_recipe(path)
     data = pipeline.prepare(recipe)
-    shots = pipeline._shots(recipe, data)
+    shots = fixed_shots(recipe.prompt, data.rows("seed"), recipe.task.label_names, recipe.seed)
     student = build_student(recipe.student, recipe.task, recipe.prompt, shots)
-    rows = pipeline._rows(data.test)[:10]  # the pool carries no labels; targets need them here
-    distill_student(student, rows, _targets(rows), recipe.adapter, FEW_STEPS.model_copy(update={"epochs": 1}),
-                    tmp_path / "run" / pipeline.STUDENT_DIR, seed=0, info={})
+    rows = data.rows("test")[:10]  # the pool carries no labels; targets need them here
+    distill_student(student, rows, teacher_targets(rows), recipe.adapter, FEW_STEPS.model_copy(update={"epochs": 1}),
+                    RunDir(recipe).student_dir(), seed=0, info={})
     out = tmp_path / "export"
     assert main(["export", str(path), str(out)]) == 0
     assert f"-> {out}" in capsys.readouterr().out

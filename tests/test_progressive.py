@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +77,23 @@ class _Interrupt(TrainerCallback):
             raise KeyboardInterrupt
 
 
+class _KeepCheckpoints(TrainerCallback):
+    """Copies each checkpoint into ``into/<stage folder>/`` as it is saved (the Trainer keeps only the newest)."""
+
+    def __init__(self, into):
+        self.into = into
+
+    def on_save(self, args, state, control, **kwargs):
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        shutil.copytree(saved, self.into / saved.parent.name / saved.name)
+
+
+def _cut_short(path):
+    """What a kill while writing ``path`` in place leaves: its first half."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
 # -- the loss over coarse groups --------------------------------------------------------------------
 def test_grouped_soft_cross_entropy_sums_both_sides_into_the_groups():
     groups = torch.tensor(group_matrix({"risk": ["risk"], "not risk": ["caution", "safe"]},
@@ -119,7 +138,8 @@ def test_filters_split_and_label_map_checks():
     assert filter_mask(StageFilter(max_entropy_quantile=0.25), rows, probs).tolist() == [True, False, False, False]
     assert filter_mask(StageFilter(min_chars=10, max_chars=100), rows, probs).tolist() == [False, True, False, True]
     # Quantiles of a reference (the training texts) apply unchanged to other texts (the validation split).
-    assert filter_mask(StageFilter(min_confidence_quantile=0.5), rows[:1], probs[1:2], reference=probs).tolist() == [False]
+    kept = filter_mask(StageFilter(min_confidence_quantile=0.5), rows[:1], probs[1:2], reference=probs)
+    assert kept.tolist() == [False]
     train, val = validation_split(50, 0.1, seed=3)
     assert len(val) == 5 and len(train) == 45 and not set(train) & set(val)
     assert np.array_equal(validation_split(50, 0.1, seed=3)[1], val)
@@ -133,7 +153,8 @@ def test_filters_split_and_label_map_checks():
     with pytest.raises(ValueError, match=r"distill.stages.0.label_map: labels in no group: \['safe'\]"):
         DistillConfig(stages=[{"label_map": {"a": ["risk"], "b": ["caution"]}}]).check_against(labels, None)
     with pytest.raises(ValueError, match="more than one group"):
-        DistillConfig(stages=[{"label_map": {"a": ["risk", "safe"], "b": ["caution", "safe"]}}]).check_against(labels, None)
+        DistillConfig(stages=[{"label_map": {"a": ["risk", "safe"], "b": ["caution", "safe"]}}]
+                      ).check_against(labels, None)
     with pytest.raises(ValueError, match="set teacher.hidden_states"):
         DistillConfig(hidden_state_loss={"weight": 0.3}).check_against(labels, None)
     with pytest.raises(ValueError, match="early_stopping_patience needs a validation split"):
@@ -142,14 +163,12 @@ def test_filters_split_and_label_map_checks():
         DistillConfig(stages=[{}], progressive="default")
 
 
-def test_new_distill_settings_leave_existing_recipes_hashing_as_before():
-    before = {"epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "weight_decay", "warmup_ratio",
-              "lr_scheduler", "max_grad_norm", "temperature"}
-    assert set(DistillConfig().model_dump()) == before
+def test_distill_settings_round_trip_through_their_dump():
     dumped = DistillConfig(validation_fraction=0.2, progressive="default").model_dump()
     assert dumped["validation_fraction"] == 0.2 and dumped["progressive"] == "default"
     staged = DistillConfig(stages=[{"filter": {"min_confidence": 0.8}, "label_map": COARSE, "epochs": 1}, {}])
-    assert staged.model_dump()["stages"] == [{"filter": {"min_confidence": 0.8}, "label_map": COARSE, "epochs": 1.0}, {}]
+    assert staged.model_dump(exclude_none=True)["stages"] == [
+        {"filter": {"min_confidence": 0.8}, "label_map": COARSE, "epochs": 1.0}, {}]
     assert DistillConfig.model_validate(staged.model_dump()) == staged
     assert [s.name for s in DistillConfig(progressive="default").resolved_stages()] == ["confident", "all"]
 
@@ -178,11 +197,13 @@ def test_progressive_stages_filter_regroup_and_continue_from_each_other(tiny_mod
     assert (second["train_examples"], second["validation_examples"]) == (24, 6)
     assert first["name"] == "confident coarse" and second["name"] == "stage-2"
     assert first["label_map"] == COARSE and first["filter"] == {"min_confidence": 0.8} and second["label_map"] is None
-    assert (first["epochs"], first["learning_rate"]) == (3, 5e-2) and (second["epochs"], second["learning_rate"]) == (2, 1e-2)
+    assert (first["epochs"], first["learning_rate"]) == (3, 5e-2)
+    assert (second["epochs"], second["learning_rate"]) == (2, 1e-2)
     assert first["steps"] == 3 * math.ceil(confident_train / 4) and second["steps"] == 2 * math.ceil(24 / 4)
     assert summary["steps"] == first["steps"] + second["steps"]
     for stage in (first, second):
-        assert stage["seconds"] > 0 and math.isfinite(stage["final_loss"]) and len(stage["validation"]) == stage["epochs"]
+        assert stage["seconds"] > 0 and math.isfinite(stage["final_loss"])
+        assert len(stage["validation"]) == stage["epochs"]
         assert all(0.0 <= e["agreement"] <= 1.0 for e in stage["validation"])
     # The coarse stage's loss is over the two groups: at most log(2) at the start, not log(5).
     assert summary["loss_curve"][0]["stage"] == 1 and summary["loss_curve"][0]["loss"] < math.log(2) + 0.05
@@ -208,7 +229,8 @@ def test_a_filter_that_keeps_nothing_names_the_stage(tiny_models, tmp_path):
                         tmp_path / "s", seed=0, info={})
 
 
-@pytest.mark.parametrize("interrupt_stage,interrupt_step,expect_resumed", [(1, 5, "checkpoint-4"), (2, 4, "checkpoint-2")])
+@pytest.mark.parametrize("interrupt_stage,interrupt_step,expect_resumed",
+                         [(1, 5, "checkpoint-4"), (2, 4, "checkpoint-2")])
 def test_interrupted_training_resumes_to_the_same_weights(tiny_models, tmp_path, interrupt_stage, interrupt_step,
                                                           expect_resumed):
     rows = topic_rows(4)
@@ -242,10 +264,60 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_models, tmp_path,
     # Checkpoints of other inputs are never resumed: a changed setting starts afresh.
     student = _encoder_student(tiny_models["bert"])
     with pytest.raises(KeyboardInterrupt):
-        distill_student(student, rows, probs, LORA, config, tmp_path / "t", seed=1, info={}, callbacks=[_Interrupt(1, 3)])
+        distill_student(student, rows, probs, LORA, config, tmp_path / "t", seed=1, info={},
+                        callbacks=[_Interrupt(1, 3)])
     other = config.model_copy(update={"learning_rate": 1e-2})
-    again = distill_student(_encoder_student(tiny_models["bert"]), rows, probs, LORA, other, tmp_path / "t", seed=1, info={})
+    again = distill_student(_encoder_student(tiny_models["bert"]), rows, probs, LORA, other, tmp_path / "t", seed=1,
+                            info={})
     assert again["stages"][0]["resumed_from"] is None
+
+
+def test_state_files_cut_short_are_not_trusted(tiny_models, tmp_path):
+    """A rerun after a kill mid-write: a truncated trainer_state.json, stage done.json or run.json is not trusted
+    (the previous checkpoint, the stage trained afresh, the run started afresh) and the student ends as it would."""
+    rows = topic_rows(4)
+    probs = _teacher(rows, [0.9] * len(rows))
+    config = DistillConfig(epochs=2, batch_size=4, learning_rate=3e-2, warmup_ratio=0.0, validation_fraction=0.1,
+                           checkpoint_steps=2, stages=[{"epochs": 1.6}, {"label_map": COARSE}])
+    reference = _encoder_student(tiny_models["bert"])
+    full = distill_student(reference, rows, probs, LORA, config, tmp_path / "ref", seed=1, info={})
+    expected = _trainable(reference.model)
+
+    def interrupted(folder, stage, step, callbacks=()):
+        with pytest.raises(KeyboardInterrupt):
+            distill_student(_encoder_student(tiny_models["bert"]), rows, probs, LORA, config, folder, seed=1, info={},
+                            callbacks=[*callbacks, _Interrupt(stage, step)])
+        return folder / "trainer"
+
+    def rerun(folder, seed):
+        student = _encoder_student(tiny_models["bert"], seed=seed)
+        summary = distill_student(student, rows, probs, LORA, config, folder, seed=1, info={})
+        assert [s["steps"] for s in summary["stages"]] == [s["steps"] for s in full["stages"]]
+        final = _trainable(student.model)
+        assert final.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(final[name], value, atol=1e-5, rtol=1e-4, msg=name)
+        return summary
+
+    # The newest checkpoint's trainer state cut short (the Trainer writes it last, in place): the one before it.
+    trainer = interrupted(tmp_path / "a", 1, 5, [_KeepCheckpoints(tmp_path / "kept")])
+    shutil.copytree(tmp_path / "kept" / "stage-1" / "checkpoint-2", trainer / "stage-1" / "checkpoint-2")
+    _cut_short(trainer / "stage-1" / "checkpoint-4" / "trainer_state.json")
+    summary = rerun(tmp_path / "a", seed=99)  # other initial head: the checkpoint wins
+    assert summary["stages"][0]["resumed_from"] == "checkpoint-2"
+
+    # A finished stage's record cut short: that stage trains afresh (from the same start), the next one resumes.
+    trainer = interrupted(tmp_path / "b", 2, 4)
+    _cut_short(trainer / "stage-1" / "done.json")
+    summary = rerun(tmp_path / "b", seed=0)
+    assert summary["stages"][0]["resumed_from"] is None and summary["stages"][1]["resumed_from"] == "checkpoint-2"
+
+    # The run's stamp cut short: its checkpoints cannot be told to be this run's, so it starts afresh.
+    trainer = interrupted(tmp_path / "c", 1, 3)
+    _cut_short(trainer / "run.json")
+    summary = rerun(tmp_path / "c", seed=0)
+    assert summary["stages"][0]["resumed_from"] is None
+    assert not (tmp_path / "c" / "trainer").exists() and json.loads((tmp_path / "c" / "student.json").read_text())
 
 
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_models, tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from tailorkd.adapters.registry import ADAPTER_DIR, AdapterMethod, register_adapter_method
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import AdapterConfig
 
@@ -49,6 +53,36 @@ def attach_lora(model: Any, config: AdapterConfig, kind: str) -> Any:
         task_type=TaskType.FEATURE_EXTRACTION if kind == "encoder" else TaskType.CAUSAL_LM,
     )
     try:
-        return get_peft_model(model, lora)
+        with _quiet_peft():
+            return get_peft_model(model, lora)
     except ValueError as exc:
         raise TailorkdError(f"adapter.target_modules={targets}: {exc}") from exc
+
+
+def save_peft_adapter(transformer: Any, tokenizer: Any, folder: Path) -> None:
+    """PEFT's adapter files alone (adapter_config.json, adapter_model.safetensors) in ``folder/adapter``."""
+    transformer.save_pretrained(str(folder / ADAPTER_DIR))
+
+
+def load_peft_adapter(base: Any, folder: Path) -> Any:
+    from peft import PeftModel
+
+    with _quiet_peft():
+        return PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR))
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """PEFT reads a transformers property that transformers 5 deprecates: a warning no user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def merge_peft_adapter(base: Any, folder: Path) -> Any:
+    """The saved adapter folded into ``base``'s weights: a plain transformers model."""
+    return load_peft_adapter(base, folder).merge_and_unload()
+
+
+register_adapter_method(AdapterMethod("lora", attach=attach_lora, save=save_peft_adapter, load=load_peft_adapter,
+                                      merge=merge_peft_adapter))

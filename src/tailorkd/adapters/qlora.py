@@ -6,11 +6,13 @@ As in the paper: NF4 with double quantisation and bf16 compute; paged AdamW 32-b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from tailorkd.adapters.lora import attach_lora
+from tailorkd.adapters.lora import attach_lora, load_peft_adapter, save_peft_adapter
+from tailorkd.adapters.registry import AdapterMethod, register_adapter_method
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import AdapterConfig
 
@@ -50,3 +52,18 @@ def attach_qlora(model: Any, config: AdapterConfig, kind: str) -> Any:
 def optimizer_name(device: torch.device) -> str:
     """Paged AdamW 32-bit on CUDA (the paper's choice); plain AdamW elsewhere, where paging does not apply."""
     return "paged_adamw_32bit" if device.type == "cuda" else "adamw_torch"
+
+
+def merge_into_dequantized(base: Any, folder: Path) -> Any:
+    """The saved adapter merged into the 4-bit base dequantised: the weights the student computed with, without
+    bitsandbytes (merging into the 4-bit layers would requantise them)."""
+    try:
+        base = base.dequantize()
+    except (ValueError, NotImplementedError, AttributeError, RuntimeError) as exc:
+        raise TailorkdError(f"{folder}: cannot dequantise the 4-bit base of this qlora student ({exc}); export from "
+                            "a lora run, or keep the adapter folder and load it with tailorkd") from exc
+    return load_peft_adapter(base, folder).merge_and_unload()
+
+
+register_adapter_method(AdapterMethod("qlora", attach=attach_qlora, save=save_peft_adapter, load=load_peft_adapter,
+                                      merge=merge_into_dequantized, quantization=quantization_config))

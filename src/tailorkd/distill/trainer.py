@@ -9,7 +9,9 @@ Checkpoints (``<student>/trainer/stage-<k>/checkpoint-<step>/``) hold only the t
 optimizer, scheduler and RNG states, so every student kind and adapter method saves and resumes the same
 way. A finished stage leaves its final weights (``stage-<k>/done.safetensors``). An interrupted run
 resumes from there when its inputs are the same (``trainer/run.json``); the folder is removed once the
-student is saved. TensorBoard logs go to ``<student>/logs/stage-<k>/`` when tensorboard is installed.
+student is saved. Everything a rerun trusts is written atomically (a kill leaves the old file or the new
+one); a state file that cannot be read all the same (e.g. left by an older tailorkd) counts as absent.
+TensorBoard logs go to ``<student>/logs/stage-<k>/`` when tensorboard is installed.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
-from tailorkd.adapters import attach_adapter, count_parameters, optimizer_name
+from tailorkd.adapters import attach_adapter, count_parameters, get_adapter_method, optimizer_name
 from tailorkd.distill.losses import hidden_state_loss, soft_cross_entropy
 from tailorkd.distill.stages import Stage, plan_stages, validation_split
 from tailorkd.errors import TailorkdError
+from tailorkd.files import atomic_write, write_json_atomic
 from tailorkd.recipe import AdapterConfig, DistillConfig, HiddenStateLossConfig
 from tailorkd.resources import measure_peak_memory
 from tailorkd.students import Student, save_student
@@ -99,6 +102,21 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable (a kill cut it short)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        log.warning("distill: %s cannot be read (%s); not trusted", path, exc)
+        return None
+
+
 def _load_trainable_state(model: torch.nn.Module, path: str | Path) -> None:
     state = load_file(str(path))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -132,17 +150,18 @@ class DistillationTrainer(Trainer):
         states = inputs.pop("teacher_states", None)
         if self.hidden is None:
             logits = self.student.class_logits(model, inputs)
-            loss = self._class_loss(logits, targets)
+            loss = self.class_loss(logits, targets)
         else:
-            logits, pooled = self.student.class_logits_and_pooled(model.student_model, inputs, self.hidden.student_layer)
-            ce = self._class_loss(logits, targets)
+            logits, pooled = self.student.class_logits_and_pooled(model.student_model, inputs,
+                                                                  self.hidden.student_layer)
+            ce = self.class_loss(logits, targets)
             aligned = torch.stack([
                 hidden_state_loss(model.projections[str(layer)](pooled), states[:, j], self.hidden.kind)
                 for j, layer in enumerate(self.hidden_layers)]).mean()
             loss = (1.0 - self.hidden.weight) * ce + self.hidden.weight * aligned
         return (loss, {"logits": logits}) if return_outputs else loss
 
-    def _class_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def class_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy with the teacher's distribution, mixed with a hard-label term (the teacher's
         top class as a one-hot target, at temperature 1) when distill.hard_label_weight > 0."""
         soft = soft_cross_entropy(logits, targets, self.temperature, self.groups)
@@ -160,7 +179,7 @@ class DistillationTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        save_file(_trainable_state(self.model), os.path.join(output_dir, CHECKPOINT_WEIGHTS))
+        _save_tensors(_trainable_state(self.model), os.path.join(output_dir, CHECKPOINT_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         _load_trainable_state(self.model, os.path.join(resume_from_checkpoint, CHECKPOINT_WEIGHTS))
@@ -175,13 +194,14 @@ def _enable_gradient_checkpointing(student: Student) -> None:
     """Checkpoint the transformer's layers (not the Trainer's flag: an encoder student's top module is
     tailorkd's own). Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings
     under adapters are fine."""
-    from tailorkd.students import _transformer
-
-    model = _transformer(student)
+    model = student.transformer
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise TailorkdError(f"distill.gradient_checkpointing: {type(base).__name__} does not support it")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if getattr(base, "config", None) is not None:
         base.config.use_cache = False
 
@@ -191,7 +211,8 @@ def _collator(student: Student):
         batch = student.collate([f["row"] for f in features])
         batch["teacher_probs"] = torch.tensor(np.stack([f["teacher_probs"] for f in features]), dtype=torch.float32)
         if "teacher_states" in features[0]:
-            batch["teacher_states"] = torch.tensor(np.stack([f["teacher_states"] for f in features]), dtype=torch.float32)
+            batch["teacher_states"] = torch.tensor(np.stack([f["teacher_states"] for f in features]),
+                                                   dtype=torch.float32)
         return batch
 
     return collate
@@ -225,14 +246,20 @@ def _tensorboard_callback(log_dir: Path) -> TrainerCallback | None:
 
 
 def _last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint whose weights and trainer state were both written (a kill may cut a save short)."""
-    done = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-            and (p / CHECKPOINT_WEIGHTS).is_file() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest checkpoint whose weights and trainer state were both written: the Trainer writes
+    trainer_state.json last and in place, so a kill may leave it cut short."""
+    saved = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in saved:
+        if (checkpoint / CHECKPOINT_WEIGHTS).is_file() and isinstance(
+                _read_json_or_none(checkpoint / "trainer_state.json"), dict):
+            return checkpoint
+        log.info("distill: %s is incomplete; not resumed from", checkpoint)
+    return None
 
 
-def _run_stamp(adapter: AdapterConfig, config: DistillConfig, seed: int, info: dict[str, Any], rows: Sequence[dict[str, Any]],
-               probs: np.ndarray) -> str:
+def _run_stamp(adapter: AdapterConfig, config: DistillConfig, seed: int, info: dict[str, Any],
+               rows: Sequence[dict[str, Any]], probs: np.ndarray) -> str:
     """What a resumable run depends on: a checkpoint of other inputs is never resumed."""
     digest = hashlib.sha256()
     digest.update(json.dumps([adapter.model_dump(mode="json"), config.model_dump(mode="json"), seed,
@@ -245,14 +272,15 @@ def _run_stamp(adapter: AdapterConfig, config: DistillConfig, seed: int, info: d
 def _prepare_trainer_dir(folder: Path, stamp: str, resume: bool) -> None:
     stamp_file = folder / "run.json"
     if folder.exists():
-        same = stamp_file.is_file() and json.loads(stamp_file.read_text()).get("stamp") == stamp
+        recorded = _read_json_or_none(stamp_file)
+        same = isinstance(recorded, dict) and recorded.get("stamp") == stamp
         if resume and same:
             return
         log.info("distill: %s holds checkpoints of %s; starting afresh", folder,
                  "another run" if not same else "this run (resume off)")
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    stamp_file.write_text(json.dumps({"stamp": stamp}))
+    write_json_atomic(stamp_file, {"stamp": stamp})
 
 
 def _hidden_targets(hidden: HiddenStateLossConfig, teacher_states: dict[int, np.ndarray] | None, n_rows: int,
@@ -297,15 +325,16 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     # Everything that can be wrong with the settings fails here, before the student is changed.
     stages = plan_stages(config, student.task.label_names, train_rows, teacher_probs[train_index], val_rows,
                          teacher_probs[val_index])
-    hidden = config.hidden_state_loss if adapter.method != "none" else None
+    method = get_adapter_method(adapter.method)
+    hidden = config.hidden_state_loss if method.trains else None
     states = None
     hidden_layers: list[int] = []
     hidden_details: dict[str, Any] | None = None
     if hidden is not None:
         hidden_layers, states, hidden_details = _hidden_targets(hidden, teacher_states, len(rows), train_index)
 
-    student.model = attach_adapter(student.model, adapter, student.kind)
-    if config.gradient_checkpointing and adapter.method != "none":
+    attach_adapter(student, adapter)
+    if config.gradient_checkpointing and method.trains:
         _enable_gradient_checkpointing(student)
     trained: torch.nn.Module = student.model
     if hidden is not None:
@@ -327,17 +356,17 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     if hidden_details is not None:
         summary["hidden_state_loss"] = hidden_details
 
-    if adapter.method != "none":
+    if method.trains:
         trainer_dir = out_dir / TRAINER_DIR
         _prepare_trainer_dir(trainer_dir, _run_stamp(adapter, config, seed, info, rows, teacher_probs), resume)
         device = next(trained.parameters()).device
         stage_summaries, loss_curve = [], []
         t0 = time.perf_counter()
+        split_states = None if states is None else (states[train_index], states[val_index])
         with measure_peak_memory(device) as peak:
             for stage in stages:
                 stage_summary, curve = _train_stage(stage, student, trained, train_rows, teacher_probs[train_index],
-                                                    val_rows, teacher_probs[val_index],
-                                                    None if states is None else (states[train_index], states[val_index]),
+                                                    val_rows, teacher_probs[val_index], split_states,
                                                     config, hidden, hidden_layers, trainer_dir, out_dir / LOGS_DIR,
                                                     seed, device, list(callbacks), multi=len(stages) > 1)
                 stage_summaries.append(stage_summary)
@@ -353,11 +382,12 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
         summary.update(train_seconds=0.0, train_loss=None, steps=0, loss_curve=[],
                        stages=[{**s.describe(), "steps": 0} for s in stages])
 
-    save_student(student, adapter.method, out_dir, {**info, "summary": summary})
-    if isinstance(trained, StudentWithProjection):
-        # Not needed to predict; kept so the aligned representation can be studied or training continued.
-        save_file(_trainable_state(trained.projections), str(out_dir / PROJECTION_FILE))
-    if adapter.method != "none":
+    # The projection is not needed to predict; kept so the aligned representation can be studied or training
+    # continued. It goes in before student.json, which marks the folder finished.
+    extra = ({PROJECTION_FILE: _trainable_state(trained.projections)} if isinstance(trained, StudentWithProjection)
+             else None)
+    save_student(student, adapter.method, out_dir, {**info, "summary": summary}, extra_tensors=extra)
+    if method.trains:
         shutil.rmtree(out_dir / TRAINER_DIR, ignore_errors=True)  # the student is saved: checkpoints are spent
     return summary
 
@@ -370,12 +400,19 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     folder = trainer_dir / f"stage-{stage.index}"
     described = stage.describe()
-    if (folder / STAGE_DONE_INFO).is_file():
-        # Finished before an interruption: take up its final weights rather than training it again.
-        _load_trainable_state(trained, folder / STAGE_DONE_WEIGHTS)
-        done = json.loads((folder / STAGE_DONE_INFO).read_text())
-        log.info("distill: stage %d (%s) was finished by an earlier run; its weights are loaded", stage.index, stage.name)
-        return done["summary"], done["loss_curve"]
+    if (folder / STAGE_DONE_INFO).exists():
+        done = _read_json_or_none(folder / STAGE_DONE_INFO)
+        if (isinstance(done, dict) and {"summary", "loss_curve"} <= set(done)
+                and (folder / STAGE_DONE_WEIGHTS).is_file()):
+            # Finished before an interruption: take up its final weights rather than training it again.
+            _load_trainable_state(trained, folder / STAGE_DONE_WEIGHTS)
+            log.info("distill: stage %d (%s) was finished by an earlier run; its weights are loaded", stage.index,
+                     stage.name)
+            return done["summary"], done["loss_curve"]
+        # Its checkpoints may be at the end of the stage, where resuming trains nothing and loses the summary.
+        log.info("distill: stage %d (%s): the record that it finished is unreadable; training it afresh",
+                 stage.index, stage.name)
+        shutil.rmtree(folder)
 
     def subset(items: list[Any], index: np.ndarray) -> list[Any]:
         return [items[i] for i in index]
@@ -470,6 +507,6 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         "resumed_from": None if checkpoint is None else checkpoint.name,
     }
     # Mark the stage finished (weights first: the marker names a complete state) before the next one starts.
-    save_file(_trainable_state(trained), str(folder / STAGE_DONE_WEIGHTS))
-    (folder / STAGE_DONE_INFO).write_text(json.dumps({"summary": stage_summary, "loss_curve": curve}, default=str))
+    _save_tensors(_trainable_state(trained), folder / STAGE_DONE_WEIGHTS)
+    write_json_atomic(folder / STAGE_DONE_INFO, {"summary": stage_summary, "loss_curve": curve})
     return stage_summary, curve

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tailorkd.errors import TailorkdError
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import AdapterConfig
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck.safetensors"
@@ -69,3 +72,10 @@ class BottleneckConfig:
         if unknown:
             raise TailorkdError(f"{path}: unknown keys {unknown}")
         return cls(**raw)
+
+
+def bottleneck_config(config: AdapterConfig) -> BottleneckConfig:
+    """The recipe's adapter section as a BottleneckConfig (target modules are found when attaching)."""
+    return BottleneckConfig(placement=config.bottleneck_placement, bottleneck_size=config.bottleneck_size,
+                            reduction_factor=config.reduction_factor, non_linearity=config.bottleneck_non_linearity,
+                            dropout=config.dropout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -65,7 +64,8 @@ def _hidden_size(model: nn.Module, module: nn.Module, name: str) -> int:
     if width is None:
         width = getattr(getattr(model, "config", None), "hidden_size", None)
     if width is None:
-        raise TailorkdError(f"adapter.method=bottleneck: cannot tell the output width of {name} in {_model_name(model)}")
+        raise TailorkdError(f"adapter.method=bottleneck: cannot tell the output width of {name} in "
+                            f"{_model_name(model)}")
     return int(width)
 
 
@@ -130,8 +130,9 @@ def load_bottleneck(model: nn.Module, folder: str | Path) -> nn.Module:
     state = load_file(str(weights_path), device=str(device))
     own = adapter_state_dict(model)
     if set(state) != set(own):
+        missing, unexpected = sorted(set(own) - set(state))[:3], sorted(set(state) - set(own))[:3]
         raise TailorkdError(f"{weights_path}: weights do not match the adapters of {config.base_model!r} "
-                            f"(missing {sorted(set(own) - set(state))[:3]}, unexpected {sorted(set(state) - set(own))[:3]})")
+                            f"(missing {missing}, unexpected {unexpected})")
     for name, module in model.named_modules():
         if isinstance(module, BottleneckWrapper):
             part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
