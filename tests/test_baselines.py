@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from conftest import TOPICS, topic_rows
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.baselines import embed_texts, seed_only_baseline
+from tailorkd.evaluation.baselines import (
+    embed_texts,
+    embedding_text,
+    fit_seed_classifier,
+    leave_one_out_accuracy,
+    seed_only_baseline,
+)
 
 
 def test_seed_only_baseline_learns_topics_from_a_few_seeds():
@@ -29,3 +37,43 @@ def test_embeddings_are_normalised_and_seeds_of_one_class_are_refused():
     assert x.shape == (2, 384) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
     with pytest.raises(TailorkdError, match="at least two classes"):
         seed_only_baseline([{"text": "a", "label": "x"}, {"text": "b", "label": "x"}], [], ["x", "y"], "minilm-l6", 0)
+
+
+def test_seed_only_baseline_emits_no_future_warning():
+    # scikit-learn's FutureWarnings about changing LogisticRegressionCV defaults reached `make demo`'s terminal.
+    rows = topic_rows(4)
+    seeds = [r for r in rows if r["id"].endswith(("-0", "-1"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        result = seed_only_baseline(seeds, rows, TOPICS, "minilm-l6", seed=0)
+    assert result["probs"].shape == (len(rows), len(TOPICS))
+
+
+def _clustered(n_per_class: int, classes: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, 16))
+    x = np.concatenate([c + 0.8 * rng.normal(size=(n_per_class, 16)) for c in centres])
+    return x / np.linalg.norm(x, axis=1, keepdims=True), [f"c{i}" for i in range(classes) for _ in range(n_per_class)]
+
+
+def test_seed_classifier_fits_as_with_the_old_defaults_without_future_warnings():
+    from sklearn.linear_model import LogisticRegressionCV
+
+    for n_per_class, classes, seed in ((2, 3, 0), (4, 2, 1), (5, 5, 2), (1, 3, 3)):
+        x, labels = _clustered(n_per_class, classes, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            model = fit_seed_classifier(x, labels, seed)
+            leave_one_out_accuracy(x, labels, seed)
+        if n_per_class >= 2:  # cross-validated C: the same fit as scikit-learn's defaults gave before
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                before = LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=min(5, n_per_class), max_iter=2000,
+                                              random_state=seed).fit(x, labels)
+            assert float(np.atleast_1d(model.C_)[0]) == float(np.atleast_1d(before.C_)[0])
+            np.testing.assert_array_equal(model.predict_proba(x), before.predict_proba(x))
+
+
+def test_embedding_text_puts_the_title_first():
+    assert embedding_text({"title": "Markets", "text": "Shares fell."}) == "Markets. Shares fell."
+    assert embedding_text({"title": None, "text": "Shares fell."}) == "Shares fell."

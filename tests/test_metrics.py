@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
 
 from tailorkd.evaluation import classification_metrics
+from tailorkd.evaluation.metrics import (
+    HEADLINE,
+    agreement,
+    bootstrap_intervals,
+    expected_calibration_error,
+    headline_from_counts,
+    one_hot,
+    system_metrics,
+)
 
 
 def test_metrics_match_hand_computation():
@@ -29,10 +41,6 @@ def test_metrics_reject_bad_input():
 
 
 # -- bootstrap intervals, calibration, agreement ----------------------------------------------------------
-import numpy as np  # noqa: E402
-
-from tailorkd.evaluation.metrics import (HEADLINE, _headline_from_counts, _one_hot, agreement,  # noqa: E402
-                                         bootstrap_intervals, expected_calibration_error, system_metrics)
 
 
 def _noisy_predictions(n: int, accuracy: float, seed: int) -> tuple[list[str], list[str]]:
@@ -52,7 +60,7 @@ def test_vectorised_counts_equal_sklearn_metrics_with_abstentions_and_unseen_cla
         truth = list(rng.choice(labels[:3], n))
         pred = list(rng.choice(labels + ["(abstained)"], n))
         expected = classification_metrics(truth, pred, labels)
-        got = _headline_from_counts(np.ones((1, n)), _one_hot(truth, labels), _one_hot(pred, labels))
+        got = headline_from_counts(np.ones((1, n)), one_hot(truth, labels), one_hot(pred, labels))
         for key in HEADLINE:
             assert got[key][0] == pytest.approx(expected[key], abs=1e-12), key
 
@@ -125,3 +133,12 @@ def test_agreement_and_system_metrics():
     assert m["calibration"]["n"] == 3
     assert m["calibration"]["ece"] == pytest.approx(((1 - 0.9) + (1 - 0.6) + 0.7) / 3)
     assert m["intervals"]["seed"] == 1 and m["intervals"]["accuracy"]["low"] <= 0.5
+
+
+def test_system_metrics_emit_no_future_warning():
+    truth, pred = _noisy_predictions(60, 0.7, seed=4)
+    confidence = np.where([p == "(abstained)" for p in pred], np.nan, 0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        system_metrics(truth, pred, confidence, ["a", "b", "c", "d"], seed=0, resamples=50)
+        agreement(pred, truth, ["a", "b", "c"])

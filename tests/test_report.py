@@ -42,8 +42,8 @@ def _png_size(path) -> tuple[int, int]:
 def test_report_metrics_are_those_of_the_stored_predictions(tiny_run):
     run, recipe_path = tiny_run
     report = json.loads((run / "report.json").read_text())
-    assert report["schema_version"] == 2
-    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "student", "seed_only"]
+    assert report["schema_version"] == 3
+    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only"]
     frames = {name: pd.read_parquet(run / "predictions" / f"{name}.parquet") for name in report["systems"]}
     for name, frame in frames.items():
         reported = report["systems"][name]["metrics"]
@@ -64,7 +64,8 @@ def test_report_metrics_are_those_of_the_stored_predictions(tiny_run):
             assert reported["agreement_with_teacher"] == pytest.approx(
                 float((frame["predicted"] == frames["teacher"]["predicted"]).mean()))
             cmp = report["vs_teacher"][name]
-            assert cmp["accuracy_ratio"] == pytest.approx(reported["accuracy"] / report["systems"]["teacher"]["metrics"]["accuracy"])
+            teacher_accuracy = report["systems"]["teacher"]["metrics"]["accuracy"]
+            assert cmp["accuracy_ratio"] == pytest.approx(reported["accuracy"] / teacher_accuracy)
     assert "teacher" not in report["vs_teacher"]
     assert set(report["definitions"]) >= {"accuracy", "macro_f1", "ece", "confidence_interval", "latency"}
 
@@ -72,13 +73,13 @@ def test_report_metrics_are_those_of_the_stored_predictions(tiny_run):
 def test_report_cost_block(tiny_run):
     run, _ = tiny_run
     report = json.loads((run / "report.json").read_text())
-    teacher, student, seed_only = (report["systems"][k]["cost"] for k in ("teacher", "student", "seed_only"))
+    teacher, student, seed_only = (report["systems"][k]["cost"] for k in ("teacher", "adaptive_kd", "seed_only"))
     for cost in (teacher, student, seed_only):
         assert cost["texts_per_second"] > 0
     # The teacher's latency is from its stored per-text seconds; p95 >= median.
     assert 0 < teacher["latency_seconds"]["median"] <= teacher["latency_seconds"]["p95"]
     assert 0 < student["latency_seconds"]["median"] <= student["latency_seconds"]["p95"]
-    training = report["systems"]["student"]["training"]
+    training = report["systems"]["adaptive_kd"]["training"]
     assert student["trainable_parameters"] == training["parameters"]["trainable"] > 0
     assert student["training_seconds"] == training["train_seconds"] > 0
     assert student["peak_training_memory_gb"] > 0
@@ -132,14 +133,16 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed == out_md.read_text()
     header, rule, *rows = printed.splitlines()
-    assert header.startswith("| run | system | accuracy [95% CI] | macro-F1 [95% CI] | texts/s |") and rule.startswith("|---")
-    assert [r.split(" | ")[:2] for r in rows] == [["| run", s] for s in ("teacher", "untrained_student", "standard_kd",
-                                                                          "student", "seed_only")] + [
-        ["| other-run", "teacher"], ["| other-run", "seed_only"]]
-    first = json.loads((run / "report.json").read_text())["systems"]["student"]
+    assert header.startswith("| run | system | accuracy [95% CI] | macro-F1 [95% CI] | texts/s |")
+    assert rule.startswith("|---")
+    # Systems by the paper's names.
+    assert [r.split(" | ")[:2] for r in rows] == [["| run", s] for s in (
+        "teacher", "untrained student", "standard KD", "adaptive KD", "seed-only baseline")] + [
+        ["| other-run", "teacher"], ["| other-run", "seed-only baseline"]]
+    first = json.loads((run / "report.json").read_text())["systems"]["adaptive_kd"]
     m, ci = first["metrics"], first["metrics"]["intervals"]["macro_f1"]
     assert (f"| {100 * m['macro_f1']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] | "
-            f"{first['cost']['texts_per_second']:.1f} | {first['cost']['trainable_parameters']:,} |") in rows[3]  # the student row
+            f"{first['cost']['texts_per_second']:.1f} | {first['cost']['trainable_parameters']:,} |") in rows[3]
 
     # A folder without a report, and a report of an unknown schema, are named in the error.
     assert main(["compare", str(run), str(tmp_path)]) == 2
@@ -155,17 +158,17 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
 def test_report_scores_each_language_when_the_test_set_has_several():
     import pandas as pd
 
-    from tailorkd.pipeline import _by_language
+    from tailorkd.evaluation.assemble import by_language
 
     ids = [str(i) for i in range(14)]
     test = pd.DataFrame({"id": ids, "language": ["en"] * 10 + ["it", "it", "fr", None]})
     frame = pd.DataFrame({"id": ids, "label": ["a", "b"] * 5 + ["a", "b", "a", "b"],
                           "predicted": ["a"] * 10 + ["a", "a", "a", "b"]})
-    languages = _by_language(test, {"student": frame}, ["a", "b"])
+    languages = by_language(test, {"student": frame}, ["a", "b"])
     assert languages["en"]["n"] == 10 and languages["en"]["student"]["accuracy"] == 0.5
     # Languages with fewer than 5 test texts are scored together.
     assert list(languages) == ["en", "other (fr, it, unknown)"]
     assert languages["other (fr, it, unknown)"] == {"n": 4, "student": {"accuracy": 0.75, "macro_f1": pytest.approx(
         0.7333333333)}}
-    assert _by_language(test.assign(language="en"), {"student": frame}, ["a", "b"]) is None
-    assert _by_language(test.drop(columns="language"), {"student": frame}, ["a", "b"]) is None
+    assert by_language(test.assign(language="en"), {"student": frame}, ["a", "b"]) is None
+    assert by_language(test.drop(columns="language"), {"student": frame}, ["a", "b"]) is None

@@ -7,6 +7,7 @@ it, the teacher added nothing the seeds did not already hold.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Sequence
 
@@ -46,9 +47,22 @@ def embed_texts(texts: Sequence[str], encoder: str, batch_size: int = 32, max_le
     return SentenceEmbedder(encoder, batch_size, max_length)(texts)
 
 
-def _text(row: dict[str, Any]) -> str:
+def embedding_text(row: dict[str, Any]) -> str:
+    """What is embedded of a data row: its title and text ("<title>. <text>"), or the text alone."""
     title = row.get("title")
     return f"{title}. {row['text']}" if title else str(row["text"])
+
+
+
+def _current_cv_options() -> dict[str, Any]:
+    """LogisticRegressionCV options whose defaults recent scikit-learn is changing (each left unset warns with a
+    FutureWarning the user sees), set to what keeps today's fit: plain L2 (l1_ratio 0) and C_ as one float
+    (read through np.atleast_1d either way). Older versions lack them, so only what this one has is passed."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    params = inspect.signature(LogisticRegressionCV).parameters
+    wanted = {"l1_ratios": (0.0,), "use_legacy_attributes": False}
+    return {k: v for k, v in wanted.items() if k in params and params[k].default == "warn"}
 
 
 def fit_seed_classifier(x_seed: np.ndarray, labels: Sequence[str], seed: int) -> Any:
@@ -61,8 +75,9 @@ def fit_seed_classifier(x_seed: np.ndarray, labels: Sequence[str], seed: int) ->
         raise TailorkdError(f"a seed classifier needs seeds of at least two classes, got {sorted(set(labels))}")
     smallest = min(labels.count(label) for label in set(labels))
     if smallest >= 2:
+        # scoring named: accuracy is today's default, which scikit-learn 1.11 changes to log-loss.
         model = LogisticRegressionCV(Cs=[0.1, 1.0, 10.0, 100.0], cv=min(5, smallest), max_iter=2000,
-                                     random_state=seed)
+                                     random_state=seed, scoring="accuracy", **_current_cv_options())
     else:
         model = LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
     return model.fit(x_seed, labels)
@@ -104,9 +119,9 @@ def seed_only_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str,
     if len(set(labels)) < 2:
         raise TailorkdError(f"the seed-only baseline needs seeds of at least two classes, got {sorted(set(labels))}")
     embed = SentenceEmbedder(encoder)
-    x_seed = embed([_text(r) for r in seeds])
+    x_seed = embed([embedding_text(r) for r in seeds])
     t0 = time.perf_counter()
-    x = embed([_text(r) for r in rows])
+    x = embed([embedding_text(r) for r in rows])
     embed_s = time.perf_counter() - t0
     model = fit_seed_classifier(x_seed, labels, seed)
     t1 = time.perf_counter()

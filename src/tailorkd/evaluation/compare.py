@@ -1,4 +1,5 @@
-"""Several runs' reports side by side (`tailorkd compare`): one row per (run, system)."""
+"""Several runs' reports side by side (`tailorkd compare`): one row per (run, system), systems named as the paper
+names them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tailorkd.errors import TailorkdError
+from tailorkd.evaluation.systems import current_key, label
 
-# Report schemas this module reads: 1 (no intervals, texts_per_second on the system) and 2 (cost block).
-READABLE_SCHEMAS = (1, 2)
+# Report schemas this module reads: 1 (no intervals, texts_per_second on the system), 2 (cost block) and 3
+# (adaptive KD keyed adaptive_kd; before, student).
+READABLE_SCHEMAS = (1, 2, 3)
 
 
 def load_report(run_dir: str | Path) -> dict[str, Any]:
@@ -38,8 +41,9 @@ def _row(run: str, name: str, system: dict[str, Any]) -> dict[str, Any]:
     if "cost" not in system:  # schema 1
         trainable = ((system.get("training") or {}).get("parameters") or {}).get("trainable")
     intervals = metrics.get("intervals") or {}
-    return {"run": run, "system": name, "model": system.get("model"), "n": metrics.get("n"),
-            "accuracy": metrics["accuracy"], "accuracy_ci": intervals.get("accuracy"),
+    # "system" is today's key, so rows of old and new reports line up; "label" is what people read.
+    return {"run": run, "system": current_key(name), "label": label(name), "model": system.get("model"),
+            "n": metrics.get("n"), "accuracy": metrics["accuracy"], "accuracy_ci": intervals.get("accuracy"),
             "macro_f1": metrics["macro_f1"], "macro_f1_ci": intervals.get("macro_f1"),
             "texts_per_second": cost.get("texts_per_second", system.get("texts_per_second")),
             "trainable_parameters": trainable}
@@ -68,6 +72,6 @@ def render_comparison(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         speed = "-" if r["texts_per_second"] is None else f"{r['texts_per_second']:.1f}"
         params = "-" if r["trainable_parameters"] is None else f"{r['trainable_parameters']:,}"
-        lines.append(f"| {r['run']} | {r['system']} | {_pct_ci(r['accuracy'], r['accuracy_ci'])} | "
+        lines.append(f"| {r['run']} | {r['label']} | {_pct_ci(r['accuracy'], r['accuracy_ci'])} | "
                      f"{_pct_ci(r['macro_f1'], r['macro_f1_ci'])} | {speed} | {params} | {r['n']} |")
     return "\n".join(lines) + "\n"

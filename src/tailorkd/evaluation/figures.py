@@ -2,6 +2,9 @@
 a confusion matrix per system, one reliability diagram of every system with confidences, and cost vs
 quality (texts per second on a log axis against macro-F1, one point per system).
 
+Systems are shown by the paper's names (systems.py); file names keep the keys. Each system has one colour and
+marker in every figure.
+
 matplotlib's object API with the Agg canvas: no pyplot state and no display are touched.
 """
 
@@ -12,8 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from tailorkd.evaluation.systems import current_key, label
+
 FIGURES_DIR = "figures"
 _DPI = 120
+# (colour, marker) per system key; systems this table does not know take the spare looks in turn.
+_LOOKS = {"teacher": ("tab:blue", "s"), "untrained_student": ("tab:gray", "v"), "standard_kd": ("tab:orange", "^"),
+          "adaptive_kd": ("tab:green", "o"), "seed_only": ("tab:purple", "D")}
+_SPARE_LOOKS = (("tab:red", "P"), ("tab:brown", "X"), ("tab:pink", "*"), ("tab:olive", "h"), ("tab:cyan", "p"))
+
+
+def system_looks(names: list[str]) -> dict[str, tuple[str, str]]:
+    """{name: (colour, marker)} for the systems ``names``, distinct among up to ten of them (an old key looks as
+    its new one)."""
+    looks, spare = {}, iter(_SPARE_LOOKS * (1 + len(names) // len(_SPARE_LOOKS)))
+    for name in names:
+        looks[name] = _LOOKS.get(current_key(name)) or next(spare)
+    return looks
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -26,7 +44,6 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
     fig.savefig(path, format="png")
 
 
@@ -48,7 +65,9 @@ def confusion_matrix_figure(name: str, metrics: dict[str, Any], path: Path) -> N
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("human label")
-    ax.set_title(f"{name}: accuracy {100 * metrics['accuracy']:.1f}%, macro-F1 {100 * metrics['macro_f1']:.1f}%")
+    ax.set_title(f"{label(name)}: accuracy {100 * metrics['accuracy']:.1f}%, "
+                 f"macro-F1 {100 * metrics['macro_f1']:.1f}%")
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -62,37 +81,53 @@ def reliability_figure(systems: dict[str, dict[str, Any]], path: Path) -> bool:
     fig = _new_figure(5.5, 5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
+    looks = system_looks(list(drawable))
     for name, cal in drawable.items():
+        colour, marker = looks[name]
         used = [b for b in cal["bins"] if b["count"]]
         x = [b["mean_confidence"] for b in used]
         y = [b["accuracy"] for b in used]
         area = [20 + 200 * b["count"] / cal["n"] for b in used]
-        line = ax.plot(x, y, marker="", linewidth=1.5, label=f"{name} (ECE {100 * cal['ece']:.1f}%)")[0]
-        ax.scatter(x, y, s=area, color=line.get_color(), alpha=0.7, edgecolors="none")
+        ax.plot(x, y, color=colour, marker=marker, markersize=4, linewidth=1.5,
+                label=f"{label(name)} (ECE {100 * cal['ece']:.1f}%)")
+        ax.scatter(x, y, s=area, color=colour, marker=marker, alpha=0.5, edgecolors="none")
     ax.set_xlim(-0.02, 1.02)  # a margin, so points on the edges are drawn whole
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("mean confidence in bin")
     ax.set_ylabel("accuracy in bin")
     ax.set_title("Reliability (equal-width confidence bins)")
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
     _save(fig, path)
     return True
 
 
-def cost_quality_figure(systems: dict[str, dict[str, Any]], path: Path) -> bool:
-    """Texts per second (log axis) against macro-F1 with its bootstrap interval, one point per system.
-    False (nothing drawn) when no system has a measured throughput."""
+def _speed(texts_per_second: float) -> str:
+    return f"{texts_per_second:,.0f}" if texts_per_second >= 100 else f"{texts_per_second:.3g}"
+
+
+def cost_quality_plot(systems: dict[str, dict[str, Any]]) -> Any:
+    """The cost-vs-quality figure (not saved): texts per second (log axis) against macro-F1 with its bootstrap
+    interval, one point per system, or None when no system has a measured throughput.
+
+    The points are named by a legend beside the axes (colour and marker per system, with its macro-F1 and
+    speed), not by text at the points: systems of nearly equal quality and speed would overlap there.
+    """
     points = {name: s for name, s in systems.items() if (s.get("cost") or {}).get("texts_per_second")}
     if not points:
-        return False
-    fig = _new_figure(6, 4.5)
+        return None
+    fig = _new_figure(8, 4.5)
     ax = fig.add_subplot()
+    looks = system_looks(list(points))
     for name, s in points.items():
         m, speed = s["metrics"], s["cost"]["texts_per_second"]
         ci = (m.get("intervals") or {}).get("macro_f1")
         yerr = None if ci is None else [[100 * (m["macro_f1"] - ci["low"])], [100 * (ci["high"] - m["macro_f1"])]]
-        ax.errorbar([speed], [100 * m["macro_f1"]], yerr=yerr, fmt="o", capsize=4, markersize=7, label=name)
-        ax.annotate(name, (speed, 100 * m["macro_f1"]), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        colour, marker = looks[name]
+        # Open markers: a point drawn over another nearly at its place leaves the other's outline visible.
+        ax.errorbar([speed], [100 * m["macro_f1"]], yerr=yerr, fmt=marker, color=colour, capsize=4, markersize=9,
+                    markerfacecolor="none", markeredgewidth=1.8,
+                    label=f"{label(name)}: {100 * m['macro_f1']:.1f}%, {_speed(speed)}/s")
     ax.set_xscale("log")
     speeds = [s["cost"]["texts_per_second"] for s in points.values()]
     ax.set_xlim(min(speeds) / 3, max(speeds) * 3)
@@ -100,6 +135,17 @@ def cost_quality_figure(systems: dict[str, dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("macro-F1 (%)")
     ax.set_title("Cost vs quality on the test set")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=8,
+              title="system: macro-F1, texts/s", title_fontsize=8)
+    fig.tight_layout()  # makes room for the legend outside the axes
+    return fig
+
+
+def cost_quality_figure(systems: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Draw ``cost_quality_plot`` into ``path``; False (nothing drawn) when no system has a measured throughput."""
+    fig = cost_quality_plot(systems)
+    if fig is None:
+        return False
     _save(fig, path)
     return True
 

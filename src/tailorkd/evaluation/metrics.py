@@ -15,8 +15,13 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 CALIBRATION_BINS = 10
 BOOTSTRAP_RESAMPLES = 1000
@@ -44,10 +49,10 @@ DEFINITIONS = {
     "kappa_with_teacher": "Cohen's kappa between the system's and the teacher's predictions: agreement "
                           "corrected for the agreement expected by chance",
     "texts_per_second": "test texts classified per second of inference (teacher: 1 / mean stored seconds per "
-                        "text; student: test texts / summed batch times; seed_only: 1 / mean seconds per text "
-                        "for embedding and prediction)",
+                        "text; untrained student, standard KD, adaptive KD: test texts / summed batch times; "
+                        "seed-only baseline: 1 / mean seconds per text for embedding and prediction)",
     "latency": "seconds per text, median and 95th percentile: the teacher's are measured per text; the "
-               "student's are each batch's time divided by its texts",
+               "students' are each batch's time divided by its texts",
 }
 
 
@@ -75,7 +80,8 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], label_n
         "sensitivity": float(np.mean(recall)),
         "specificity": float(np.mean(specificity)),
         "per_class": {
-            name: {"precision": float(p), "recall": float(r), "f1": float(f), "specificity": float(s), "support": int(n)}
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "specificity": float(s),
+                   "support": int(n)}
             for name, p, r, f, s, n in zip(labels, precision, recall, f1, specificity, support)
         },
         "confusion_matrix": {"labels": labels, "rows_true_cols_predicted": cm.tolist()},
@@ -83,7 +89,7 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], label_n
     }
 
 
-def _headline_from_counts(weights: np.ndarray, true_hot: np.ndarray, pred_hot: np.ndarray) -> dict[str, np.ndarray]:
+def headline_from_counts(weights: np.ndarray, true_hot: np.ndarray, pred_hot: np.ndarray) -> dict[str, np.ndarray]:
     """The four headline metrics for each row of ``weights`` ([R, N] multiplicities of the N texts).
 
     ``true_hot`` / ``pred_hot``: [N, M] one-hot classes (an abstention's ``pred_hot`` row is all zero).
@@ -106,7 +112,8 @@ def _headline_from_counts(weights: np.ndarray, true_hot: np.ndarray, pred_hot: n
             "specificity": specificity.mean(1)}
 
 
-def _one_hot(values: Sequence[str], labels: list[str]) -> np.ndarray:
+def one_hot(values: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """[N, M] one-hot rows of ``values`` over ``labels``; a value outside them (an abstention) is a row of zeros."""
     index = {name: j for j, name in enumerate(labels)}
     out = np.zeros((len(values), len(labels)))
     for i, v in enumerate(values):
@@ -133,7 +140,7 @@ def bootstrap_intervals(y_true: Sequence[str], y_pred: Sequence[str], label_name
     if resamples < 1 or not 0 < level < 1:
         raise ValueError(f"resamples must be >= 1 and level in (0, 1), got {resamples}, {level}")
     labels = list(label_names)
-    true_hot, pred_hot = _one_hot(y_true, labels), _one_hot(y_pred, labels)
+    true_hot, pred_hot = one_hot(y_true, labels), one_hot(y_pred, labels)
     rng = np.random.default_rng(seed)
     chunk = max(1, max_cells // n)
     values: dict[str, list[np.ndarray]] = {k: [] for k in HEADLINE}
@@ -141,7 +148,7 @@ def bootstrap_intervals(y_true: Sequence[str], y_pred: Sequence[str], label_name
         rows = min(chunk, resamples - start)
         drawn = rng.integers(0, n, size=(rows, n))
         weights = np.bincount((drawn + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
-        for key, v in _headline_from_counts(weights.astype(float), true_hot, pred_hot).items():
+        for key, v in headline_from_counts(weights.astype(float), true_hot, pred_hot).items():
             values[key].append(v)
     tail = 100 * (1 - level) / 2
     out: dict[str, Any] = {}

@@ -10,11 +10,14 @@ from typing import Any
 
 from tailorkd.evaluation.figures import write_figures
 from tailorkd.evaluation.metrics import DEFINITIONS, HEADLINE
+from tailorkd.evaluation.systems import SYSTEMS, current_key, label
 from tailorkd.files import write_text_atomic
 
 # 2: per-system "cost" block (texts_per_second moved there), bootstrap "intervals" and "calibration" (ECE) in
 # each system's metrics, "vs_teacher" per system (was "student_vs_teacher"), "figures", "definitions".
-REPORT_SCHEMA_VERSION = 2
+# 3: the adaptive-KD system is keyed "adaptive_kd" (was "student") in systems, vs_teacher, by_language, figures
+# and predictions/.
+REPORT_SCHEMA_VERSION = 3
 _PACKAGES = ("tailorkd", "torch", "transformers", "peft", "accelerate", "scikit-learn", "numpy", "matplotlib")
 
 
@@ -57,7 +60,7 @@ def _quality_table(systems: dict[str, Any]) -> list[str]:
     for name, sys in systems.items():
         m = sys["metrics"]
         ece = (m.get("calibration") or {}).get("ece")
-        lines.append(f"| {name} | {sys['model']} | " + " | ".join(_with_interval(m, k) for k in HEADLINE)
+        lines.append(f"| {label(name)} | {sys['model']} | " + " | ".join(_with_interval(m, k) for k in HEADLINE)
                      + f" | {_pct(ece)} | {m['n']} |")
     return lines
 
@@ -70,10 +73,19 @@ def _cost_table(systems: dict[str, Any]) -> list[str]:
         latency = c.get("latency_seconds") or {}
         memory = c.get("peak_training_memory_gb")
         memory_text = "-" if memory is None else f"{memory:.2f} ({c.get('memory_source', '?')})"
-        lines.append(f"| {name} | {_num(c.get('texts_per_second'))} | {_seconds(latency.get('median'))} | "
+        lines.append(f"| {label(name)} | {_num(c.get('texts_per_second'))} | {_seconds(latency.get('median'))} | "
                      f"{_seconds(latency.get('p95'))} | {_count(c.get('trainable_parameters'))} | {memory_text} | "
                      f"{_num(c.get('training_seconds'))} |")
     return lines
+
+
+def _systems_section(systems: dict[str, Any]) -> list[str]:
+    """What each system is, under the paper's name, with the key its predictions file and report.json use."""
+    lines = ["## Systems", ""]
+    for name in systems:
+        known = SYSTEMS.get(current_key(name))
+        lines.append(f"- **{label(name)}** (`{name}`)" + (f": {known.description}" if known else ""))
+    return lines + [""]
 
 
 def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
@@ -82,6 +94,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     lines = [f"# tailorkd report: {report['recipe']['name']}", ""]
     lines += [f"Task: **{report['recipe']['task']}**. Recipe hash `{report['recipe']['hash']}`. "
               f"Report schema {report['schema_version']}.", ""]
+    lines += _systems_section(systems)
     any_ci = next((s["metrics"]["intervals"] for s in systems.values() if s["metrics"].get("intervals")), None)
     lines += ["## Quality on the human-labelled test set (Table 2)", ""]
     if any_ci:
@@ -95,7 +108,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
                   "|---|---|---|---|---|---|"]
         for name, cmp in vs_teacher.items():
             m = systems[name]["metrics"]
-            lines.append(f"| {name} | {_pct(m.get('agreement_with_teacher'))} | "
+            lines.append(f"| {label(name)} | {_pct(m.get('agreement_with_teacher'))} | "
                          f"{_num(m.get('kappa_with_teacher'), '{:.3f}')} | {_pct(cmp['accuracy_ratio'])}% | "
                          f"{_pct(cmp['macro_f1_ratio'])}% | {_num(cmp['speedup'], '{:.1f}x')} |")
         lines.append("")
@@ -107,7 +120,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
         if figures.get("reliability"):
             lines += [f"![Reliability diagram]({figures['reliability']})", ""]
         for name, path in (figures.get("confusion_matrix") or {}).items():
-            lines.append(f"- [{name}: confusion matrix]({path})")
+            lines.append(f"- [{label(name)}: confusion matrix]({path})")
         lines.append("")
     calibration = systems.get("teacher", {}).get("calibration")
     if calibration:
@@ -125,7 +138,8 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     if languages:
         names = [k for k in next(iter(languages.values())) if k != "n"]
         lines += ["## By language", "", "Accuracy (macro-F1) on the test texts of each language.", "",
-                  "| language | texts | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+                  "| language | texts | " + " | ".join(label(n) for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
         for lang, entry in languages.items():
             lines.append(f"| {lang} | {entry['n']} | " + " | ".join(
                 f"{_pct(entry[n]['accuracy'])} ({_pct(entry[n]['macro_f1'])})" for n in names) + " |")
@@ -137,7 +151,8 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
                   f"{search['candidates']} candidate prompts in {search['rounds']} rounds, {search['teacher_calls']} "
                   f"teacher calls, {search['seconds']:.0f} s, ranked by seed {search['metric']} "
                   f"({search['stopped_because']}). Test scores: {search['test_note']}.", "",
-                  "| prompt | seeds accuracy | seeds macro-F1 | test accuracy | test macro-F1 |", "|---|---|---|---|---|"]
+                  "| prompt | seeds accuracy | seeds macro-F1 | test accuracy | test macro-F1 |",
+                  "|---|---|---|---|---|"]
         for key, name in (("hand_written", "hand-written"), ("chosen", "chosen")):
             t = test.get(key) or {}
             lines.append(f"| {name} | {_pct(seeds[key]['accuracy'])} | {_pct(seeds[key]['macro_f1'])} | "
@@ -150,7 +165,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
         params = tr.get("parameters", {})
         if not params:
             continue
-        lines += [f"## Training: {name}", "",
+        lines += [f"## Training: {label(name)}", "",
                   f"- adapter: {sys.get('adapter', '-')}; trainable parameters {params['trainable']:,} of "
                   f"{params['total']:,} ({100 * params['trainable'] / max(params['total'], 1):.3f}%)",
                   f"- {tr.get('train_examples', '-')} teacher-labelled texts, {tr.get('steps', '-')} steps in "
@@ -166,12 +181,14 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
                   "recipe's `alerts.severity` mapping of (predicted label, confidence).", ""]
         for name, counts in severity.items():
             truths = list(next(iter(counts.values())))
-            lines += [f"**{name}**", "", "| severity | " + " | ".join(truths) + " |", "|---" * (len(truths) + 1) + "|"]
+            lines += [f"**{label(name)}**", "", "| severity | " + " | ".join(truths) + " |",
+                      "|---" * (len(truths) + 1) + "|"]
             lines += [f"| {level} | " + " | ".join(str(row[t]) for t in truths) + " |" for level, row in counts.items()]
             lines.append("")
     lines += ["## Per class", ""]
     for name, sys in systems.items():
-        lines += [f"**{name}**", "", "| class | precision | recall | F1 | specificity | support |", "|---|---|---|---|---|---|"]
+        lines += [f"**{label(name)}**", "", "| class | precision | recall | F1 | specificity | support |",
+                  "|---|---|---|---|---|---|"]
         for cls, c in sys["metrics"]["per_class"].items():
             lines.append(f"| {cls} | {_pct(c['precision'])} | {_pct(c['recall'])} | {_pct(c['f1'])} | "
                          f"{_pct(c['specificity'])} | {c['support']} |")
