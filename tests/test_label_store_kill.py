@@ -32,44 +32,77 @@ CHUNK = 4
 HIDDEN_LAYERS = (1, -1)
 ROWS_PER_SHARD = 8
 ROWS_PER_TOPIC = 40  # 198 texts to label (2 are shots): about 50 chunks
+TWO_PROCESS_ROWS_PER_TOPIC = 12  # 58 texts: 15 chunks, 8 shards
 SEED = 20240611
 
 
 # -- the labelling job (run in a forked child) -------------------------------------------------------
-def teacher_and_rows(model_dir: str):
+def teacher_and_rows(model_dir: str, per_topic: int = ROWS_PER_TOPIC):
     from conftest import TOPICS, topic_rows
     from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
     from tailorkd.teachers import LocalTeacher
 
     task = TaskConfig(name="topic", description="The topic of a news item.",
                       labels=[{"name": t, "description": f"{t} news"} for t in TOPICS])
-    rows = topic_rows(ROWS_PER_TOPIC)
-    shots = [rows[0], rows[ROWS_PER_TOPIC * 3]]  # one business, one sport example
+    rows = topic_rows(per_topic)
+    shots = [rows[0], rows[per_topic * 3]]  # one business, one sport example
     teacher = LocalTeacher(TeacherConfig(model=model_dir, batch_size=CHUNK, device="cpu"), task,
                            PromptConfig(instruction="Which topic?", shots=2, max_text_chars=120), shots)
     return teacher, [r for r in rows if r not in shots]
 
 
-def label_job(model_dir: str, store_path: str) -> None:
+def label_job(model_dir: str, store_path: str, gate: str | None = None, per_topic: str | None = None) -> None:
     import torch
 
     from tailorkd.labels import LabelStore
     from tailorkd.teachers import label_rows
 
     torch.set_num_threads(1)  # as in the zygote (and the results do not depend on how many)
-    teacher, rows = teacher_and_rows(model_dir)
+    teacher, rows = teacher_and_rows(model_dir, int(per_topic or ROWS_PER_TOPIC))
+    scored = hold_first_chunk(teacher, gate) if gate not in (None, "-") else None  # "-": no gate
     with LabelStore(store_path) as store:
         label_rows(teacher, rows, store, chunk=CHUNK, hidden_layers=HIDDEN_LAYERS, rows_per_shard=ROWS_PER_SHARD)
+    if scored is not None:
+        Path(f"{gate}.scored-{os.getpid()}").write_text(json.dumps(scored))
+
+
+def hold_first_chunk(teacher, gate: str) -> list[int]:
+    """Make the teacher's first scoring wait until the test opens the gate (creates ``<gate>.open``) after
+    announcing itself (``<gate>.arrived-<pid>``): by then label_rows has read what is done and opened its
+    hidden-state writer. Returns the list that the size of each chunk it scores is appended to."""
+    score_states, scored = teacher.score_states, []
+
+    def gated(part, *args, **kwargs):
+        if not scored:
+            Path(f"{gate}.arrived-{os.getpid()}").touch()
+            deadline = time.monotonic() + 600  # against a hang only: the test opens the gate or fails first
+            while not Path(f"{gate}.open").exists():
+                assert time.monotonic() < deadline, f"{gate}: never opened"
+                time.sleep(0.01)
+        scored.append(len(part))
+        return score_states(part, *args, **kwargs)
+
+    teacher.score_states = gated
+    return scored
 
 
 def zygote(model_dir: str) -> None:
     """Read ``label MODEL STORE`` / ``wait PID`` lines; answer a child's pid / its wait status."""
+    import threading
+
     import torch
+    from tqdm import tqdm
 
     # One thread: no OpenMP worker pool exists to be broken by fork. Building a teacher once imports
     # everything transformers loads lazily.
     torch.set_num_threads(1)
+    # Progress bars: tqdm's default lock includes a semaphore shared with every process forked from here,
+    # so a child killed while drawing a bar left it taken and the next child hung at its first bar; and
+    # no monitor thread, which could hold the lock at a fork.
+    tqdm.monitor_interval = 0
+    tqdm.set_lock(threading.RLock())
     teacher_and_rows(model_dir)
+    assert threading.active_count() == 1, threading.enumerate()  # a fork copies the calling thread only
     print("ready", flush=True)
     for line in sys.stdin:
         cmd, *args = line.split()
@@ -232,14 +265,15 @@ def test_killed_labelling_keeps_whole_batches_and_resumes_to_the_uninterrupted_r
                 seen = count_rows(store)
             else:  # once it has written a few more rows, plus a random delay
                 target = before + rng.randint(1, 2 * CHUNK)
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + 120  # against a hang only: a loaded machine is slow to start
                 while (seen := count_rows(store)) < target:
                     assert time.monotonic() < deadline, log.read_text()
                     time.sleep(0.002)
                 time.sleep(rng.uniform(0.0, 0.02))
             os.kill(pid, signal.SIGKILL)
             status = zygote_proc.ask(f"wait {pid}")
-            assert status == -signal.SIGKILL, f"round {round_}: the run ended before the kill ({status})\n{log.read_text()}"
+            assert status == -signal.SIGKILL, \
+                f"round {round_}: the run ended before the kill ({status})\n{log.read_text()}"
             stored = stored_rows(store)
             kills.append((seen, len(stored)))
             assert len(stored) >= seen, "a committed batch was lost"
@@ -269,6 +303,74 @@ def test_killed_labelling_keeps_whole_batches_and_resumes_to_the_uninterrupted_r
     print(f"labels seen before each kill / labels, hidden states stored after it: {kills}")
 
 
+def wait_for_arrivals(gate: Path, n: int, log: Path) -> None:
+    deadline = time.monotonic() + 300  # a fork builds its teacher in seconds; this only stops a wait for a dead one
+    while len(list(gate.parent.glob(f"{gate.name}.arrived-*"))) < n:
+        assert time.monotonic() < deadline, f"{gate}: fewer than {n} labelling processes arrived\n{log.read_text()}"
+        time.sleep(0.01)
+
+
+def test_two_labelling_processes_on_one_store_store_each_text_once(tiny_models, tmp_path):
+    """Two label_rows processes (with hidden states) on the same rows and store both finish, and each text
+    is stored once, with its label and hidden state. Each process is held at its first chunk, after it has
+    read what is done, until the test lets it go: the overlap does not depend on timing."""
+    from conftest import TOPICS, topic_rows
+    from tailorkd.hidden_states import shard_folder_key
+    from tailorkd.labels import text_hash
+
+    per_topic = TWO_PROCESS_ROWS_PER_TOPIC
+    all_rows = topic_rows(per_topic)
+    shots = [all_rows[0], all_rows[per_topic * 3]]
+    rows = [r for r in all_rows if r not in shots]
+    text_ids = {text_hash(r["text"]): r["id"] for r in rows}
+    model = str(tiny_models["llama"])
+    log = tmp_path / "zygote.log"
+    zygote_proc = Zygote(model, log)
+    try:
+        # One overtakes the other: B waits at its first chunk while A labels everything; B's first chunk
+        # is then stored already (its shard leaves those texts out), and B skips every later chunk.
+        # Each store in a folder of its own: its shards go beside it.
+        overtaken, gate = tmp_path / "overtaken" / "labels.sqlite", tmp_path / "gate-overtaken"
+        b = zygote_proc.ask(f"label {model} {overtaken} {gate} {per_topic}")
+        wait_for_arrivals(gate, 1, log)
+        a = zygote_proc.ask(f"label {model} {overtaken} - {per_topic}")
+        assert zygote_proc.ask(f"wait {a}") == 0, log.read_text()
+        Path(f"{gate}.open").touch()
+        assert zygote_proc.ask(f"wait {b}") == 0, log.read_text()
+        assert json.loads(Path(f"{gate}.scored-{b}").read_text()) == [CHUNK]
+
+        # Side by side: both have read an empty store before either labels anything.
+        together, gate = tmp_path / "together" / "labels.sqlite", tmp_path / "gate-together"
+        pids = [zygote_proc.ask(f"label {model} {together} {gate} {per_topic}") for _ in range(2)]
+        wait_for_arrivals(gate, 2, log)
+        Path(f"{gate}.open").touch()
+        assert [zygote_proc.ask(f"wait {pid}") for pid in pids] == [0, 0], log.read_text()
+        scored = [sum(json.loads(Path(f"{gate}.scored-{pid}").read_text())) for pid in pids]
+    finally:
+        zygote_proc.close()
+
+    order = sorted(text_ids)
+    reference = stored_rows(overtaken)
+    _, reference_states = stored_hidden(overtaken, order)
+    for store in (overtaken, together):
+        stored = stored_rows(store)  # one row per (teacher, prompt, text): checked there
+        assert set(stored) == set(text_ids)
+        check_complete(stored, TOPICS, text_ids)
+        for h, ref in reference.items():
+            assert json.loads(stored[h][2]) == pytest.approx(json.loads(ref[2]), abs=1e-5)  # other batches
+        n_hidden, states = stored_hidden(store, order)  # the index's primary key: at most one row per text
+        assert n_hidden == len(rows)
+        for layer in HIDDEN_LAYERS:
+            np.testing.assert_allclose(states[layer], reference_states[layer], rtol=2e-3, atol=1e-4)
+        conn = sqlite3.connect(store)
+        (teacher, prompt), = conn.execute("SELECT DISTINCT teacher, prompt FROM hidden_index").fetchall()
+        shards = {Path(s).name for (s,) in conn.execute("SELECT DISTINCT shard FROM hidden_index")}
+        conn.close()
+        folder = store.parent / "hidden" / shard_folder_key(teacher, prompt)
+        assert {p.name for p in folder.iterdir()} == shards, "a shard no index row names, or a temporary file"
+    print(f"texts scored by each of the processes side by side: {scored} (of {len(rows)})")
+
+
 def test_kill_during_put_batch_leaves_all_or_none_of_the_batch(tmp_path):
     batch = 5_000
     rng = random.Random(SEED)
@@ -286,11 +388,15 @@ def test_kill_during_put_batch_leaves_all_or_none_of_the_batch(tmp_path):
             if kind == "end":
                 durations.append(float(rest[0]))
             elif durations:
-                in_flight = int(i)
                 time.sleep(rng.uniform(0.05, 0.95) * durations[-1])
                 break
         proc.kill()
         proc.wait()
+        # Where the kill struck is the last line printed, not the one read above: on a loaded machine this
+        # process may wake late, or read a line the loop printed a while ago.
+        last = [line.split() for line in proc.stdout.read().splitlines() if line.strip()]
+        kind, i, *_ = last[-1] if last else (kind, i)
+        in_flight = int(i) if kind == "begin" else int(i) + 1  # after "end i", batch i + 1 had not begun
         proc.stdout.close()
         proc.stderr.close()
         conn = sqlite3.connect(store)
@@ -298,8 +404,8 @@ def test_kill_during_put_batch_leaves_all_or_none_of_the_batch(tmp_path):
         added = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] - before
         conn.close()
         # Batches 0..in_flight-1 were committed; the one in flight is all there or not at all.
-        assert added in (in_flight * batch, (in_flight + 1) * batch), \
-            f"round {round_}: {added} rows added, batch {in_flight} of {batch} rows was in flight"
+        allowed = (in_flight * batch, (in_flight + 1) * batch) if kind == "begin" else (in_flight * batch,)
+        assert added in allowed, f"round {round_}: {added} rows added, batch {in_flight} of {batch} rows was in flight"
         outcomes.append((in_flight, added // batch - in_flight, round(durations[-1], 3)))
     print(f"(batch in flight, whether it was committed) per kill: {outcomes}")
 

@@ -32,7 +32,8 @@ def test_store_roundtrip_resume_and_isolation(tmp_path):
         got = store.get("t1", "p1", [text_hash("alpha"), text_hash("missing")], names)
         assert list(got) == [text_hash("alpha")] and got[text_hash("alpha")].probs == pytest.approx([0.9, 0.1])
         # Asked in another label order, the probabilities follow the names, not positions.
-        assert store.get("t1", "p1", [text_hash("alpha")], ["y", "x"])[text_hash("alpha")].probs == pytest.approx([0.1, 0.9])
+        swapped = store.get("t1", "p1", [text_hash("alpha")], ["y", "x"])[text_hash("alpha")]
+        assert swapped.probs == pytest.approx([0.1, 0.9])
         with pytest.raises(ValueError, match="differ"):
             store.get("t1", "p1", [text_hash("alpha")], ["x", "z"])
         # Writing the same text again replaces, never duplicates.
@@ -197,7 +198,8 @@ def test_stats_per_teacher_and_prompt(tmp_path):
         assert [(s["teacher"], s["prompt"], s["texts"]) for s in stats] == [("t1", "p1", 3), ("t1", "p2", 1),
                                                                             ("t2", "p1", 1)]
         first = stats[0]
-        assert first["predicted_counts"] == {"x": 1, "y": 1, "z": 1} and list(first["predicted_counts"]) == ["x", "y", "z"]
+        assert first["predicted_counts"] == {"x": 1, "y": 1, "z": 1}
+        assert list(first["predicted_counts"]) == ["x", "y", "z"]
         assert first["with_reason"] == 1
         assert first["mean_confidence"] == pytest.approx((0.7 + 0.8 + 0.5) / 3)
         assert first["mean_seconds"] == pytest.approx(1.25 / 3)
@@ -218,7 +220,8 @@ def labelled_run(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(json.dumps(recipe), encoding="utf-8")  # JSON is YAML
     filled_store(tmp_path / "run" / "labels.sqlite").close()
-    (tmp_path / "run" / "labels_summary.json").write_text(json.dumps({"teacher": "t1", "prompt": {"fingerprint": "p1"}}))
+    summary = {"teacher": "t1", "prompt": {"fingerprint": "p1"}}
+    (tmp_path / "run" / "labels_summary.json").write_text(json.dumps(summary))
     return str(path)
 
 

@@ -69,13 +69,22 @@ def sensible(body: dict[str, Any]) -> Reply:
 
 
 class Stub:
-    """A threaded HTTP server on 127.0.0.1 whose replies come from ``reply(body, n)`` (n: request number)."""
+    """A threaded HTTP server on 127.0.0.1 whose replies come from ``reply(body, n)`` (n: request number).
 
-    def __init__(self, reply: Callable[[dict[str, Any], int], Reply], delay: float = 0.0):
+    ``(0, {}, seconds)`` as a reply hangs that long (None: until the stub closes), then answers sensibly.
+    ``hold_until``: hold every request until that many have been in flight at once (at most 30 s), so
+    that a test of parallel requests does not depend on how fast a loaded machine starts the threads.
+    """
+
+    def __init__(self, reply: Callable[[dict[str, Any], int], Reply], delay: float = 0.0, hold_until: int = 0):
         self.reply, self.delay = reply, delay
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
+        self.closing = threading.Event()
+        self.enough_in_flight = threading.Event()
+        if hold_until <= 1:
+            self.enough_in_flight.set()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,16 +95,25 @@ class Stub:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub.lock:
                     n = len(stub.requests)
-                    stub.requests.append({"path": self.path, "body": body, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                          "time": time.monotonic()})
+                    stub.requests.append({"path": self.path, "body": body, "time": time.monotonic(),
+                                          "headers": {k.lower(): v for k, v in self.headers.items()}})
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                    if stub.in_flight >= hold_until:
+                        stub.enough_in_flight.set()
                 try:
+                    stub.enough_in_flight.wait(30)  # less than the client's timeout: no retries
                     status, headers, payload = stub.reply(body, n)
-                    if isinstance(payload, (int, float)) and status == 0:  # (0, {}, seconds): hang, then answer
-                        time.sleep(payload)
+                    if status == 0:  # (0, {}, seconds or None): hang, then answer
+                        stub.closing.wait(payload)
                         status, headers, payload = sensible(body)
                     time.sleep(stub.delay)
+                finally:
+                    # No longer in flight once answering: the client may send its next request as soon as it
+                    # reads the answer, before a busy machine runs this thread again.
+                    with stub.lock:
+                        stub.in_flight -= 1
+                try:
                     data = payload if isinstance(payload, bytes) else (
                         payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
                     self.send_response(status)
@@ -108,9 +126,6 @@ class Stub:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
-                finally:
-                    with stub.lock:
-                        stub.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -122,12 +137,22 @@ class Stub:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closing.set()  # ends the hanging requests
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def received(self, n: int) -> int:
+        """The number of requests received, once there are ``n`` (a minute at most): a request the client
+        gave up on may reach a busy server's thread after the client has moved on."""
+        deadline = time.monotonic() + 60
+        while len(self.requests) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.requests)
+
 
 def teacher_for(stub: Stub, **server: Any) -> ServedTeacher:
-    settings = {"base_url": stub.url, "max_retries": 3, "timeout_s": 5, **server}
+    # A timeout far beyond a loaded machine's pauses: a retried request would upset the tests' request counts.
+    settings = {"base_url": stub.url, "max_retries": 3, "timeout_s": 60, **server}
     return ServedTeacher(TeacherConfig(model="stub-model", server=settings), TASK, PROMPT, SHOTS)
 
 
@@ -306,15 +331,41 @@ def test_unknown_label_and_malformed_json_are_abstentions_not_stored_and_asked_a
         assert lp.abstentions == {"no class among the top tokens": 1}
 
 
+def test_texts_another_labeller_stored_meanwhile_are_not_asked_for(tmp_path):
+    from tailorkd.labels import make_record, text_hash
+
+    path = tmp_path / "labels.sqlite"
+    names = TASK.label_names
+
+    def reply(body: dict[str, Any], n: int) -> Reply:
+        if n == 0:  # while the first chunk is asked, another process stores the last three texts
+            with LabelStore(path) as other:
+                other.put_batch(teacher.identity, teacher.prompt_fingerprint, names,
+                                [make_record(r["id"], r["text"], [0.2] * 5, names, 0.0) for r in ROWS[2:]])
+        return sensible(body)
+
+    with Stub(reply) as stub, LabelStore(path) as store:
+        teacher = teacher_for(stub, mode="json", concurrency=1)
+        records = label_served_rows(teacher, ROWS, store, chunk=2)  # re-reads what is done before each chunk
+    assert [topic_of(r["body"]) for r in stub.requests] == TOPICS[:2]
+    assert [records[text_hash(r["text"])].probs for r in ROWS[2:]] == [[0.2] * 5] * 3 and len(records) == 5
+
+
 # -- transport faults ------------------------------------------------------------------------------
 def test_timeouts_are_retried_then_fail_clearly():
-    with Stub(lambda body, n: (0, {}, 1.5) if n == 0 else sensible(body)) as stub:
-        probs, _ = teacher_for(stub, mode="json", timeout_s=0.5).score(ROWS[:1])
-        assert predicted(probs) == ["business"] and len(stub.requests) == 2
-    with Stub(lambda body, n: (0, {}, 1.5)) as stub:
+    # The first attempt (by the client's retry count, not by arrival: on a loaded machine the retry may reach
+    # the server first) hangs until the stub closes, so it times out whatever the load; the retry is answered
+    # at once, with seconds to spare.
+    def first_attempt_hangs(body: dict[str, Any], n: int) -> Reply:
+        return (0, {}, None) if stub.requests[n]["headers"]["x-stainless-retry-count"] == "0" else sensible(body)
+
+    with Stub(first_attempt_hangs) as stub:
+        probs, _ = teacher_for(stub, mode="json", timeout_s=3).score(ROWS[:1])
+        assert predicted(probs) == ["business"] and stub.received(2) == 2
+    with Stub(lambda body, n: (0, {}, None)) as stub:
         with pytest.raises(TailorkdError, match=r"no answer within 0.3s, 1 retries included"):
             teacher_for(stub, mode="json", timeout_s=0.3, max_retries=1).score(ROWS[:1])
-        assert len(stub.requests) == 2
+        assert stub.received(2) == 2
 
 
 def test_5xx_is_retried_with_backoff_until_success():
@@ -322,7 +373,9 @@ def test_5xx_is_retried_with_backoff_until_success():
         probs, _ = teacher_for(stub, mode="json").score(ROWS[:1])
         assert predicted(probs) == ["business"] and len(stub.requests) == 3
         gaps = np.diff([r["time"] for r in stub.requests])
-        assert gaps[1] > gaps[0] * 1.2  # the wait grows (exponential backoff, with jitter)
+        # The wait grows: 0.5 s, then 1 s, each less up to 25 % jitter (the openai client's backoff). Lower
+        # bounds only: a gap is the wait plus the time to answer, which a loaded machine only lengthens.
+        assert gaps[0] >= 0.375 and gaps[1] >= 0.75
     with Stub(lambda body, n: (503, {}, {"error": {"message": "down"}})) as stub:
         with pytest.raises(TailorkdError, match="HTTP 503 after retries: .*down"):
             teacher_for(stub, mode="json", max_retries=2).score(ROWS[:1])
@@ -360,7 +413,9 @@ def test_malformed_response_body_is_a_clear_error(body):
 
 def test_concurrency_bound_is_respected_and_used():
     rows = [{"id": str(i), "text": f"Item {i} on sport."} for i in range(12)]
-    with Stub(lambda body, n: sensible(body), delay=0.3) as stub:
+    # The first requests are held until 3 are in flight (a client sending fewer at once would wait 30 s and
+    # fail below); each then takes 0.3 s, time for a client sending more than 3 at once to show it.
+    with Stub(lambda body, n: sensible(body), delay=0.3, hold_until=3) as stub:
         probs, _ = teacher_for(stub, mode="json", concurrency=3).score(rows)
     assert predicted(probs) == ["sport"] * 12
     # Three requests were in flight at once (really in parallel), never more. No wall-clock bound: on a
@@ -470,7 +525,7 @@ def test_cli_run_with_a_served_teacher_end_to_end(tiny_models, tmp_path, monkeyp
         assert store.count() == len(pool) + len(test) - len(item5(pool)) - len(item5(test))
 
     # Training left the pool's abstentions out; the test set counts them as the teacher's errors.
-    student = report["systems"]["student"]
+    student = report["systems"]["adaptive_kd"]
     training = student["training"]
     assert training["train_examples"] + training.get("validation_examples", 0) == len(pool) - len(item5(pool))
     teacher = report["systems"]["teacher"]

@@ -10,9 +10,9 @@ is the path relative to the store's folder, so a run folder can be moved.
 
 Durability: a shard is written under a temporary name, fsynced, renamed into place and its folder fsynced,
 and only then are its index rows committed, all inside one write transaction of the store. A crash in
-between leaves a shard file that no index row names (an orphan): readers never look at it, and the next
-writer for that teacher and prompt deletes it when it opens. So an index row never points at a missing
-or partial file.
+between leaves a shard file that no index row names (an orphan) or a temporary file (a hidden one, its
+name starting with '.'): readers never look at them, and the next writer for that teacher and prompt
+deletes them when it opens. So an index row never points at a missing or partial file.
 
 Expected call order, per chunk of ``label_rows``::
 
@@ -25,8 +25,12 @@ Expected call order, per chunk of ``label_rows``::
 Flushing after ``put_batch`` keeps the invariant that every indexed hidden state has its label. A kill
 loses the rows still buffered (fewer than ``rows_per_shard`` plus a chunk); their texts have a label but
 no hidden state, so on resume label the texts missing from either ``LabelStore.done_hashes`` or
-``HiddenStateWriter.done_hashes`` (putting a label again replaces it with the same values). One writer per
-(teacher, prompt) at a time.
+``HiddenStateWriter.done_hashes`` (putting a label again replaces it with the same values).
+
+Several processes may write the same (teacher, prompt) at once: a shard is written and indexed while the
+store's write lock is held, and its texts that another process indexed meanwhile are left out of it, so
+each text has at most one index row (``label_rows`` re-reads what is done before each chunk, so that
+such overlaps stay small).
 """
 
 from __future__ import annotations
@@ -70,14 +74,23 @@ def tensor_name(layer: int) -> str:
 
 
 def _has_index(store: LabelStore) -> bool:
-    return store.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='hidden_index'").fetchone() is not None
+    found = store.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='hidden_index'").fetchone()
+    return found is not None
 
 
-def _indexed_hashes(store: LabelStore, teacher: str, prompt: str) -> set[str]:
+def _indexed_hashes(store: LabelStore, teacher: str, prompt: str, among: Sequence[str] | None = None) -> set[str]:
+    """The indexed texts of (teacher, prompt); with ``among``, only those of these texts."""
     if not _has_index(store):
         return set()
-    rows = store.conn.execute("SELECT text_hash FROM hidden_index WHERE teacher=? AND prompt=?", (teacher, prompt))
-    return {r[0] for r in rows}
+    sql, args = "SELECT text_hash FROM hidden_index WHERE teacher=? AND prompt=?", [teacher, prompt]
+    if among is None:
+        return {r[0] for r in store.conn.execute(sql, args)}
+    wanted, found = list(dict.fromkeys(among)), set()
+    for start in range(0, len(wanted), 500):  # within SQLite's limit on bound parameters
+        chunk = wanted[start : start + 500]
+        found |= {r[0] for r in store.conn.execute(f"{sql} AND text_hash IN ({','.join('?' * len(chunk))})",
+                                                   [*args, *chunk])}
+    return found
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -100,7 +113,8 @@ class HiddenStateWriter:
     def __init__(self, store: LabelStore, teacher: str, prompt: str, layers: Sequence[int], rows_per_shard: int = 1024):
         layers = [int(layer) for layer in layers]
         if not layers or len(set(layers)) != len(layers):
-            raise ValueError(f"{store.path}: hidden-state layers must be a non-empty list without repeats, got {layers}")
+            raise ValueError(f"{store.path}: hidden-state layers must be a non-empty list without repeats, "
+                             f"got {layers}")
         if rows_per_shard < 1:
             raise ValueError(f"{store.path}: rows_per_shard must be at least 1, got {rows_per_shard}")
         self.store, self.teacher, self.prompt = store, teacher, prompt
@@ -119,22 +133,29 @@ class HiddenStateWriter:
         self._next_number = 0
 
     def _remove_orphans(self) -> None:
-        """Delete shard files no index row names and stale temporary files (inside the write lock, so no
-        other writer is between writing a shard and committing its index)."""
+        """Delete shard files no index row names and stale temporary (hidden) files, inside the write lock: no
+        other writer is between writing a shard and committing its index."""
         indexed = {Path(r[0]).name for r in self.store.conn.execute(
             "SELECT DISTINCT shard FROM hidden_index WHERE teacher=? AND prompt=?", (self.teacher, self.prompt))}
         removed = []
         for path in self.folder.iterdir():
-            if (_TMP_MARK in path.name) or (_SHARD_NAME.match(path.name) and path.name not in indexed):
+            # Any hidden file: ours are '.shard-*.tmp-<pid>'; safetensors' save_file (used by earlier versions)
+            # wrote through a '.tmpXXXXXX' of its own.
+            if path.name.startswith(".") or (_SHARD_NAME.match(path.name) and path.name not in indexed):
                 path.unlink()
                 removed.append(path.name)
         if removed:
             log.info("%s: removed %d shard file(s) left by an interrupted run: %s", self.folder, len(removed),
                      ", ".join(sorted(removed)[:5]))
 
-    def done_hashes(self) -> set[str]:
-        """Texts whose hidden states are durable (indexed); a resumed run skips them."""
-        return set(self._done)
+    def done_hashes(self, among: Sequence[str] | None = None) -> set[str]:
+        """Texts whose hidden states are durable (indexed); a resumed run skips them. With ``among``: those of
+        these texts, read afresh from the index (another process may have stored some since this one looked)."""
+        if among is None:
+            return set(self._done)
+        fresh = _indexed_hashes(self.store, self.teacher, self.prompt, among)
+        self._done |= fresh
+        return fresh
 
     @property
     def buffered(self) -> int:
@@ -177,29 +198,42 @@ class HiddenStateWriter:
 
     def flush(self, final: bool = False) -> int:
         """Write every full shard buffered (and, when ``final``, the rest as a smaller one); each shard is
-        durable and indexed in one transaction. Returns the rows written."""
+        durable and indexed in one transaction. Returns the rows written (texts another process indexed
+        meanwhile are not written again)."""
         written = 0
         while self._hashes and (len(self._hashes) >= self.rows_per_shard or final):
             stacked = {layer: np.concatenate(parts) for layer, parts in self._arrays.items()}
             n = min(self.rows_per_shard, len(self._hashes))
-            self._write_shard(self._hashes[:n], {layer: arr[:n] for layer, arr in stacked.items()})
+            written += self._write_shard(self._hashes[:n], {layer: arr[:n] for layer, arr in stacked.items()})
             self._done.update(self._hashes[:n])
             self._hashes = self._hashes[n:]
             self._arrays = {layer: [arr[n:]] if len(arr) > n else [] for layer, arr in stacked.items()}
-            written += n
         return written
 
-    def _write_shard(self, hashes: list[str], arrays: dict[int, np.ndarray]) -> None:
-        from safetensors.numpy import save_file
+    def _write_shard(self, hashes: list[str], arrays: dict[int, np.ndarray]) -> int:
+        """Write and index one shard of these texts, less those another process indexed meanwhile (no shard
+        when none is left). Returns its rows."""
+        from safetensors.numpy import save
 
         with self.store.transaction() as conn:
+            taken = _indexed_hashes(self.store, self.teacher, self.prompt, hashes)
+            if taken:
+                keep = [i for i, h in enumerate(hashes) if h not in taken]
+                if not keep:
+                    return 0
+                hashes = [hashes[i] for i in keep]
+                arrays = {layer: arr[keep] for layer, arr in arrays.items()}
             while (self.folder / f"shard-{self._next_number:05d}.safetensors").exists():
                 self._next_number += 1
             name = f"shard-{self._next_number:05d}.safetensors"
             final, tmp = self.folder / name, self.folder / f".{name}{_TMP_MARK}{os.getpid()}"
             try:
-                save_file({tensor_name(layer): np.ascontiguousarray(arr) for layer, arr in arrays.items()}, str(tmp))
-                with open(tmp, "rb") as f:
+                # Serialised here and written by us: save_file writes through a temporary file of its own
+                # ('.tmpXXXXXX'), which a kill in the middle left behind.
+                data = save({tensor_name(layer): np.ascontiguousarray(arr) for layer, arr in arrays.items()})
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, final)
                 _fsync_dir(self.folder)
@@ -211,6 +245,7 @@ class HiddenStateWriter:
                     path.unlink(missing_ok=True)
                 raise
         self._next_number += 1
+        return len(hashes)
 
     def close(self) -> None:
         """Write what is still buffered. Does not close the store."""

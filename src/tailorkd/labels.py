@@ -167,9 +167,18 @@ class LabelStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def done_hashes(self, teacher: str, prompt: str) -> set[str]:
-        rows = self.conn.execute("SELECT text_hash FROM labels WHERE teacher=? AND prompt=?", (teacher, prompt))
-        return {r[0] for r in rows}
+    def done_hashes(self, teacher: str, prompt: str, among: Sequence[str] | None = None) -> set[str]:
+        """The labelled texts of (teacher, prompt); with ``among``, only those of these texts (a cheap
+        re-read for a labeller that another process may be overtaking)."""
+        sql, args = "SELECT text_hash FROM labels WHERE teacher=? AND prompt=?", [teacher, prompt]
+        if among is None:
+            return {r[0] for r in self.conn.execute(sql, args)}
+        wanted, found = list(dict.fromkeys(among)), set()
+        for start in range(0, len(wanted), 500):  # within SQLite's limit on bound parameters
+            chunk = wanted[start : start + 500]
+            found |= {r[0] for r in self.conn.execute(f"{sql} AND text_hash IN ({','.join('?' * len(chunk))})",
+                                                      [*args, *chunk])}
+        return found
 
     def put_batch(self, teacher: str, prompt: str, label_names: Sequence[str], records: Iterable[LabelRecord]) -> None:
         """Write (or replace) the records of one batch in one transaction."""
@@ -209,7 +218,8 @@ class LabelStore:
                 raise TailorkdError(f"{self.path}: {len(missing)} reasons are for texts without a label of teacher "
                                     f"{teacher!r}, prompt {prompt!r} (e.g. {missing[:3]}); none were written")
 
-    def get(self, teacher: str, prompt: str, hashes: Sequence[str], label_names: Sequence[str]) -> dict[str, LabelRecord]:
+    def get(self, teacher: str, prompt: str, hashes: Sequence[str],
+            label_names: Sequence[str]) -> dict[str, LabelRecord]:
         """Records for the given text hashes (those present), with probs in ``label_names`` order."""
         found: dict[str, LabelRecord] = {}
         wanted = list(dict.fromkeys(hashes))
@@ -223,7 +233,8 @@ class LabelStore:
             for h, tid, names, probs, pred, conf, ent, margin, secs, reason in rows:
                 stored = dict(zip(json.loads(names), json.loads(probs)))
                 if set(stored) != set(label_names):
-                    raise ValueError(f"{self.path}: stored labels {sorted(stored)} differ from the task's {list(label_names)}")
+                    raise ValueError(f"{self.path}: stored labels {sorted(stored)} differ from the task's "
+                                     f"{list(label_names)}")
                 found[h] = LabelRecord(tid, h, [stored[n] for n in label_names], pred, conf, ent, margin, secs, reason)
         return found
 
@@ -299,7 +310,8 @@ class LabelStore:
         return counted[0]
 
     @staticmethod
-    def _export_batches(cursor: sqlite3.Cursor, label_names: list[str], batch_rows: int) -> Iterator[list[dict[str, Any]]]:
+    def _export_batches(cursor: sqlite3.Cursor, label_names: list[str],
+                        batch_rows: int) -> Iterator[list[dict[str, Any]]]:
         while rows := cursor.fetchmany(batch_rows):
             batch = []
             for tid, h, t, p, names, probs, pred, conf, ent, margin, secs, reason in rows:
