@@ -97,12 +97,12 @@ def build(args: argparse.Namespace):
     ]
     recipe = load_recipe(args.recipe, overrides)
     data = pipeline.prepare(recipe)
-    seeds = pipeline._rows(data.seed)
+    seeds = data.rows("seed")
     shots = choose_shots(seeds, recipe.task.label_names, recipe.prompt.shots, recipe.seed)
     t0 = time.perf_counter()
     teacher = LocalTeacher(recipe.teacher, recipe.task, recipe.prompt, shots)
     setup_s = time.perf_counter() - t0
-    rows = pipeline._rows(data.test)
+    rows = data.rows("test")
     return recipe, teacher, rows, shots, setup_s
 
 
@@ -180,10 +180,10 @@ def run_floor(teacher, batches, n_answer: int) -> dict[str, float]:
     tokens on copies of the cache (copies made outside the timer), its per-token time times the tokens
     new per text (own + answer tokens), padding excluded.
     """
-    from tailorkd.scoring import _repeat_cache, _restore, _snapshot
+    from tailorkd.scoring import repeat_cache, restore_cache, snapshot_cache
 
     scorer = teacher.scorer
-    prefix_ids, prefix_cache = scorer._prefix
+    prefix_ids, prefix_cache = scorer.prefix
     n = len(prefix_ids)
     forward_s = floor_s = copy_s = 0.0
     if scorer.sequential:
@@ -193,24 +193,24 @@ def run_floor(teacher, batches, n_answer: int) -> dict[str, float]:
                 ids = torch.tensor([list(p[n:]) + tree_tokens])
                 positions = torch.arange(n, n + ids.shape[1])[None]
                 mask = torch.ones(1, n + ids.shape[1], dtype=torch.long)
-                snap = _snapshot(prefix_cache)
+                snap = snapshot_cache(prefix_cache)
                 t0 = time.perf_counter()
-                scorer._forward(ids, mask, positions, keep=1, use_cache=True, **{scorer._cache_kwarg: prefix_cache})
+                scorer.forward(ids, mask, positions, keep=1, use_cache=True, **{scorer.cache_kwarg: prefix_cache})
                 t = time.perf_counter() - t0
-                _restore(prefix_cache, snap)
+                restore_cache(prefix_cache, snap)
                 forward_s += t
                 floor_s += t
         return {"forward_s": forward_s, "floor_s": floor_s, "cache_copy_s": copy_s}
     for prompts in batches:
         c0 = time.perf_counter()
-        cache = _repeat_cache(prefix_cache, len(prompts))
+        cache = repeat_cache(prefix_cache, len(prompts))
         copy_s += time.perf_counter() - c0
         own = [p[n:] for p in prompts]
-        ids, own_mask = scorer._left_pad(own)
+        ids, own_mask = scorer.left_pad(own)
         positions = n + (own_mask.cumsum(-1) - 1).clamp(min=0)
         mask = torch.cat([torch.ones(len(own), n, dtype=own_mask.dtype), own_mask], dim=1)
         t0 = time.perf_counter()
-        scorer._forward(ids, mask, positions, keep=1, use_cache=True, **{scorer._cache_kwarg: cache})
+        scorer.forward(ids, mask, positions, keep=1, use_cache=True, **{scorer.cache_kwarg: cache})
         t = time.perf_counter() - t0
         forward_s += t
         new_tokens = sum(len(o) for o in own) + n_answer * len(own)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     label_ids = teacher.scorer.label_ids
     max_new = max(len(ids) for ids in label_ids) + 3
     n_answer = answer_tokens_needed(label_ids)
-    n_prefix = len(teacher.scorer._prefix[0]) if teacher.scorer._prefix else 0
+    n_prefix = len(teacher.scorer.prefix[0]) if teacher.scorer.prefix else 0
     threads = torch.get_num_threads()
     print(f"model {args.model}, {len(shots)} shots, shared prefix {n_prefix} tokens, threads {threads}, "
           f"batch {args.batch_size}; setup {setup_s:.1f}s", flush=True)
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 tot[key] += statistics.median(r[key] for r in f_runs)
             own += [len(pr) - n_prefix for b in batches for pr in b]
             padded += sum(len(b) * (max(len(pr) for pr in b) - n_prefix) for b in batches)
-            print(f"  {r0 + len(chunk)}/{len(sub)} texts: " + ", ".join(f"{k} {v:.1f}" for k, v in tot.items()), flush=True)
+            print(f"  {r0 + len(chunk)}/{len(sub)} texts: " + ", ".join(f"{k} {v:.1f}" for k, v in tot.items()),
+                  flush=True)
         tot.update(answers=answers, parsed=parsed, pred=pred, mean_own_tokens=sum(own) / len(own),
                    padding_fraction=1 - sum(own) / padded)
         return tot
@@ -381,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print()
     print(f"{'way':<34}{'texts':>6}{'texts/s':>10}{'vs naive':>10}{'vs floor':>10}")
-    print(f"{'(a) naive generate()':<34}{n_a:>6}{naive_tps:>10.2f}{1:>10.1f}x{naive_tps / same_r['floor_texts_per_s']:>9.2f}")
+    floor = naive_tps / same_r["floor_texts_per_s"]
+    print(f"{'(a) naive generate()':<34}{n_a:>6}{naive_tps:>10.2f}{1:>10.1f}x{floor:>9.2f}")
     print(f"{'(b) tailorkd scorer':<34}{n_a:>6}{same_r['scorer_texts_per_s']:>10.2f}"
           f"{result['scorer_over_naive']:>10.1f}x{same_r['scorer_over_floor']:>9.2f}")
     print(f"{'floor (new tokens only)':<34}{n_a:>6}{same_r['floor_texts_per_s']:>10.2f}"

@@ -14,7 +14,8 @@ The baseline of every ratio is the hand-written prompt, measured in the same run
 the search sees; test scores are what a user gets. Run:
 
     TAILORKD_DATA_DIR=../shared/data .venv/bin/python benchmarks/prompt_search.py \\
-        recipes/crisis-signals/smollm2-135m-instruct_to_minilm-l6_lora.yaml --out benchmarks/results/prompt_search_crisis.json
+        recipes/crisis-signals/smollm2-135m-instruct_to_minilm-l6_lora.yaml \
+        --out benchmarks/results/prompt_search_crisis.json
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     from tailorkd.evaluation import classification_metrics
     from tailorkd.labels import LabelStore, text_hash
     from tailorkd.recipe import PromptSearchConfig, load_recipe
+    from tailorkd.stages.prompt_search import SeedScorer
 
     recipe = load_recipe(args.recipe, args.overrides)
     search = recipe.prompt_search or PromptSearchConfig()
@@ -57,10 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     pipeline.prepare(recipe)
     payload = pipeline.tune_prompt(recipe)
 
-    data = pipeline._data(recipe)
-    scorer = pipeline.SeedScorer(recipe, data, calibrate=search.calibrate)
+    data = pipeline.load_data(recipe)
+    scorer = SeedScorer(recipe, data, calibrate=search.calibrate)
     names = recipe.task.label_names
-    test_rows = pipeline._rows(data.test)
+    test_rows = data.rows("test")
     hand = recipe.prompt
     chosen = pipeline.resolve_prompt(recipe).prompt
     other = {"fixed": "knn", "knn": "fixed"}
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = scorer.teacher(prompt)
         t0 = time.perf_counter()
         with LabelStore(Path(recipe.output_dir) / "labels.sqlite") as store:
-            found = pipeline._labeller(teacher)(teacher, test_rows, store, desc=f"test: {name}")
+            found = teacher.label(test_rows, store, desc=f"test: {name}")
         elapsed = time.perf_counter() - t0
         probs = np.array([found[text_hash(r["text"])].probs for r in test_rows])
         predicted = [names[i] for i in probs.argmax(1)]

@@ -72,18 +72,20 @@ def main(argv: list[str] | None = None) -> dict:
     from tailorkd.evaluation.baselines import seed_only_baseline
     from tailorkd.labels import LabelStore
     from tailorkd.recipe import load_recipe
+    from tailorkd.run_dir import RunDir
+    from tailorkd.stages.ensemble import ensemble_probs
     from tailorkd.teachers.ensemble import COMBINES, combine
 
     recipe = pipeline.resolve_prompt(load_recipe(args.recipe, args.overrides))
     if recipe.teacher.ensemble is None:
         raise SystemExit(f"{args.recipe}: teacher.ensemble is not set; this benchmark compares ensemble members")
     pipeline.label(recipe)  # resumes: nothing to do when the run is labelled
-    data = pipeline._data(recipe)
+    data = pipeline.load_data(recipe)
     names = recipe.task.label_names
-    splits = {"dev": pipeline._rows(data.pool), "test": pipeline._rows(data.test)}
+    splits = {"dev": data.rows("pool"), "test": data.rows("test")}
     truth = {"dev": pool_labels(recipe, [str(r["id"]) for r in splits["dev"]]),
              "test": [str(r["label"]) for r in splits["test"]]}
-    payload = json.loads((Path(recipe.output_dir) / pipeline.ENSEMBLE_FILE).read_text())
+    payload = json.loads(RunDir(recipe).ensemble.read_text())
     members = [m["model"] for m in payload["members"]]
 
     def score(probs: np.ndarray, split: str) -> dict[str, float]:
@@ -96,11 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     with LabelStore(Path(recipe.output_dir) / "labels.sqlite") as store:
         for kind in probs:
             for split, rows in splits.items():
-                combined, _, probs[kind][split] = pipeline._ensemble_probs(recipe, rows, store,
-                                                                            calibrated=kind == "calibrated")
+                combined, _, probs[kind][split] = ensemble_probs(recipe, rows, store,
+                                                                 calibrated=kind == "calibrated")
                 if kind == "calibrated":
                     recipes_combination[split] = combined
-    seed_only = seed_only_baseline(pipeline._rows(data.seed), splits["test"], names,
+    seed_only = seed_only_baseline(data.rows("seed"), splits["test"], names,
                                    recipe.evaluation.seed_only_encoder, recipe.seed)
     baseline = score(seed_only["probs"], "test")
 

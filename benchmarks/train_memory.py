@@ -3,8 +3,9 @@
 The same student, the same data and the same batches are trained a few steps under each adapter method
 (full, lora, qlora, and bottleneck where this tailorkd has it) through tailorkd's own path:
 ``build_student`` (4-bit NF4 base for qlora) then ``distill_student`` (attach_adapter + the transformers
-Trainer with tailorkd's soft cross-entropy; one stage, no validation split, no checkpoint, no final save). Each method runs in its own fresh Python process, because a
-process' peak resident set size is a high-water mark that an earlier method would leave behind.
+Trainer with tailorkd's soft cross-entropy; one stage, no validation split, no checkpoint, no final save).
+Each method runs in its own fresh Python process, because a process' peak resident set size is a
+high-water mark that an earlier method would leave behind.
 
 The texts are BBC News articles from the shipped recipe, rendered as the causal-LM student's k-shot prompt
 and cut to exactly ``--seq-len`` tokens (the student keeps a prompt's end), so every step has the same shape.
@@ -230,6 +231,7 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
 
     from tailorkd import pipeline
     from tailorkd.distill import distill_student
+    from tailorkd.prompts import fixed_shots
     from tailorkd.recipe import load_recipe
     from tailorkd.students import build_student
 
@@ -238,7 +240,7 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     recipe = load_recipe(spec["recipe"], recipe_overrides(spec, method))
     data = pipeline.prepare(recipe)
-    pool = pipeline._rows(data.pool)
+    pool = data.rows("pool")
     n_rows = spec["steps"] * spec["batch_size"]
     rows = [pool[i % len(pool)] for i in range(n_rows)]  # exactly `steps` full batches in one epoch
     rng = np.random.default_rng(spec["seed"])
@@ -247,7 +249,8 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     before_load = _memory_now(spec["device"])
     t0 = time.perf_counter()
-    student = build_student(recipe.student, recipe.task, recipe.prompt, pipeline._shots(recipe, data), method)
+    shots = fixed_shots(recipe.prompt, data.rows("seed"), recipe.task.label_names, recipe.seed)
+    student = build_student(recipe.student, recipe.task, recipe.prompt, shots, method)
     load_s = time.perf_counter() - t0
     if spec["device"] == "cpu":
         # Weights may be memory-mapped from the safetensors file and only become resident when first read;
@@ -295,7 +298,8 @@ def measure_method(spec: dict[str, Any], method: str) -> dict[str, Any]:
         "train_loss": summary["train_loss"],
         "input_tokens": {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths)},
         "scores_first_answer_tokens": bool(student.scorer.first_tokens_distinct),
-        "sequences_per_step": spec["batch_size"] * (1 if student.scorer.first_tokens_distinct else len(recipe.task.labels)),
+        "sequences_per_step": spec["batch_size"] * (1 if student.scorer.first_tokens_distinct
+                                                    else len(recipe.task.labels)),
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": {"before": load_before, "after": load_after},  # other jobs' load on the machine
     }
@@ -373,7 +377,7 @@ def make_random_checkpoint(spec: dict[str, Any]) -> dict[str, Any]:
     folder = Path(spec["folder"])
     recipe = load_recipe(spec["recipe"], [f"output_dir={spec['work_dir']}/recipe"])
     data = pipeline.prepare(recipe)
-    texts = [r["text"] for r in pipeline._rows(data.pool) + pipeline._rows(data.seed)]
+    texts = [r["text"] for r in data.rows("pool") + data.rows("seed")]
     config = load_config(spec["arch"])
     tokenizer = train_tokenizer(texts, min(config.vocab_size, 8000))
     config.bos_token_id = config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id

@@ -14,11 +14,11 @@ from conftest import TOPICS
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import NO_ALERT, AlertsConfig, load_recipe
+from tailorkd.run_dir import STAGE_INPUTS, RunDir
 from test_pipeline import make_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CRISIS = REPO / "recipes" / "crisis-signals" / "smollm2-135m-instruct_to_minilm-l6_lora.yaml"
-BBC = REPO / "recipes" / "bbc-news" / "gemma3-270m_to_minilm-l6_lora.yaml"
 
 
 def test_severity_levels_by_descending_thresholds():
@@ -57,14 +57,11 @@ def test_recipe_alerts_section_is_validated_and_leaves_other_hashes_alone(tmp_pa
     with pytest.raises(TailorkdError, match=r"alerts.severity: .*risk: thresholds must strictly descend"):
         load_recipe(bad)
 
-    # A recipe without alerts dumps (and hashes) as before the section existed; with alerts, only the
-    # whole-recipe hash moves: no stage (data, labels, student) or prompt fingerprint sees the section.
-    plain = load_recipe(BBC)
-    assert "alerts" not in plain.model_dump() and "alerts:" not in plain.to_yaml()
+    # With alerts, only the whole-recipe hash moves: no stage (data, labels, student) sees the section.
     crisis = load_recipe(CRISIS)
     without = crisis.model_copy(update={"alerts": None})
-    stages = ("data", "task", "seed", "prompt", "teacher", "student", "adapter", "distill")
-    assert crisis.content_hash(*stages) == without.content_hash(*stages)
+    for stage in STAGE_INPUTS:
+        assert RunDir(crisis).fingerprint(stage) == RunDir(without).fingerprint(stage)
     assert crisis.content_hash() != without.content_hash()
     assert crisis.task.model_dump() == without.task.model_dump()
 
@@ -81,7 +78,7 @@ def test_shipped_crisis_recipe_has_default_severity():
 def trained(tiny_models, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("classify")
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
-                              evaluation={"systems": ["teacher", "student"]},
+                              evaluation={"systems": ["teacher", "adaptive_kd"]},
                               alerts={"severity": {"business": [[0.4, "high"], [0.0, "low"]], "tech": [[0.0, "low"]]}})
     assert main(["run", recipe_path]) == 0
     return tmp_path, recipe_path
@@ -92,7 +89,7 @@ def test_classify_matches_the_evaluated_student(trained, capsys):
     run = tmp_path / "run"
     recipe = load_recipe(recipe_path)
     test = pd.read_parquet(run / "data" / "test.parquet")
-    evaluated = pd.read_parquet(run / "predictions" / "student.parquet").set_index("id")
+    evaluated = pd.read_parquet(run / "predictions" / "adaptive_kd.parquet").set_index("id")
     inputs = tmp_path / "texts.jsonl"
     inputs.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n\n" for _, r in test.iterrows()))
     out = tmp_path / "predicted.jsonl"

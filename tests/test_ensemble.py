@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import TOPICS
-from tailorkd import pipeline
 from tailorkd.calibration import Calibration, softmax_rows
 from tailorkd.cli import main
+from tailorkd.labels import text_hash
+from tailorkd.prompts import held_out_seeds
 from tailorkd.recipe import load_recipe
+from tailorkd.run_dir import RunDir
+from tailorkd.stages.ensemble import ensemble_probs
+from tailorkd.stages.label import teacher_records
+from tailorkd.stages.prepare import load_data
 from tailorkd.teachers.ensemble import combine, disagreement, seed_weights
 from test_pipeline import make_recipe
 
@@ -82,19 +87,19 @@ def test_pipeline_combines_calibrated_members(tiny_models, tmp_path):
     assert {m["identity"] for m in members} <= teachers
 
     recipe = load_recipe(recipe_path)
-    data = pipeline._data(recipe)
-    rows, probs, seconds = pipeline._teacher_records(recipe, data, "test")
+    data = load_data(recipe)
+    rows, probs, seconds = teacher_records(recipe, data, "test")
     from tailorkd.labels import LabelStore
 
     with LabelStore(run / "labels.sqlite") as store:
-        _, _, member_probs = pipeline._ensemble_probs(recipe, rows, store, calibrated=True)
+        _, _, member_probs = ensemble_probs(recipe, rows, store, calibrated=True)
     expected = combine(member_probs, [m["weight"] for m in members], "product")
     np.testing.assert_allclose(probs, expected)
     # the members' calibrations were applied
     with LabelStore(run / "labels.sqlite") as store:
-        raw = store.get(members[1]["identity"], members[1]["prompt"], [pipeline.text_hash(r["text"]) for r in rows],
+        raw = store.get(members[1]["identity"], members[1]["prompt"], [text_hash(r["text"]) for r in rows],
                         TOPICS)
-    raw_opt = np.array([raw[pipeline.text_hash(r["text"])].probs for r in rows])
+    raw_opt = np.array([raw[text_hash(r["text"])].probs for r in rows])
     np.testing.assert_allclose(member_probs[1], Calibration.from_dict(members[1]["calibration"]).apply(raw_opt))
     assert (seconds > 0).all()
     summary = json.loads((run / "labels_summary.json").read_text())
@@ -132,21 +137,21 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
     accuracies = [m["held_out_seed_accuracy"] for m in members]
     assert [m["weight"] for m in members] == pytest.approx(seed_weights(accuracies))
     recipe = load_recipe(recipe_path)
-    data = pipeline._data(recipe)
-    rows, probs, _ = pipeline._teacher_records(recipe, data, "pool")
+    data = load_data(recipe)
+    rows, probs, _ = teacher_records(recipe, data, "pool")
     assert probs.shape == (len(rows), len(TOPICS)) and np.allclose(probs.sum(1), 1.0)
     # Its distributions are in the store like a teacher's: a second label run refits nothing.
-    from tailorkd.evaluation.baselines import SentenceEmbedder, _text, classifier_probs, fit_seed_classifier
+    from tailorkd.evaluation.baselines import SentenceEmbedder, classifier_probs, embedding_text, fit_seed_classifier
     from tailorkd.labels import LabelStore
 
-    seeds = pipeline._rows(data.seed)
+    seeds = data.rows("seed")
     embed = SentenceEmbedder(str(tiny_models["bert"]))
-    model = fit_seed_classifier(embed([_text(r) for r in seeds]), [r["label"] for r in seeds], recipe.seed)
-    expected = classifier_probs(model, embed([_text(r) for r in rows]), TOPICS)
+    model = fit_seed_classifier(embed([embedding_text(r) for r in seeds]), [r["label"] for r in seeds], recipe.seed)
+    expected = classifier_probs(model, embed([embedding_text(r) for r in rows]), TOPICS)
     with LabelStore(run / "labels.sqlite") as store:
-        stored = store.get(members[1]["identity"], members[1]["prompt"], [pipeline.text_hash(r["text"]) for r in rows],
+        stored = store.get(members[1]["identity"], members[1]["prompt"], [text_hash(r["text"]) for r in rows],
                            TOPICS)
-    np.testing.assert_allclose([stored[pipeline.text_hash(r["text"])].probs for r in rows], expected, atol=1e-6)
+    np.testing.assert_allclose([stored[text_hash(r["text"])].probs for r in rows], expected, atol=1e-6)
     # A seed classifier alone is an ensemble too; an ensemble of nothing is refused.
     with pytest.raises(Exception, match="needs members"):
         load_recipe(recipe_path, ["teacher.ensemble={members: []}"])
@@ -176,18 +181,19 @@ def test_a_member_labels_with_its_own_prompt(tiny_models, tmp_path):
     with_own = LocalTeacher(member_config, recipe.task, PromptConfig(**own), [], model, tokenizer)
     with_recipes = LocalTeacher(member_config, recipe.task, recipe.prompt, [], model, tokenizer)
     assert members[1]["prompt"] == with_own.prompt_fingerprint != with_recipes.prompt_fingerprint
-    data = pipeline._data(recipe)
-    rows = pipeline._rows(data.test)[:6]
+    data = load_data(recipe)
+    rows = data.rows("test")[:6]
     with LabelStore(run / "labels.sqlite") as store:
-        stored = store.get(members[1]["identity"], members[1]["prompt"], [pipeline.text_hash(r["text"]) for r in rows],
+        stored = store.get(members[1]["identity"], members[1]["prompt"], [text_hash(r["text"]) for r in rows],
                            TOPICS)
     expected, _ = with_own.score(rows)
-    np.testing.assert_allclose([stored[pipeline.text_hash(r["text"])].probs for r in rows], expected, atol=1e-5)
+    np.testing.assert_allclose([stored[text_hash(r["text"])].probs for r in rows], expected, atol=1e-5)
     # With zero shots every seed is held out for this member: its seed accuracy is measured on all of them.
-    held_out = pipeline._held_out_seeds(recipe.model_copy(update={"prompt": PromptConfig(**own)}), data)
-    assert len(held_out) == len(data.seed) > len(pipeline._held_out_seeds(recipe, data))
-    # The member's prompt is part of what the labels were made with; a member without one dumps as before.
+    seeds = data.rows("seed")
+    held_out = held_out_seeds(PromptConfig(**own), seeds, TOPICS, recipe.seed)
+    assert len(held_out) == len(data.seed) > len(held_out_seeds(recipe.prompt, seeds, TOPICS, recipe.seed))
+    # The member's prompt is part of what the labels were made with.
     changed = load_recipe(recipe_path, ["teacher.ensemble.members.0.prompt.instruction=Which topic is it?"])
-    assert pipeline._labels_hash(changed) != pipeline._labels_hash(recipe)
     plain = load_recipe(recipe_path, ["teacher.ensemble.members.0.prompt=null"])
-    assert "prompt" not in plain.model_dump(mode="json")["teacher"]["ensemble"]["members"][0]
+    fingerprints = {RunDir(r).fingerprint("label") for r in (recipe, changed, plain)}
+    assert len(fingerprints) == 3

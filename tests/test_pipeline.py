@@ -17,6 +17,9 @@ from tailorkd.cli import main
 from tailorkd.evaluation import classification_metrics
 from tailorkd.evaluation.metrics import system_metrics
 from tailorkd.recipe import load_recipe
+from tailorkd.stages.label import teacher_records
+from tailorkd.stages.prepare import load_data
+from tailorkd.stages.prompt_search import SeedScorer
 
 
 def make_recipe(tmp_path, teacher, student, **extra) -> str:
@@ -54,8 +57,8 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert main(["run", recipe_path]) == 0
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
-    assert report["schema_version"] == 2
-    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "student", "seed_only"]
+    assert report["schema_version"] == 3
+    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only"]
     assert set(report["timings_seconds"]) >= {"prepare", "label", "distill", "evaluate", "total"}
     assert (run / "report.md").read_text().startswith("# tailorkd report: tiny")
     assert "| teacher |" in (run / "report.md").read_text()
@@ -66,7 +69,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert labels_in_store(run) == 30 + 20
 
     # Reported metrics are those of the stored predictions.
-    for system in ("teacher", "untrained_student", "standard_kd", "student", "seed_only"):
+    for system in ("teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only"):
         frame = pd.read_parquet(run / "predictions" / f"{system}.parquet")
         recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
         reported = report["systems"][system]["metrics"]
@@ -83,10 +86,10 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
         assert set(report["systems"][system]["cost"]) >= {"texts_per_second", "latency_seconds",
                                                            "trainable_parameters", "peak_training_memory_gb"}
         assert (run / report["figures"]["confusion_matrix"][system]).is_file()
-    assert set(report["vs_teacher"]) == {"untrained_student", "standard_kd", "student", "seed_only"}
-    assert 0 <= report["systems"]["student"]["metrics"]["agreement_with_teacher"] <= 1
-    assert report["systems"]["student"]["cost"]["latency_seconds"]["median"] > 0
-    student_info = report["systems"]["student"]["training"]
+    assert set(report["vs_teacher"]) == {"untrained_student", "standard_kd", "adaptive_kd", "seed_only"}
+    assert 0 <= report["systems"]["adaptive_kd"]["metrics"]["agreement_with_teacher"] <= 1
+    assert report["systems"]["adaptive_kd"]["cost"]["latency_seconds"]["median"] > 0
+    student_info = report["systems"]["adaptive_kd"]["training"]
     assert 0 < student_info["parameters"]["trainable"] < student_info["parameters"]["total"]
     # The paper's baselines: standard KD trains every weight, the untrained student none.
     full = report["systems"]["standard_kd"]["training"]["parameters"]
@@ -94,7 +97,8 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert report["systems"]["untrained_student"]["training"]["parameters"]["trainable"] == 0
 
     # A second run skips what is done: no new labels, no student is retrained.
-    stamps = {d: (run / "students" / d / "student.json").stat().st_mtime_ns for d in ("student", "untrained", "standard_kd")}
+    stamps = {d: (run / "students" / d / "student.json").stat().st_mtime_ns
+              for d in ("adaptive_kd", "untrained", "standard_kd")}
     assert main(["run", recipe_path]) == 0
     assert labels_in_store(run) == 50
     assert {d: (run / "students" / d / "student.json").stat().st_mtime_ns for d in stamps} == stamps
@@ -110,7 +114,6 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
 def test_interrupted_labelling_keeps_finished_chunks_and_resumes(tiny_models, tmp_path, monkeypatch):
     recipe = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["gpt2"]))
     pipeline.prepare(recipe)
-    from tailorkd import teachers
     from tailorkd.teachers import local
 
     calls = {"n": 0}
@@ -123,7 +126,7 @@ def test_interrupted_labelling_keeps_finished_chunks_and_resumes(tiny_models, tm
         return real_score(self, rows, *args, **kwargs)
 
     monkeypatch.setattr(local.LocalTeacher, "score_states", dying_score)
-    monkeypatch.setattr(teachers, "label_rows", functools.partial(local.label_rows, chunk=8))
+    monkeypatch.setattr(local, "label_rows", functools.partial(local.label_rows, chunk=8))
     with pytest.raises(KeyboardInterrupt):
         pipeline.label(recipe)
     assert calls["n"] == 2
@@ -181,9 +184,9 @@ def test_calibrated_teacher_feeds_student_and_report(tiny_models, tmp_path, caps
     from tailorkd.calibration import Calibration
 
     recipe = load_recipe(recipe_path)
-    data = pipeline._data(recipe)
-    _, calibrated, _ = pipeline._teacher_records(recipe, data, "pool")
-    _, raw, _ = pipeline._teacher_records(recipe, data, "pool", calibrated=False)
+    data = load_data(recipe)
+    _, calibrated, _ = teacher_records(recipe, data, "pool")
+    _, raw, _ = teacher_records(recipe, data, "pool", calibrated=False)
     fitted.pop("recipe_hash")
     np.testing.assert_allclose(calibrated, Calibration.from_dict(fitted).apply(raw))
     frame = pd.read_parquet(run / "predictions" / "teacher.parquet")
@@ -210,15 +213,12 @@ def test_calibration_on_all_seeds_with_leave_one_out_shots(tiny_models, tmp_path
     assert {c["held_out_seeds"] for c in fitted["details"]["candidates"].values()} == {10}  # not 7
     assert fitted["details"]["seeds"] == "all"
     recipe = load_recipe(recipe_path)
-    data = pipeline._data(recipe)
-    seed_probs, calls, _ = pipeline.SeedScorer(recipe, data, calibrate=False).probs(recipe.prompt)
+    data = load_data(recipe)
+    seed_probs, calls, _ = SeedScorer(recipe, data, calibrate=False).probs(recipe.prompt)
     assert calls == 0 and not np.isnan(seed_probs).any()
-    y = np.array([TOPICS.index(r["label"]) for r in pipeline._rows(data.seed)])
+    y = np.array([TOPICS.index(r["label"]) for r in data.rows("seed")])
     bias = fit_bias(log_probs(seed_probs) - np.array(fitted["log_prior"]), y, fitted["details"]["l2"])
     np.testing.assert_allclose(fitted["bias"], bias, atol=1e-6)
-    # The option's default dumps as before it existed.
-    assert "seeds" not in load_recipe(recipe_path, ["teacher.calibration.seeds=not_shown"]).model_dump(
-        mode="json")["teacher"]["calibration"]
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):

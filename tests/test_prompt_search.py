@@ -11,16 +11,21 @@ import torch
 import yaml
 
 from conftest import TOPICS, make_tokenizer
-from test_pipeline import make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.models import load_causal_lm
 from tailorkd.prompts import KnnShotSelector, PromptBuilder
 from tailorkd.prompts.render import JSON_ANSWER_OPENING, MULTILINGUAL_NOTE
-from tailorkd.prompts.search import (greedy_search, loo_shot_groups, neighbours, search_space, seed_metrics)
+from tailorkd.prompts.search import greedy_search, loo_shot_groups, neighbours, search_space, seed_metrics
 from tailorkd.recipe import PromptConfig, PromptSearchConfig, TaskConfig, TeacherConfig, load_recipe
-from tailorkd.teachers import LocalTeacher
+from tailorkd.run_dir import RunDir
+from tailorkd.stages import prompt_search as prompt_search_stage
+from tailorkd.stages.evaluate import prompt_search_block
+from tailorkd.stages.label import teacher_records
+from tailorkd.stages.prepare import load_data
+from tailorkd.teachers import LocalTeacher, label_rows
+from test_pipeline import make_recipe
 
 TASK = TaskConfig(name="topic", description="The topic of a news item.",
                   labels=[{"name": t, "description": f"{t} news"} for t in TOPICS])
@@ -94,8 +99,8 @@ def test_knn_teacher_scores_each_text_as_its_own_fixed_shot_prompt(tiny_models, 
     teacher = LocalTeacher(config, TASK, prompt, [], model, tokenizer, selector=selector)
     rows = [{"id": "a", "text": "sport and tech today"}, {"id": "b", "text": "politics"}, {"id": "c", "text": "x"}]
     probs, _ = teacher.score(rows)
-    prefix = teacher.scorer._prefix
-    assert prefix is not None and all(teacher.scorer._prefix_for([teacher.encode(r)]) for r in rows)
+    prefix = teacher.scorer.prefix
+    assert prefix is not None and all(teacher.scorer.prefix_for([teacher.encode(r)]) for r in rows)
     for row, p in zip(rows, probs):
         fixed = LocalTeacher(config, TASK, prompt.model_copy(update={"shot_selection": "fixed"}),
                              selector.select(row), model, tokenizer)
@@ -148,6 +153,12 @@ class ConstructedTeacher:
     def prompt_fingerprint(self):
         return self.builder.fingerprint()
 
+    def with_prompt(self, prompt, shots, selector=None):
+        return ConstructedTeacher(prompt, shots, selector, self.truth)
+
+    def label(self, rows, store, desc="teacher", **options):
+        return label_rows(self, rows, store, desc=desc, **options)
+
     def score_states(self, rows, bar=None, hidden_layers=(), pooling="last"):
         probs = np.full((len(rows), len(TOPICS)), 0.1 / (len(TOPICS) - 1))
         for i, row in enumerate(rows):
@@ -164,9 +175,9 @@ def test_search_picks_the_better_prompt_and_resumes_from_the_store(tiny_models, 
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"], prompt_search=search)
     recipe = load_recipe(recipe_path)
     pipeline.prepare(recipe)
-    seeds = pipeline._rows(pipeline._data(recipe).seed)
+    seeds = load_data(recipe).rows("seed")
     truth = {r["text"]: r["label"] for r in seeds}
-    monkeypatch.setattr(pipeline, "_teacher_maker", lambda r: lambda prompt, shots, selector:
+    monkeypatch.setattr(prompt_search_stage, "make_teacher", lambda config, task, prompt, shots, selector=None:
                         ConstructedTeacher(prompt, shots, selector, truth))
     ConstructedTeacher.calls = 0
     payload = pipeline.tune_prompt(recipe)
@@ -243,7 +254,7 @@ def test_run_with_prompt_search_on_a_tiny_teacher(tiny_models, tmp_path, capsys)
     search = {"max_candidates": 4, "shot_draws": 1, "builtin_instructions": False,
               "instructions": ["Name the topic of the news item."]}
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"], prompt_search=search,
-                              evaluation={"systems": ["teacher", "student"]},
+                              evaluation={"systems": ["teacher", "adaptive_kd"]},
                               teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4, "ensemble": {
                                   "seed_classifier": {"encoder": str(tiny_models["bert"])}}})
     raw = yaml.safe_load(open(recipe_path))
@@ -275,12 +286,12 @@ def test_run_with_prompt_search_on_a_tiny_teacher(tiny_models, tmp_path, capsys)
         member["weight"] = weight
     (run / "ensemble.json").write_text(json.dumps(ensemble))
     chosen = pipeline.resolve_prompt(load_recipe(recipe_path))
-    data = pipeline._data(chosen)
-    _, combined, _ = pipeline._teacher_records(chosen, data, "test", calibrated=False)
+    data = load_data(chosen)
+    _, combined, _ = teacher_records(chosen, data, "test", calibrated=False)
     combined_accuracy = float(np.mean(np.array(TOPICS)[combined.argmax(1)] == test.label.to_numpy()))
     assert combined_accuracy != pytest.approx(own_accuracy)  # else this check could not tell them apart
-    again = pipeline._prompt_search_block(chosen, data, summary["prompt_search"])
+    again = prompt_search_block(chosen, data, summary["prompt_search"])
     assert again["test"]["chosen"]["accuracy"] == pytest.approx(own_accuracy)
     assert "timings_seconds" in report and "prompt_search" in report["timings_seconds"]
-    assert summary["recipe_hash"] == pipeline._labels_hash(chosen)
+    assert summary["recipe_hash"] == RunDir(chosen).fingerprint("label")
     assert "## Prompt search" in (run / "report.md").read_text()

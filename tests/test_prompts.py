@@ -9,7 +9,8 @@ from tailorkd.prompts import PromptBuilder, choose_shots, clip_text
 from tailorkd.recipe import PromptConfig, TaskConfig
 
 TASK = TaskConfig(name="topic", description="d", labels=[{"name": t, "description": f"{t} news"} for t in TOPICS])
-SEEDS = [{"id": f"{t}-{i}", "text": f"A {t} story number {i}.", "title": None, "label": t} for t in TOPICS for i in range(4)]
+SEEDS = [{"id": f"{t}-{i}", "text": f"A {t} story number {i}.", "title": None, "label": t}
+         for t in TOPICS for i in range(4)]
 
 
 def test_clip_text_cuts_at_a_word_and_marks_it():

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import CAUSAL_FAMILIES
+from tailorkd.errors import TailorkdError
 from tailorkd.scoring import LabelScorer, answer_tree, continuation_token_ids, shared_prefix
 
 
@@ -42,16 +43,17 @@ def test_exact_scores_match_reference_with_multi_token_labels(tiny_models, famil
     # With a cached shared prefix (the prompts' common start) the scores are the same, whether the texts
     # run batched on copies of the cache or one by one on the cache itself (the CPU default).
     scorer.set_shared_prefix(shared_prefix(prompts)[:-1])
-    assert len(scorer._prefix[0]) >= 3 and scorer._prefix_for(prompts) is not None
-    prefix_len = scorer._prefix[1].get_seq_length() if hasattr(scorer._prefix[1], "get_seq_length") else None
+    assert len(scorer.prefix[0]) >= 3 and scorer.prefix_for(prompts) is not None
+    prefix_len = scorer.prefix[1].get_seq_length() if hasattr(scorer.prefix[1], "get_seq_length") else None
     for sequential in (False, True, True):  # twice: a second pass proves the shared cache was put back
         scorer.sequential = sequential
         torch.testing.assert_close(scorer.score_exact(prompts), want, atol=1e-4, rtol=1e-4)
         if prefix_len is not None:
-            assert scorer._prefix[1].get_seq_length() == prefix_len
+            assert scorer.prefix[1].get_seq_length() == prefix_len
     # A prompt that does not share the prefix falls back to full computation, still exact.
     other = tok("Something else entirely")["input_ids"]
-    torch.testing.assert_close(scorer.score_exact([other]), reference_scores(model, [other], label_ids), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scorer.score_exact([other]), reference_scores(model, [other], label_ids),
+                               atol=1e-4, rtol=1e-4)
 
     # The differentiable training form gives the same scores (full-sequence path: first tokens collide).
     assert not scorer.first_tokens_distinct
@@ -92,7 +94,7 @@ def test_continuation_ids_follow_the_prompt_boundary(tiny_models):
     ids = continuation_token_ids(tok, "Answer:", [" sport", " tech"], True)
     assert tok.decode(ids[0]) == " sport"
     assert tok.decode(ids[1]) == " tech"
-    with pytest.raises(ValueError, match="same answer tokens"):
+    with pytest.raises(TailorkdError, match="are the same tokens"):
         continuation_token_ids(tok, "Answer:", [" sport", " sport"], True)
 
 
@@ -132,7 +134,7 @@ def test_hidden_states_pool_the_texts_own_tokens(tiny_models, family, pooling):
         for layer in layers:
             assert got.hidden[layer].dtype == torch.float32
             torch.testing.assert_close(got.hidden[layer], torch.stack(want[layer]), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="hidden layer 99 does not exist"):
+    with pytest.raises(TailorkdError, match="layer 99 does not exist"):
         scorer.score(prompts, hidden_layers=[99])
 
 

@@ -77,12 +77,12 @@ def test_reasons_for_a_sample_are_generated_once_and_stored(tiny_models, tmp_pat
         # Generation from the cached few-shot prefix equals generation from scratch (greedy).
         predicted = [records[text_hash(r["text"])].predicted for r in with_reason]
         cached = teacher.reasons(with_reason, predicted, max_new_tokens=6)
-        prefix = teacher.scorer._prefix
-        teacher.scorer._prefix = None
+        prefix = teacher.scorer.prefix
+        teacher.scorer.prefix = None
         try:
             assert teacher.reasons(with_reason, predicted, max_new_tokens=6) == cached
         finally:
-            teacher.scorer._prefix = prefix
+            teacher.scorer.prefix = prefix
         assert cached == [got[text_hash(r["text"])].reason for r in with_reason]
 
         # The same sample again: nothing to generate. A bigger one adds only the missing reasons.

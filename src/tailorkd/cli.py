@@ -23,19 +23,38 @@ def _recipe(path: str, overrides: list[str]):
     return load_recipe(path, overrides)
 
 
-def _print_summary(report: dict[str, Any]) -> None:
+def _summary_number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def print_summary(report: dict[str, Any], console: Any = None) -> None:
+    """The test-set results at the end of a run, fitting an 80-column terminal: short system names and numbers
+    only, then a legend (short name: the paper's name, model) wrapped to the terminal's width."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{report['recipe']['name']}: test set")
-    for col in ("system", "model", "accuracy", "macro-F1", "sensitivity", "specificity", "texts/s"):
-        table.add_column(col)
+    from tailorkd.evaluation import systems  # as a module: cli.py has a `label` command
+
+    console = console or Console()
+    # The model descriptions (one of them a sentence long) live in the legend: in the table they wrapped each
+    # row over many lines and squeezed the headers to "sensitiv…". Cells fold rather than cut when narrower.
+    table = Table(title=f"{report['recipe']['name']}: test set",
+                  caption="percent, except texts/s (test texts per second)")
+    table.add_column("system", overflow="fold")
+    for col in ("accuracy", "macro-F1", "sensitivity", "specificity", "texts/s"):
+        table.add_column(col, justify="right", overflow="fold")
+    legend = Table.grid(padding=(0, 1))
+    legend.add_column(no_wrap=True)
+    legend.add_column(overflow="fold")
     for name, sys_ in report["systems"].items():
         m = sys_["metrics"]
         tps = (sys_.get("cost") or {}).get("texts_per_second")
-        table.add_row(name, sys_["model"], *(f"{100 * m[k]:.2f}" for k in ("accuracy", "macro_f1", "sensitivity", "specificity")),
-                      "-" if tps is None else f"{tps:.1f}")
-    Console().print(table)
+        table.add_row(systems.short(name), *(_summary_number(None if m.get(k) is None else 100 * m[k], "{:.2f}")
+                                     for k in ("accuracy", "macro_f1", "sensitivity", "specificity")),
+                      _summary_number(tps, "{:.1f}"))
+        legend.add_row(f"{systems.short(name)}:", f"{systems.label(name)}, {sys_['model']}")
+    console.print(table)
+    console.print(legend)
 
 
 def run(recipe: str, overrides: list[str], force: bool = False) -> None:
@@ -47,7 +66,7 @@ def run(recipe: str, overrides: list[str], force: bool = False) -> None:
 
     r = _recipe(recipe, overrides)
     report = pipeline.run(r, force=force)
-    _print_summary(report)
+    print_summary(report)
     print(f"report: {r.output_dir}/report.md")
 
 
@@ -86,7 +105,7 @@ def evaluate(recipe: str, overrides: list[str]) -> None:
     """Evaluate teacher and student on RECIPE's human-labelled test set; write report.md and report.json."""
     from tailorkd import pipeline
 
-    _print_summary(pipeline.evaluate(_recipe(recipe, overrides)))
+    print_summary(pipeline.evaluate(_recipe(recipe, overrides)))
 
 
 def compare(run_dirs: list[str], output: str | None = None) -> None:
@@ -159,13 +178,8 @@ def export(recipe: str, out: str, overrides: list[str]) -> None:
     non-linear and cannot be merged into the base.
     """
     from tailorkd import pipeline
-    from tailorkd.students import export_student
 
-    r = pipeline.resolve_prompt(_recipe(recipe, overrides))
-    folder = Path(r.output_dir) / pipeline.STUDENT_DIR
-    # The few-shot examples evaluate gives the student, so the exported prompt is the one it was trained on.
-    shots = pipeline._shots(r, pipeline._data(r)) if (folder / "student.json").is_file() else []
-    description = export_student(folder, out, r.task, r.prompt, shots, r.student)
+    description = pipeline.export(_recipe(recipe, overrides), out)
     print(f"{description['kind']} student ({description['adapter_method']}) -> {out}")
 
 
@@ -181,6 +195,7 @@ def prompts_tune(recipe: str, overrides: list[str], force: bool = False) -> None
     """
     from tailorkd import pipeline
     from tailorkd.recipe import PromptSearchConfig
+    from tailorkd.run_dir import RunDir
 
     r = _recipe(recipe, overrides)
     if r.prompt_search is None:
@@ -189,13 +204,13 @@ def prompts_tune(recipe: str, overrides: list[str], force: bool = False) -> None
               "`tailorkd run` uses the chosen prompt)")
     pipeline.prepare(r)
     payload = pipeline.tune_prompt(r, force=force)
-    out = Path(r.output_dir) / "prompts"
-    print((out / "candidates.md").read_text(encoding="utf-8"), end="")
+    run_dir = RunDir(r)
+    print(run_dir.search_table.read_text(encoding="utf-8"), end="")
     base, chosen = payload["base"]["metrics"], payload["chosen"]["metrics"]
     print(f"\nseeds ({payload['seeds']}): {payload['metric']} {base[payload['metric']]:.3f} (hand-written) -> "
           f"{chosen[payload['metric']]:.3f} (chosen); {len(payload['candidates'])} candidates, "
           f"{payload['teacher_calls']} teacher calls, {payload['seconds']:.0f}s; {payload['stopped_because']}")
-    print(f"chosen prompt -> {out / 'chosen_prompt.yaml'}; recipe with it -> {Path(r.output_dir) / 'recipe.tuned.yaml'}")
+    print(f"chosen prompt -> {run_dir.chosen_prompt}; recipe with it -> {run_dir.tuned_recipe}")
 
 
 def models_list() -> None:
@@ -224,12 +239,12 @@ def models_prepare(names: list[str], force: bool = False) -> None:
 
 def _run_label_store(recipe: str, overrides: list[str]) -> tuple[Path, dict[str, Any] | None]:
     """RECIPE's label store path and its labels_summary.json (None when the label stage has not finished)."""
-    out = Path(_recipe(recipe, overrides).output_dir)
-    store = out / "labels.sqlite"
-    if not store.is_file():
-        raise TailorkdError(f"{store}: no label store yet; run `tailorkd label {recipe}` first")
-    summary_path = out / "labels_summary.json"
-    return store, json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    from tailorkd.run_dir import RunDir
+
+    run_dir = RunDir(_recipe(recipe, overrides))
+    if not run_dir.label_store.is_file():
+        raise TailorkdError(f"{run_dir.label_store}: no label store yet; run `tailorkd label {recipe}` first")
+    return run_dir.label_store, run_dir.read_json_if_exists(run_dir.labels_summary, "labels summary")
 
 
 def labels_export(recipe: str, out: str, overrides: list[str], teacher: str | None = None, prompt: str | None = None,
@@ -246,8 +261,8 @@ def labels_export(recipe: str, out: str, overrides: list[str], teacher: str | No
     store_path, summary = _run_label_store(recipe, overrides)
     if not everything and teacher is None and prompt is None:
         if summary is None:
-            raise TailorkdError(f"{store_path.parent / 'labels_summary.json'} not found (the label stage did not "
-                                f"finish); name the labels with --teacher / --prompt, or export them --all")
+            raise TailorkdError(f"{store_path.parent}: no labels summary (the label stage did not finish); name the "
+                                "labels with --teacher / --prompt, or export them --all")
         teacher, prompt = summary["teacher"], summary["prompt"]["fingerprint"]
     with LabelStore(store_path) as store:
         n = store.export(out, teacher=teacher, prompt=prompt)
@@ -304,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for fn in (run, validate, prepare, label, distill, evaluate):
         short, long = _help(fn)
-        p = sub.add_parser(fn.__name__, help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(fn.__name__, help=short, description=long,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", help="path to a recipe YAML")
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
         if "force" in inspect.signature(fn).parameters:
@@ -322,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("recipe", help="path to a recipe YAML (its run holds the trained student)")
     cl.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
     cl.add_argument("--text", action="append", metavar="TEXT", help="a text to classify (repeatable)")
-    cl.add_argument("--input", dest="input_file", metavar="FILE.jsonl", help="texts to classify, one JSON object a line")
+    cl.add_argument("--input", dest="input_file", metavar="FILE.jsonl",
+                    help="texts to classify, one JSON object a line")
     cl.add_argument("--output", metavar="FILE.jsonl", help="write the predictions here instead of printing them")
     cl.set_defaults(func=classify)
 
@@ -391,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[RichHandler(show_path=False, rich_tracebacks=True)])
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes says at import that an optional CPU kernel package is missing: nothing to act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     kwargs = {k: v for k, v in vars(args).items() if k in inspect.signature(args.func).parameters}
     try:
         args.func(**kwargs)

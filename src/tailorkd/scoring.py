@@ -30,8 +30,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from tailorkd.errors import TailorkdError
 
-def continuation_token_ids(tokenizer: Any, prompt: str, continuations: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+
+def continuation_token_ids(tokenizer: Any, prompt: str, continuations: Sequence[str], add_special_tokens: bool
+                           ) -> list[list[int]]:
     """Token ids of each continuation as the tokenizer splits it *after* ``prompt``.
 
     Tokenizing prompt+answer and removing the prompt's tokens respects merges at the boundary; if the
@@ -46,14 +49,16 @@ def continuation_token_ids(tokenizer: Any, prompt: str, continuations: Sequence[
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"the answer {text!r} has no tokens")
+            raise TailorkdError(f"task.labels: the answer {text!r} has no tokens for this tokenizer; give the label "
+                                "a verbalizer with words")
         result.append(list(ids))
     if len({tuple(ids) for ids in result}) != len(result):
-        raise ValueError(f"two classes have the same answer tokens: {continuations}")
+        raise TailorkdError(f"task.labels: two classes' answers {continuations} are the same tokens for this "
+                            "tokenizer; give them verbalizers that differ")
     return result
 
 
-def _repeat_cache(cache: Any, batch: int, keep_original: bool = True) -> Any:
+def repeat_cache(cache: Any, batch: int, keep_original: bool = True) -> Any:
     """A KV cache with each row repeated ``batch`` times (a copy, unless the original may be consumed)."""
     if keep_original:
         cache = copy.deepcopy(cache)
@@ -64,7 +69,7 @@ def _repeat_cache(cache: Any, batch: int, keep_original: bool = True) -> Any:
     return tuple(tuple(t.repeat_interleave(batch, dim=0) for t in layer) for layer in cache)
 
 
-def _snapshot(cache: Any) -> Any:
+def snapshot_cache(cache: Any) -> Any:
     """What is needed to undo a forward pass's appends to ``cache`` without copying any tensor.
 
     Caches grow by concatenation into new tensors (never in place), so keeping references to the
@@ -77,7 +82,7 @@ def _snapshot(cache: Any) -> Any:
     return state, layers
 
 
-def _restore(cache: Any, snapshot: Any) -> None:
+def restore_cache(cache: Any, snapshot: Any) -> None:
     if snapshot is None:
         return
     state, layers = snapshot
@@ -152,7 +157,7 @@ class LabelScorer:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.first_tokens_distinct = len({ids[0] for ids in label_ids}) == len(label_ids)
-        self._prefix: tuple[list[int], Any] | None = None
+        self.prefix: tuple[list[int], Any] | None = None
         # With sliding-window attention, padding between the cached prefix and a text would shift the
         # window; such models score texts of equal length together instead (no padding at all).
         config = getattr(_base_model(model), "config", None)
@@ -169,7 +174,7 @@ class LabelScorer:
         return next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in self._forward_params), None)
 
     @cached_property
-    def _cache_kwarg(self) -> str:
+    def cache_kwarg(self) -> str:
         # transformers >= 5.2x renamed past_key_values to cache (input and output alike).
         return "cache" if "cache" in self._forward_params else "past_key_values"
 
@@ -177,7 +182,7 @@ class LabelScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -186,7 +191,8 @@ class LabelScorer:
             mask[row, width - len(seq) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, keep: int, **kwargs: Any) -> Any:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, keep: int,
+                **kwargs: Any) -> Any:
         # Positions come from the mask so that left padding does not shift models with absolute
         # position embeddings (GPT-2, OPT); rotary models are unaffected either way.
         if self._keep_kwarg is not None:
@@ -205,17 +211,17 @@ class LabelScorer:
 
         Later ``score_exact`` calls whose prompts all start with ``prefix`` only run their own tokens.
         """
-        self._prefix = None
+        self.prefix = None
         if len(prefix) < 2:
             return
         ids = torch.tensor([list(prefix)], device=self.device)
         with torch.no_grad():
-            out = self._forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device)[None], keep=1,
+            out = self.forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device)[None], keep=1,
                                 use_cache=True)
-        self._prefix = (list(prefix), out.get(self._cache_kwarg))
+        self.prefix = (list(prefix), out.get(self.cache_kwarg))
 
-    def _prefix_for(self, prompts: Sequence[Sequence[int]]) -> tuple[list[int], Any] | None:
-        prefix = self._prefix
+    def prefix_for(self, prompts: Sequence[Sequence[int]]) -> tuple[list[int], Any] | None:
+        prefix = self.prefix
         if prefix is None:
             return None
         n = len(prefix[0])
@@ -234,7 +240,7 @@ class LabelScorer:
         state at the answer position, ``mean`` = the mean over the tokens after the shared prefix."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
-        prefix = self._prefix_for(prompts)
+        prefix = self.prefix_for(prompts)
         if prefix is not None and self.sequential:
             parts = [self._score_alone(p, prefix, hidden_layers, pooling) for p in prompts]
             return ScoreResult(torch.cat([r.scores for r in parts]),
@@ -252,23 +258,23 @@ class LabelScorer:
         needs_cache = any(len(label) > 1 for label in self.label_ids)
         extra = {"output_hidden_states": True} if hidden_layers else {}
         if prefix is None:
-            ids, own_mask = self._left_pad(prompts)
+            ids, own_mask = self.left_pad(prompts)
             mask = own_mask
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self._forward(ids, mask, positions, keep=1, use_cache=needs_cache, **extra)
+            out = self.forward(ids, mask, positions, keep=1, use_cache=needs_cache, **extra)
         else:
             # Only the texts' own tokens run, on top of a copy of the shared prefix's cache. Padding sits
             # between prefix and text, masked out; positions continue from the prefix.
-            n, cache = len(prefix[0]), _repeat_cache(prefix[1], len(prompts))
-            ids, own_mask = self._left_pad([p[n:] for p in prompts])
+            n, cache = len(prefix[0]), repeat_cache(prefix[1], len(prompts))
+            ids, own_mask = self.left_pad([p[n:] for p in prompts])
             positions = n + (own_mask.cumsum(-1) - 1).clamp(min=0)
             mask = torch.cat([torch.ones(len(prompts), n, dtype=own_mask.dtype, device=ids.device), own_mask], dim=1)
-            out = self._forward(ids, mask, positions, keep=1, use_cache=True, **{self._cache_kwarg: cache}, **extra)
+            out = self.forward(ids, mask, positions, keep=1, use_cache=True, **{self.cache_kwarg: cache}, **extra)
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1)
         scores = torch.stack([first[:, label[0]] for label in self.label_ids], dim=1)
         longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
         if longer:
-            scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
+            scores = scores + self._continuations(out.get(self.cache_kwarg), mask, positions[:, -1:], longer)
         return ScoreResult(self._combine(scores), self._pool(out, own_mask, hidden_layers, pooling))
 
     def _score_alone(self, prompt: Sequence[int], prefix: tuple[list[int], Any], hidden_layers: Sequence[int],
@@ -285,7 +291,7 @@ class LabelScorer:
         own = list(prompt[n:])
         tree_tokens, _, depths = self.tree if not self.sliding_window else ([], [], [])
         q_own, q_tree = len(own), len(tree_tokens)
-        snapshot = _snapshot(cache)
+        snapshot = snapshot_cache(cache)
         try:
             ids = torch.tensor([own + tree_tokens], device=self.device)
             positions = torch.tensor([list(range(n, len(prompt))) + [len(prompt) + d for d in depths]],
@@ -295,7 +301,7 @@ class LabelScorer:
             else:
                 mask = torch.ones(1, len(prompt), dtype=torch.long, device=self.device)
             extra = {"output_hidden_states": True} if hidden_layers else {}
-            out = self._forward(ids, mask, positions, keep=q_tree + 1, use_cache=True, **{self._cache_kwarg: cache},
+            out = self.forward(ids, mask, positions, keep=q_tree + 1, use_cache=True, **{self.cache_kwarg: cache},
                                 **extra)
             logp = F.log_softmax(out.logits[0, -(q_tree + 1):].float(), dim=-1)  # text's last token, then nodes
             scores = torch.stack([logp[0, label[0]] for label in self.label_ids])[None]
@@ -303,13 +309,13 @@ class LabelScorer:
                 scores = scores + self._tree_scores(logp[1:])
             elif any(len(label) > 1 for label in self.label_ids):  # sliding window: a second pass
                 longer = [c for c, label in enumerate(self.label_ids) if len(label) > 1]
-                scores = scores + self._continuations(out.get(self._cache_kwarg), mask, positions[:, -1:], longer)
+                scores = scores + self._continuations(out.get(self.cache_kwarg), mask, positions[:, -1:], longer)
             if hidden_layers:
                 out.hidden_states = tuple(h[:, :q_own] for h in out.hidden_states)
             return ScoreResult(self._combine(scores),
                                self._pool(out, torch.ones(1, q_own, dtype=torch.long), hidden_layers, pooling))
         finally:
-            _restore(cache, snapshot)
+            restore_cache(cache, snapshot)
 
     def _tree_mask(self, n: int, q_own: int) -> torch.Tensor:
         """[1, 1, q_own + q_tree, n + q_own + q_tree] additive mask: 0 where a token may attend."""
@@ -356,7 +362,8 @@ class LabelScorer:
         pooled = {}
         for layer in layers:
             if not -len(states) <= layer < len(states):
-                raise ValueError(f"hidden layer {layer} does not exist: the model has hidden states 0..{len(states) - 1}")
+                raise TailorkdError(f"teacher.hidden_states.layers: layer {layer} does not exist; the model has "
+                                    f"hidden states 0..{len(states) - 1} (or -1..-{len(states)})")
             h = states[layer].float()
             if pooling == "last":
                 pooled[layer] = h[:, -1].cpu()
@@ -365,7 +372,8 @@ class LabelScorer:
                 pooled[layer] = ((h * m).sum(1) / m.sum(1).clamp(min=1)).cpu()
         return pooled
 
-    def _continuations(self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    def _continuations(self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, classes: list[int]
+                       ) -> torch.Tensor:
         """[B, M] log-probs of the 2nd.. answer tokens (0 for one-token answers), in one forward pass.
 
         Each text's cache is repeated once per multi-token class; the answers are right-padded, which
@@ -378,13 +386,13 @@ class LabelScorer:
             steps[j, : len(self.label_ids[c]) - 1] = torch.tensor(self.label_ids[c][:-1])
         steps = steps.to(mask.device).repeat(b, 1)  # row b*k + j: text b, class classes[j]
         rows_mask = mask.repeat_interleave(k, dim=0)
-        cont = self._forward(
+        cont = self.forward(
             steps,
             torch.cat([rows_mask, torch.ones_like(steps)], dim=1),
             last_pos.repeat_interleave(k, dim=0) + 1 + torch.arange(width, device=mask.device),
             keep=width,
             use_cache=True,
-            **{self._cache_kwarg: _repeat_cache(cache, k, keep_original=False)},
+            **{self.cache_kwarg: repeat_cache(cache, k, keep_original=False)},
         )
         logp = F.log_softmax(cont.logits[:, -width:].float(), dim=-1).view(b, k, width, -1)
         extra = torch.zeros(b, len(self.label_ids), device=mask.device)
@@ -396,9 +404,9 @@ class LabelScorer:
     def class_logits(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """[B, M] differentiable class scores for training (softmax of them = class distribution)."""
         if self.first_tokens_distinct:
-            ids, mask = self._left_pad(prompts)
+            ids, mask = self.left_pad(prompts)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self._forward(ids, mask, positions, keep=1, use_cache=False).logits[:, -1].float()
+            logits = self.forward(ids, mask, positions, keep=1, use_cache=False).logits[:, -1].float()
             first = [label[0] for label in self.label_ids]
             # Renormalising over the M first tokens equals the full softmax restricted to them.
             return logits[:, first]
@@ -406,9 +414,9 @@ class LabelScorer:
         m = len(self.label_ids)
         longest = max(len(label) for label in self.label_ids)
         sequences = [list(p) + label for p in prompts for label in self.label_ids]
-        ids, mask = self._left_pad(sequences)
+        ids, mask = self.left_pad(sequences)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(ids, mask, positions, keep=longest + 1, use_cache=False).logits
+        logits = self.forward(ids, mask, positions, keep=longest + 1, use_cache=False).logits
         logp = F.log_softmax(logits[:, -(longest + 1) : -1].float(), dim=-1)  # predicts the last `longest` tokens
         per_class = []
         for c, label in enumerate(self.label_ids):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from tailorkd.errors import TailorkdError
 from tailorkd.recipe import PromptConfig, TaskConfig
 from tailorkd.scoring import continuation_token_ids, shared_prefix
 
@@ -77,7 +78,9 @@ class PromptBuilder:
     def __post_init__(self) -> None:
         has_chat = bool(getattr(self.tokenizer, "chat_template", None))
         if self.config.template == "chat" and not has_chat:
-            raise ValueError("prompt.template is 'chat' but the tokenizer has no chat template")
+            raise TailorkdError(f"prompt.template: 'chat', but the tokenizer of "
+                                f"{getattr(self.tokenizer, 'name_or_path', 'the model') or 'the model'} has no chat "
+                                "template; use auto or plain")
         self.use_chat = self.config.template == "chat" or (self.config.template == "auto" and has_chat)
         self.json_answers = self.config.response_format == "json"
 
@@ -167,7 +170,8 @@ class PromptBuilder:
             messages.append({"role": "user", "content": preamble + block})
             messages.append({"role": "assistant", "content": self._shot_answer(shot["label"])})
             preamble = ""
-        messages.append({"role": "user", "content": preamble + self._input_block(title, text, self.config.max_text_chars)})
+        content = preamble + self._input_block(title, text, self.config.max_text_chars)
+        messages.append({"role": "user", "content": content})
         return messages
 
     def _render_chat(self, text: str, title: str | None, shots: list[dict[str, Any]]) -> str:
@@ -188,7 +192,8 @@ class PromptBuilder:
         payload = {
             "task": self.task.model_dump(mode="json"),
             "prompt": self.config.model_dump(mode="json"),
-            "shots": self.selector.describe() if self.selector is not None else [[s["id"], s["label"]] for s in self.shots],
+            "shots": (self.selector.describe() if self.selector is not None
+                      else [[s["id"], s["label"]] for s in self.shots]),
             "chat": self.use_chat,
             "template": getattr(self.tokenizer, "chat_template", None) if self.use_chat else None,
         }
@@ -224,7 +229,8 @@ class PromptEncoder:
                                       self.builder.label_continuations(), self.add_special_tokens)
 
     def _encode_with(self, text: str, shots: list[dict[str, Any]]) -> list[int]:
-        return self.tokenizer(self.builder.render(text, shots=shots), add_special_tokens=self.add_special_tokens)["input_ids"]
+        rendered = self.builder.render(text, shots=shots)
+        return self.tokenizer(rendered, add_special_tokens=self.add_special_tokens)["input_ids"]
 
     def shared_prefix_ids(self) -> list[int]:
         """The tokens every prompt starts with, found from two unlike inputs; the last common token is left

@@ -12,12 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tailorkd.evaluation.baselines import embedding_text
 from tailorkd.labels import text_hash
-
-
-def _embedding_text(row: dict[str, Any]) -> str:
-    title = row.get("title")
-    return f"{title}. {row['text']}" if title else str(row["text"])
 
 
 class KnnShotSelector:
@@ -44,7 +40,7 @@ class KnnShotSelector:
         self.seeds = sorted((dict(s) for s in seeds if s.get("label") in self.label_names), key=lambda r: str(r["id"]))
         self._seed_hashes = [text_hash(s["text"]) for s in self.seeds]
         self._cache: dict[str, np.ndarray] = {}
-        self._seed_matrix = self._embed([_embedding_text(s) for s in self.seeds], self._seed_hashes)
+        self._seed_matrix = self._embed([embedding_text(s) for s in self.seeds], self._seed_hashes)
         classes = [name for name in self.label_names if any(s["label"] == name for s in self.seeds)]
         base, extra = divmod(k, max(len(classes), 1))
         self.per_class = {name: base + (1 if i < extra else 0) for i, name in enumerate(classes)}
@@ -61,17 +57,17 @@ class KnnShotSelector:
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
         """Embed the texts of ``rows`` in batches ahead of ``select`` (optional; saves time)."""
-        self._embed([_embedding_text(r) for r in rows], [self._key(r) for r in rows])
+        self._embed([embedding_text(r) for r in rows], [self._key(r) for r in rows])
 
     @staticmethod
     def _key(row: dict[str, Any]) -> str:
-        return text_hash(_embedding_text(row))
+        return text_hash(embedding_text(row))
 
     def select(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """The shots for one row ({"text", optional "title"}), least similar first."""
         if self.k == 0 or not self.seeds:
             return []
-        vector = self._embed([_embedding_text(row)], [self._key(row)])[0]
+        vector = self._embed([embedding_text(row)], [self._key(row)])[0]
         similarity = self._seed_matrix @ vector
         own = text_hash(row["text"])
         chosen: list[int] = []

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.hidden_states import HiddenStateWriter
 from tailorkd.labels import LabelRecord, LabelStore, make_record, text_hash
-from tailorkd.models import load_causal_lm
+from tailorkd.models import load_causal_lm, weights_fingerprint
 from tailorkd.prompts import PromptBuilder, PromptEncoder
 from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
 from tailorkd.scoring import LabelScorer
@@ -28,13 +28,19 @@ log = logging.getLogger(__name__)
 
 
 class LocalTeacher:
+    """A Hugging Face causal LM as teacher (implements ``tailorkd.teachers.base.Teacher``)."""
+
     def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
-                 model: Any = None, tokenizer: Any = None, selector: Any = None):
+                 model: Any = None, tokenizer: Any = None, selector: Any = None, weights: str | None = None):
         """``shots``: the fixed few-shot examples; ``selector`` (a KnnShotSelector): per-text ones instead.
-        ``model``/``tokenizer``: an already loaded teacher (several prompts can share one model)."""
+        ``model``/``tokenizer``: an already loaded teacher (several prompts can share one model); ``weights``:
+        its weights' fingerprint when already known."""
         if model is None:
-            model, tokenizer = load_causal_lm(config.model, dtype=resolve_dtype(config.dtype), device=resolve_device(config.device))
+            model, tokenizer = load_causal_lm(config.model, dtype=resolve_dtype(config.dtype),
+                                              device=resolve_device(config.device))
         model.eval()
+        # New weights saved at the same path must not reuse the old labels: the identity names the weights.
+        self.weights = weights or weights_fingerprint(config.model)
         self.config = config
         self.task = task
         self.model, self.tokenizer = model, tokenizer
@@ -51,11 +57,20 @@ class LocalTeacher:
     @property
     def identity(self) -> str:
         c = self.config
-        return f"{c.model}|{c.dtype}|norm={int(c.length_normalize)}"
+        return f"{c.model}|{c.dtype}|norm={int(c.length_normalize)}|weights={self.weights}"
 
     @property
     def prompt_fingerprint(self) -> str:
         return self.builder.fingerprint()
+
+    def with_prompt(self, prompt: PromptConfig, shots: list[dict[str, Any]], selector: Any = None) -> LocalTeacher:
+        """This teacher under another prompt or other shots, sharing the loaded model."""
+        return LocalTeacher(self.config, self.task, prompt, shots, self.model, self.tokenizer, selector, self.weights)
+
+    def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
+              **options: Any) -> dict[str, LabelRecord]:
+        """``label_rows`` with this teacher (options: hidden_layers, pooling, rows_per_shard)."""
+        return label_rows(self, rows, store, desc=desc, **options)
 
     def encode(self, row: dict[str, Any]) -> list[int]:
         return self.prompts.encode(row)
@@ -126,9 +141,9 @@ class LocalTeacher:
         for row, name in zip(rows, label_names):
             ids = tok(self.reason_prompt(row, name), add_special_tokens=self.prompts.add_special_tokens)["input_ids"]
             kwargs: dict[str, Any] = {}
-            prefix = scorer._prefix_for([ids])
+            prefix = scorer.prefix_for([ids])
             if prefix is not None and not scorer.sliding_window:
-                kwargs[scorer._cache_kwarg] = copy.deepcopy(prefix[1])
+                kwargs[scorer.cache_kwarg] = copy.deepcopy(prefix[1])
             input_ids = torch.tensor([ids], device=scorer.device)
             generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=scorer.pad_id,
@@ -167,6 +182,16 @@ def label_rows(teacher: LocalTeacher, rows: Sequence[dict[str, Any]], store: Lab
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
+            # Another process labelling the same rows may have stored some since: skip them (whatever both
+            # still label, the writer indexes once and the label is replaced with the same values).
+            hashes = [text_hash(r["text"]) for r in part]
+            stored = store.done_hashes(*key, among=hashes)
+            if writer is not None:
+                stored &= writer.done_hashes(among=hashes)
+            part = [r for r, h in zip(part, hashes) if h not in stored]
+            bar.update(len(hashes) - len(part))
+            if not part:
+                continue
             probs, secs, hidden = teacher.score_states(part, bar, hidden_layers, pooling)
             records = [make_record(r["id"], r["text"], p, names, s) for r, p, s in zip(part, probs, secs)]
             if writer is not None:
@@ -193,7 +218,14 @@ def add_reasons(teacher: LocalTeacher, rows: Sequence[dict[str, Any]], store: La
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            predicted = [records[text_hash(r["text"])].predicted for r in part]
+            # Another process may have given some of them a reason since (generating is the slow part).
+            fresh = store.get(*key, [text_hash(r["text"]) for r in part], names)
+            before = len(part)
+            part = [r for r in part if fresh[text_hash(r["text"])].reason is None]
+            bar.update(before - len(part))
+            if not part:
+                continue
+            predicted = [fresh[text_hash(r["text"])].predicted for r in part]
             reasons = teacher.reasons(part, predicted, max_new_tokens, bar)
             store.put_reasons(*key, {text_hash(r["text"]): reason for r, reason in zip(part, reasons)})
     return len(chosen)

@@ -159,8 +159,7 @@ class JsonAnswerPromptBuilder(ServedPromptBuilder):
 
 
 class ServedTeacher:
-    """Same interface as :class:`~tailorkd.teachers.local.LocalTeacher` (identity, prompt fingerprint,
-    builder, task, score), over an OpenAI-compatible server. Label with :func:`label_served_rows`."""
+    """A teacher behind an OpenAI-compatible server (implements ``tailorkd.teachers.base.Teacher``)."""
 
     def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
                  selector: Any = None):
@@ -208,6 +207,17 @@ class ServedTeacher:
     def prompt_fingerprint(self) -> str:
         return self.builder.fingerprint()
 
+    def with_prompt(self, prompt: PromptConfig, shots: list[dict[str, Any]], selector: Any = None) -> ServedTeacher:
+        """This teacher (same server and model) under another prompt or other shots."""
+        return ServedTeacher(self.config, self.task, prompt, shots, selector)
+
+    def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
+              **options: Any) -> dict[str, LabelRecord]:
+        """``label_served_rows`` with this teacher; a served model has no hidden states to store."""
+        if options:
+            raise TailorkdError(f"teacher.server: a served teacher cannot give {', '.join(sorted(options))}")
+        return label_served_rows(self, rows, store, desc=desc)
+
     def _count_abstention(self, why: str) -> None:
         with self._lock:
             self.abstentions[why] += 1
@@ -242,7 +252,8 @@ class ServedTeacher:
         # The client returns a non-JSON body as text, and JSON of another shape unvalidated.
         choices = getattr(response, "choices", None)
         if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
-            raise TailorkdError(f"{where}: the response is not a chat completion: {self._redact(str(response)[:200])!r}")
+            shown = self._redact(str(response)[:200])
+            raise TailorkdError(f"{where}: the response is not a chat completion: {shown!r}")
         return response
 
     def _ask_logprobs(self, row: dict[str, Any]) -> np.ndarray | None:
@@ -254,7 +265,8 @@ class ServedTeacher:
             if self.server.mode == "auto":
                 raise _NoLogprobs(f"it refused the request ({self._redact(str(exc.message))})") from None
             raise TailorkdError(f"teacher server {self.server.base_url}: refused the logprobs request "
-                                f"({self._redact(str(exc.message))}); set teacher.server.mode to json or auto") from None
+                                f"({self._redact(str(exc.message))}); set teacher.server.mode to json or auto"
+                                ) from None
         content = getattr(getattr(response.choices[0], "logprobs", None), "content", None)
         if not content:
             if self.server.mode == "auto":
@@ -368,10 +380,18 @@ def label_served_rows(teacher: ServedTeacher, rows: Sequence[dict[str, Any]], st
         log.info("%s: %d of %d texts already labelled in %s", desc, len(rows) - len(todo), len(rows), store.path)
     if teacher.builder.selector is not None:
         teacher.builder.selector.prepare(todo)  # embed in batches here, not one by one in the request threads
-    abstained = 0
+    abstained = asked = 0
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
+            # Another process labelling the same rows may have stored some since: do not ask for them again.
+            hashes = [text_hash(r["text"]) for r in part]
+            stored = store.done_hashes(*key, among=hashes)
+            part = [r for r, h in zip(part, hashes) if h not in stored]
+            bar.update(len(hashes) - len(part))
+            if not part:
+                continue
+            asked += len(part)
             probs, secs, reasons = teacher.score_with_reasons(part, bar)
             answered = ~np.isnan(probs).any(axis=1)
             abstained += int((~answered).sum())
@@ -379,9 +399,9 @@ def label_served_rows(teacher: ServedTeacher, rows: Sequence[dict[str, Any]], st
                        for r, p, s, reason, ok in zip(part, probs, secs, reasons, answered) if ok]
             if records:
                 store.put_batch(*key, names, records)
-    if todo:
+    if asked:
         log.info("%s: answers by method %s", desc, dict(teacher.answers_by_method))
     if abstained:
         log.warning("%s: the teacher abstained on %d of %d texts (%s); they are not stored", desc, abstained,
-                    len(todo), dict(teacher.abstentions))
+                    asked, dict(teacher.abstentions))
     return store.get(*key, [text_hash(r["text"]) for r in rows], names)

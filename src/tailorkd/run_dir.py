@@ -1,0 +1,146 @@
+"""The one owner of a run folder: every path of a run, every stage's fingerprint, and how files are written.
+
+    <output_dir>/recipe.yaml                     the resolved recipe (overrides applied)
+    <output_dir>/data/                           seed / pool / test splits, rejects, stats (prepare)
+    <output_dir>/data/prepare.json               the prepare stage's fingerprint (written last)
+    <output_dir>/prompts/                        search.json, candidates.md, chosen_prompt.yaml (prompt search)
+    <output_dir>/recipe.tuned.yaml               the recipe with the chosen prompt
+    <output_dir>/labels.sqlite (+ hidden/)       the teachers' class distributions (and hidden states)
+    <output_dir>/labels_summary.json             what the label stage did (written last)
+    <output_dir>/calibration.json, ensemble.json the fitted calibration and ensemble weights
+    <output_dir>/students/<system>/              each trained student (student.json written last)
+    <output_dir>/predictions/<system>.parquet    per-text predictions on the test set
+    <output_dir>/report.{md,json}, figures/      the comparison against human labels
+
+Every file a later stage trusts is written atomically (temporary file, fsync, rename); a JSON file that
+does not parse is a one-line error naming it, never a traceback.
+
+A stage's fingerprint is a hash of the recipe sections it depends on, listed in ``STAGE_INPUTS`` and
+nowhere else: a stage whose recorded fingerprint differs from the recipe's is redone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tailorkd.files import read_json, write_json_atomic, write_text_atomic
+from tailorkd.recipe.fingerprint import sections_hash
+
+# Fields of the teacher section that do not change how the teacher scores a prompt.
+_TEACHER_AFTER_SCORING = frozenset({"calibration", "ensemble", "reasons", "hidden_states"})
+
+# stage -> {recipe section: fields of that section left out}. The prompt search is judged by the teacher that
+# scores, not by what is done with its labels afterwards; distillation depends on everything before it.
+STAGE_INPUTS: dict[str, dict[str, frozenset[str]]] = {
+    "prepare": {"data": frozenset(), "task": frozenset(), "seed": frozenset()},
+    "prompt_search": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
+                      "prompt_search": frozenset(), "teacher": _TEACHER_AFTER_SCORING},
+    "label": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
+              "teacher": frozenset()},
+    "distill": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
+                "teacher": frozenset(), "student": frozenset(), "adapter": frozenset(), "distill": frozenset()},
+}
+
+# Where each student system is trained to.
+STUDENT_FOLDERS = {"adaptive_kd": "adaptive_kd", "untrained_student": "untrained", "standard_kd": "standard_kd"}
+
+
+class RunDir:
+    """The run folder of ``recipe`` (its ``output_dir``)."""
+
+    def __init__(self, recipe: Any):
+        self.recipe = recipe
+        self.root = Path(recipe.output_dir)
+
+    # -- fingerprints ------------------------------------------------------------------------------------
+    def fingerprint(self, stage: str, recipe: Any = None) -> str:
+        """The fingerprint of ``stage`` for ``recipe`` (default: this run's)."""
+        return sections_hash(recipe or self.recipe, STAGE_INPUTS[stage])
+
+    def section_fingerprints(self, stage: str, recipe: Any = None) -> dict[str, str]:
+        """Each input section of ``stage`` hashed alone, so a stale stage can say which section changed."""
+        return {name: sections_hash(recipe or self.recipe, {name: fields})
+                for name, fields in STAGE_INPUTS[stage].items()}
+
+    # -- paths -------------------------------------------------------------------------------------------
+    @property
+    def recipe_file(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def prepare_stamp(self) -> Path:
+        return self.data_dir / "prepare.json"
+
+    @property
+    def prompts_dir(self) -> Path:
+        return self.root / "prompts"
+
+    @property
+    def search(self) -> Path:
+        return self.prompts_dir / "search.json"
+
+    @property
+    def search_table(self) -> Path:
+        return self.prompts_dir / "candidates.md"
+
+    @property
+    def chosen_prompt(self) -> Path:
+        return self.prompts_dir / "chosen_prompt.yaml"
+
+    @property
+    def tuned_recipe(self) -> Path:
+        return self.root / "recipe.tuned.yaml"
+
+    @property
+    def label_store(self) -> Path:
+        return self.root / "labels.sqlite"
+
+    @property
+    def labels_summary(self) -> Path:
+        return self.root / "labels_summary.json"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration.json"
+
+    @property
+    def ensemble(self) -> Path:
+        return self.root / "ensemble.json"
+
+    def student_dir(self, system: str = "adaptive_kd") -> Path:
+        """The folder of student system ``system`` (adaptive_kd, untrained_student, standard_kd)."""
+        return self.root / "students" / STUDENT_FOLDERS[system]
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    def predictions(self, system: str) -> Path:
+        return self.predictions_dir / f"{system}.parquet"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    # -- reading and writing -----------------------------------------------------------------------------
+    def read_json(self, path: Path, what: str = "file") -> Any:
+        """A JSON file of the run; one that does not parse is a TailorkdError naming it."""
+        return read_json(path, what)
+
+    def read_json_if_exists(self, path: Path, what: str = "file") -> Any:
+        return self.read_json(path, what) if path.is_file() else None
+
+    def write_json(self, path: Path, payload: Any) -> None:
+        write_json_atomic(path, payload)
+
+    def write_text(self, path: Path, text: str) -> None:
+        write_text_atomic(path, text)

@@ -1,0 +1,109 @@
+"""Stage 2b, calibrate (when the recipe has ``teacher.calibration``; run by the label stage): fit the per-class
+offsets that remove a teacher's label bias (the maths: ``tailorkd.calibration``).
+
+The inputs are scored by the teacher into the label store like any text: content-free inputs, random
+in-domain word sequences from the pool, and the seeds no prompt showed (``teacher.calibration.seeds``). The
+test split never judges. The store keeps raw distributions; the fitted offsets go into calibration.json and
+are applied whenever labels are read, so a changed calibration never needs relabelling.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tailorkd.calibration import Calibration, calibrate, domain_inputs
+from tailorkd.data import PreparedData
+from tailorkd.errors import TailorkdError
+from tailorkd.labels import LabelStore, text_hash
+from tailorkd.prompts import fixed_shots, held_out_seeds, per_text_shots
+from tailorkd.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore, pool: dict[str, Any],
+                    write: bool = True) -> Calibration:
+    """Score the calibration inputs with ``teacher``, fit the recipe's calibration and (``write``) write
+    calibration.json with the pool's predicted-label counts before and after."""
+    from tailorkd.prompts.search import loo_shot_groups
+
+    config = recipe.teacher.calibration
+    names = recipe.task.label_names
+
+    def probs_of(rows: list[dict[str, Any]], desc: str, by: Any = teacher) -> tuple[list[dict[str, Any]], np.ndarray]:
+        found = by.label(rows, store, desc=desc) if rows else {}
+        kept = [r for r in rows if text_hash(r["text"]) in found]  # a served teacher may abstain
+        return kept, np.array([found[text_hash(r["text"])].probs for r in kept]).reshape(len(kept), len(names))
+
+    _, content_free = probs_of([{"id": f"content-free-{i}", "text": t} for i, t in enumerate(config.content_free)],
+                               "teacher: content-free")
+    try:
+        domain_texts = domain_inputs([r["text"] for r in data.rows("pool")], config.domain_samples, recipe.seed,
+                                     config.domain_words)
+    except ValueError as e:
+        raise TailorkdError(f"teacher.calibration: {e}") from None
+    _, domain = probs_of([{"id": f"domain-{i}", "text": t} for i, t in enumerate(domain_texts)],
+                         "teacher: in-domain random")
+    seeds = data.rows("seed")
+    judged_by_all = config.seeds == "all" or per_text_shots(recipe.prompt)
+    if config.seeds == "all" and not per_text_shots(recipe.prompt):
+        # Every seed, none scored by a prompt that shows it: the seeds that are not shots with the teacher's
+        # own shots, each shown seed with its shot swapped for an unused seed of its class.
+        held_out, parts = [], []
+        own_shots = fixed_shots(recipe.prompt, seeds, names, recipe.seed)
+        for shots, rows in loo_shot_groups(own_shots, seeds):
+            by = teacher if shots == own_shots else teacher.with_prompt(recipe.prompt, shots)
+            kept, probs = probs_of(rows, "teacher: seeds, leave-one-out shots", by)
+            held_out += kept
+            parts.append(probs)
+        seed_probs = np.concatenate(parts) if parts else np.zeros((0, len(names)))
+    else:
+        held_out, seed_probs = probs_of(held_out_seeds(recipe.prompt, seeds, names, recipe.seed),
+                                        "teacher: held-out seeds")
+    try:
+        calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
+                                seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out])
+    except ValueError as e:
+        raise TailorkdError(f"teacher.calibration: {e}") from None
+    pool_probs = np.array([rec.probs for rec in pool.values()]).reshape(len(pool), len(names))
+    counts = {"before": _predicted_counts(pool_probs, names),
+              "after": _predicted_counts(calibration.apply(pool_probs), names)}
+    calibration.details["pool_predicted_counts"] = counts
+    calibration.details["seeds"] = "all" if judged_by_all else "not_shown"
+    if write:
+        run = RunDir(recipe)
+        run.write_json(run.calibration, {"recipe_hash": run.fingerprint("label"), **calibration.to_dict()})
+    log.info("calibration: %s (%s); pool predictions %s -> %s", calibration.method,
+             calibration.details["chosen_because"], counts["before"], counts["after"])
+    return calibration
+
+
+def load_calibration(recipe) -> Calibration | None:
+    """The run's fitted calibration, or None when the recipe asks for none."""
+    if recipe.teacher.calibration is None:
+        return None
+    run = RunDir(recipe)
+    if not run.calibration.is_file():
+        raise TailorkdError(f"{run.calibration}: the recipe asks for teacher calibration but none is fitted; "
+                            "run `tailorkd label`")
+    payload = run.read_json(run.calibration, "calibration")
+    if payload.pop("recipe_hash", None) != run.fingerprint("label"):
+        raise TailorkdError(f"{run.calibration}: fitted for another teacher, prompt or data; run `tailorkd label` "
+                            "again")
+    try:
+        calibration = Calibration.from_dict(payload)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TailorkdError(f"{run.calibration}: not a calibration tailorkd can read ({e}); run `tailorkd label` "
+                            "again") from None
+    if calibration.label_names != recipe.task.label_names:
+        raise TailorkdError(f"{run.calibration}: fitted for labels {calibration.label_names}, the recipe has "
+                            f"{recipe.task.label_names}")
+    return calibration
+
+
+def _predicted_counts(probs: np.ndarray, names: list[str]) -> dict[str, int]:
+    return pd.Series([names[i] for i in probs.argmax(1)], dtype=object).value_counts().to_dict()

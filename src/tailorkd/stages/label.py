@@ -1,0 +1,163 @@
+"""Stage 2, label: the teacher gives every pool text (training targets) and test text (its evaluation) a class
+distribution, stored in labels.sqlite under (teacher identity, prompt fingerprint, text hash).
+
+Resumable: texts already in the store are skipped, so a killed run goes on where it stopped, and a changed
+teacher or prompt labels afresh instead of mixing. Then, as the recipe asks: the teacher's reasons on a
+sample, its calibration (``stages.calibrate``), the other ensemble members (``stages.ensemble``), and with a
+prompt search the hand-written prompt on the test set. labels_summary.json is written last.
+
+A served teacher may abstain on a text (its answer names no class): such texts get no label and are listed
+in labels_summary.json, so later stages tell them from texts never labelled. ``teacher_records`` reads the
+labels back for the later stages.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tailorkd.data import PreparedData
+from tailorkd.errors import TailorkdError
+from tailorkd.labels import LabelStore, text_hash
+from tailorkd.run_dir import RunDir
+from tailorkd.stages.calibrate import fit_calibration, load_calibration
+from tailorkd.stages.ensemble import ensemble_probs, label_ensemble, member_teacher
+from tailorkd.stages.prepare import load_data
+from tailorkd.stages.prompt_search import resolve_prompt
+from tailorkd.teachers import add_reasons, hidden_key
+
+log = logging.getLogger(__name__)
+
+
+def label(recipe, teacher: Any = None) -> dict[str, Any]:
+    """Label pool and test with the recipe's teacher (``teacher``: one already built); calibrate and combine
+    as the recipe says; write labels_summary.json. Returns the summary."""
+    base_recipe, recipe = recipe, resolve_prompt(recipe, tune=True)
+    run = RunDir(recipe)
+    data = load_data(recipe)
+    teacher = teacher or member_teacher(recipe, data)
+    t0 = time.perf_counter()
+    pool_rows, test_rows = data.rows("pool"), data.rows("test")
+    hidden = recipe.teacher.hidden_states
+    options = {} if hidden is None else {"hidden_layers": hidden.layers, "pooling": hidden.pooling,
+                                         "rows_per_shard": hidden.rows_per_shard}
+    reasons = calibration = ensemble = None
+    with LabelStore(run.label_store) as store:
+        pool = teacher.label(pool_rows, store, desc="teacher: pool", **options)
+        test = teacher.label(test_rows, store, desc="teacher: test", **options)
+        if recipe.teacher.reasons is not None:
+            reasons = add_reasons(teacher, pool_rows, store, recipe.teacher.reasons.sample, recipe.seed,
+                                  recipe.teacher.reasons.max_new_tokens)
+        if recipe.teacher.calibration is not None:
+            calibration = fit_calibration(recipe, data, teacher, store, pool)
+        if recipe.teacher.ensemble is not None:
+            ensemble = label_ensemble(recipe, data, store, teacher, calibration)
+    summary = {
+        "recipe_hash": run.fingerprint("label"),
+        "teacher": teacher.identity,
+        "prompt": teacher.builder.describe(),
+        "pool_labelled": len(pool),
+        "test_labelled": len(test),
+        "abstained": {split: [r["id"] for r in rows if text_hash(r["text"]) not in found]
+                      for split, rows, found in (("pool", pool_rows, pool), ("test", test_rows, test))},
+        "pool_predicted_counts": pd.Series([r.predicted for r in pool.values()]).value_counts().to_dict(),
+        "hidden_states": None if hidden is None else {
+            "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),
+            "layers": hidden.layers, "pooling": hidden.pooling},
+        "pool_reasons": reasons,
+        "calibration": None if calibration is None else {
+            "method": calibration.method, **{k: v for k, v in calibration.details.items() if k != "candidates"}},
+        "ensemble": ensemble,
+    }
+    if base_recipe.prompt_search is not None:
+        del teacher  # one model in memory at a time
+        summary["prompt_search"] = _label_with_base_prompt(base_recipe, recipe, data)
+    summary["seconds"] = time.perf_counter() - t0
+    run.write_json(run.labels_summary, summary)
+    return summary
+
+
+def _label_with_base_prompt(base_recipe, recipe, data: PreparedData) -> dict[str, Any]:
+    """With a prompt search: where the teacher's test labels under the hand-written prompt are (labelled
+    now when ``prompt_search.evaluate_base_on_test``), so the report can set them beside the chosen prompt's."""
+    base = base_recipe.model_copy(update={"prompt_search": None})
+    run = RunDir(recipe)
+    info: dict[str, Any] = {"search": str(run.search.relative_to(run.root)),
+                            "chosen_is_hand_written": base.prompt == recipe.prompt,
+                            "base_teacher": None, "base_prompt": None}
+    if not base_recipe.prompt_search.evaluate_base_on_test:
+        return info
+    gc.collect()
+    teacher = member_teacher(base, data)
+    with LabelStore(run.label_store) as store:
+        teacher.label(data.rows("test"), store, desc="teacher, hand-written prompt: test")
+    info.update(base_teacher=teacher.identity, base_prompt=teacher.prompt_fingerprint)
+    return info
+
+
+def labels_summary(recipe) -> dict[str, Any]:
+    """labels_summary.json of the run, checked to belong to the recipe's teacher, prompt and data."""
+    run = RunDir(recipe)
+    if not run.labels_summary.is_file():
+        raise TailorkdError(f"{run.root}: no teacher labels yet; run `tailorkd label` first")
+    summary = run.read_json(run.labels_summary, "labels summary")
+    if summary.get("recipe_hash") != run.fingerprint("label"):
+        raise TailorkdError(f"{run.labels_summary}: the teacher labels were made with another teacher, prompt or "
+                            "data than the recipe now asks for; run `tailorkd label` again")
+    return summary
+
+
+def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = True, combined: bool = True
+                    ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """The rows of ``split`` with the teacher's stored [N, M] probabilities (calibrated as the recipe asks,
+    unless ``calibrated`` is False; the ensemble's combination when the recipe has one, unless ``combined``
+    is False: then the main teacher's own) and per-text seconds. The label stage must be done.
+
+    A text the teacher abstained on (listed in labels_summary.json) gets a row of NaN probabilities and NaN
+    seconds; any other text without a label is an error.
+    """
+    run = RunDir(recipe)
+    summary = labels_summary(recipe)
+    rows = data.rows(split)
+    names = recipe.task.label_names
+    with LabelStore(run.label_store) as store:
+        found = store.get(summary["teacher"], summary["prompt"]["fingerprint"], [text_hash(r["text"]) for r in rows],
+                          names)
+        abstained = set(summary.get("abstained", {}).get(split, []))
+        missing = [r["id"] for r in rows if text_hash(r["text"]) not in found and r["id"] not in abstained]
+        if missing:
+            raise TailorkdError(f"{run.label_store}: {len(missing)} {split} texts have no teacher label "
+                                f"(e.g. {missing[:3]}); rerun `tailorkd label`")
+        if recipe.teacher.ensemble is not None and combined:
+            probs, seconds, _ = ensemble_probs(recipe, rows, store, calibrated)
+            return rows, probs, np.where(np.isnan(probs).any(axis=1), math.nan, seconds)
+    records = [found.get(text_hash(r["text"])) for r in rows]
+    probs = np.array([r.probs if r else [math.nan] * len(names) for r in records], dtype=float).reshape(
+        len(rows), len(names))
+    calibration = load_calibration(recipe) if calibrated else None
+    if calibration is not None:
+        probs = calibration.apply(probs)
+    return rows, probs, np.array([r.seconds if r else math.nan for r in records], dtype=float)
+
+
+def teacher_hidden_states(recipe, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+    """The teacher's stored pooled hidden states of ``rows``, {layer: [N, H]}, for the hidden-state loss."""
+    from tailorkd.hidden_states import HiddenStateReader
+
+    run = RunDir(recipe)
+    summary = labels_summary(recipe)
+    stored = summary.get("hidden_states")
+    if not stored:
+        raise TailorkdError(f"{run.labels_summary}: distill.hidden_state_loss needs the teacher's hidden states, "
+                            "but the label stage stored none; set teacher.hidden_states in the recipe and run "
+                            "`tailorkd label` again")
+    layers = recipe.distill.hidden_state_loss.teacher_layers or stored["layers"]
+    with LabelStore(run.label_store) as store:
+        reader = HiddenStateReader(store, stored["teacher_key"], summary["prompt"]["fingerprint"])
+        return reader.get([text_hash(r["text"]) for r in rows], layers)
