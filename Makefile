@@ -42,7 +42,9 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/tailorkd run $(DEMO_RECIPE)
 
+# Lint first (ruff: pyflakes, pycodestyle, import order; settings in pyproject.toml), then the suite.
 test: install-dev
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -8,8 +8,10 @@ SHOTS = [
     {"id": "s1", "label": "sport", "text": "The striker scored twice as Chelsea beat Arsenal 2-0 in the league."},
     {"id": "s2", "label": "business", "text": "Shares in the bank fell 5% after it reported lower quarterly profits."},
     {"id": "s3", "label": "tech", "text": "The new smartphone has a faster chip and a better camera for users."},
-    {"id": "s4", "label": "politics", "text": "MPs voted on the new immigration bill after a long debate in parliament."},
-    {"id": "s5", "label": "entertainment", "text": "The band's new album went straight to number one in the music charts."},
+    {"id": "s4", "label": "politics",
+     "text": "MPs voted on the new immigration bill after a long debate in parliament."},
+    {"id": "s5", "label": "entertainment",
+     "text": "The band's new album went straight to number one in the music charts."},
 ]
 TEXTS = [
     ("The tennis champion won the final in straight sets at Wimbledon.", "sport"),

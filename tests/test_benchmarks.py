@@ -34,8 +34,8 @@ def test_train_memory_tiny_llama(tiny_models, tmp_path):
         mem = res["memory"]
         assert {"after_load_gb", "peak_gb", "added_by_training_gb", "optimizer_state_gb"} <= set(mem)
         assert mem["peak_gb"] >= mem["after_load_gb"] > 0
-        assert set(res["ratios_to_full"]) == {"peak_gb", "added_by_training_gb", "seconds_per_step", "cpu_seconds_per_step",
-                                           "trainable_params"}
+        assert set(res["ratios_to_full"]) == {"peak_gb", "added_by_training_gb", "seconds_per_step",
+                                               "cpu_seconds_per_step", "trainable_params"}
         assert res["cpu_seconds_per_step"] > 0
         assert f"| {method} |" in report["table_markdown"]
     full, lora = results["full"], results["lora"]
