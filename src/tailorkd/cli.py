@@ -10,6 +10,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +67,8 @@ def run(recipe: str, overrides: list[str], force: bool = False) -> None:
 
     r = _recipe(recipe, overrides)
     report = pipeline.run(r, force=force)
+    if report is None:  # a process other than the main one under a launcher: it reports nothing
+        return
     print_summary(report)
     print(f"report: {r.output_dir}/report.md")
 
@@ -91,6 +94,8 @@ def label(recipe: str, overrides: list[str]) -> None:
     from tailorkd import pipeline
 
     summary = pipeline.label(_recipe(recipe, overrides))
+    if summary is None:  # not the main process
+        return
     print(json.dumps({k: summary[k] for k in ("teacher", "pool_labelled", "test_labelled", "pool_predicted_counts")}))
 
 
@@ -105,7 +110,9 @@ def evaluate(recipe: str, overrides: list[str]) -> None:
     """Evaluate teacher and student on RECIPE's human-labelled test set; write report.md and report.json."""
     from tailorkd import pipeline
 
-    print_summary(pipeline.evaluate(_recipe(recipe, overrides)))
+    report = pipeline.evaluate(_recipe(recipe, overrides))
+    if report is not None:  # None: not the main process
+        print_summary(report)
 
 
 def compare(run_dirs: list[str], output: str | None = None) -> None:
@@ -161,6 +168,8 @@ def classify(recipe: str, overrides: list[str], text: list[str] | None = None, i
     if any(not r["text"].strip() for r in rows):
         raise TailorkdError("--text: a text is empty")
     predictions = pipeline.classify(_recipe(recipe, overrides), rows)
+    if predictions is None:  # not the main process
+        return
     lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     if output:
         write_text_atomic(Path(output), lines)
@@ -180,6 +189,8 @@ def export(recipe: str, out: str, overrides: list[str]) -> None:
     from tailorkd import pipeline
 
     description = pipeline.export(_recipe(recipe, overrides), out)
+    if description is None:  # not the main process
+        return
     print(f"{description['kind']} student ({description['adapter_method']}) -> {out}")
 
 
@@ -404,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+    from tailorkd import distributed
+
+    level = logging.DEBUG if args.verbose else logging.INFO
+    if not distributed.is_main():
+        # Under a launcher the main process reports; the others say only what goes wrong, and print nothing.
+        level, sys.stdout = logging.WARNING, open(os.devnull, "w")
+    logging.basicConfig(level=level, format="%(message)s" if distributed.world_size() == 1 else
+                        f"[{distributed.rank()}] %(message)s",
                         handlers=[RichHandler(show_path=False, rich_tracebacks=True)])
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

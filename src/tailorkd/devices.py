@@ -8,14 +8,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(name: str) -> str:
-    """'auto' picks CUDA when present, else the CPU."""
+    """'auto' picks CUDA when present, else the CPU; under a launcher, 'cuda' is this process's GPU."""
+    from tailorkd.distributed import device_name
+
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         from tailorkd.errors import TailorkdError
 
         raise TailorkdError("device 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
-    return name
+    return device_name(name)
 
 
 def resolve_dtype(name: str) -> torch.dtype:

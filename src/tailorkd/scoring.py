@@ -126,6 +126,9 @@ def shared_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
 
 
 def _base_model(model: Any) -> Any:
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)  # the Trainer hands a DDP- or FSDP-wrapped model
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

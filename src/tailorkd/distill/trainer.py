@@ -12,6 +12,12 @@ resumes from there when its inputs are the same (``trainer/run.json``); the fold
 student is saved. Everything a rerun trusts is written atomically (a kill leaves the old file or the new
 one); a state file that cannot be read all the same (e.g. left by an older tailorkd) counts as absent.
 TensorBoard logs go to ``<student>/logs/stage-<k>/`` when tensorboard is installed.
+
+Under a launcher (``accelerate launch``, ``torchrun``; see tailorkd.distributed) every process trains: the
+Trainer shards the texts and averages the gradients, so ``distill.batch_size`` is per process and the
+effective batch is batch_size x gradient_accumulation_steps x processes. Only the main process writes the
+run stamp, checkpoints, stage records and the student; every decision read from those files (is a stage
+done, which checkpoint resumes) is the main process's, so all processes take the same path.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
+from tailorkd import distributed
 from tailorkd.adapters import attach_adapter, count_parameters, get_adapter_method, optimizer_name
 from tailorkd.distill.losses import hidden_state_loss, soft_cross_entropy
 from tailorkd.distill.stages import Stage, plan_stages, validation_split
@@ -73,14 +80,24 @@ class _TeacherTargets(torch.utils.data.Dataset):
 
 class StudentWithProjection(torch.nn.Module):
     """The student's model and the learned projections (student width -> teacher width, one per teacher
-    layer) of the hidden-state loss, as one module so the Trainer optimises and checkpoints both."""
+    layer) of the hidden-state loss, as one module so the Trainer optimises and checkpoints both, and a
+    data-parallel wrapper sees the whole computation in its forward."""
 
-    def __init__(self, student_model: Any, student_width: int, teacher_width: int, layers: Sequence[int]):
+    def __init__(self, student: Student, student_width: int, teacher_width: int, layers: Sequence[int],
+                 student_layer: int):
         super().__init__()
-        self.student_model = student_model
-        device = next(student_model.parameters()).device
+        self.student_model = student.model
+        self.student = student  # not a Module: how to read class logits and pooled states from student_model
+        self.student_layer = student_layer
+        self.layers = [str(layer) for layer in layers]
+        device = next(student.model.parameters()).device
         self.projections = torch.nn.ModuleDict(
             {str(layer): torch.nn.Linear(student_width, teacher_width) for layer in layers}).to(device)
+
+    def forward(self, **batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [B, M] and the pooled student state projected to each teacher layer [B, L, H_teacher]."""
+        logits, pooled = self.student.class_logits_and_pooled(self.student_model, batch, self.student_layer)
+        return logits, torch.stack([self.projections[layer](pooled) for layer in self.layers], dim=1)
 
 
 @contextlib.contextmanager
@@ -152,12 +169,10 @@ class DistillationTrainer(Trainer):
             logits = self.student.class_logits(model, inputs)
             loss = self.class_loss(logits, targets)
         else:
-            logits, pooled = self.student.class_logits_and_pooled(model.student_model, inputs,
-                                                                  self.hidden.student_layer)
+            logits, projected = model(**inputs)  # through the (data-parallel) wrapper's forward
             ce = self.class_loss(logits, targets)
-            aligned = torch.stack([
-                hidden_state_loss(model.projections[str(layer)](pooled), states[:, j], self.hidden.kind)
-                for j, layer in enumerate(self.hidden_layers)]).mean()
+            aligned = torch.stack([hidden_state_loss(projected[:, j], states[:, j], self.hidden.kind)
+                                   for j in range(len(self.hidden_layers))]).mean()
             loss = (1.0 - self.hidden.weight) * ce + self.hidden.weight * aligned
         return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -177,6 +192,8 @@ class DistillationTrainer(Trainer):
 
     # -- checkpoints: the trainable parameters only, for every kind of student ---------------------------
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:  # the main process writes; the Trainer calls this on every process
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         _save_tensors(_trainable_state(self.model), os.path.join(output_dir, CHECKPOINT_WEIGHTS))
@@ -343,7 +360,7 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
             device = next(student.model.parameters()).device
             probe = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in probe.items()}
             width = student.class_logits_and_pooled(student.model, probe, hidden.student_layer)[1].shape[-1]
-        trained = StudentWithProjection(student.model, width, states.shape[-1], hidden_layers)
+        trained = StudentWithProjection(student, width, states.shape[-1], hidden_layers, hidden.student_layer)
         hidden_details.update(student_width=int(width), kind=hidden.kind, weight=hidden.weight,
                               student_layer=hidden.student_layer if student.kind == "causal_lm" else "mean-pooled last")
 
@@ -358,7 +375,8 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
 
     if method.trains:
         trainer_dir = out_dir / TRAINER_DIR
-        _prepare_trainer_dir(trainer_dir, _run_stamp(adapter, config, seed, info, rows, teacher_probs), resume)
+        distributed.on_main(_prepare_trainer_dir)(trainer_dir, _run_stamp(adapter, config, seed, info, rows,
+                                                                          teacher_probs), resume)
         device = next(trained.parameters()).device
         stage_summaries, loss_curve = [], []
         t0 = time.perf_counter()
@@ -386,10 +404,15 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     # continued. It goes in before student.json, which marks the folder finished.
     extra = ({PROJECTION_FILE: _trainable_state(trained.projections)} if isinstance(trained, StudentWithProjection)
              else None)
-    save_student(student, adapter.method, out_dir, {**info, "summary": summary}, extra_tensors=extra)
-    if method.trains:
-        shutil.rmtree(out_dir / TRAINER_DIR, ignore_errors=True)  # the student is saved: checkpoints are spent
+    distributed.on_main(_save_finished_student)(student, adapter.method, out_dir, {**info, "summary": summary}, extra)
     return summary
+
+
+def _save_finished_student(student: Student, method: str, out_dir: Path, info: dict[str, Any],
+                           extra: dict[str, Any] | None) -> None:
+    save_student(student, method, out_dir, info, extra_tensors=extra)
+    if get_adapter_method(method).trains:
+        shutil.rmtree(out_dir / TRAINER_DIR, ignore_errors=True)  # the student is saved: checkpoints are spent
 
 
 def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train_rows: list[dict[str, Any]],
@@ -400,19 +423,11 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     folder = trainer_dir / f"stage-{stage.index}"
     described = stage.describe()
-    if (folder / STAGE_DONE_INFO).exists():
-        done = _read_json_or_none(folder / STAGE_DONE_INFO)
-        if (isinstance(done, dict) and {"summary", "loss_curve"} <= set(done)
-                and (folder / STAGE_DONE_WEIGHTS).is_file()):
-            # Finished before an interruption: take up its final weights rather than training it again.
-            _load_trainable_state(trained, folder / STAGE_DONE_WEIGHTS)
-            log.info("distill: stage %d (%s) was finished by an earlier run; its weights are loaded", stage.index,
-                     stage.name)
-            return done["summary"], done["loss_curve"]
-        # Its checkpoints may be at the end of the stage, where resuming trains nothing and loses the summary.
-        log.info("distill: stage %d (%s): the record that it finished is unreadable; training it afresh",
-                 stage.index, stage.name)
-        shutil.rmtree(folder)
+    done = distributed.from_main(distributed.on_main(_finished_stage)(folder, stage))
+    if done is not None:
+        # Finished before an interruption: take up its final weights rather than training it again.
+        _load_trainable_state(trained, folder / STAGE_DONE_WEIGHTS)
+        return done["summary"], done["loss_curve"]
 
     def subset(items: list[Any], index: np.ndarray) -> list[Any]:
         return [items[i] for i in index]
@@ -423,7 +438,8 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
     if len(stage.validation):
         val_set = _TeacherTargets(subset(val_rows, stage.validation), val_probs[stage.validation],
                                   None if states is None else states[1][stage.validation])
-    steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * config.gradient_accumulation_steps))
+    steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * config.gradient_accumulation_steps
+                                                  * distributed.world_size()))
     total_steps = max(1, math.ceil(steps_per_epoch * stage.epochs))
     strategy = "steps" if config.checkpoint_steps else "epoch"
     early = config.early_stopping_patience is not None and val_set is not None
@@ -456,11 +472,13 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         use_cpu=device.type == "cpu",
         optim=optimizer_name(device),
         dataloader_num_workers=0,
+        # Every trainable parameter takes part in every step (adapters, head, projections): DDP need not search.
+        ddp_find_unused_parameters=False,
     )
     stage_callbacks = list(callbacks)
     if early:
         stage_callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    board = _tensorboard_callback(logs_dir / f"stage-{stage.index}")
+    board = _tensorboard_callback(logs_dir / f"stage-{stage.index}") if distributed.is_main() else None
     if board is not None:
         stage_callbacks.append(board)
     trainer = DistillationTrainer(
@@ -478,7 +496,7 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         hidden_layers=hidden_layers,
         hard_label_weight=config.hard_label_weight,
     )
-    checkpoint = _last_complete_checkpoint(folder) if folder.is_dir() else None
+    checkpoint = distributed.from_main(_last_complete_checkpoint(folder) if folder.is_dir() else None)
     if checkpoint is not None:
         log.info("distill: stage %d (%s) resumes from %s", stage.index, stage.name, checkpoint)
     if multi:
@@ -506,7 +524,28 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         "stopped_early": bool(early and result.global_step < trainer.state.max_steps),
         "resumed_from": None if checkpoint is None else checkpoint.name,
     }
-    # Mark the stage finished (weights first: the marker names a complete state) before the next one starts.
-    _save_tensors(_trainable_state(trained), folder / STAGE_DONE_WEIGHTS)
-    write_json_atomic(folder / STAGE_DONE_INFO, {"summary": stage_summary, "loss_curve": curve})
+    distributed.on_main(_mark_stage_finished)(trained, folder, {"summary": stage_summary, "loss_curve": curve})
     return stage_summary, curve
+
+
+def _mark_stage_finished(trained: torch.nn.Module, folder: Path, record: dict[str, Any]) -> None:
+    """Before the next stage starts; weights first: the marker names a complete state."""
+    _save_tensors(_trainable_state(trained), folder / STAGE_DONE_WEIGHTS)
+    write_json_atomic(folder / STAGE_DONE_INFO, record)
+
+
+def _finished_stage(folder: Path, stage: Stage) -> dict[str, Any] | None:
+    """The record of a stage an earlier run finished (its weights are in STAGE_DONE_WEIGHTS), else None; a
+    stage whose record is unreadable is removed, to be trained afresh (its checkpoints may be at its end,
+    where resuming trains nothing and loses the summary)."""
+    if not (folder / STAGE_DONE_INFO).exists():
+        return None
+    done = _read_json_or_none(folder / STAGE_DONE_INFO)
+    if isinstance(done, dict) and {"summary", "loss_curve"} <= set(done) and (folder / STAGE_DONE_WEIGHTS).is_file():
+        log.info("distill: stage %d (%s) was finished by an earlier run; its weights are loaded", stage.index,
+                 stage.name)
+        return done
+    log.info("distill: stage %d (%s): the record that it finished is unreadable; training it afresh", stage.index,
+             stage.name)
+    shutil.rmtree(folder)
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tailorkd import distributed
 from tailorkd.prompts import fixed_shots
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.prepare import load_data
@@ -21,6 +22,7 @@ def student_shots(recipe) -> list[dict[str, Any]]:
     return fixed_shots(recipe.prompt, load_data(recipe).rows("seed"), recipe.task.label_names, recipe.seed)
 
 
+@distributed.on_main
 def classify(recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trained student's prediction for each row ({"text", optional "id", "title"}): id, label,
     confidence (its probability), severity (from ``recipe.alerts``; "none" without it) and probabilities."""
@@ -42,6 +44,7 @@ def classify(recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@distributed.on_main
 def export(recipe, out: str) -> dict[str, Any]:
     """Write the run's trained student to ``out`` as a standalone Hugging Face model folder; returns its
     description (tailorkd.json)."""

@@ -4,7 +4,8 @@ Three student systems, each in its own folder of the run: adaptive KD (the recip
 losses), and, when the recipe evaluates them, the paper's baselines on the same targets: the untrained
 student (method none) and standard KD (every weight trains, one stage, soft targets only). A student is
 skipped when its student.json records the fingerprint of the recipe it was trained for; an interrupted
-one resumes from its last checkpoint unless ``force``.
+one resumes from its last checkpoint unless ``force``. Under a launcher every process trains (data-parallel,
+see tailorkd.distill.trainer) and the main process decides what is up to date.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tailorkd import distributed
 from tailorkd.errors import TailorkdError
 from tailorkd.prompts import fixed_shots
 from tailorkd.run_dir import RunDir
@@ -31,6 +33,12 @@ def distill(recipe, force: bool = False) -> Path:
     from tailorkd.distill import distill_student
     from tailorkd.students import build_student
 
+    engine = distributed.sharding_engine()
+    if engine is not None:
+        # Checkpoints, stage records and the saved student read whole parameters; sharded ones are not gathered.
+        raise TailorkdError(f"distill under {engine}: sharded students are not supported yet; launch with "
+                            "configs/accelerate/multi_gpu_ddp.yaml (data-parallel) and adapter.method lora or qlora, "
+                            "which fit a 7B or 13B student on one GPU")
     recipe = resolve_prompt(recipe)
     run = RunDir(recipe)
     data = load_data(recipe)
@@ -45,7 +53,7 @@ def distill(recipe, force: bool = False) -> Path:
     for system, job in student_jobs(recipe).items():
         out = run.student_dir(system)
         fingerprint = run.fingerprint("distill", job)
-        if not force and is_trained(out, fingerprint):
+        if not force and distributed.from_main(is_trained(out, fingerprint)):
             log.info("distill: %s in %s is up to date", system, out)
             continue
         states = teacher_hidden_states(job, rows) if job.distill.hidden_state_loss is not None else None

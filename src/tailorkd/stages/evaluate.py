@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tailorkd import distributed
 from tailorkd.evaluation.assemble import (
     ABSTAINED,
     by_language,
@@ -35,6 +36,7 @@ from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
 
 
+@distributed.on_main
 def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Score every system on the test set and write the report; return it. ``timings`` (seconds per stage,
     from ``run``) go into the report with this stage's own."""

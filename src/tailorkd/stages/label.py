@@ -9,6 +9,10 @@ prompt search the hand-written prompt on the test set. labels_summary.json is wr
 A served teacher may abstain on a text (its answer names no class): such texts get no label and are listed
 in labels_summary.json, so later stages tell them from texts never labelled. ``teacher_records`` reads the
 labels back for the later stages.
+
+Under a launcher (tailorkd.distributed) every process loads the teacher on its own device and labels a
+disjoint share of the pool and the test set into the one store; the main process then reads them all and
+does the rest (reasons, calibration, ensemble, summary) while the others wait.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tailorkd import distributed
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
@@ -35,18 +40,42 @@ from tailorkd.teachers import add_reasons, hidden_key
 log = logging.getLogger(__name__)
 
 
-def label(recipe, teacher: Any = None) -> dict[str, Any]:
+def label(recipe, teacher: Any = None) -> dict[str, Any] | None:
     """Label pool and test with the recipe's teacher (``teacher``: one already built); calibrate and combine
-    as the recipe says; write labels_summary.json. Returns the summary."""
-    base_recipe, recipe = recipe, resolve_prompt(recipe, tune=True)
-    run = RunDir(recipe)
+    as the recipe says; write labels_summary.json. Returns the summary (None on a process other than the
+    main one)."""
+    base_recipe = recipe
+    with distributed.main_first():
+        recipe = resolve_prompt(recipe, tune=True)
     data = load_data(recipe)
     teacher = teacher or member_teacher(recipe, data)
     t0 = time.perf_counter()
+    if distributed.is_distributed():
+        with LabelStore(RunDir(recipe).label_store) as store:
+            for split in ("pool", "test"):
+                teacher.label(distributed.share(data.rows(split), key=lambda row: text_hash(row["text"])), store,
+                              desc=f"teacher: {split}, process {distributed.rank()}", **_label_options(recipe))
+        distributed.barrier()  # every share is stored before the main process reads them all
+        if not distributed.is_main():
+            teacher = None  # its device memory is not needed while the main process finishes
+            gc.collect()
+    return _finish_labelling(base_recipe, recipe, data, teacher, t0)
+
+
+def _label_options(recipe) -> dict[str, Any]:
+    hidden = recipe.teacher.hidden_states
+    return {} if hidden is None else {"hidden_layers": hidden.layers, "pooling": hidden.pooling,
+                                      "rows_per_shard": hidden.rows_per_shard}
+
+
+@distributed.on_main
+def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0: float) -> dict[str, Any]:
+    """Every text the processes did not label yet (all of them in one process), then reasons, calibration
+    and the ensemble; labels_summary.json last."""
+    run = RunDir(recipe)
     pool_rows, test_rows = data.rows("pool"), data.rows("test")
     hidden = recipe.teacher.hidden_states
-    options = {} if hidden is None else {"hidden_layers": hidden.layers, "pooling": hidden.pooling,
-                                         "rows_per_shard": hidden.rows_per_shard}
+    options = _label_options(recipe)
     reasons = calibration = ensemble = None
     with LabelStore(run.label_store) as store:
         pool = teacher.label(pool_rows, store, desc="teacher: pool", **options)

@@ -2,13 +2,15 @@
 
 Skipped when ``data/prepare.json`` records the fingerprint of what the splits depend on (the recipe's
 ``data``, ``task`` and ``seed``). Every later stage reads the splits through ``load_data``, which prepares
-them again when they were made for other inputs, so a stage run alone never works on stale splits.
+them again when they were made for other inputs, so a stage run alone never works on stale splits. Under a
+launcher the main process prepares and the others then read its splits.
 """
 
 from __future__ import annotations
 
 import logging
 
+from tailorkd import distributed
 from tailorkd.data import PreparedData, load_prepared, prepare_data
 from tailorkd.run_dir import RunDir
 
@@ -17,6 +19,11 @@ log = logging.getLogger(__name__)
 
 def prepare(recipe, force: bool = False) -> PreparedData:
     """Read the sources and write the splits (skipped when they are up to date, unless ``force``)."""
+    with distributed.main_first() as main:
+        return _prepare(recipe, force and main)
+
+
+def _prepare(recipe, force: bool) -> PreparedData:
     run = RunDir(recipe)
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_text(run.recipe_file, recipe.to_yaml())
@@ -40,9 +47,10 @@ def prepare(recipe, force: bool = False) -> PreparedData:
 def load_data(recipe) -> PreparedData:
     """The recipe's splits, prepared first when missing or made for another data, task or seed section."""
     run = RunDir(recipe)
-    if _changed_inputs(run) != []:
-        return prepare(recipe)
-    return load_prepared(run.data_dir)
+    with distributed.main_first():
+        if _changed_inputs(run) != []:
+            return _prepare(recipe, force=False)
+        return load_prepared(run.data_dir)
 
 
 def _changed_inputs(run: RunDir) -> list[str] | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tailorkd import distributed
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
@@ -30,7 +31,13 @@ log = logging.getLogger(__name__)
 
 def tune_prompt(recipe, force: bool = False) -> dict[str, Any]:
     """Choose the prompt on the expert seeds; skipped when prompts/search.json was made for this recipe,
-    unless ``force``. Returns the search's record (search.json)."""
+    unless ``force``. Returns the search's record (search.json). Under a launcher the main process searches
+    and the others read its record."""
+    with distributed.main_first() as main:
+        return _tune_prompt(recipe, force and main)
+
+
+def _tune_prompt(recipe, force: bool) -> dict[str, Any]:
     from tailorkd.prompts.search import base_parts, greedy_search, search_space, to_prompt
 
     config = recipe.prompt_search
