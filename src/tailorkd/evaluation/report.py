@@ -134,6 +134,18 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
             for name, c in calibration["held_out_seeds"].items():
                 lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['macro_f1'])} | {c['held_out_seeds']} |")
             lines.append("")
+    confident = {name: s for name, s in systems.items() if s.get("confidence")}
+    if confident:
+        lines += ["## Student confidence", "",
+                  "Each student's logits are divided by a temperature fitted on the expert seeds it never saw "
+                  "(temperature scaling, Laplace-smoothed); the predicted class, so accuracy, is unchanged.", "",
+                  "| system | temperature | seeds | ECE before | ECE after |", "|---|---|---|---|---|"]
+        for name, s in confident.items():
+            c = s["confidence"]
+            after = (s["metrics"].get("calibration") or {}).get("ece")
+            lines.append(f"| {label(name)} | {_num(c.get('temperature'), '{:.3f}')} | {c.get('n')} | "
+                         f"{_pct(c.get('uncalibrated_ece'))} | {_pct(after)} |")
+        lines.append("")
     languages = report.get("by_language")
     if languages:
         names = [k for k in next(iter(languages.values())) if k != "n"]

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tailorkd import distributed
 from tailorkd.errors import TailorkdError
-from tailorkd.prompts import fixed_shots
+from tailorkd.prompts import fixed_shots, held_out_seeds
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.label import teacher_hidden_states, teacher_records
 from tailorkd.stages.prepare import load_data
@@ -55,17 +56,52 @@ def distill(recipe, force: bool = False) -> Path:
         fingerprint = run.fingerprint("distill", job)
         if not force and distributed.from_main(is_trained(out, fingerprint)):
             log.info("distill: %s in %s is up to date", system, out)
-            continue
-        states = teacher_hidden_states(job, rows) if job.distill.hidden_state_loss is not None else None
-        set_seed(recipe.seed)
-        student = build_student(job.student, job.task, job.prompt, shots, job.adapter.method)
-        summary = distill_student(student, rows, probs, job.adapter, job.distill, out, recipe.seed,
-                                  info={"recipe_hash": fingerprint, "base_model": job.student.model, "system": system},
-                                  teacher_states=states, resume=not force)
-        log.info("distill: %s, %d steps in %.1fs, final loss %s -> %s", system, summary["steps"],
-                 summary["train_seconds"], summary["train_loss"], out)
-        del student
+        else:
+            states = teacher_hidden_states(job, rows) if job.distill.hidden_state_loss is not None else None
+            set_seed(recipe.seed)
+            student = build_student(job.student, job.task, job.prompt, shots, job.adapter.method)
+            summary = distill_student(student, rows, probs, job.adapter, job.distill, out, recipe.seed,
+                                      info={"recipe_hash": fingerprint, "base_model": job.student.model,
+                                            "system": system},
+                                      teacher_states=states, resume=not force)
+            log.info("distill: %s, %d steps in %.1fs, final loss %s -> %s", system, summary["steps"],
+                     summary["train_seconds"], summary["train_loss"], out)
+            del student
+        calibrate_confidence(job, data, out, shots)
     return run.student_dir("adaptive_kd")
+
+
+@distributed.on_main
+def calibrate_confidence(recipe, data, folder: Path, shots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fit the temperature of the trained student in ``folder`` on the expert seeds it has not seen (all of
+    them for an encoder; those not shown as few-shot examples for a causal LM) and write confidence.json
+    (``tailorkd.confidence``). Skipped when confidence.json was fitted for this very student.json."""
+    from tailorkd.confidence import fit_temperature
+    from tailorkd.students import CONFIDENCE_FILE, load_student, predict_probs, student_file_hash
+
+    path = folder / CONFIDENCE_FILE
+    student_file = student_file_hash(folder)
+    done = RunDir(recipe).read_json_if_exists(path, "student confidence calibration")
+    if isinstance(done, dict) and done.get("student_file") == student_file:
+        return done
+    names = recipe.task.label_names
+    student = load_student(folder, recipe.task, recipe.prompt, shots, recipe.student)
+    seeds = data.rows("seed") if student.kind == "encoder" else held_out_seeds(
+        recipe.prompt, data.rows("seed"), names, recipe.seed)
+    record: dict[str, Any] = {"student_file": student_file, "fitted_on": "expert seeds the student never saw",
+                              "method": "temperature scaling, Laplace-smoothed targets"}
+    if len(seeds) < len(names):
+        log.warning("distill: %s: only %d seeds are not shown to the student as examples; its confidence stays "
+                    "uncalibrated (temperature 1)", folder, len(seeds))
+        record.update(temperature=1.0, n=len(seeds), reason=f"fewer held-out seeds than classes ({len(seeds)})")
+    else:
+        probs = predict_probs(student, seeds, recipe.evaluation.batch_size, desc="student: seeds")
+        record.update(fit_temperature(probs, np.array([names.index(r["label"]) for r in seeds])))
+        log.info("distill: %s: confidence temperature %.3f on %d seeds (mean confidence %.2f -> %.2f, seed accuracy "
+                 "%.2f)", folder.name, record["temperature"], record["n"], record["mean_confidence_before"],
+                 record["mean_confidence_after"], record["accuracy"])
+    RunDir(recipe).write_json(path, record)
+    return record
 
 
 def student_jobs(recipe) -> dict:

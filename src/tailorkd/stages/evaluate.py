@@ -124,10 +124,13 @@ def teacher_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def student_system(recipe, data, system: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A trained student's test predictions, timed batch by batch, and its training cost."""
+    """A trained student's test predictions (its confidence calibrated by the temperature fitted after
+    training, when there is one), timed batch by batch, and its training cost."""
     from transformers import set_seed
 
-    from tailorkd.students import load_student, read_student_info
+    from tailorkd.confidence import apply_temperature
+    from tailorkd.evaluation.metrics import expected_calibration_error
+    from tailorkd.students import CONFIDENCE_FILE, load_student, read_student_info, student_temperature
 
     run = RunDir(recipe)
     folder = run.student_dir(system)
@@ -136,10 +139,12 @@ def student_system(recipe, data, system: str) -> tuple[pd.DataFrame, dict[str, A
     set_seed(recipe.seed)
     shots = fixed_shots(recipe.prompt, data.rows("seed"), recipe.task.label_names, recipe.seed)
     student = load_student(folder, recipe.task, recipe.prompt, shots, recipe.student)
-    probs, per_text, elapsed = timed_student_probs(student, rows, batch_size)
+    raw, per_text, elapsed = timed_student_probs(student, rows, batch_size)
     info = read_student_info(folder)
     training = info.get("summary", {})
-    return predictions_frame(rows, probs, recipe.task.label_names), {
+    fitted = run.read_json_if_exists(folder / CONFIDENCE_FILE, "student confidence calibration")
+    probs = raw if fitted is None else apply_temperature(raw, student_temperature(folder))
+    result = {
         "model": recipe.student.model,
         "kind": student.kind,
         "adapter": info.get("adapter_method", recipe.adapter.method),
@@ -148,6 +153,15 @@ def student_system(recipe, data, system: str) -> tuple[pd.DataFrame, dict[str, A
                      training=training),
         "training": training,
     }
+    if fitted is not None:
+        raw_frame = predictions_frame(rows, raw, recipe.task.label_names)
+        correct = [r["label"] == p for r, p in zip(rows, raw_frame["predicted"])]
+        result["confidence"] = {
+            **{k: fitted.get(k) for k in ("n", "fitted_on", "method", "reason")},
+            "temperature": student_temperature(folder),
+            "uncalibrated_ece": expected_calibration_error(correct, raw_frame["confidence"].to_numpy())["ece"],
+        }
+    return predictions_frame(rows, probs, recipe.task.label_names), result
 
 
 def seed_only_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
