@@ -106,3 +106,30 @@ def test_teacher_combination_benchmark_tiny_llama(tiny_models, tmp_path):
     member = next(s for n, s in systems.items() if n.startswith("member 2 (seed classifier") and n.endswith("raw"))
     assert member["test"] == systems["seed-only baseline"]["test"]
     assert report["table"][-1].endswith("| 1.00x |")
+
+
+def test_student_confidence_benchmark_tiny(tiny_models, tmp_path):
+    """benchmarks/student_confidence.py on a tiny run: each student's temperature is the one distill fitted,
+    and it changes no answer."""
+    from tailorkd.cli import main
+    from test_pipeline import make_recipe
+
+    recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                         evaluation={"systems": ["teacher", "untrained_student", "adaptive_kd"]})
+    assert main(["run", recipe]) == 0
+    out = tmp_path / "confidence.json"
+    assert _load_script("student_confidence").main([recipe, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["systems"]) == {"untrained_student", "adaptive_kd"}
+    for system, folder in (("untrained_student", "untrained"), ("adaptive_kd", "adaptive_kd")):
+        entry = result["systems"][system]
+        fitted = json.loads((tmp_path / "run" / "students" / folder / "confidence.json").read_text())
+        assert entry["temperature"] == fitted["temperature"] and entry["seeds"] == 10
+        assert entry["accuracy_unchanged"] and entry["before"]["macro_f1"] == entry["after"]["macro_f1"]
+        assert 0 <= entry["after"]["ece"] <= 1
+
+
+def test_crisis_signals_days_come_from_tweet_ids():
+    bench = _load_script("crisis_signals")
+    assert bench.tweet_day("211040709124440064") == "2012-06-08"  # 2012_Colorado_wildfires, its first tweet
+    assert bench.tweet_day("0") == "2010-11-04"  # Twitter's snowflake epoch: 2010-11-04 01:42:54.657 UTC

@@ -8,7 +8,7 @@
 
 Each stage reads the recipe and what earlier stages wrote into the run folder (``tailorkd.run_dir``) and
 writes its own, so each can be rerun or resumed alone; ``run`` calls them in order and each skips work
-that is already done for the same inputs. ``classify`` and ``export`` use a finished run's student.
+that is already done for the same inputs. ``classify``, ``export`` and ``signals`` use a finished run's student.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tailorkd.stages.evaluate import evaluate
 from tailorkd.stages.label import label
 from tailorkd.stages.prepare import load_data, prepare
 from tailorkd.stages.prompt_search import resolve_prompt, tune_prompt
+from tailorkd.stages.signals import signals
 
 # (name, whether the recipe asks for it, the stage): the order ``run`` follows before evaluating.
 STAGES: list[tuple[str, Callable[[Any], bool], Callable[[Any, bool], Any]]] = [
@@ -46,4 +47,4 @@ def run(recipe, force: bool = False) -> dict[str, Any]:
 
 
 __all__ = ["STAGES", "classify", "distill", "evaluate", "export", "label", "load_data", "prepare", "resolve_prompt",
-           "run", "tune_prompt"]
+           "run", "signals", "tune_prompt"]

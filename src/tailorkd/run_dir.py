@@ -8,7 +8,9 @@
     <output_dir>/labels.sqlite (+ hidden/)       the teachers' class distributions (and hidden states)
     <output_dir>/labels_summary.json             what the label stage did (written last)
     <output_dir>/calibration.json, ensemble.json the fitted calibration and ensemble weights
-    <output_dir>/students/<system>/              each trained student (student.json written last)
+    <output_dir>/students/<system>/              each trained student (student.json written last;
+                                                 confidence.json: its fitted temperature)
+    <output_dir>/signals/                        tailorkd signals: signals.sqlite, signals/daily.parquet, alerts
     <output_dir>/predictions/<system>.parquet    per-text predictions on the test set
     <output_dir>/report.{md,json}, figures/      the comparison against human labels
 
@@ -115,6 +117,11 @@ class RunDir:
     def student_dir(self, system: str = "adaptive_kd") -> Path:
         """The folder of student system ``system`` (adaptive_kd, untrained_student, standard_kd)."""
         return self.root / "students" / STUDENT_FOLDERS[system]
+
+    @property
+    def signals_dir(self) -> Path:
+        """`tailorkd signals` output when no other folder is given (signals.sqlite, *.parquet, alerts.jsonl)."""
+        return self.root / "signals"
 
     @property
     def predictions_dir(self) -> Path:

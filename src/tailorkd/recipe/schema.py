@@ -20,6 +20,7 @@ from tailorkd.recipe.distill import DistillConfig
 from tailorkd.recipe.evaluation import AlertsConfig, EvaluationConfig
 from tailorkd.recipe.fingerprint import content_hash
 from tailorkd.recipe.prompt import PromptConfig, PromptSearchConfig
+from tailorkd.recipe.signals import SignalsConfig
 from tailorkd.recipe.student import AdapterConfig, StudentConfig
 from tailorkd.recipe.task import TaskConfig
 from tailorkd.recipe.teacher import TeacherConfig
@@ -43,6 +44,9 @@ class Recipe(Section):
     alerts: AlertsConfig | None = Field(default=None, description="Set: predictions carry a severity level.")
     prompt_search: PromptSearchConfig | None = Field(
         default=None, description="Set: the prompt is chosen on the seeds before labelling (tailorkd prompts tune).")
+    signals: SignalsConfig | None = Field(
+        default=None, description="How `tailorkd signals` aggregates a feed into daily signals and alerts "
+        "(defaults when absent).")
 
     # Where the recipe file lies; data paths are relative to it. Not part of the recipe's content.
     base_dir: Path = Field(default=Path("."), exclude=True)
@@ -68,6 +72,21 @@ class Recipe(Section):
         if unknown:
             raise ValueError(f"alerts.severity names labels the task does not have: {unknown} "
                              f"(task labels: {self.task.label_names})")
+        return self
+
+    @model_validator(mode="after")
+    def _signals_fit_task_and_alerts(self) -> Recipe:
+        if self.signals is None:
+            return self
+        unknown = sorted(set(self.signals.risk_labels or []) - set(self.task.label_names))
+        if unknown:
+            raise ValueError(f"signals.risk_labels names labels the task does not have: {unknown} "
+                             f"(task labels: {self.task.label_names})")
+        levels = {level for rules in (self.alerts.severity.values() if self.alerts else []) for _, level in rules}
+        unweighted = sorted(levels - set(self.signals.severity_weights))
+        if unweighted:
+            raise ValueError(f"signals.severity_weights has no weight for the severity levels {unweighted} "
+                             "that alerts.severity names")
         return self
 
     def content_hash(self, *sections: str) -> str:

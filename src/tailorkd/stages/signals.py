@@ -1,0 +1,100 @@
+"""Signals: score a feed of articles with the run's trained student and aggregate them per topic and day.
+
+    feed files ──> read_feed (bounded batches; rejects with file and line)
+               ──> new or rescored articles only ──> student (calibrated) ──> signals.sqlite
+               ──> signals.parquet, daily.parquet, alerts.jsonl, rejects.jsonl, summary.json
+
+Resumable and idempotent: every batch is stored before the next is read, an article already scored by this
+student is not scored again, and the outputs are rewritten from the store, so rerunning on the same files
+adds nothing and a new day's file adds only its rows. The aggregation and the rules are ``tailorkd.signals``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from tailorkd import distributed
+from tailorkd.recipe import NO_ALERT, SignalsConfig
+from tailorkd.run_dir import RunDir
+from tailorkd.stages.classify import student_shots
+from tailorkd.stages.prompt_search import resolve_prompt
+
+log = logging.getLogger(__name__)
+
+
+@distributed.on_main
+def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+    """Score the articles of ``inputs`` (files, folders, globs) into ``out`` (default: the run's signals/
+    folder) and write the daily signals and alerts; returns summary.json."""
+    from tailorkd.files import write_json_atomic, write_text_atomic
+    from tailorkd.signals import SignalStore, daily_signals, feed_files, find_alerts, read_feed
+    from tailorkd.students import load_student, predict_probs, student_file_hash, student_temperature
+
+    recipe = resolve_prompt(recipe)
+    config = recipe.signals or SignalsConfig()
+    names = recipe.task.label_names
+    risk_labels = config.risk_labels or names[:1]
+    run = RunDir(recipe)
+    folder = Path(out) if out else run.signals_dir
+    files = feed_files(inputs)
+    student_dir = run.student_dir()
+    temperature = student_temperature(student_dir)
+    model = f"{student_file_hash(student_dir)}-T{temperature:.6g}"  # a retrained or refitted student rescores
+    student = None  # loaded when the first article needs scoring: a rerun with nothing new never loads it
+
+    t0, read, scored, rejects = time.perf_counter(), 0, 0, []
+    with SignalStore(folder / "signals.sqlite", names) as store:
+        for articles, rejected in read_feed(files, config.columns, config.batch_size):
+            read += len(articles)
+            rejects += rejected
+            done = store.scored([a["key"] for a in articles], model)
+            first: dict[str, dict[str, Any]] = {}
+            for article in articles:  # a repeat counts once, as it was first seen
+                if article["key"] not in done:
+                    first.setdefault(article["key"], article)
+            todo = list(first.values())
+            if not todo:
+                continue
+            # Sorted by length, so each batch pads little; the order is restored by the keys.
+            todo.sort(key=lambda a: len(a["text"]))
+            if student is None:
+                student = load_student(student_dir, recipe.task, recipe.prompt, student_shots(recipe), recipe.student)
+            probs = predict_probs(student, todo, recipe.evaluation.batch_size, desc="signals: articles",
+                                  temperature=temperature)
+            for article, p in zip(todo, probs):
+                best = int(p.argmax())
+                article.update(label=names[best], confidence=float(p[best]),
+                               severity=recipe.alerts.level(names[best], float(p[best])) if recipe.alerts
+                               else NO_ALERT,
+                               probabilities=[float(v) for v in p])
+            store.put(todo, model)
+            scored += len(todo)
+        frame = store.frame(model)
+    baseline_days = max([r.baseline_days for r in config.rules if r.kind == "rise_over_baseline"], default=7)
+    daily = daily_signals(frame, names, risk_labels, config.severity_weights, baseline_days, config.interval_level)
+    alerts = find_alerts(daily, frame, config.rules, risk_labels, config.top_articles)
+
+    _write_parquet(folder / "signals.parquet", frame)
+    _write_parquet(folder / "daily.parquet", daily)
+    write_text_atomic(folder / "alerts.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in alerts))
+    write_text_atomic(folder / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
+    summary = {
+        "model": model, "student": str(student_dir), "temperature": temperature, "files": [str(f) for f in files],
+        "articles_read": read, "articles_scored_now": scored, "articles_stored": len(frame), "rejected": len(rejects),
+        "topics": int(daily["topic"].nunique()) if len(daily) else 0, "days": int(daily["day"].nunique()) if len(daily)
+        else 0, "alerts": len(alerts), "risk_labels": list(risk_labels), "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json_atomic(folder / "summary.json", summary)
+    log.info("signals: %d articles read, %d scored now, %d stored, %d rejected; %d topic-days, %d alerts -> %s",
+             read, scored, len(frame), len(rejects), len(daily), len(alerts), folder)
+    return summary
+
+
+def _write_parquet(path: Path, frame) -> None:
+    from tailorkd.files import atomic_write
+
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))

@@ -1,0 +1,164 @@
+"""Crisis signals: a feed of articles scored by the run's student, aggregated per topic and day, with alerts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TOPICS, topic_rows, write_jsonl
+from tailorkd import pipeline
+from tailorkd.cli import main
+from tailorkd.recipe import SignalRule, load_recipe
+from tailorkd.signals import daily_signals, find_alerts, wilson_interval
+from test_pipeline import make_recipe
+
+WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}
+
+
+def _signals(rows):
+    """A frame of stored signals from (topic, day, label, severity, confidence) tuples."""
+    return pd.DataFrame([{"key": f"k{i}", "id": f"a{i}", "topic": t, "day": d, "label": lab, "severity": sev,
+                          "confidence": c, "text": f"article {i}", "source": "wire"}
+                         for i, (t, d, lab, sev, c) in enumerate(rows)])
+
+
+def test_wilson_interval_is_sound_at_the_edges():
+    low, high = wilson_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
+    assert low[0] == 0 and high[0] == pytest.approx(0.2775, abs=1e-3)  # 0 of 10 still leaves room
+    assert low[1] == pytest.approx(0.2366, abs=1e-3) and high[1] == pytest.approx(0.7634, abs=1e-3)
+    assert high[2] == pytest.approx(1.0) and low[2] == pytest.approx(0.7225, abs=1e-3)
+
+
+def test_daily_signals_count_share_index_and_trailing_baseline():
+    rows = []
+    for day in range(1, 8):  # a quiet week: 1 risk in 10 a day
+        rows += [("floods", f"2024-01-0{day}", "risk", "low", 0.6)] + [("floods", f"2024-01-0{day}", "safe", "none",
+                                                                        0.9)] * 9
+    rows += [("floods", "2024-01-08", "risk", "high", 0.95)] * 6 + [("floods", "2024-01-08", "safe", "none", 0.8)] * 4
+    rows += [("fires", "2024-01-08", "caution", "medium", 0.7)] * 2
+    frame = _signals(rows)
+    daily = daily_signals(frame, ["risk", "caution", "safe"], ["risk"], WEIGHTS, baseline_days=7)
+    assert len(daily) == 9 and daily["n"].sum() == len(frame)
+    last = daily[(daily["topic"] == "floods") & (daily["day"] == "2024-01-08")].iloc[0]
+    assert (last["n"], last["n_risk"], last["n_safe"], last["n_caution"]) == (10, 6, 4, 0)
+    assert last["risk_share"] == pytest.approx(0.6)
+    assert last["risk_share_low"] < 0.6 < last["risk_share_high"]
+    assert last["severity_index"] == pytest.approx(0.6)  # 6 high (weight 1) of 10
+    assert last["severity_index_low"] < 0.6 < last["severity_index_high"]
+    assert last["baseline_risk_share"] == pytest.approx(0.1) and last["baseline_n"] == 70
+    first = daily[(daily["topic"] == "floods") & (daily["day"] == "2024-01-01")].iloc[0]
+    assert np.isnan(first["baseline_risk_share"]) and first["baseline_n"] == 0
+    fires = daily[daily["topic"] == "fires"].iloc[0]
+    assert fires["risk_share"] == 0 and fires["severity_index"] == pytest.approx(2 / 3)
+
+    rules = [SignalRule(name="share", kind="share_above", threshold=0.5, min_count=10),
+             SignalRule(name="rise", kind="rise_over_baseline", threshold=3.0, min_count=10, baseline_days=7),
+             SignalRule(name="share, big days only", kind="share_above", threshold=0.5, min_count=11)]
+    alerts = find_alerts(daily, frame, rules, ["risk"], top_articles=2)
+    assert [(a["topic"], a["day"], a["rule"]) for a in alerts] == [("floods", "2024-01-08", "share"),
+                                                                   ("floods", "2024-01-08", "rise")]
+    rise = alerts[1]
+    assert rise["ratio"] == pytest.approx(6.0) and rise["baseline_n"] == 70
+    assert len(rise["top_articles"]) == 2 and all(a["label"] == "risk" for a in rise["top_articles"])
+    assert rise["top_articles"][0]["confidence"] == pytest.approx(0.95)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("signals_run")
+    recipe_path = make_recipe(folder, tiny_models["llama"], tiny_models["bert"],
+                              evaluation={"systems": ["teacher", "adaptive_kd"]},
+                              alerts={"severity": {"business": [[0.5, "high"], [0.0, "low"]]}})
+    assert main(["run", recipe_path]) == 0
+    return folder, recipe_path
+
+
+def _feed(folder, name, day, n, start=0):
+    rows = []
+    for i, row in enumerate(topic_rows(4)[start : start + n]):
+        rows.append({"id": f"{name}-{i}", "text": row["text"], "date": day, "topic": row["label"][:4],
+                     "source": "wire"})
+    return write_jsonl(folder / f"{name}.jsonl", rows)
+
+
+def test_signals_score_a_feed_once_and_add_only_new_days(trained_run, tmp_path):
+    folder, recipe_path = trained_run
+    day1 = _feed(tmp_path, "day1", "2024-03-01T08:30:00Z", 12)
+    with day1.open("a") as f:  # a repeat of an article, an empty text and a date that is not one
+        f.write(json.dumps({"id": "day1-0", "text": "News item 0 again", "date": "2024-03-01", "topic": "busi"}) + "\n")
+        f.write(json.dumps({"id": "x", "text": "  ", "date": "2024-03-01", "topic": "busi"}) + "\n")
+        f.write(json.dumps({"id": "y", "text": "Storm warning", "date": "not a day", "topic": "busi"}) + "\n")
+    out = tmp_path / "signals"
+    assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["articles_read"], summary["articles_scored_now"], summary["articles_stored"]) == (13, 12, 12)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"].split(" ")[0]) for r in rejects] == [(14, "empty"), (15, "'date'")]
+    assert all(r["file"] == str(day1) for r in rejects)
+
+    stored = pd.read_parquet(out / "signals.parquet").set_index("id")
+    recipe = load_recipe(recipe_path)
+    rows = [{"id": r["id"], "text": r["text"]} for r in map(json.loads, day1.read_text().splitlines()[:12])]
+    for answer in pipeline.classify(recipe, rows):  # the same student, the same calibrated answers
+        mine = stored.loc[answer["id"]]
+        probs = [answer["probabilities"][t] for t in TOPICS]
+        assert [mine[f"p_{t}"] for t in TOPICS] == pytest.approx(probs, abs=1e-5)  # in other batches
+        if np.sort(probs)[-1] - np.sort(probs)[-2] > 1e-4:  # a tiny random student may answer near ties
+            assert (mine["label"], mine["severity"]) == (answer["label"], answer["severity"])
+    assert set(stored["day"]) == {"2024-03-01"}
+    daily = pd.read_parquet(out / "daily.parquet")
+    assert daily["n"].sum() == 12 and set(daily["topic"]) == {"busi", "ente", "poli"}  # 4 articles each
+    assert (daily[[f"n_{t}" for t in TOPICS]].sum(axis=1) == daily["n"]).all()
+
+    # The same file again adds nothing; a new day's file adds only its rows.
+    first = pd.read_parquet(out / "signals.parquet")
+    assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert (again["articles_scored_now"], again["articles_stored"]) == (0, 12)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "signals.parquet"), first)
+    day2 = _feed(tmp_path, "day2", "2024-03-02", 8, start=12)
+    assert main(["signals", recipe_path, str(day1), str(day2), "--out", str(out)]) == 0
+    both = json.loads((out / "summary.json").read_text())
+    assert (both["articles_scored_now"], both["articles_stored"], both["days"]) == (8, 20, 2)
+    alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+    assert all(a["n"] >= 10 for a in alerts)  # the default rules' min_count: no day holds 10 articles per topic
+
+
+def test_a_killed_signals_run_keeps_its_stored_batches(trained_run, tmp_path, monkeypatch):
+    folder, recipe_path = trained_run
+    feed = _feed(tmp_path, "day", "2024-03-05", 20)
+    out = tmp_path / "signals"
+    import tailorkd.students
+
+    real, calls = tailorkd.students.predict_probs, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed while scoring the second batch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tailorkd.students, "predict_probs", dying)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.signals(load_recipe(recipe_path, ["signals.batch_size=8"]), [feed], out)
+    monkeypatch.setattr(tailorkd.students, "predict_probs", real)
+    assert main(["signals", recipe_path, str(feed), "--out", str(out), "--set", "signals.batch_size=8"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["articles_scored_now"], summary["articles_stored"]) == (12, 20)  # the first 8 were kept
+
+
+def test_bad_feeds_and_settings_are_one_line_errors(trained_run, tmp_path, capsys):
+    folder, recipe_path = trained_run
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"body": "no text column", "date": "2024-01-01"}])
+    assert main(["signals", recipe_path, str(bad), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: {bad}: no column 'text' (signals.columns.text); it has ['body', 'date']"
+    assert main(["signals", recipe_path, str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: no feed file there" in capsys.readouterr().err
+    assert main(["signals", recipe_path, str(bad), "--set", "signals.risk_labels=[nope]"]) == 2
+    assert "signals.risk_labels names labels the task does not have: ['nope']" in capsys.readouterr().err
+    assert main(["signals", recipe_path, str(bad), "--set", "signals.severity_weights={low: 1}"]) == 2
+    assert "no weight for the severity levels ['high']" in capsys.readouterr().err
