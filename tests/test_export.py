@@ -25,7 +25,7 @@ ROWS = topic_rows(2)
 FEW_STEPS = DistillConfig(epochs=3, learning_rate=3e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0)
 
 
-def _trained(folder, tmp_path, method, kind="auto", steps=FEW_STEPS):
+def trained_student(folder, tmp_path, method, kind="auto", steps=FEW_STEPS):
     """A student of ``method`` trained a few steps and saved; returns (student folder, its StudentConfig)."""
     set_seed(0)
     config = StudentConfig(model=str(folder), kind=kind, max_length=256)
@@ -75,11 +75,16 @@ def _no_adapter_weights(out):
 def test_exported_lora_causal_lm_predicts_as_the_student(tiny_models, tmp_path, family):
     if family not in tiny_models:
         pytest.skip(f"{family} not available in this transformers")
-    folder, config = _trained(tiny_models[family], tmp_path, "lora")
+    folder, config = trained_student(tiny_models[family], tmp_path, "lora")
     student = load_student(folder, TASK, PROMPT, [], config)
     out = tmp_path / "export"
     about = export_student(folder, out, TASK, PROMPT, [], config)
     assert about["merged"] and about["label_names"] == TOPICS and about["kind"] == "causal_lm"
+    # No ONNX graph for a causal LM, and tailorkd.json says so; the temperature (none fitted) is named.
+    assert about["onnx"]["exported"] is False and "causal-LM" in about["onnx"]["reason"]
+    assert not (out / "onnx").exists() and about["temperature"] == {"value": 1.0, "folded_into_head": False,
+                                                                    "from": "none fitted"}
+    assert yaml.safe_load((out / "README.md").read_text().split("---\n")[1])["library_name"] == "transformers"
     _no_adapter_weights(out)
     expected = predict_probs(student, ROWS, 16)
     got = _causal_probs_from_export(out, ROWS)
@@ -93,10 +98,10 @@ def test_exported_lora_causal_lm_predicts_as_the_student(tiny_models, tmp_path, 
 
 
 def test_exported_lora_encoder_predicts_as_the_student_with_its_head(tiny_models, tmp_path):
-    folder, config = _trained(tiny_models["bert"], tmp_path, "lora", kind="encoder")
+    folder, config = trained_student(tiny_models["bert"], tmp_path, "lora", kind="encoder")
     student = load_student(folder, TASK, PROMPT, [], config)
     out = tmp_path / "export"
-    about = export_student(folder, out, TASK, PROMPT, [], config)
+    about = export_student(folder, out, TASK, PROMPT, [], config, check_rows=ROWS)
     assert about["kind"] == "encoder" and about["head"]["out_features"] == len(TOPICS)
     _no_adapter_weights(out)
     expected = predict_probs(student, ROWS, 16)
@@ -107,7 +112,7 @@ def test_exported_lora_encoder_predicts_as_the_student_with_its_head(tiny_models
 
 def test_exported_full_student_is_its_trained_weights(tiny_models, tmp_path):
     steps = FEW_STEPS.model_copy(update={"learning_rate": 2e-3})
-    folder, config = _trained(tiny_models["gpt2"], tmp_path, "full", steps=steps)
+    folder, config = trained_student(tiny_models["gpt2"], tmp_path, "full", steps=steps)
     out = tmp_path / "export"
     export_student(folder, out, TASK, PROMPT, [], config)
     trained = load_file(str(folder / "model" / "model.safetensors"))
@@ -122,10 +127,10 @@ def test_exported_full_student_is_its_trained_weights(tiny_models, tmp_path):
 def test_exported_qlora_student_is_merged_into_the_dequantised_base(qlora_models, tmp_path, family):  # noqa: F811
     pytest.importorskip("bitsandbytes")
     kind = "encoder" if family == "bert" else "causal_lm"
-    folder, config = _trained(qlora_models[family], tmp_path, "qlora", kind=kind)
+    folder, config = trained_student(qlora_models[family], tmp_path, "qlora", kind=kind)
     student = load_student(folder, TASK, PROMPT, [], config)
     out = tmp_path / "export"
-    export_student(folder, out, TASK, PROMPT, [], config)
+    export_student(folder, out, TASK, PROMPT, [], config, check_rows=ROWS)
     _no_adapter_weights(out)
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     expected = predict_probs(student, ROWS, 16)
@@ -136,11 +141,11 @@ def test_exported_qlora_student_is_merged_into_the_dequantised_base(qlora_models
 
 
 def test_export_refuses_a_bottleneck_student_and_a_used_folder(tiny_models, tmp_path):
-    folder, config = _trained(tiny_models["llama"], tmp_path, "bottleneck",
+    folder, config = trained_student(tiny_models["llama"], tmp_path, "bottleneck",
                               steps=FEW_STEPS.model_copy(update={"epochs": 1}))
     with pytest.raises(TailorkdError, match="bottleneck student cannot be exported.*non-linear"):
         export_student(folder, tmp_path / "export", TASK, PROMPT, [], config)
-    lora, config = _trained(tiny_models["llama"], tmp_path / "l", "lora",
+    lora, config = trained_student(tiny_models["llama"], tmp_path / "l", "lora",
                             steps=FEW_STEPS.model_copy(update={"epochs": 1}))
     used = tmp_path / "used"
     used.mkdir()

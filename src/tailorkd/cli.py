@@ -153,8 +153,9 @@ def _texts_from_jsonl(path: str) -> list[dict[str, Any]]:
 
 def classify(recipe: str, overrides: list[str], text: list[str] | None = None, input_file: str | None = None,
              output: str | None = None) -> None:
-    """Classify texts with RECIPE's trained student: per text its label, confidence, severity level (from the
-    recipe's alerts.severity; "none" without it) and per-class probabilities, as JSON lines.
+    """Classify texts with RECIPE's trained student: per text its label, confidence (calibrated by the
+    temperature fitted on the expert seeds after training), severity level (from the recipe's alerts.severity;
+    "none" without it) and per-class probabilities, as JSON lines.
 
     Texts come from --text (repeatable) or --input FILE.jsonl (one {"text": ..., optional "id", "title"}
     a line). Printed, or with --output written to FILE.jsonl.
@@ -178,20 +179,78 @@ def classify(recipe: str, overrides: list[str], text: list[str] | None = None, i
         print(lines, end="")
 
 
-def export(recipe: str, out: str, overrides: list[str]) -> None:
-    """Write RECIPE's trained student to OUT as a standalone Hugging Face model folder (plain transformers loads it).
+def signals(recipe: str, inputs: list[str], overrides: list[str], out: str | None = None) -> None:
+    """Score a feed of articles with RECIPE's trained student into crisis signals, aggregated per topic and day.
 
-    lora: the adapter merged into the base; qlora: merged into the dequantised 4-bit base; full: the trained
-    weights; none: the base. With the tokenizer and tailorkd.json (labels, how their scores are read); an
-    encoder student also gets its head (head.safetensors). A bottleneck student is refused: its adapters are
-    non-linear and cannot be merged into the base.
+    INPUT: JSONL, JSONL.gz, Parquet or CSV files (or folders, or globs) with a text and a date per article,
+    optionally a topic, a source and an id (column names: the recipe's signals.columns). Each article gets its
+    label, calibrated confidence and severity; per topic and day: counts, the risk share and the severity
+    index with their intervals, the trailing baseline, and alerts by the recipe's signals.rules. Writes
+    signals.sqlite, signals.parquet, daily.parquet, alerts.jsonl, rejects.jsonl and summary.json into --out
+    (default: the run's signals/ folder). Rerunning adds nothing twice; a new day's file adds only its rows.
     """
     from tailorkd import pipeline
 
-    description = pipeline.export(_recipe(recipe, overrides), out)
+    summary = pipeline.signals(_recipe(recipe, overrides), inputs, out)
+    if summary is not None:  # None: not the main process
+        print(json.dumps({k: summary[k] for k in ("articles_read", "articles_scored_now", "articles_stored",
+                                                  "rejected", "topics", "days", "alerts")}))
+
+
+def export(recipe: str, out: str, overrides: list[str], check_input: str | None = None) -> None:
+    """Write RECIPE's trained student to OUT as a standalone model folder that others load without tailorkd.
+
+    lora: the adapter merged into the base; qlora: merged into the dequantised 4-bit base; full: the trained
+    weights; none: the base. Always a Hugging Face folder (plain transformers loads it) with the tokenizer,
+    tailorkd.json (labels, how their scores are read, the confidence temperature, the checks) and a model card
+    README.md (labels, base model, teacher, data, the run's report.json results). An encoder student is also a
+    sentence-transformers model (SentenceTransformer(OUT).encode(texts) gives the class logits; the head is in
+    head.safetensors too) and ONNX graphs for ONNX Runtime, fp32 and int8 (onnx/); its fitted temperature is
+    folded into the head. The ONNX graphs are checked against the PyTorch student on the run's test texts (or
+    --check-input FILE.jsonl, one {"text": ..., optional "title"} a line): each must predict the same class
+    for at least 99% (fp32) / 98% (int8) of them, or nothing is written. A causal-LM student gets no ONNX
+    graph (tailorkd.json says why). A bottleneck student is refused: its adapters are non-linear and cannot be
+    merged into the base.
+    """
+    from tailorkd import pipeline
+
+    rows = _texts_from_jsonl(check_input) if check_input else None
+    description = pipeline.export(_recipe(recipe, overrides), out, check_rows=rows)
     if description is None:  # not the main process
         return
-    print(f"{description['kind']} student ({description['adapter_method']}) -> {out}")
+    checks = (description.get("onnx") or {}).get("check") or {}
+    agreement = "; ONNX agrees with the PyTorch student: " + ", ".join(
+        f"{name} {100 * check['agreement']:.1f}%" for name, check in checks.items()) if checks else ""
+    print(f"{description['kind']} student ({description['adapter_method']}) -> {out}{agreement}")
+
+
+def serve(recipe: str, overrides: list[str], host: str = "127.0.0.1", port: int = 8000, no_auth: bool = False,
+          token_env: str = "TAILORKD_SERVE_TOKEN", max_batch_size: int = 32, max_wait_ms: float = 5.0,
+          max_queue: int = 1024, max_texts: int = 64, max_chars: int = 10_000, max_body_bytes: int = 4 * 1024 * 1024,
+          graceful_timeout: float = 30.0, access_log: bool = False) -> None:
+    """Serve RECIPE's trained student over HTTP until SIGTERM / SIGINT (FastAPI + uvicorn).
+
+    POST /v1/classify with {"texts": ["...", ...]} answers per text its label, calibrated confidence, severity
+    and class probabilities, with the model's name and version and the request's latency. GET /healthz (no
+    token), GET /metrics (Prometheus), GET /docs (OpenAPI). Clients send "Authorization: Bearer TOKEN", the
+    token being the value of $TAILORKD_SERVE_TOKEN (--token-env names another variable); --no-auth turns
+    that off and is only allowed on a loopback --host. Texts of concurrent requests are batched into one
+    model call (--max-batch-size texts, the first waiting at most --max-wait-ms for company). On SIGTERM /
+    SIGINT in-flight requests finish (up to --graceful-timeout seconds). The service keeps no state: run
+    several replicas behind a load balancer.
+    """
+    try:
+        from tailorkd.serve.app import ServeOptions
+        from tailorkd.serve.server import run_service
+    except ImportError as exc:  # the web packages are dependencies, but a trimmed install may lack them
+        raise TailorkdError(f"tailorkd serve needs fastapi, uvicorn and prometheus-client ({exc.name} is missing): "
+                            "pip install fastapi uvicorn prometheus-client") from None
+
+    options = ServeOptions(host=host, port=port, auth=not no_auth, token_env=token_env,
+                           max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                           max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
+                           graceful_timeout=graceful_timeout, access_log=access_log)
+    run_service(_recipe(recipe, overrides), options)
 
 
 def prompts_tune(recipe: str, overrides: list[str], force: bool = False) -> None:
@@ -354,12 +413,46 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--output", metavar="FILE.jsonl", help="write the predictions here instead of printing them")
     cl.set_defaults(func=classify)
 
+    short, long = _help(signals)
+    sg = sub.add_parser("signals", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sg.add_argument("recipe", help="path to a recipe YAML (its run holds the trained student)")
+    sg.add_argument("inputs", nargs="+", metavar="INPUT", help="feed files, folders or globs")
+    sg.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.sub=value",
+                    help="a recipe override (repeatable)")
+    sg.add_argument("--out", metavar="DIR", help="output folder (default: <output_dir>/signals)")
+    sg.set_defaults(func=signals)
+
     short, long = _help(export)
     ex = sub.add_parser("export", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
     ex.add_argument("recipe", help="path to a recipe YAML")
     ex.add_argument("out", help="output folder (new or empty)")
     ex.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    ex.add_argument("--check-input", metavar="FILE.jsonl",
+                    help="texts to check the ONNX export on (default: the run's test texts)")
     ex.set_defaults(func=export)
+
+    short, long = _help(serve)
+    sv = sub.add_parser("serve", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("recipe", help="path to a recipe YAML (its run holds the trained student)")
+    sv.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: a free one, printed)")
+    sv.add_argument("--no-auth", action="store_true", help="no bearer token (only on a loopback --host)")
+    sv.add_argument("--token-env", default="TAILORKD_SERVE_TOKEN", metavar="NAME",
+                    help="the environment variable holding the bearer token (default: TAILORKD_SERVE_TOKEN)")
+    sv.add_argument("--max-batch-size", type=int, default=32, metavar="N", help="texts per model call (default: 32)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                    help="how long a batch's first text waits for more (default: 5)")
+    sv.add_argument("--max-queue", type=int, default=1024, metavar="N",
+                    help="texts waiting for the model before requests get 503 (default: 1024)")
+    sv.add_argument("--max-texts", type=int, default=64, metavar="N", help="texts per request (default: 64)")
+    sv.add_argument("--max-chars", type=int, default=10_000, metavar="N", help="characters per text (default: 10000)")
+    sv.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+                    help="request body size (default: 4194304)")
+    sv.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
+                    help="seconds in-flight requests get to finish after SIGTERM / SIGINT (default: 30)")
+    sv.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    sv.set_defaults(func=serve)
 
     prompts = sub.add_parser("prompts", help="the teacher's prompt: search on the seeds")
     psub = prompts.add_subparsers(dest="prompts_command", required=True)

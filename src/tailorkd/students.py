@@ -13,6 +13,8 @@ the student's extras (an encoder's ``head.safetensors``) and, written last, ``st
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.json"
 HEAD_FILE = "head.safetensors"
+# The temperature that calibrates a trained student's confidence, fitted after training (stages.distill).
+CONFIDENCE_FILE = "confidence.json"
 
 
 @runtime_checkable
@@ -147,10 +151,14 @@ class CausalLMStudent:
             "add_special_tokens": self.prompts.add_special_tokens,
             "answers": builder.label_continuations(),
             "answer_token_ids": self.prompts.label_token_ids(),
+            "input": {"max_chars": builder.config.max_text_chars,
+                      "text": "whitespace collapsed, cut to max_chars characters at a word boundary (marked '...'), "
+                              "in place of <input text>; a prompt longer than max_length tokens loses its start"},
             "how_to_load": (
                 "model = AutoModelForCausalLM.from_pretrained(folder); render prompt_example with the input in place "
                 "of <input text>; a class's score is the log-likelihood of its answer_token_ids right after the prompt "
-                "(the first token's next-token logit where the classes' first tokens differ); softmax over classes"
+                "(the first token's next-token logit where the classes' first tokens differ), divided by "
+                "temperature.value; softmax over classes"
             ),
         }
 
@@ -207,6 +215,10 @@ class EncoderStudent:
     def transformer(self, value: Any) -> None:
         self.model.encoder = value
 
+    def input_text(self, row: dict[str, Any]) -> str:
+        """The text the encoder reads for ``row``: what an export's user must give it (see tailorkd.json input)."""
+        return self._text(row)
+
     def _text(self, row: dict[str, Any]) -> str:
         title = row.get("title")
         body = f"{title.strip()}. {row['text']}" if title and str(title).strip() else row["text"]
@@ -243,11 +255,16 @@ class EncoderStudent:
         return {
             "head": {"file": HEAD_FILE, "in_features": head.in_features, "out_features": head.out_features,
                      "pooling": "mean of last_hidden_state over the tokens where attention_mask is 1"},
+            "input": {"max_chars": self.max_chars,
+                      "text": "title + '. ' + text when there is a title, whitespace collapsed, cut to max_chars "
+                              "characters at a word boundary (marked '...'); the tokenizer cuts to max_length tokens"},
             "how_to_load": (
-                "encoder = AutoModel.from_pretrained(folder); head = torch.nn.Linear(in_features, out_features) with "
-                "load_state_dict(safetensors.torch.load_file(folder/head.safetensors)); class logits = "
-                "head(mean-pooled last_hidden_state), in label_names order; input: the text (title + '. ' + text "
-                "when there is a title)"
+                "SentenceTransformer(folder).encode(texts, convert_to_tensor=True) gives the class logits "
+                "(Transformer, mean Pooling, Dense head with identity activation: modules.json); softmax for the "
+                "probabilities. Or by hand: encoder = AutoModel.from_pretrained(folder); head = "
+                "torch.nn.Linear(in_features, out_features) with load_state_dict(safetensors.torch.load_file("
+                "folder/head.safetensors)); class logits = head(mean-pooled last_hidden_state), in label_names order. "
+                "Any fitted temperature is already folded into the head"
             ),
         }
 
@@ -274,8 +291,8 @@ def build_student(config: StudentConfig, task: TaskConfig, prompt: PromptConfig,
 
 @torch.no_grad()
 def predict_probs(student: Student, rows: Sequence[dict[str, Any]], batch_size: int,
-                  desc: str = "student") -> np.ndarray:
-    """[N, M] class probabilities of the student for ``rows``."""
+                  desc: str = "student", temperature: float = 1.0) -> np.ndarray:
+    """[N, M] class probabilities of the student for ``rows``: softmax(logits / ``temperature``)."""
     model = student.model
     was_training = model.training
     model.eval()
@@ -285,7 +302,7 @@ def predict_probs(student: Student, rows: Sequence[dict[str, Any]], batch_size: 
         for start in range(0, len(rows), batch_size):
             part = rows[start : start + batch_size]
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in student.collate(part).items()}
-            probs = torch.softmax(student.class_logits(model, batch), -1)
+            probs = torch.softmax(student.class_logits(model, batch) / temperature, -1)
             out[start : start + len(part)] = probs.cpu().double().numpy()
             bar.update(len(part))
     model.train(was_training)
@@ -314,6 +331,31 @@ def save_student(student: Student, method: str, folder: Path, info: dict[str, An
         atomic_write(folder / name, lambda tmp, tensors=tensors: save_file(dict(tensors), str(tmp)))
     payload = {**info, "kind": student.kind, "label_names": student.task.label_names, "adapter_method": method}
     write_json_atomic(marker, payload)
+
+
+def student_file_hash(folder: str | Path) -> str:
+    """A short hash of the student's student.json: what a fitted temperature (or a scored signal) belongs to."""
+    import hashlib
+
+    return hashlib.sha256((Path(folder) / STUDENT_FILE).read_bytes()).hexdigest()[:16]
+
+
+def student_temperature(folder: str | Path) -> float:
+    """The temperature that calibrates the confidence of the student in ``folder`` (its confidence.json,
+    ``{"temperature": T, "student_file": hash, ...}``), 1.0 when none was fitted. Probabilities are
+    softmax(logits / T). A file fitted for another student.json (retrained since) is an error, not a guess."""
+    path = Path(folder) / CONFIDENCE_FILE
+    if not path.is_file():
+        return 1.0
+    fitted = read_json(path, "student confidence calibration")
+    value = fitted.get("temperature") if isinstance(fitted, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise TailorkdError(f"{path}: temperature must be a positive number, got {value!r}; delete the file or run "
+                            "`tailorkd distill` again")
+    if "student_file" in fitted and fitted["student_file"] != student_file_hash(folder):
+        raise TailorkdError(f"{path}: fitted for a student that has been retrained since; run `tailorkd distill` "
+                            "again to refit it")
+    return float(value)
 
 
 def read_student_info(folder: str | Path) -> dict[str, Any]:
@@ -355,39 +397,143 @@ def load_student(folder: str | Path, task: TaskConfig, prompt: PromptConfig, sho
 
 # -- a trained student as a standalone model ------------------------------------------------------------
 EXPORT_FILE = "tailorkd.json"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: onnx/, sentence-transformers modules, temperature, input, README.md
+CARD_FILE = "README.md"
+CAUSAL_LM_ONNX_REASON = (
+    "not supported yet for causal-LM students: a class's score is the log-likelihood of its whole answer after the "
+    "whole prompt (few-shot examples included), a further pass for each answer token after the first; run it "
+    "with transformers as how_to_load says")
 
 
 def export_student(folder: str | Path, out: str | Path, task: TaskConfig, prompt: PromptConfig,
-                   shots: list[dict[str, Any]], config: StudentConfig) -> dict[str, Any]:
-    """Write the trained student in ``folder`` to ``out`` as a standalone Hugging Face model folder that
-    plain transformers loads: weights with the adapter merged, tokenizer, ``tailorkd.json`` (labels and how
-    the classes are read) and the student's extras (an encoder's ``head.safetensors``). Returns tailorkd.json.
+                   shots: list[dict[str, Any]], config: StudentConfig,
+                   check_rows: Sequence[dict[str, Any]] | None = None, check_source: str = "the given texts",
+                   batch_size: int = 32, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write the trained student in ``folder`` to ``out`` as a standalone model folder; returns its tailorkd.json.
 
-    Methods that cannot be merged refuse (bottleneck: its series adapters are non-linear, and transformers
-    would silently drop extra modules it does not know).
+    Every kind: a Hugging Face model folder that plain transformers loads (weights with the adapter merged,
+    tokenizer), ``tailorkd.json`` (labels, how the classes are read, the confidence temperature, the input the
+    student expects) and a model card ``README.md`` (``card``: what the run knows, see ``model_card.render``).
+    An encoder student is also a sentence-transformers model (Transformer, mean Pooling, Dense head with
+    identity activation: ``encode`` gives the class logits; the head is also in ``head.safetensors``) and an
+    ONNX graph, fp32 and int8 (``onnx_student``), that are checked against the PyTorch student on
+    ``check_rows`` (needed for an encoder): each must predict the same class for at least
+    ``onnx_student.MIN_AGREEMENT`` of them, or nothing is written. The fitted temperature (confidence.json)
+    is folded into the encoder's head, so every format gives calibrated probabilities.
+
+    The folder is written beside ``out`` and renamed into place when complete. Methods that cannot be merged
+    refuse (bottleneck: its series adapters are non-linear, and transformers would silently drop extra
+    modules it does not know).
     """
+    from tailorkd import model_card
+
     folder, out = Path(folder), Path(out)
     info = read_student_info(folder)
     get_adapter_method(info["adapter_method"]).check_export(folder)
     if out.exists() and any(out.iterdir()):
         raise TailorkdError(f"{out}: the export folder exists and is not empty; choose a new folder")
+    temperature = student_temperature(folder)
     student, method = _base_student(folder, info, task, prompt, shots, config)
+    if student.kind == "encoder" and not check_rows:
+        raise TailorkdError(f"{folder}: no texts to check the ONNX export against the PyTorch student on; give "
+                            "some (tailorkd export --check-input FILE.jsonl)")
     student.transformer = method.merge(student.transformer, folder)
     student.load_extras(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    student.transformer.save_pretrained(str(out))
-    student.tokenizer.save_pretrained(str(out))
-    student.save_extras(out)
-    description: dict[str, Any] = {
-        "format_version": EXPORT_FORMAT_VERSION,
-        "kind": student.kind,
-        "label_names": task.label_names,
-        "adapter_method": method.name,
-        "merged": method.saves == ADAPTER_DIR,  # an adapter saved apart from the base was folded into it
-        "exported_from": str(folder),
-        "max_length": student.max_length,
-        **student.export_description(),
-    }
-    write_json_atomic(out / EXPORT_FILE, description)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Beside ``out`` (so the final rename stays on one file system); named by process, so a folder left by a
+    # killed export of another process is not touched, and our own leftover is replaced.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        description: dict[str, Any] = {
+            "format_version": EXPORT_FORMAT_VERSION,
+            "kind": student.kind,
+            "label_names": task.label_names,
+            "adapter_method": method.name,
+            "merged": method.saves == ADAPTER_DIR,  # an adapter saved apart from the base was folded into it
+            "exported_from": str(folder),
+            "max_length": student.max_length,
+            "temperature": {"value": temperature, "folded_into_head": student.kind == "encoder",
+                            "from": CONFIDENCE_FILE if (folder / CONFIDENCE_FILE).is_file() else "none fitted"},
+        }
+        if isinstance(student, EncoderStudent):
+            description.update(_export_encoder(student, staging, temperature, check_rows or [], check_source,
+                                               batch_size, out))
+        else:
+            student.transformer.save_pretrained(str(staging))
+            student.tokenizer.save_pretrained(str(staging))
+            description["onnx"] = {"exported": False, "reason": CAUSAL_LM_ONNX_REASON}
+        description.update(student.export_description())
+        about = {"name": task.name, "task": task.name, "task_description": task.description,
+                 "label_descriptions": {label.name: label.description for label in task.labels},
+                 "base_model": str(info.get("base_model") or config.model), "teacher": "(not recorded)",
+                 "data": "(not recorded)", "data_kind": "text", "report": None, **(card or {})}
+        (staging / CARD_FILE).write_text(model_card.render(description, about), encoding="utf-8")
+        write_json_atomic(staging / EXPORT_FILE, description)
+        if out.exists():
+            out.rmdir()  # empty (checked above): rename needs the name free
+        staging.rename(out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return description
+
+
+def _export_encoder(student: EncoderStudent, staging: Path, temperature: float, rows: Sequence[dict[str, Any]],
+                    check_source: str, batch_size: int, out: Path) -> dict[str, Any]:
+    """The encoder student into ``staging`` as a sentence-transformers model (which is also the plain Hugging Face
+    folder), head.safetensors and ONNX graphs checked on ``rows``; returns its part of tailorkd.json."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+
+    from tailorkd import onnx_student
+
+    # The reference: the student as it computes (its device and dtype), with the temperature it predicts with.
+    expected = predict_probs(student, rows, batch_size, desc="student: export check", temperature=temperature)
+    head = student.model.head
+    with torch.no_grad():  # softmax(W x / T + b / T) = softmax((W x + b) / T): calibrated in every format
+        head.weight.div_(temperature)
+        head.bias.div_(temperature)
+    encoder = student.transformer
+    encoder.config.id2label = dict(enumerate(student.task.label_names))
+    encoder.config.label2id = {name: i for i, name in enumerate(student.task.label_names)}
+    # sentence-transformers builds its Transformer module from a folder; it then saves it at the export's root.
+    plain = staging / ".transformer"
+    encoder.save_pretrained(str(plain))
+    student.tokenizer.save_pretrained(str(plain))
+    dense = Dense(head.in_features, head.out_features, bias=True, activation_function=torch.nn.Identity())
+    dense.linear.load_state_dict({k: v.detach().float().cpu() for k, v in head.state_dict().items()})
+    modules = [Transformer(str(plain), max_seq_length=student.max_length), Pooling(head.in_features, "mean"), dense]
+    SentenceTransformer(modules=modules, device="cpu").save(str(staging))
+    shutil.rmtree(plain)
+    student.save_extras(staging)
+    names = onnx_student.input_names(student.tokenizer)
+    files = onnx_student.export_onnx(student.model, student.tokenizer, staging)
+    texts = [student.input_text(row) for row in rows]
+    checks = onnx_student.check_export(staging, files, student.tokenizer, student.max_length, texts, expected,
+                                       batch_size, shown_as=out)
+    return {
+        "sentence_transformers": {
+            "modules": "modules.json: Transformer (this folder), Pooling (mean), Dense (2_Dense: the head, identity "
+                       "activation)",
+            "how_to_load": "SentenceTransformer(folder).encode(texts, convert_to_tensor=True).softmax(-1): the class "
+                           "probabilities, in label_names order",
+        },
+        "onnx": {
+            "files": files,
+            "inputs": names,
+            "output": onnx_student.OUTPUT_NAME,
+            "opset": onnx_student.OPSET,
+            "graph": "encoder, mean pooling over attention_mask and head inside: logits [batch, classes]; softmax "
+                     "gives the probabilities",
+            "int8": "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, activations "
+                    "quantised at run time",
+            "check": checks,
+            "checked_on": f"{len(texts)} texts ({check_source})",
+            "min_agreement": onnx_student.MIN_AGREEMENT,
+            "how_to_run": "onnxruntime.InferenceSession(folder/files.int8).run(['logits'], dict(AutoTokenizer."
+                          "from_pretrained(folder)(texts, padding=True, truncation=True, return_tensors='np')))[0]",
+        },
+    }

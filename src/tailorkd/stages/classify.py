@@ -25,15 +25,17 @@ def student_shots(recipe) -> list[dict[str, Any]]:
 @distributed.on_main
 def classify(recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trained student's prediction for each row ({"text", optional "id", "title"}): id, label,
-    confidence (its probability), severity (from ``recipe.alerts``; "none" without it) and probabilities."""
+    confidence (its probability, calibrated by the student's fitted temperature), severity (from
+    ``recipe.alerts``; "none" without it) and probabilities."""
     from tailorkd.recipe import NO_ALERT
-    from tailorkd.students import load_student, predict_probs
+    from tailorkd.students import load_student, predict_probs, student_temperature
 
     recipe = resolve_prompt(recipe)
     names = recipe.task.label_names
-    student = load_student(RunDir(recipe).student_dir(), recipe.task, recipe.prompt, student_shots(recipe),
-                           recipe.student)
-    probs = predict_probs(student, rows, recipe.evaluation.batch_size, desc="student: classify")
+    folder = RunDir(recipe).student_dir()
+    student = load_student(folder, recipe.task, recipe.prompt, student_shots(recipe), recipe.student)
+    probs = predict_probs(student, rows, recipe.evaluation.batch_size, desc="student: classify",
+                          temperature=student_temperature(folder))
     out = []
     for i, (row, p) in enumerate(zip(rows, probs)):
         best = int(p.argmax())
@@ -45,11 +47,39 @@ def classify(recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @distributed.on_main
-def export(recipe, out: str) -> dict[str, Any]:
-    """Write the run's trained student to ``out`` as a standalone Hugging Face model folder; returns its
-    description (tailorkd.json)."""
+def export(recipe, out: str, check_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write the run's trained student to ``out`` as a standalone model folder (Hugging Face, and for an encoder
+    also sentence-transformers and ONNX fp32 / int8, checked against the PyTorch student on ``check_rows``, by
+    default the run's test texts) with a model card; returns its description (tailorkd.json)."""
+    from tailorkd.files import read_json
     from tailorkd.students import export_student
 
     recipe = resolve_prompt(recipe)
-    return export_student(RunDir(recipe).student_dir(), out, recipe.task, recipe.prompt, student_shots(recipe),
-                          recipe.student)
+    run_dir = RunDir(recipe)
+    source = "given texts"
+    if check_rows is None:
+        check_rows, source = load_data(recipe).rows("test"), "the run's test split"
+    teacher = recipe.teacher
+    members = [m.model for m in (teacher.ensemble.members if teacher.ensemble else [])]
+    if teacher.ensemble and teacher.ensemble.seed_classifier:
+        members.append(f"a classifier fitted on the seeds ({teacher.ensemble.seed_classifier.encoder})")
+    splits = recipe.data.splits
+    sources = ", ".join(f"{getattr(s, 'kind', 'file')}" + (f" ({s.path})" if getattr(s, "path", None) else "")
+                        for s in recipe.data.sources)
+    card = {
+        "name": recipe.name,
+        "task": recipe.task.name,
+        "base_model": recipe.student.model,
+        "teacher": teacher.model + (f" (served: {teacher.server.base_url})" if teacher.server else "")
+        + (f", calibrated ({teacher.calibration.method})" if teacher.calibration else "")
+        + (f", combined with {', '.join(members)}" if members else ""),
+        "data": f"{sources}: {splits.seed_per_class} expert-labelled seeds per class, an unlabelled pool labelled "
+                f"by the teacher" + (f" (at most {splits.pool_size} texts)" if splits.pool_size else "")
+                + f", {splits.test_size} human-labelled test texts",
+        "data_kind": sources,
+        "report": read_json(run_dir.report_json, "run report") if run_dir.report_json.is_file() else None,
+        "system": "adaptive_kd",
+    }
+    return export_student(run_dir.student_dir(), out, recipe.task, recipe.prompt, student_shots(recipe),
+                          recipe.student, check_rows=check_rows, check_source=source,
+                          batch_size=recipe.evaluation.batch_size, card=card)
