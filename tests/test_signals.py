@@ -62,6 +62,12 @@ def test_daily_signals_count_share_index_and_trailing_baseline():
                                                                    ("floods", "2024-01-08", "rise")]
     rise = alerts[1]
     assert rise["ratio"] == pytest.approx(6.0) and rise["baseline_n"] == 70
+    # each rule reads its own window: two days hold 20 articles, too few for a baseline of at least 30
+    short = [SignalRule(name="2 days", kind="rise_over_baseline", threshold=3.0, baseline_days=2),
+             SignalRule(name="2 days, 30 needed", kind="rise_over_baseline", threshold=3.0, baseline_days=2,
+                        min_baseline_count=30)]
+    [two_days] = find_alerts(daily, frame, short, ["risk"], top_articles=0)
+    assert (two_days["rule"], two_days["baseline_n"], two_days["baseline_days"]) == ("2 days", 20, 2)
     assert len(rise["top_articles"]) == 2 and all(a["label"] == "risk" for a in rise["top_articles"])
     assert rise["top_articles"][0]["confidence"] == pytest.approx(0.95)
 

@@ -212,17 +212,24 @@ def daily_signals(signals: pd.DataFrame, label_names: Sequence[str], risk_labels
     top = max(severity_weights.values())
     daily["severity_index_low"] = np.where(daily["n"] > 1, np.clip(daily["severity_index"] - half, 0, top), np.nan)
     daily["severity_index_high"] = np.where(daily["n"] > 1, np.clip(daily["severity_index"] + half, 0, top), np.nan)
-    # Trailing baseline per topic: pooled risk share of the calendar days [day - baseline_days, day - 1].
-    baseline, baseline_n = [], []
-    for _, group in daily.groupby("topic", sort=False):
-        days = pd.to_datetime(group["day"])
-        for day in days:
-            window = (days >= day - pd.Timedelta(days=baseline_days)) & (days < day)
-            total = int(group.loc[window.to_numpy(), "n"].sum())
-            baseline_n.append(total)
-            baseline.append(group.loc[window.to_numpy(), "risk"].sum() / total if total else np.nan)
-    daily["baseline_risk_share"], daily["baseline_n"] = baseline, baseline_n
+    daily["baseline_risk_share"], daily["baseline_n"] = trailing_baseline(daily, baseline_days)
     return daily[columns]
+
+
+def trailing_baseline(daily: pd.DataFrame, days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``daily`` (topic, day, n, risk_share): the pooled risk share and the article count of the
+    topic's calendar days [day - days, day - 1] (NaN share where they hold no article)."""
+    share, count = np.full(len(daily), np.nan), np.zeros(len(daily), dtype=int)
+    risk = (daily["risk_share"] * daily["n"]).round().to_numpy()
+    n = daily["n"].to_numpy()
+    dates = pd.to_datetime(daily["day"]).to_numpy()
+    for _, rows in daily.groupby("topic", sort=False).indices.items():
+        for i in rows:
+            window = rows[(dates[rows] >= dates[i] - np.timedelta64(days, "D")) & (dates[rows] < dates[i])]
+            count[i] = int(n[window].sum())
+            if count[i]:
+                share[i] = risk[window].sum() / count[i]
+    return share, count
 
 
 def find_alerts(daily: pd.DataFrame, signals: pd.DataFrame, rules: Sequence[Any], risk_labels: Sequence[str],
@@ -231,19 +238,22 @@ def find_alerts(daily: pd.DataFrame, signals: pd.DataFrame, rules: Sequence[Any]
     confident risk articles."""
     alerts = []
     risky = signals[signals["label"].isin(list(risk_labels))]
-    for row in daily.itertuples(index=False):
+    baselines = {r.baseline_days: trailing_baseline(daily, r.baseline_days) for r in rules
+                 if r.kind == "rise_over_baseline"}
+    for i, row in enumerate(daily.itertuples(index=False)):
         for rule in rules:
             if row.n < rule.min_count:
                 continue
             if rule.kind == "share_above":
                 fired, detail = row.risk_share >= rule.threshold, {}
             else:
-                if row.baseline_n < rule.min_baseline_count or not row.baseline_risk_share > 0:
+                base_share, base_n = baselines[rule.baseline_days][0][i], baselines[rule.baseline_days][1][i]
+                if base_n < rule.min_baseline_count or not base_share > 0:
                     continue  # no baseline yet, or a zero one that any risk would multiply without bound
-                ratio = row.risk_share / row.baseline_risk_share
+                ratio = row.risk_share / base_share
                 fired = ratio >= rule.threshold
-                detail = {"baseline_risk_share": float(row.baseline_risk_share), "baseline_n": int(row.baseline_n),
-                          "ratio": float(ratio)}
+                detail = {"baseline_days": rule.baseline_days, "baseline_risk_share": float(base_share),
+                          "baseline_n": int(base_n), "ratio": float(ratio)}
             if not fired:
                 continue
             day = risky[(risky["topic"] == row.topic) & (risky["day"] == row.day)]

@@ -59,7 +59,7 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
             todo = list(first.values())
             if not todo:
                 continue
-            # Sorted by length, so each batch pads little; the order is restored by the keys.
+            # Sorted by length, so each batch pads little (each article keeps its own result).
             todo.sort(key=lambda a: len(a["text"]))
             if student is None:
                 student = load_student(student_dir, recipe.task, recipe.prompt, student_shots(recipe), recipe.student)
@@ -74,7 +74,8 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
             store.put(todo, model)
             scored += len(todo)
         frame = store.frame(model)
-    baseline_days = max([r.baseline_days for r in config.rules if r.kind == "rise_over_baseline"], default=7)
+    # The table's baseline column uses the first rise rule's window; each rule reads its own (find_alerts).
+    baseline_days = next((r.baseline_days for r in config.rules if r.kind == "rise_over_baseline"), 7)
     daily = daily_signals(frame, names, risk_labels, config.severity_weights, baseline_days, config.interval_level)
     alerts = find_alerts(daily, frame, config.rules, risk_labels, config.top_articles)
 
