@@ -120,7 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.alerts_md:
-        lines = ["| event | day | rule | tweets | risk share (95% interval) | crowd's risk share | top tweet |",
+        fid, al = result["fidelity"], result["alerts"]
+        lines = [f"# CrisisLexT26 as a feed: the student's alerts ({args.recipe})", "",
+                 f"Written by `benchmarks/crisis_signals.py` ({result['measured_at']}). {result['feed']['tweets']:,} "
+                 f"tweets of {result['feed']['events']} events, each event a topic, each tweet's day from its id, "
+                 f"scored by the run's adaptive-KD student with `tailorkd signals` and the default rules; only "
+                 f"the {result['feed']['unseen_tweets']:,} tweets the run never trained on count below. Against the "
+                 f"crowd's labels of the same tweets: daily risk share Pearson r = {fid['risk_share_pearson']:.2f} "
+                 f"over {fid['topic_days_compared']} topic-days of at least {fid['min_count']} tweets (mean absolute "
+                 f"difference {100 * fid['risk_share_mean_abs_diff']:.0f} points; the student's mean share "
+                 f"{100 * fid['student_mean_risk_share']:.0f}% vs the crowd's "
+                 f"{100 * fid['crowd_mean_risk_share']:.0f}%); "
+                 f"alerts: the student raises {al['student']}, the crowd's labels {al['crowd']}, {al['both']} both "
+                 f"(precision {al['precision']:.2f}, recall {al['recall']:.2f}).", "",
+                 "| event | day | rule | tweets | risk share (95% interval) | crowd's risk share | top tweet |",
                  "|---|---|---|---|---|---|---|"]
         crowd_share = crowd_daily.set_index(["topic", "day"])["risk_share"]
         for a in student_alerts:
