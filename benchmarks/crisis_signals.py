@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from tailorkd import pipeline
     from tailorkd.data.sources import read_source
     from tailorkd.recipe import SignalsConfig, load_recipe
+    from tailorkd.resources import describe_machine
     from tailorkd.signals import daily_signals, find_alerts
     from tailorkd.stages.prompt_search import resolve_prompt
 
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                    "precision": len(fired & truth) / len(fired) if fired else None,
                    "recall": len(fired & truth) / len(truth) if truth else None,
                    "rules": [r.model_dump() for r in config.rules]},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": describe_machine(),
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import re
 import statistics
 import sys
@@ -38,47 +36,11 @@ from typing import Any
 
 import torch
 
+from tailorkd.resources import describe_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = ROOT / "recipes" / "bbc-news" / "gemma3-270m_to_minilm-l6_lora.yaml"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "label_throughput.json"
-
-
-# -- machine ---------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    import transformers
-
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram_gib = round(int(line.split()[1]) / 2**20, 1)
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu or platform.processor() or platform.machine(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "ram_gib": ram_gib,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
 
 
 # -- setup -----------------------------------------------------------------------------------------
@@ -329,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "label_throughput",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": describe_machine(),
         "model": args.model,
         "task": recipe.task.name,
         "data": "BBC News test split (tailorkd.data, recipe " + Path(args.recipe).name + ", seed %d)" % recipe.seed,

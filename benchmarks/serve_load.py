@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import secrets
@@ -37,39 +36,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tailorkd.resources import describe_machine
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = ROOT / "recipes" / "bbc-news" / "gemma3-270m_to_minilm-l6_lora.yaml"
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "serve_load.json"
 TOLERANCE = 1e-5
-
-
-def machine() -> dict[str, Any]:
-    import fastapi
-    import torch
-    import transformers
-    import uvicorn
-
-    cpu, ram_gib = None, None
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.lower().startswith("model name")), None)
-        ram_gib = next((round(int(line.split()[1]) / 2**20, 1) for line in Path("/proc/meminfo").read_text()
-                        .splitlines() if line.startswith("MemTotal:")), None)
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    return {"cpu": cpu or platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
-            "usable_cores": usable, "ram_gib": ram_gib, "load_average_1min_at_start": load,
-            "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "transformers": transformers.__version__,
-            "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}
 
 
 def bad_requests(max_texts: int, max_chars: int, token: str) -> list[tuple[str, dict[str, Any]]]:
@@ -250,11 +222,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     bad = bad_requests(options.max_texts, options.max_chars, token)
     rng = random.Random(args.seed)
-    report: dict[str, Any] = {"machine": machine(), "recipe": str(args.recipe), "student": None, "settings": {
-        "clients": client_counts, "requests_per_level": args.requests, "max_seconds_per_level": args.max_seconds,
-        "bad_share": args.bad_share, "texts_per_request": [low, high], "max_batch_size": args.max_batch_size,
-        "max_wait_ms": args.max_wait_ms, "distinct_texts": len(texts), "tolerance": TOLERANCE},
-        "direct_texts_per_level": len(burst)}
+    settings = {"clients": client_counts, "requests_per_level": args.requests,
+                "max_seconds_per_level": args.max_seconds, "bad_share": args.bad_share,
+                "texts_per_request": [low, high], "max_batch_size": args.max_batch_size,
+                "max_wait_ms": args.max_wait_ms, "distinct_texts": len(texts), "tolerance": TOLERANCE}
+    report: dict[str, Any] = {"machine": describe_machine(packages=("fastapi", "uvicorn")), "recipe": str(args.recipe),
+                              "student": None, "settings": settings, "direct_texts_per_level": len(burst)}
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "serve.log"
         proc, url = start_server(str(args.recipe), token, args, log_path)

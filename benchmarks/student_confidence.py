@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import platform
 import sys
 from pathlib import Path
 
@@ -37,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from tailorkd.evaluation.metrics import classification_metrics, expected_calibration_error
     from tailorkd.prompts import fixed_shots
     from tailorkd.recipe import load_recipe
+    from tailorkd.resources import describe_machine
     from tailorkd.run_dir import RunDir
     from tailorkd.stages.distill import calibrate_confidence, is_trained, student_jobs
     from tailorkd.stages.prepare import load_data
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                             for s in systems.values()),
         "any_fingerprint": args.any_fingerprint,
         "systems": systems,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": describe_machine(),
         "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if args.out:

@@ -26,11 +26,9 @@ student's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -56,42 +54,6 @@ DEFINITIONS = {
     "ratios": "texts/s of one system divided by another's, from this run",
     "teacher": "LocalTeacher.score on the first teacher_texts texts (its prompt and the run's few-shot examples)",
 }
-
-
-def machine() -> dict[str, Any]:
-    import onnxruntime
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = round(int(line.split()[1]) / 2**20, 1)
-    info = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gib": ram,
-        "load_average_1min_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
-    with contextlib.suppress(ImportError):
-        import sentence_transformers
-
-        info["sentence_transformers"] = sentence_transformers.__version__
-    return info
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -127,11 +89,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tailorkd.onnx_student import OnnxClassifier
     from tailorkd.prompts import fixed_shots
     from tailorkd.recipe import load_recipe
+    from tailorkd.resources import describe_machine
     from tailorkd.run_dir import RunDir
     from tailorkd.students import load_student, predict_probs, student_temperature
     from tailorkd.teachers import LocalTeacher
 
-    info = machine()
+    info = describe_machine(packages=("onnxruntime", "sentence_transformers"))
     recipe = pipeline.resolve_prompt(load_recipe(args.recipe))
     batch_size = args.batch_size or recipe.evaluation.batch_size
     data = pipeline.load_data(recipe)

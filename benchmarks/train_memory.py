@@ -39,7 +39,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from tailorkd.resources import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = ROOT / "recipes" / "bbc-news" / "gemma3-270m_to_minilm-l6_lora.yaml"
@@ -78,40 +79,6 @@ DEFINITIONS = {
     "soft_targets": "class distributions drawn uniformly at random (Dirichlet(1)): cost is measured, not quality",
     "GB": "1e9 bytes",
 }
-
-
-# -- machine ---------------------------------------------------------------------------------------
-def machine(device: str) -> dict[str, Any]:
-    import psutil
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-    }
-    for package in ("peft", "bitsandbytes"):
-        with contextlib.suppress(ImportError):
-            info[package] = __import__(package).__version__
-    if device == "cuda" and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
-    return info
 
 
 def available_methods() -> list[str]:
@@ -542,7 +509,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "train_memory",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(args.device),
+        "machine": describe_machine(args.device, packages=("peft", "bitsandbytes")),
         "tailorkd_commit": commit,
         "settings": {"student": student, "model": spec["model"] if not args.arch else None,
                      "arch": args.arch, "random_checkpoint": checkpoint, "device": args.device, "dtype": args.dtype,

@@ -114,3 +114,21 @@ def test_a_damaged_temperature_is_a_one_line_error(tmp_path):
         student_temperature(tmp_path)
     (tmp_path / CONFIDENCE_FILE).write_text(json.dumps({"temperature": 0.5}))  # written by hand: trusted
     assert student_temperature(tmp_path) == 0.5
+
+
+def test_a_fit_the_seeds_cannot_support_is_flagged():
+    from tailorkd.stages.distill import confidence_warning
+
+    labels = np.arange(20) % 5
+    probs = np.full((20, 5), 0.15)
+    probs[np.arange(20), labels] = 0.4
+    assert "answers all 20 seeds right" in confidence_warning(fit_temperature(probs, labels))
+    noise = np.full((20, 5), 0.2)  # no information at all: the fit flattens as far as it may
+    noise[np.arange(20), (labels + 1) % 5] = 0.2001
+    flat = fit_temperature(noise, labels)
+    assert flat["temperature"] == pytest.approx(20.0, rel=1e-3)
+    assert "reached the bound" in confidence_warning(flat)
+    rng = np.random.default_rng(2)
+    honest = _softmax(rng.normal(size=(200, 3)) * 2)  # labels drawn from the student's own probabilities
+    labels = np.array([rng.choice(3, p=p) for p in honest])
+    assert confidence_warning(fit_temperature(honest, labels)) is None

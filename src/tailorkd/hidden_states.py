@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelStore
+from tailorkd.labels import LabelStore, first_column_among
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,8 @@ def _indexed_hashes(store: LabelStore, teacher: str, prompt: str, among: Sequenc
     """The indexed texts of (teacher, prompt); with ``among``, only those of these texts."""
     if not _has_index(store):
         return set()
-    sql, args = "SELECT text_hash FROM hidden_index WHERE teacher=? AND prompt=?", [teacher, prompt]
-    if among is None:
-        return {r[0] for r in store.conn.execute(sql, args)}
-    wanted, found = list(dict.fromkeys(among)), set()
-    for start in range(0, len(wanted), 500):  # within SQLite's limit on bound parameters
-        chunk = wanted[start : start + 500]
-        found |= {r[0] for r in store.conn.execute(f"{sql} AND text_hash IN ({','.join('?' * len(chunk))})",
-                                                   [*args, *chunk])}
-    return found
+    return first_column_among(store.conn, "SELECT text_hash FROM hidden_index WHERE teacher=? AND prompt=?",
+                              [teacher, prompt], "text_hash", among)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -61,6 +61,23 @@ _COLUMNS = ("teacher", "prompt", "text_hash", "text_id", "label_names", "probs",
 EXPORT_FORMATS = (".jsonl", ".parquet")
 
 
+SQLITE_IN_CHUNK = 500  # values per "IN (...)": well within SQLite's limit on bound parameters
+
+
+def first_column_among(conn: sqlite3.Connection, sql: str, args: Sequence[Any], column: str,
+                       among: Sequence[str] | None) -> set[Any]:
+    """The first column of ``sql`` (a SELECT with a WHERE clause and its ``args``) as a set; with ``among``,
+    only the rows whose ``column`` is one of those values, asked in chunks."""
+    if among is None:
+        return {r[0] for r in conn.execute(sql, list(args))}
+    wanted, found = list(dict.fromkeys(among)), set()
+    for start in range(0, len(wanted), SQLITE_IN_CHUNK):
+        chunk = wanted[start : start + SQLITE_IN_CHUNK]
+        found |= {r[0] for r in conn.execute(f"{sql} AND {column} IN ({','.join('?' * len(chunk))})",
+                                             [*args, *chunk])}
+    return found
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
@@ -170,15 +187,8 @@ class LabelStore:
     def done_hashes(self, teacher: str, prompt: str, among: Sequence[str] | None = None) -> set[str]:
         """The labelled texts of (teacher, prompt); with ``among``, only those of these texts (a cheap
         re-read for a labeller that another process may be overtaking)."""
-        sql, args = "SELECT text_hash FROM labels WHERE teacher=? AND prompt=?", [teacher, prompt]
-        if among is None:
-            return {r[0] for r in self.conn.execute(sql, args)}
-        wanted, found = list(dict.fromkeys(among)), set()
-        for start in range(0, len(wanted), 500):  # within SQLite's limit on bound parameters
-            chunk = wanted[start : start + 500]
-            found |= {r[0] for r in self.conn.execute(f"{sql} AND text_hash IN ({','.join('?' * len(chunk))})",
-                                                      [*args, *chunk])}
-        return found
+        return first_column_among(self.conn, "SELECT text_hash FROM labels WHERE teacher=? AND prompt=?",
+                                  [teacher, prompt], "text_hash", among)
 
     def put_batch(self, teacher: str, prompt: str, label_names: Sequence[str], records: Iterable[LabelRecord]) -> None:
         """Write (or replace) the records of one batch in one transaction."""

@@ -550,3 +550,40 @@ def measure_peak_memory(device: str | torch.device | None = None) -> Iterator[Pe
         yield result
     finally:
         result.peak_bytes = max(0, _ru_maxrss() - result.baseline_bytes)
+
+
+def describe_machine(device: str = "cpu", packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a benchmark result was measured on: CPU model, logical and usable cores, RAM, the 1-minute load
+    average now, OS, Python, torch (and its threads), transformers, the versions of ``packages`` that import,
+    and on CUDA the GPU."""
+    import platform
+
+    import transformers
+
+    cpu, ram_gib = None, None
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.lower().startswith("model name")), None)
+    with contextlib.suppress(OSError):
+        ram_gib = next((round(int(line.split()[1]) / 2**20, 1) for line in Path("/proc/meminfo").read_text()
+                        .splitlines() if line.startswith("MemTotal:")), None)
+    info: dict[str, Any] = {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "ram_gib": ram_gib,
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    for package in packages:
+        with contextlib.suppress(ImportError):
+            info[package] = __import__(package).__version__
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return info

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tailorkd.errors import TailorkdError
+from tailorkd.labels import first_column_among
 
 FEED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
 SCHEMA_VERSION = 1
@@ -142,12 +143,7 @@ class SignalStore:
 
     def scored(self, keys: Sequence[str], model: str) -> set[str]:
         """The keys among ``keys`` already scored by ``model``."""
-        found: set[str] = set()
-        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
-            part = list(keys[start : start + 500])
-            found.update(k for (k,) in self.db.execute(
-                f"SELECT key FROM signals WHERE model = ? AND key IN ({','.join('?' * len(part))})", [model, *part]))
-        return found
+        return first_column_among(self.db, "SELECT key FROM signals WHERE model = ?", [model], "key", keys)
 
     def put(self, articles: Sequence[dict[str, Any]], model: str) -> None:
         """Store scored articles (each with label, confidence, severity, probabilities) in one transaction."""

@@ -146,6 +146,10 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
             lines.append(f"| {label(name)} | {_num(c.get('temperature'), '{:.3f}')} | {c.get('n')} | "
                          f"{_pct(c.get('uncalibrated_ece'))} | {_pct(after)} |")
         lines.append("")
+        lines += [f"- **{label(name)}**: {s['confidence']['warning']}." for name, s in confident.items()
+                  if s["confidence"].get("warning")]
+        if any(s["confidence"].get("warning") for s in confident.values()):
+            lines.append("")
     languages = report.get("by_language")
     if languages:
         names = [k for k in next(iter(languages.values())) if k != "n"]

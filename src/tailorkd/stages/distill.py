@@ -97,11 +97,30 @@ def calibrate_confidence(recipe, data, folder: Path, shots: list[dict[str, Any]]
     else:
         probs = predict_probs(student, seeds, recipe.evaluation.batch_size, desc="student: seeds")
         record.update(fit_temperature(probs, np.array([names.index(r["label"]) for r in seeds])))
+        warning = confidence_warning(record)
+        if warning:
+            record["warning"] = warning
+            log.warning("distill: %s: %s", folder, warning)
         log.info("distill: %s: confidence temperature %.3f on %d seeds (mean confidence %.2f -> %.2f, seed accuracy "
                  "%.2f)", folder.name, record["temperature"], record["n"], record["mean_confidence_before"],
                  record["mean_confidence_after"], record["accuracy"])
     RunDir(recipe).write_json(path, record)
     return record
+
+
+def confidence_warning(fitted: dict[str, Any]) -> str | None:
+    """Why a fitted temperature may not hold beyond the seeds, or None: every seed answered right (the seeds
+    cannot show how often the student errs, so its confidence may be too high), or a temperature at the edge
+    of the search (the seeds pushed it as far as allowed)."""
+    from tailorkd.confidence import T_BOUNDS
+
+    if fitted["accuracy"] == 1.0:
+        return (f"the student answers all {fitted['n']} seeds right, so they cannot show how often it errs: its "
+                "calibrated confidence may be too high on other texts (more, or less typical, seeds would tell)")
+    if min(abs(fitted["temperature"] - bound) / bound for bound in T_BOUNDS) < 1e-3:
+        return (f"the temperature reached the bound of its search ({fitted['temperature']:.3g}): the seeds ask "
+                "for more than scaling can give, e.g. an untrained head whose answers are near chance")
+    return None
 
 
 def student_jobs(recipe) -> dict:

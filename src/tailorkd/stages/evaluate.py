@@ -157,7 +157,7 @@ def student_system(recipe, data, system: str) -> tuple[pd.DataFrame, dict[str, A
         raw_frame = predictions_frame(rows, raw, recipe.task.label_names)
         correct = [r["label"] == p for r, p in zip(rows, raw_frame["predicted"])]
         result["confidence"] = {
-            **{k: fitted.get(k) for k in ("n", "fitted_on", "method", "reason")},
+            **{k: fitted.get(k) for k in ("n", "fitted_on", "method", "reason", "warning")},
             "temperature": student_temperature(folder),
             "uncalibrated_ece": expected_calibration_error(correct, raw_frame["confidence"].to_numpy())["ece"],
         }
