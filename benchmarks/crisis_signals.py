@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     parser.add_argument("--alerts-md", type=Path, help="write the student's alerts as a markdown table here")
     parser.add_argument("--min-count", type=int, default=20, help="topic-days compared need this many tweets")
+    parser.add_argument("--feed-out", type=Path, help="also keep the feed here (JSONL: id, text, date, topic, "
+                        "source), for `tailorkd signals` by hand")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         feed_file = Path(tmp) / "crisislex_feed.jsonl"
         feed.drop(columns="human").to_json(feed_file, orient="records", lines=True, force_ascii=False)
+        if args.feed_out:
+            args.feed_out.parent.mkdir(parents=True, exist_ok=True)
+            feed.drop(columns="human").to_json(args.feed_out, orient="records", lines=True, force_ascii=False)
         out = Path(recipe.output_dir) / "signals-crisislex"
         summary = pipeline.signals(recipe, [feed_file], out)
     signals = pd.read_parquet(out / "signals.parquet")

@@ -214,3 +214,43 @@ def test_student_inference_benchmark_on_a_tiny_run(tiny_models, tmp_path):
     ratio = systems["onnx_int8"]["texts_per_s"] / systems["pytorch"]["texts_per_s"]
     assert result["ratios"]["onnx_int8_over_pytorch"] == pytest.approx(ratio)
     assert result["targets"]["onnx_int8_over_teacher"]["target"] == 50.0
+
+
+def test_serve_runs_an_exports_onnx_graph_with_its_severities(calibrated_export, tmp_path):
+    """`tailorkd serve EXPORT`: the service answers with the ONNX graph's calibrated probabilities, the
+    export's name, version and severity levels; an export without a graph is a one-line error."""
+    import shutil
+
+    import httpx
+
+    from tailorkd.serve.app import ServeOptions, create_app
+    from tailorkd.serve.predictor import load_exported_model
+    from test_serve import PATIENCE_S, running
+
+    out = tmp_path / "export"
+    shutil.copytree(calibrated_export["out"], out)
+    about = json.loads((out / "tailorkd.json").read_text())
+    assert about["alerts"] is None and about["name"] and about["base_model"]
+    about["alerts"] = {"severity": {"business": [[0.0, "high"]]}}
+    (out / "tailorkd.json").write_text(json.dumps(about))
+    model = load_exported_model(out, "fp32")
+    with running(create_app(model, ServeOptions())) as (url, _):
+        answer = httpx.post(f"{url}/v1/classify", json={"texts": calibrated_export["texts"]}, timeout=PATIENCE_S)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["model"]["runtime"], body["model"]["version"]) == ("onnxruntime-fp32", about["version"])
+    probs = np.array([[r["probabilities"][t] for t in TOPICS] for r in body["results"]])
+    np.testing.assert_allclose(probs, calibrated_export["expected"], atol=1e-4)  # the temperature is in the graph
+    assert [r["severity"] for r in body["results"]] == ["high" if r["label"] == "business" else "none"
+                                                        for r in body["results"]]
+    from tailorkd.cli import main
+
+    assert main(["serve", str(out), "student.max_length=8"]) == 2  # an export is served as it was exported
+    int8 = load_exported_model(out, "int8").predict(calibrated_export["texts"])
+    np.testing.assert_allclose(int8.sum(1), 1.0, atol=1e-9)
+    assert (int8.argmax(1) == calibrated_export["expected"].argmax(1)).mean() >= MIN_AGREEMENT["int8"]  # as checked
+
+    about["onnx"] = {"exported": False, "reason": "a causal-LM student"}
+    (out / "tailorkd.json").write_text(json.dumps(about))
+    with pytest.raises(TailorkdError, match=r"tailorkd.json: this export has no ONNX graph \(a causal-LM student\)"):
+        load_exported_model(out)

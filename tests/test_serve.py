@@ -233,6 +233,27 @@ def test_every_bad_request_gets_a_4xx_with_a_message_and_the_service_goes_on(mod
     assert TOKEN not in caplog.text
 
 
+def test_a_stalled_body_is_a_408_and_frees_the_connection(model):
+    """A client that declares 100 bytes and sends 9 gets a 408 once the body timeout has passed (nothing else
+    can answer it: the rest never comes), and the service goes on."""
+    options = ServeOptions(body_timeout=0.5)
+    with running(create_app(model, options, token=TOKEN), options) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=PATIENCE_S) as stalled:
+            stalled.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"texts\":".encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = stalled.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        status, _, body = answer.partition(b"\r\n")
+        assert status.startswith(b"HTTP/1.1 408"), answer
+        assert b"body: not received within 0.5 s" in body
+        assert httpx.post(f"{url}/v1/classify", json={"texts": ["a"]}, headers=AUTH).status_code == 200
+
+
 def test_bodies_json_cannot_read_are_400s():
     options = ServeOptions()
     body_type = request_model(options.max_texts, options.max_chars)

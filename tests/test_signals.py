@@ -124,6 +124,8 @@ def test_signals_score_a_feed_once_and_add_only_new_days(trained_run, tmp_path):
     assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert (again["articles_scored_now"], again["articles_stored"]) == (0, 12)
+    page = (out / "dashboard.html").read_text()  # the dashboard is written with the signals
+    assert 'id="kpi-articles">12<' in page and page.count('class="card topic-card"') == 3
     pd.testing.assert_frame_equal(pd.read_parquet(out / "signals.parquet"), first)
     day2 = _feed(tmp_path, "day2", "2024-03-02", 8, start=12)
     assert main(["signals", recipe_path, str(day1), str(day2), "--out", str(out)]) == 0

@@ -408,7 +408,8 @@ CAUSAL_LM_ONNX_REASON = (
 def export_student(folder: str | Path, out: str | Path, task: TaskConfig, prompt: PromptConfig,
                    shots: list[dict[str, Any]], config: StudentConfig,
                    check_rows: Sequence[dict[str, Any]] | None = None, check_source: str = "the given texts",
-                   batch_size: int = 32, card: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   batch_size: int = 32, card: Mapping[str, Any] | None = None,
+                   alerts: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the trained student in ``folder`` to ``out`` as a standalone model folder; returns its tailorkd.json.
 
     Every kind: a Hugging Face model folder that plain transformers loads (weights with the adapter merged,
@@ -456,6 +457,11 @@ def export_student(folder: str | Path, out: str | Path, task: TaskConfig, prompt
             "max_length": student.max_length,
             "temperature": {"value": temperature, "folded_into_head": student.kind == "encoder",
                             "from": CONFIDENCE_FILE if (folder / CONFIDENCE_FILE).is_file() else "none fitted"},
+            # What `tailorkd serve EXPORT` tells clients: the recipe's name, the student's version, severities.
+            "name": str((card or {}).get("name") or task.name),
+            "base_model": str(info.get("base_model") or config.model),
+            "version": str(info.get("recipe_hash", "unknown")),
+            "alerts": dict(alerts) if alerts else None,
         }
         if isinstance(student, EncoderStudent):
             description.update(_export_encoder(student, staging, temperature, check_rows or [], check_source,

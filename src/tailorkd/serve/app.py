@@ -4,6 +4,7 @@
     GET  /healthz      200 while the batcher's worker runs (no token: for load balancers)
     GET  /metrics      Prometheus text format (token required when auth is on)
     GET  /docs         the OpenAPI page (/openapi.json)
+    GET  /dashboard    the signals dashboard (tailorkd.dashboard) of ``ServeOptions.signals_dir``, when given
 
 Every refused request gets a 4xx (503 when overloaded or stopping, 500 when the model fails) and a JSON body
 ``{"error": {"type": ..., "message": ...}}`` whose one-line message names the field at fault. The body is
@@ -20,11 +21,12 @@ import json
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -36,7 +38,9 @@ from tailorkd.serve.predictor import ServedModel
 
 CLASSIFY_PATH = "/v1/classify"
 # The paths metrics are labelled with; any other path counts as "other" (a scan must not grow the label set).
-KNOWN_PATHS = (CLASSIFY_PATH, "/healthz", "/metrics", "/docs", "/openapi.json")
+KNOWN_PATHS = (CLASSIFY_PATH, "/healthz", "/metrics", "/docs", "/openapi.json", "/dashboard")
+# A browser cannot send a bearer header: it opens /dashboard?token=... once and gets this cookie instead.
+DASHBOARD_COOKIE = "tailorkd_token"
 
 
 @dataclass
@@ -53,8 +57,10 @@ class ServeOptions:
     max_texts: int = 64  # per request
     max_chars: int = 10_000  # per text
     max_body_bytes: int = 4 * 1024 * 1024  # 64 texts x 10,000 characters of 4-byte UTF-8 fit
+    body_timeout: float = 30.0  # seconds a request's body may take to arrive; then 408
     graceful_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM / SIGINT
     access_log: bool = False
+    signals_dir: Path | None = None  # the `tailorkd signals` folder GET /dashboard shows; None: no dashboard
 
 
 class ServeError(Exception):
@@ -210,9 +216,17 @@ class MetricsMiddleware:
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(request: Request, max_bytes: int, timeout_s: float | None = None) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``max_bytes`` (by Content-Length, or while
-    it streams in when the client sends none)."""
+    it streams in when the client sends none), and with 408 when it has not all arrived within ``timeout_s``
+    (a slow or stalled client must not hold a connection and its buffer for ever)."""
+    try:
+        return await asyncio.wait_for(_stream_body(request, max_bytes), timeout_s)
+    except TimeoutError:
+        raise ServeError(408, "request_timeout", f"body: not received within {timeout_s:g} s") from None
+
+
+async def _stream_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise ServeError(413, "body_too_large", f"body: {int(declared)} bytes, at most {max_bytes}")
@@ -310,6 +324,7 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": what} for code, what in (
             (400, "empty body, not UTF-8, malformed JSON"), (401, "missing or wrong bearer token"),
+            (408, f"body not received within {options.body_timeout:g} s"),
             (413, f"body over {options.max_body_bytes} bytes"),
             (422, "wrong types, no texts, too many texts, a text too long or blank, unknown fields"),
             (503, "overloaded (retry later) or shutting down"))}
@@ -321,7 +336,8 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
     async def classify(request: Request) -> dict[str, Any]:
         """Label, calibrated confidence, severity and class probabilities of each text, in order."""
         start = time.perf_counter()
-        parsed = parse_request(await read_body(request, options.max_body_bytes), request_type, options)
+        parsed = parse_request(await read_body(request, options.max_body_bytes, options.body_timeout),
+                               request_type, options)
         try:
             future = batcher.submit(parsed.texts)
         except QueueFull as exc:
@@ -357,4 +373,42 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
         """Requests by path and status, latency, texts per batch, requests per batch, errors by type."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if options.signals_dir is not None:
+        add_dashboard(app, options.signals_dir, expected, bearer)
     return app
+
+
+def add_dashboard(app: FastAPI, folder: Path, expected: bytes | None, bearer: HTTPBearer) -> None:
+    """GET /dashboard: the signals page of ``folder``, rendered again when its files change. With auth on, the
+    token comes as a bearer header, as the cookie, or once as ``?token=`` (answered by a redirect that sets the
+    HttpOnly cookie, so the token leaves the address bar and the browser's history)."""
+    from tailorkd.dashboard import DashboardPage
+    from tailorkd.errors import TailorkdError
+
+    page = DashboardPage(folder)
+
+    @app.get("/dashboard", summary="The signals dashboard", response_class=HTMLResponse,
+             responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+    async def dashboard(request: Request, token: str | None = None,
+                        credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Response:
+        """The signal index per topic over time, the alerts with their top articles and the class mix, as one
+        self-contained HTML page."""
+        if expected is not None:
+            # Query and cookie values arrive decoded as UTF-8, header values as latin-1: back to the bytes sent.
+            given = ((token or request.cookies.get(DASHBOARD_COOKIE) or "").encode("utf-8", "surrogateescape")
+                     or (credentials.credentials.encode("latin-1") if credentials else b""))
+            if not given:
+                raise ServeError(401, "unauthorized", "missing token: open /dashboard?token=<token> once, or send "
+                                 '"Authorization: Bearer <token>"')
+            if not hmac.compare_digest(given, expected):
+                raise ServeError(401, "unauthorized", "invalid token")
+            if token is not None:
+                response = RedirectResponse("/dashboard", status_code=303)
+                response.set_cookie(DASHBOARD_COOKIE, token, httponly=True, samesite="strict", path="/dashboard",
+                                    secure=request.url.scheme == "https")
+                return response
+        try:
+            html = await asyncio.to_thread(page.get)
+        except TailorkdError as exc:
+            raise ServeError(404, "no_signals", str(exc)) from None
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})

@@ -1,7 +1,7 @@
 """What the service runs: a predictor (texts -> class probabilities) and the description of its model.
 
-``Predictor`` is the one thing the service needs of a model, so that another runtime (e.g. an ONNX Runtime
-session of an exported student) plugs in beside ``TorchPredictor`` without touching the service.
+``Predictor`` is the one thing the service needs of a model: ``TorchPredictor`` runs a run's trained student
+(``load_served_model``), ``OnnxPredictor`` an exported student's ONNX graph (``load_exported_model``).
 """
 
 from __future__ import annotations
@@ -59,6 +59,50 @@ class TorchPredictor:
                 logits = self.student.class_logits(self.student.model, batch)
                 out[start : start + len(rows)] = torch.softmax(logits / self.temperature, -1).cpu().double().numpy()
         return out
+
+
+class OnnxPredictor:
+    """An exported student's ONNX graph run by ONNX Runtime (``tailorkd.onnx_student.OnnxClassifier``): its
+    temperature is folded into the head, so softmax(logits) are the calibrated probabilities."""
+
+    def __init__(self, classifier: Any, batch_size: int = 32):
+        self.classifier = classifier
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.classifier.probs(texts, self.batch_size)
+
+
+def load_exported_model(folder, precision: str = "int8", batch_size: int = 32) -> ServedModel:
+    """A ``tailorkd export`` folder's ONNX graph (``precision``: int8 or fp32) for the service; a TailorkdError
+    naming the file when the folder is no export or has no such graph (a causal-LM student has none)."""
+    from pathlib import Path
+
+    from tailorkd.errors import TailorkdError
+    from tailorkd.files import read_json
+    from tailorkd.onnx_student import OnnxClassifier
+    from tailorkd.recipe import AlertsConfig
+
+    folder = Path(folder)
+    about = read_json(folder / "tailorkd.json", "export description")
+    if not (about.get("onnx") or {}).get("files"):
+        raise TailorkdError(f"{folder / 'tailorkd.json'}: this export has no ONNX graph "
+                            f"({(about.get('onnx') or {}).get('reason', 'none recorded')}); serve the recipe's run")
+    try:
+        alerts = AlertsConfig.model_validate(about["alerts"]) if about.get("alerts") else None
+    except ValueError as exc:
+        raise TailorkdError(f"{folder / 'tailorkd.json'}: alerts: {str(exc).splitlines()[-1].strip()}") from None
+    classifier = OnnxClassifier.from_export(folder, precision)
+    return ServedModel(
+        predict=OnnxPredictor(classifier, batch_size),
+        label_names=list(about["label_names"]),
+        name=str(about.get("name") or folder.name),
+        version=str(about.get("version", "unknown")),
+        info={"base_model": about.get("base_model"), "kind": about.get("kind"),
+              "adapter_method": about.get("adapter_method"), "temperature": (about.get("temperature") or {}).get(
+                  "value"), "runtime": f"onnxruntime-{precision}"},
+        alerts=alerts,
+    )
 
 
 def load_served_model(recipe) -> ServedModel:

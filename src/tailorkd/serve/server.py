@@ -19,7 +19,7 @@ import uvicorn
 
 from tailorkd.errors import TailorkdError
 from tailorkd.serve.app import ServeOptions, create_app
-from tailorkd.serve.predictor import ServedModel, load_served_model
+from tailorkd.serve.predictor import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def check_options(options: ServeOptions, environ: dict[str, str] | None = None) 
         (options.max_queue >= options.max_texts, f"--max-queue: must be at least --max-texts ({options.max_texts}) "
          f"so that a full request fits, got {options.max_queue}"),
         (options.graceful_timeout > 0, f"--graceful-timeout: must be positive, got {options.graceful_timeout:g}"),
+        (options.body_timeout > 0, f"--body-timeout: must be positive, got {options.body_timeout:g}"),
         (0 <= options.port <= 65535, f"--port: must be between 0 and 65535, got {options.port}"),
         (bool(options.token_env.strip()), "--token-env: the variable's name is empty"),
     ]
@@ -111,10 +112,12 @@ def make_server(app: Any, options: ServeOptions) -> GracefulServer:
     return GracefulServer(config, on_exit=app.state.batcher.stop_waiting)
 
 
-def run_service(recipe, options: ServeOptions, announce: Callable[[str], None] | None = None) -> None:
-    """Check the options, load the run's student, listen, and serve until SIGTERM / SIGINT."""
+def run_service(load_model: Callable[[], ServedModel], options: ServeOptions,
+                announce: Callable[[str], None] | None = None) -> None:
+    """Check the options, load the model (``load_model``: a run's student or an export's ONNX graph), listen,
+    and serve until SIGTERM / SIGINT."""
     token = check_options(options)
-    model: ServedModel = load_served_model(recipe)
+    model = load_model()
     model.predict(["warm-up"])  # the first call pays one-time costs (allocations, kernels), not a client
     app = create_app(model, options, token)
     sock = bind(options.host, options.port)

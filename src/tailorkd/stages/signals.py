@@ -3,6 +3,7 @@
     feed files ──> read_feed (bounded batches; rejects with file and line)
                ──> new or rescored articles only ──> student (calibrated) ──> signals.sqlite
                ──> signals.parquet, daily.parquet, alerts.jsonl, rejects.jsonl, summary.json
+               ──> dashboard.html (tailorkd.dashboard: one page, nothing from the network)
 
 Resumable and idempotent: every batch is stored before the next is read, an article already scored by this
 student is not scored again, and the outputs are rewritten from the store, so rerunning on the same files
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None) -> dict[str, Any]:
     """Score the articles of ``inputs`` (files, folders, globs) into ``out`` (default: the run's signals/
     folder) and write the daily signals and alerts; returns summary.json."""
+    from tailorkd.dashboard import write_dashboard
     from tailorkd.files import write_json_atomic, write_text_atomic
     from tailorkd.signals import SignalStore, daily_signals, feed_files, find_alerts, read_feed
     from tailorkd.students import load_student, predict_probs, student_file_hash, student_temperature
@@ -84,12 +86,14 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
     write_text_atomic(folder / "alerts.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in alerts))
     write_text_atomic(folder / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
     summary = {
+        "title": f"{recipe.name}: {recipe.task.name} signals", "labels": names,
         "model": model, "student": str(student_dir), "temperature": temperature, "files": [str(f) for f in files],
         "articles_read": read, "articles_scored_now": scored, "articles_stored": len(frame), "rejected": len(rejects),
         "topics": int(daily["topic"].nunique()) if len(daily) else 0, "days": int(daily["day"].nunique()) if len(daily)
         else 0, "alerts": len(alerts), "risk_labels": list(risk_labels), "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json_atomic(folder / "summary.json", summary)
+    write_dashboard(folder)  # last: it reads the files above
     log.info("signals: %d articles read, %d scored now, %d stored, %d rejected; %d topic-days, %d alerts -> %s",
              read, scored, len(frame), len(rejects), len(daily), len(alerts), folder)
     return summary
