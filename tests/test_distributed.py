@@ -158,20 +158,25 @@ SCORE_LOGGER = """
 
 
 def test_two_labelling_processes_share_the_pool_each_text_scored_once(tiny_models, tmp_path):
-    """torchrun, 2 processes: each scores a disjoint share of pool and test into the one store; the main
-    process finds them all there and writes the summary."""
+    """torchrun, 2 processes: the main process checks the teacher (seeds and a pool sample), then each scores a
+    disjoint share of pool and test into the one store; the main process finds them all there and writes the
+    summary."""
     recipe_path = make_recipe(tmp_path, "shared", tiny_models["llama"], tiny_models["bert"])
     worker = tmp_path / "label_worker.py"
     worker.write_text(textwrap.dedent(SCORE_LOGGER), encoding="utf-8")
-    _ok(launch("torchrun", [str(worker), "label", str(recipe_path)], tmp_path))
+    sample = "teacher.check.pool_sample=4"
+    _ok(launch("torchrun", [str(worker), "label", str(recipe_path), sample], tmp_path))
 
-    recipe = load_recipe(str(recipe_path))
+    recipe = load_recipe(str(recipe_path), [sample])
     data = pipeline.load_data(recipe)
     texts = {text_hash(r["text"]) for split in ("pool", "test") for r in data.rows(split)}
+    seeds = {text_hash(r["text"]) for r in data.rows("seed")}
     scored = [(tmp_path / f"scored-{rank}.txt").read_text().split() for rank in (0, 1)]
     assert all(scored), "both processes labelled a share"
-    assert len(scored[0]) + len(scored[1]) == len(texts)  # nobody scored a text twice
-    assert set(scored[0]).isdisjoint(scored[1]) and set(scored[0]) | set(scored[1]) == texts
+    assert set(scored[1]) <= texts  # the check is the main process's alone
+    both = scored[0] + scored[1]
+    assert len(both) == len(set(both)) == len(texts) + len(seeds)  # nobody scored a text twice
+    assert set(scored[0]).isdisjoint(scored[1]) and set(both) == texts | seeds
     summary = json.loads(RunDir(recipe).labels_summary.read_text())
     assert summary["pool_labelled"] == len(data.pool) and summary["test_labelled"] == len(data.test)
     with LabelStore(RunDir(recipe).label_store) as store:

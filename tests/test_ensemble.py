@@ -11,6 +11,7 @@ import pytest
 from conftest import TOPICS
 from tailorkd.calibration import Calibration, softmax_rows
 from tailorkd.cli import main
+from tailorkd.errors import TailorkdError
 from tailorkd.labels import text_hash
 from tailorkd.prompts import held_out_seeds
 from tailorkd.recipe import load_recipe
@@ -51,8 +52,10 @@ def test_weighted_mean_and_product_rules():
 
 
 def test_weights_follow_seed_accuracy():
-    assert seed_weights([0.9, 0.3]) == pytest.approx([0.75, 0.25])
-    assert seed_weights([0.0, 0.0]) == [0.5, 0.5] and seed_weights([0.8, None]) == [0.5, 0.5]
+    better, worse = seed_weights([(0.9, 21), (0.3, 21)], 3)
+    assert better > 0.9 and better + worse == pytest.approx(1.0)  # 0.3 on 3 classes: below chance
+    assert seed_weights([(0.0, 21), (0.0, 21)], 3) == pytest.approx([0.5, 0.5])
+    assert seed_weights([(0.8, 21), None], 3) == [0.5, 0.5]
 
 
 def test_two_teachers_with_different_blind_spots_beat_each_alone():
@@ -63,7 +66,7 @@ def test_two_teachers_with_different_blind_spots_beat_each_alone():
     assert accuracy(both, y) > max(accuracy(one, y), accuracy(two, y)) + 0.05
     # A useless member with a small weight barely moves a good one; with an equal weight it hurts more.
     good, junk = noisy_teacher(y, 3.0, seed=3), noisy_teacher(y, 0.0, seed=4)
-    weighted = combine([good, junk], seed_weights([0.9, 0.34]), "weighted_mean")
+    weighted = combine([good, junk], seed_weights([(0.9, 21), (0.34, 21)], 3), "weighted_mean")
     equal = combine([good, junk], [0.5, 0.5], "weighted_mean")
     assert accuracy(weighted, y) >= accuracy(equal, y)
 
@@ -104,6 +107,10 @@ def test_pipeline_combines_calibrated_members(tiny_models, tmp_path):
     assert (seconds > 0).all()
     summary = json.loads((run / "labels_summary.json").read_text())
     assert summary["ensemble"]["combine"] == "product" and len(summary["ensemble"]["members"]) == 2
+    # Weights made by an older rule are recomputed by the label stage, never trusted.
+    (run / "ensemble.json").write_text(json.dumps({**ensemble, "weighting_version": 1}))
+    with pytest.raises(TailorkdError, match="older rule"):
+        teacher_records(recipe, data, "test")
 
 
 def test_members_cannot_carry_their_own_options(tmp_path, tiny_models):
@@ -114,18 +121,6 @@ def test_members_cannot_carry_their_own_options(tmp_path, tiny_models):
         load_recipe(bad)
 
 
-def test_seed_classifier_leave_one_out_accuracy_on_constructed_embeddings():
-    from tailorkd.evaluation.baselines import leave_one_out_accuracy
-
-    rng = np.random.default_rng(0)
-    labels = [c for c in "abc" for _ in range(5)]
-    centres = {"a": [4, 0, 0], "b": [0, 4, 0], "c": [0, 0, 4]}
-    separable = np.array([centres[y] for y in labels], dtype=float) + rng.normal(0, 0.3, size=(15, 3))
-    assert leave_one_out_accuracy(separable, labels, seed=0) == 1.0
-    noise = rng.normal(0, 1.0, size=(15, 3))  # nothing to learn: about chance, far below the separable case
-    assert leave_one_out_accuracy(noise, labels, seed=0) < 0.7
-
-
 def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                               teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
@@ -134,8 +129,13 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
     run = tmp_path / "run"
     members = json.loads((run / "ensemble.json").read_text())["members"]
     assert len(members) == 2 and members[1]["identity"].startswith("seed-classifier|")
-    accuracies = [m["held_out_seed_accuracy"] for m in members]
-    assert [m["weight"] for m in members] == pytest.approx(seed_weights(accuracies))
+    judged = [(m["held_out_seed_accuracy"], m["seed_judgement"]["n"]) for m in members]
+    assert [m["weight"] for m in members] == pytest.approx(seed_weights(judged, len(TOPICS)))
+    for m in members:  # each judgement with its interval, the seed classifier's on balanced folds
+        j = m["seed_judgement"]
+        assert j["accuracy"] == m["held_out_seed_accuracy"] and j["n"] == 10
+        assert j["accuracy_interval"]["low"] <= j["accuracy"] <= j["accuracy_interval"]["high"]
+    assert members[1]["seed_judgement"]["method"].startswith("stratified")
     recipe = load_recipe(recipe_path)
     data = load_data(recipe)
     rows, probs, _ = teacher_records(recipe, data, "pool")

@@ -63,10 +63,11 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert (run / "report.md").read_text().startswith("# tailorkd report: tiny")
     assert "| teacher |" in (run / "report.md").read_text()
 
-    # The pool's labels never reach the pipeline; the teacher labelled pool and test, nothing else.
+    # The pool's labels never reach the pipeline; the teacher labelled pool and test, and the 10 seeds for
+    # the teacher check (its pool sample is part of the pool), nothing else.
     pool = pd.read_parquet(run / "data" / "pool.parquet")
     assert "label" not in pool.columns and len(pool) == 60 - 10 - 20
-    assert labels_in_store(run) == 30 + 20
+    assert labels_in_store(run) == 30 + 20 + 10
 
     # Reported metrics are those of the stored predictions.
     for system in ("teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only"):
@@ -100,7 +101,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     stamps = {d: (run / "students" / d / "student.json").stat().st_mtime_ns
               for d in ("adaptive_kd", "untrained", "standard_kd")}
     assert main(["run", recipe_path]) == 0
-    assert labels_in_store(run) == 50
+    assert labels_in_store(run) == 60
     assert {d: (run / "students" / d / "student.json").stat().st_mtime_ns for d in stamps} == stamps
 
     # A changed prompt labels afresh rather than mixing old and new labels, and the old labels are not
@@ -108,11 +109,12 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert main(["distill", recipe_path, "prompt.instruction=Name the topic."]) == 2
     assert "run `tailorkd label` again" in capsys.readouterr().err
     assert main(["label", recipe_path, "prompt.instruction=Name the topic."]) == 0
-    assert labels_in_store(run) == 100
+    assert labels_in_store(run) == 120
 
 
 def test_interrupted_labelling_keeps_finished_chunks_and_resumes(tiny_models, tmp_path, monkeypatch):
-    recipe = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["gpt2"]))
+    # No teacher check: the second scoring call is then the pool's second chunk.
+    recipe = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["gpt2"]), ["teacher.check=null"])
     pipeline.prepare(recipe)
     from tailorkd.teachers import local
 

@@ -511,18 +511,22 @@ def test_cli_run_with_a_served_teacher_end_to_end(tiny_models, tmp_path, monkeyp
             assert KEY.encode() not in path.read_bytes(), path
     assert "TAILORKD_TEST_KEY" in (run / "recipe.yaml").read_text()
 
-    # The five item-5 texts name no topic: the teacher abstained on them.
+    # The five item-5 texts name no topic: the teacher abstained on them. The teacher check asked for every
+    # seed too (each once: a shown seed with its shot swapped) and for its pool sample (here the whole pool), so
+    # an abstention of the pool is asked twice per run: by the check, then by the labelling.
     pool = pd.read_parquet(run / "data" / "pool.parquet")
     test = pd.read_parquet(run / "data" / "test.parquet")
+    seed = pd.read_parquet(run / "data" / "seed.parquet")
     item5 = lambda frame: sorted(frame["id"][frame["id"].str.endswith("-5")])  # noqa: E731
     assert sorted(summary["abstained"]["pool"]) == item5(pool)
     assert sorted(summary["abstained"]["test"]) == item5(test)
-    assert asked == len(pool) + len(test) and asked_again == len(item5(pool)) + len(item5(test))
+    assert asked == len(pool) + len(test) + len(seed) + len(item5(pool))
+    assert asked_again == 2 * len(item5(pool)) + len(item5(test)) + len(item5(seed))
     assert summary["teacher"] == f"served:stub-model|mode={mode}|temp=0|" + (
         "top=20" if mode == "logprobs" else "smooth=0")
     assert summary["prompt"]["format"] == "messages"
     with LabelStore(run / "labels.sqlite") as store:
-        assert store.count() == len(pool) + len(test) - len(item5(pool)) - len(item5(test))
+        assert store.count() == sum(len(split) - len(item5(split)) for split in (pool, test, seed))
 
     # Training left the pool's abstentions out; the test set counts them as the teacher's errors.
     student = report["systems"]["adaptive_kd"]

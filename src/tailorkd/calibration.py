@@ -133,6 +133,27 @@ def leave_one_out_bias(logits: np.ndarray, labels: np.ndarray, grid: Sequence[fl
     return best[1], best[2]
 
 
+def fold_calibrated_predictions(calibration: Calibration, probs: np.ndarray, labels: Sequence[str], seed: int
+                                ) -> np.ndarray:
+    """[R, S] class names the calibrated teacher predicts for seeds it scored ``probs`` ([S, M], raw), judged
+    without letting a seed calibrate itself: a seed-fitted bias (``seed_bias``) is refitted on balanced folds
+    (``evaluation.seed_judge``: one seed of every class held out, so no refit leans away from the held-out
+    seed's class as leave-one-out does); label-free methods are applied as they are (R = 1)."""
+    from tailorkd.evaluation.seed_judge import cross_validated_predictions
+
+    names = np.asarray(calibration.label_names, dtype=object)
+    logits = log_probs(probs) - np.array(calibration.log_prior)
+    if calibration.method != "seed_bias":
+        return names[(logits + np.array(calibration.bias)).argmax(axis=1)][None, :]
+    y = np.array([list(names).index(str(label)) for label in labels])
+    l2 = float(calibration.details.get("l2", 0.1))
+    predicted, judged = cross_validated_predictions(
+        lambda train, test: names[(logits[test] + fit_bias(logits[train], y[train], l2)).argmax(axis=1)], labels, seed)
+    # A seed of a class with one seed cannot be held out and still fit its class's bias: the full fit judges it.
+    predicted[:, ~judged] = names[(logits[~judged] + np.array(calibration.bias)).argmax(axis=1)]
+    return predicted
+
+
 def calibrate(method: str, label_names: Sequence[str], *, content_free: np.ndarray | None,
               domain: np.ndarray | None, seed_probs: np.ndarray | None, seed_labels: Sequence[str] | None,
               l2_grid: Sequence[float] = (0.01, 0.1, 1.0)) -> Calibration:

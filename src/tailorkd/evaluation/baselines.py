@@ -94,20 +94,6 @@ def classifier_probs(model: Any, x: np.ndarray, label_names: Sequence[str]) -> n
     return probs
 
 
-def leave_one_out_accuracy(x_seed: np.ndarray, labels: Sequence[str], seed: int) -> float:
-    """Accuracy of the seed classifier on each seed when fitted on all the others (what a teacher's
-    held-out seed accuracy is to the ensemble's weights). Seeds whose class would vanish count as wrong."""
-    labels = [str(label) for label in labels]
-    right = 0
-    for i in range(len(labels)):
-        rest = [label for j, label in enumerate(labels) if j != i]
-        if labels[i] not in rest or len(set(rest)) < 2:
-            continue
-        keep = np.arange(len(labels)) != i
-        right += int(fit_seed_classifier(x_seed[keep], rest, seed).predict(x_seed[i : i + 1])[0] == labels[i])
-    return right / len(labels) if labels else 0.0
-
-
 def seed_only_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], label_names: Sequence[str],
                        encoder: str, seed: int) -> dict[str, Any]:
     """Fit on the seeds, predict ``rows``: {"probs": [N, M] in label order, "seconds_per_text", "C", "seeds"}.

@@ -100,10 +100,32 @@ class CalibrationConfig(Section):
     domain_words: int | None = Field(default=None, ge=1, description="Words per in-domain input; default: the "
                                      "median word count of pool texts (5 to 200).")
     seeds: Literal["not_shown", "all"] = Field(
-        default="not_shown", description="The seeds that choose the method, fit seed_bias and weigh an ensemble "
-        "member. not_shown: those that are not few-shot examples (with 18 fixed shots of 21 seeds, only 3); all: "
+        default="not_shown", description="The seeds that choose the method and fit seed_bias (the teacher check "
+        "and the ensemble's weights are judged on every seed). not_shown: those that are not few-shot examples "
+        "(with 18 fixed shots of 21 seeds, only 3); all: "
         "every seed, a shown one scored with its shot swapped for an unused seed of its class (as the prompt "
         "search scores them; one teacher call per shot, none after a search). Per-text shots: always all.")
+
+
+class TeacherCheckConfig(Section):
+    """The teacher judged on the seeds and a pool sample before it labels the pool (stages.teacher_check)."""
+
+    on_failure: Literal["warn", "stop", "fallback"] = Field(
+        default="warn",
+        description="What a weak or collapsed teacher does to the run. warn: say so and go on; stop: an error "
+        "before any pool text is labelled; fallback: the seed classifier (logistic regression on the seeds' "
+        "sentence embeddings) labels pool and test in the teacher's place, no calibration or ensemble, when it "
+        "scores at least as well on the seeds (else as warn).",
+    )
+    pool_sample: int = Field(default=200, ge=0, description="Pool texts (a seeded sample) whose predicted class "
+                             "mix is judged; their labels are kept, so labelling the pool later skips them.")
+    collapse_share: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Collapsed: one class takes at least this share of the teacher's "
+        "answers on the pool sample or on the seeds (after calibration when the recipe calibrates), while it "
+        "holds less of the seeds.")
+    seed_only_margin: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Weak: the teacher's seed accuracy is more than this below the "
+        "seed classifier's (judged on balanced folds), or its 95% interval does not clear chance.")
 
 
 class TeacherConfig(Section):
@@ -131,12 +153,19 @@ class TeacherConfig(Section):
         default=None, description="Set: more teachers label the same texts (with the recipe's prompt, or each "
         "with its own), and their (each calibrated) distributions are combined."
     )
+    check: TeacherCheckConfig | None = Field(
+        default_factory=TeacherCheckConfig, description="The teacher judged before it labels the pool: seed "
+        "accuracy and macro-F1 with intervals against chance and the seed classifier, the class mix of a pool "
+        "sample, a verdict (ok / weak / collapsed) and what a failed check does; null: no check."
+    )
 
     @model_validator(mode="after")
     def _members_are_plain(self) -> TeacherConfig:
         for i, member in enumerate(self.ensemble.members if self.ensemble else []):
             extras = [n for n in ("hidden_states", "reasons", "calibration", "ensemble")
                       if getattr(member, n) is not None]
+            if member.check != TeacherCheckConfig():
+                extras.append("check")
             if extras:
                 raise ValueError(f"ensemble.members.{i}: {', '.join(extras)} belong to the main teacher section "
                                  "(calibration applies to every member)")
@@ -174,8 +203,10 @@ class EnsembleConfig(Section):
         default="weighted_mean", description="weighted_mean: a mixture; product: a product of experts."
     )
     weights: Literal["seed_accuracy", "equal"] = Field(
-        default="seed_accuracy", description="seed_accuracy: each member weighted by its accuracy on the held-out "
-        "expert seeds (after calibration; leave-one-out for the seed classifier)."
+        default="seed_accuracy", description="seed_accuracy: each member weighted by its expected skill above "
+        "chance on the expert seeds (after calibration, no seed judged by a prompt showing it; the seed classifier "
+        "refitted on balanced folds), which moves towards equal weights the fewer seeds judge; equal: the same "
+        "weight for all."
     )
 
     @model_validator(mode="after")

@@ -29,8 +29,6 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
                     write: bool = True) -> Calibration:
     """Score the calibration inputs with ``teacher``, fit the recipe's calibration and (``write``) write
     calibration.json with the pool's predicted-label counts before and after."""
-    from tailorkd.prompts.search import loo_shot_groups
-
     config = recipe.teacher.calibration
     names = recipe.task.label_names
 
@@ -48,22 +46,8 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
         raise TailorkdError(f"teacher.calibration: {e}") from None
     _, domain = probs_of([{"id": f"domain-{i}", "text": t} for i, t in enumerate(domain_texts)],
                          "teacher: in-domain random")
-    seeds = data.rows("seed")
     judged_by_all = config.seeds == "all" or per_text_shots(recipe.prompt)
-    if config.seeds == "all" and not per_text_shots(recipe.prompt):
-        # Every seed, none scored by a prompt that shows it: the seeds that are not shots with the teacher's
-        # own shots, each shown seed with its shot swapped for an unused seed of its class.
-        held_out, parts = [], []
-        own_shots = fixed_shots(recipe.prompt, seeds, names, recipe.seed)
-        for shots, rows in loo_shot_groups(own_shots, seeds):
-            by = teacher if shots == own_shots else teacher.with_prompt(recipe.prompt, shots)
-            kept, probs = probs_of(rows, "teacher: seeds, leave-one-out shots", by)
-            held_out += kept
-            parts.append(probs)
-        seed_probs = np.concatenate(parts) if parts else np.zeros((0, len(names)))
-    else:
-        held_out, seed_probs = probs_of(held_out_seeds(recipe.prompt, seeds, names, recipe.seed),
-                                        "teacher: held-out seeds")
+    held_out, seed_probs = scored_seeds(recipe, data, teacher, store, every_seed=config.seeds == "all")
     try:
         calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
                                 seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out])
@@ -80,6 +64,35 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
     log.info("calibration: %s (%s); pool predictions %s -> %s", calibration.method,
              calibration.details["chosen_because"], counts["before"], counts["after"])
     return calibration
+
+
+def scored_seeds(recipe, data: PreparedData, teacher: Any, store: LabelStore, every_seed: bool = True
+                 ) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The seeds that may judge ``teacher`` and its raw [S, M] distributions on them (seeds it abstained on
+    left out). ``every_seed``: none scored by a prompt that shows it: the seeds that are not shots with the
+    teacher's own shots, each shown seed with its shot swapped for an unused seed of its class (one teacher
+    call per shot; free after a prompt search, which scored the same prompts). Else only the seeds that are
+    not shots. With per-text shots every seed (a text is never its own shot)."""
+    from tailorkd.prompts.search import loo_shot_groups
+
+    names = recipe.task.label_names
+    seeds = data.rows("seed")
+    if every_seed and not per_text_shots(recipe.prompt):
+        own_shots = fixed_shots(recipe.prompt, seeds, names, recipe.seed)
+        groups = [(teacher if shots == own_shots else teacher.with_prompt(recipe.prompt, shots), rows)
+                  for shots, rows in loo_shot_groups(own_shots, seeds)]
+        desc = "teacher: seeds, leave-one-out shots"
+    else:
+        groups = [(teacher, held_out_seeds(recipe.prompt, seeds, names, recipe.seed))]
+        desc = "teacher: held-out seeds"
+    kept, parts = [], []
+    for by, rows in groups:
+        found = by.label(rows, store, desc=desc) if rows else {}
+        answered = [r for r in rows if text_hash(r["text"]) in found]  # a served teacher may abstain
+        kept += answered
+        parts.append(np.array([found[text_hash(r["text"])].probs for r in answered]).reshape(len(answered),
+                                                                                            len(names)))
+    return kept, np.concatenate(parts) if parts else np.zeros((0, len(names)))
 
 
 def load_calibration(recipe) -> Calibration | None:

@@ -3,9 +3,12 @@ same texts, each is calibrated like the main one, and their distributions are co
 ``tailorkd.teachers.ensemble``).
 
 Each member labels under its own identity in the store (with the recipe's prompt, or one of its own) and is
-weighed by its accuracy on the seeds it did not see; the seed classifier (``ensemble.seed_classifier``) joins
-as one more member. ensemble.json records members, calibrations and weights; ``ensemble_probs`` reads the
-combination back.
+judged on every seed, none by a prompt that shows it (``member_judgement``: a shown seed is scored with its
+shot swapped; a seed-fitted calibration refitted on balanced folds); the seed classifier
+(``ensemble.seed_classifier``) joins as one more member, judged by refits on balanced folds rather than
+leave-one-out (``evaluation.seed_judge``). Weights follow each member's expected skill above chance given
+how many seeds judged it (``teachers.ensemble.seed_weights``). ensemble.json records members, their seed
+judgements with intervals, calibrations and weights; ``ensemble_probs`` reads the combination back.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from tailorkd.calibration import Calibration
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, make_record, text_hash
-from tailorkd.prompts import fixed_shots, held_out_seeds, knn_selector
+from tailorkd.prompts import fixed_shots, knn_selector
 from tailorkd.run_dir import RunDir
-from tailorkd.stages.calibrate import fit_calibration
+from tailorkd.stages.calibrate import fit_calibration, scored_seeds
 from tailorkd.teachers import make_teacher
-from tailorkd.teachers.ensemble import combine, seed_weights
+from tailorkd.teachers.ensemble import WEIGHTING_VERSION, combine, seed_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
     pool_rows, test_rows = data.rows("pool"), data.rows("test")
     members = [{"model": recipe.teacher.model, "identity": main.identity, "prompt": main.prompt_fingerprint,
                 "calibration": main_calibration.to_dict() if main_calibration else None,
-                "held_out_seed_accuracy": held_out_accuracy(recipe, data, main, store, main_calibration)}]
+                **_judged(member_judgement(recipe, data, main, store, main_calibration))}]
     for i, member_config in enumerate(config.members):
         # A member with a prompt of its own: its shots, held-out seeds and calibration follow that prompt.
         member_recipe = recipe if member_config.prompt is None else recipe.model_copy(
@@ -56,22 +59,39 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
         members.append({"model": member_config.model, "identity": teacher.identity,
                         "prompt": teacher.prompt_fingerprint, "own_prompt": member_config.prompt is not None,
                         "calibration": calibration.to_dict() if calibration else None,
-                        "held_out_seed_accuracy": held_out_accuracy(member_recipe, data, teacher, store, calibration)})
+                        **_judged(member_judgement(member_recipe, data, teacher, store, calibration))})
         del teacher  # one model in memory at a time
         gc.collect()
     if config.seed_classifier is not None:
         members.append(label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder,
                                                   pool_rows + test_rows))
-    weights = (seed_weights([m["held_out_seed_accuracy"] for m in members]) if config.weights == "seed_accuracy"
+    judged = [None if m["held_out_seed_accuracy"] is None else (m["held_out_seed_accuracy"], m["seed_judgement"]["n"])
+              for m in members]
+    weights = (seed_weights(judged, len(recipe.task.label_names)) if config.weights == "seed_accuracy"
                else [1.0 / len(members)] * len(members))
     for member, weight in zip(members, weights):
         member["weight"] = weight
     run.write_json(run.ensemble, {"recipe_hash": run.fingerprint("label"), "combine": config.combine,
-                                  "weights": config.weights, "members": members})
-    log.info("ensemble (%s): %s", config.combine,
-             ", ".join(f"{m['model']} w={m['weight']:.2f} (seeds {m['held_out_seed_accuracy']})" for m in members))
+                                  "weights": config.weights, "weighting_version": WEIGHTING_VERSION,
+                                  "members": members})
+    log.info("ensemble (%s): %s", config.combine, ", ".join(f"{m['model']} w={m['weight']:.2f} (seeds {_shown(m)})"
+                                                            for m in members))
     return {"combine": config.combine, "members": [{k: m[k] for k in ("model", "identity", "weight",
-                                                                      "held_out_seed_accuracy")} for m in members]}
+                                                                      "held_out_seed_accuracy", "seed_judgement")}
+                                                   for m in members]}
+
+
+def _judged(judgement: dict[str, Any]) -> dict[str, Any]:
+    """A member's ensemble.json fields from its seed judgement (accuracy also alone, as readers knew it)."""
+    return {"held_out_seed_accuracy": judgement["accuracy"], "seed_judgement": judgement}
+
+
+def _shown(member: dict[str, Any]) -> str:
+    j = member["seed_judgement"]
+    if j["accuracy"] is None:
+        return "not judged"
+    ci = j["accuracy_interval"]
+    return f"accuracy {j['accuracy']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}] on {j['n']}"
 
 
 def member_teacher(recipe, data: PreparedData, config: Any = None) -> Any:
@@ -82,45 +102,35 @@ def member_teacher(recipe, data: PreparedData, config: Any = None) -> Any:
                         knn_selector(recipe.prompt, seeds, names))
 
 
-def held_out_accuracy(recipe, data: PreparedData, teacher: Any, store: LabelStore,
-                      calibration: Calibration | None) -> float | None:
-    """A teacher's accuracy on the seeds that are not few-shot examples (with a calibration: on the seeds
-    that judged it, see ``teacher.calibration.seeds``), after its calibration (the leave-one-out figure for a
-    seed-fitted bias, which saw those seeds); None without such seeds."""
-    if calibration is not None:
-        scored = calibration.details.get("candidates", {}).get(calibration.method)
-        if scored:
-            return float(scored["accuracy"])
+def member_judgement(recipe, data: PreparedData, teacher: Any, store: LabelStore,
+                     calibration: Calibration | None) -> dict[str, Any]:
+    """A teacher's accuracy and macro-F1 on every seed with intervals (``evaluation.seed_judge.judgement``),
+    after its calibration: each seed scored by a prompt that does not show it (``scored_seeds``), a
+    seed-fitted bias refitted without the held-out seeds (``fold_calibrated_predictions``)."""
+    from tailorkd.calibration import fold_calibrated_predictions
+    from tailorkd.evaluation.seed_judge import judgement
+
     names = recipe.task.label_names
-    held_out = held_out_seeds(recipe.prompt, data.rows("seed"), names, recipe.seed)
-    found = teacher.label(held_out, store, desc="teacher: held-out seeds") if held_out else {}
-    kept = [r for r in held_out if text_hash(r["text"]) in found]
-    if not kept:
-        return None
-    probs = np.array([found[text_hash(r["text"])].probs for r in kept])
-    if calibration is not None:
-        probs = calibration.apply(probs)
-    return float(np.mean([names[i] == r["label"] for i, r in zip(probs.argmax(1), kept)]))
+    rows, probs = scored_seeds(recipe, data, teacher, store, every_seed=True)
+    truth = [str(r["label"]) for r in rows]
+    if calibration is None:
+        predicted = np.asarray([names[i] for i in probs.argmax(axis=1)], dtype=object)
+    else:
+        predicted = fold_calibrated_predictions(calibration, probs, truth, recipe.seed)
+    return judgement(truth, predicted, names, recipe.seed)
 
 
 def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, encoder: str,
-                               rows: list[dict[str, Any]]) -> dict[str, Any]:
+                               rows: list[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
     """The seed classifier as an ensemble member: fitted on all the seeds, its distributions for ``rows``
     go into the store like a teacher's (keyed by encoder and by the seed set, so other seeds refit it); its
-    weight comes from its leave-one-out accuracy on the seeds."""
-    from tailorkd.evaluation.baselines import (
-        SentenceEmbedder,
-        classifier_probs,
-        embedding_text,
-        fit_seed_classifier,
-        leave_one_out_accuracy,
-    )
+    weight comes from its accuracy when refitted on balanced folds of the seeds (``judge_seed_classifier``)."""
+    from tailorkd.evaluation.baselines import SentenceEmbedder, classifier_probs, embedding_text, fit_seed_classifier
+    from tailorkd.evaluation.seed_judge import judge_seed_classifier
 
     seeds = data.rows("seed")
     names = recipe.task.label_names
-    identity = f"seed-classifier|{encoder}|logistic-regression"
-    fingerprint = "seeds-" + hashlib.sha256(json.dumps(
-        sorted([str(r["id"]), str(r["label"]), text_hash(r["text"])] for r in seeds)).encode()).hexdigest()[:16]
+    identity, fingerprint = seed_classifier_key(seeds, encoder)
     embed = SentenceEmbedder(encoder)
     x_seed = embed([embedding_text(r) for r in seeds])
     labels = [str(r["label"]) for r in seeds]
@@ -133,11 +143,50 @@ def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, en
         per_text = (time.perf_counter() - t0) / len(todo)
         store.put_batch(identity, fingerprint, names,
                         [make_record(r["id"], r["text"], p, names, per_text) for r, p in zip(todo, probs)])
-    accuracy = leave_one_out_accuracy(x_seed, labels, recipe.seed)
-    log.info("ensemble: seed classifier (%s) labelled %d texts; leave-one-out seed accuracy %.3f", encoder,
-             len(todo), accuracy)
-    return {"model": f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds",
-            "identity": identity, "prompt": fingerprint, "calibration": None, "held_out_seed_accuracy": accuracy}
+    if not judge:
+        return {"identity": identity, "prompt": fingerprint}
+    judged = judge_seed_classifier(x_seed, labels, names, recipe.seed)
+    member = {"model": f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds",
+              "identity": identity, "prompt": fingerprint, "calibration": None, **_judged(judged)}
+    log.info("ensemble: seed classifier (%s) labelled %d texts; seed %s (balanced folds)", encoder, len(todo),
+             _shown(member))
+    return member
+
+
+def seed_classifier_encoder(recipe) -> str:
+    """The sentence encoder the recipe's seed classifier uses: the ensemble member's, else the seed-only
+    baseline's."""
+    ensemble = recipe.teacher.ensemble
+    if ensemble is not None and ensemble.seed_classifier is not None:
+        return ensemble.seed_classifier.encoder
+    return recipe.evaluation.seed_only_encoder
+
+
+class SeedClassifierLabeller:
+    """The seed classifier labelling in the teacher's place (the teacher check's fallback): ``label`` stores
+    its distributions like a teacher's (``label_with_seed_classifier``) and returns the records."""
+
+    def __init__(self, recipe, data: PreparedData):
+        self.recipe, self.data = recipe, data
+        self.encoder = seed_classifier_encoder(recipe)
+        self.identity, self.prompt_fingerprint = seed_classifier_key(data.rows("seed"), self.encoder)
+
+    def label(self, rows: list[dict[str, Any]], store: LabelStore, desc: str = "", **options: Any) -> dict[str, Any]:
+        label_with_seed_classifier(self.recipe, self.data, store, self.encoder, rows, judge=False)
+        return store.get(self.identity, self.prompt_fingerprint, [text_hash(r["text"]) for r in rows],
+                         self.recipe.task.label_names)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": f"seed classifier: logistic regression on {self.encoder} embeddings of "
+                         f"{len(self.data.seed)} seeds", "identity": self.identity, "prompt": self.prompt_fingerprint}
+
+
+def seed_classifier_key(seeds: list[dict[str, Any]], encoder: str) -> tuple[str, str]:
+    """The seed classifier's (identity, "prompt" fingerprint) in the label store: its encoder, and the seed set
+    it is fitted on (so other seeds refit it)."""
+    fingerprint = "seeds-" + hashlib.sha256(json.dumps(
+        sorted([str(r["id"]), str(r["label"]), text_hash(r["text"])] for r in seeds)).encode()).hexdigest()[:16]
+    return f"seed-classifier|{encoder}|logistic-regression", fingerprint
 
 
 def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibrated: bool = True
@@ -151,6 +200,9 @@ def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibr
     payload = run.read_json(run.ensemble, "ensemble record")
     if payload.get("recipe_hash") != run.fingerprint("label"):
         raise TailorkdError(f"{run.ensemble}: made for another teacher, prompt or data; run `tailorkd label` again")
+    if payload.get("weighting_version") != WEIGHTING_VERSION:
+        raise TailorkdError(f"{run.ensemble}: its members were weighted by an older rule; run `tailorkd label` again "
+                            "(the labels are kept, only the weights are recomputed)")
     names = recipe.task.label_names
     hashes = [text_hash(r["text"]) for r in rows]
     member_probs, seconds = [], np.zeros(len(rows))

@@ -31,9 +31,10 @@ from tailorkd.labels import LabelStore, text_hash
 from tailorkd.prompts import fixed_shots
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import load_calibration
-from tailorkd.stages.label import teacher_records
+from tailorkd.stages.label import labels_summary, teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
+from tailorkd.stages.teacher_check import load_teacher_check
 
 
 @distributed.on_main
@@ -87,6 +88,9 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
         report["by_language"] = languages
     if summary.get("prompt_search"):
         report["prompt_search"] = prompt_search_block(recipe, data, summary["prompt_search"])
+    check = load_teacher_check(recipe)
+    if check is not None:
+        report["teacher_check"] = {**check, "fallback": summary.get("fallback")}
     if timings is not None:
         timings = {**timings, "evaluate": round(time.perf_counter() - t_start, 2)}
         timings["total"] = round(sum(timings.values()), 2)
@@ -103,13 +107,15 @@ def teacher_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
     rows, probs, seconds = teacher_records(recipe, data, "test")
     frame = predictions_frame(rows, probs, names)
     mean_seconds = float(np.nanmean(seconds)) if (~np.isnan(seconds)).any() else math.nan
+    fallback = labels_summary(recipe).get("fallback")
     info: dict[str, Any] = {
-        "model": recipe.teacher.model,
+        "model": recipe.teacher.model if not fallback else f"{fallback['model']} (the teacher check's fallback for "
+                                                           f"{recipe.teacher.model})",
         "abstained": int((frame["predicted"] == ABSTAINED).sum()),
         "cost": cost(texts_per_second=1.0 / mean_seconds if mean_seconds > 0 else None,
                      latency=latency(seconds, "per text, as stored by the label stage")),
     }
-    calibration = load_calibration(recipe)
+    calibration = load_calibration(recipe) if not fallback else None
     if calibration is not None:
         _, raw, _ = teacher_records(recipe, data, "test", calibrated=False)
         raw_frame = predictions_frame(rows, raw, names)

@@ -3,9 +3,14 @@
 - ``weighted_mean``: sum_i w_i p_i (a mixture; forgiving when one member is confidently wrong).
 - ``product``: prod_i p_i^w_i, renormalised (a product of experts: classes every member allows win).
 
-Weights are the members' accuracies on the held-out expert seeds (``seed_accuracy``: w_i proportional to
-accuracy, equal when no seed was held out or all score 0) or ``equal``. A member that abstained on a
-text (NaN row) is left out of that text's combination and the others' weights are renormalised.
+Weights (``seed_accuracy``) follow what the held-out expert seeds tell of each member, and ~20 seeds tell
+little: w_i is proportional to the member's expected skill above chance, E[max(0, a_i - 1/M)], under the
+posterior Beta(k_i + 1, n_i - k_i + 1) of its accuracy a_i after k_i of n_i seeds right (uniform prior).
+A member at chance keeps a small weight that shrinks as seeds accumulate; with few seeds the posteriors
+overlap and the weights move towards equal ones; a member scoring 0.9 on 21 seeds outweighs one at 0.4 by
+about 6 to 1 rather than the 2 to 1 of raw accuracies. ``equal`` gives every member the same weight. A member
+that abstained on a text (NaN row) is left out of that text's combination and the others' weights are
+renormalised.
 
 ``disagreement`` is a per-text reliability signal: the share of members whose top class differs from
 the combined top class (0 = all agree).
@@ -22,12 +27,29 @@ from tailorkd.calibration import EPS
 COMBINES = ("weighted_mean", "product")
 
 
-def seed_weights(accuracies: Sequence[float | None]) -> list[float]:
-    """Weights proportional to held-out seed accuracy; equal when any is unknown or all are 0."""
-    if any(a is None for a in accuracies) or not sum(a for a in accuracies if a is not None):
-        return [1.0 / len(accuracies)] * len(accuracies)
-    total = float(sum(accuracies))  # type: ignore[arg-type]
-    return [float(a) / total for a in accuracies]  # type: ignore[arg-type]
+# Recorded in ensemble.json: a file weighted by another rule is recomputed, not trusted.
+# 2: expected skill above chance under a Beta posterior (was: proportional to leave-one-out accuracy).
+WEIGHTING_VERSION = 2
+
+
+def expected_skill(accuracy: float, n: int, n_classes: int) -> float:
+    """E[max(0, a - 1/n_classes)] for accuracy a ~ Beta(k + 1, n - k + 1), k = accuracy * n seeds right."""
+    from scipy.stats import beta
+
+    chance = 1.0 / n_classes
+    a, b = accuracy * n + 1.0, (1.0 - accuracy) * n + 1.0
+    # E[a 1{a > c}] = mean * P(Beta(a + 1, b) > c)
+    return float(a / (a + b) * beta.sf(chance, a + 1, b) - chance * beta.sf(chance, a, b))
+
+
+def seed_weights(judged: Sequence[tuple[float, int] | None], n_classes: int) -> list[float]:
+    """Weights proportional to ``expected_skill`` of each member's (seed accuracy, seeds judged); equal when
+    any member is unjudged."""
+    if any(j is None or not j[1] for j in judged):
+        return [1.0 / len(judged)] * len(judged)
+    skill = [expected_skill(acc, n, n_classes) for acc, n in judged]  # type: ignore[misc]
+    total = sum(skill)
+    return [s / total for s in skill] if total > 0 else [1.0 / len(judged)] * len(judged)
 
 
 def combine(member_probs: Sequence[np.ndarray], weights: Sequence[float], how: str) -> np.ndarray:
