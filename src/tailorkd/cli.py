@@ -80,6 +80,19 @@ def validate(recipe: str, overrides: list[str]) -> None:
     print(f"# {recipe}: valid", file=sys.stderr)
 
 
+def corpus(recipe: str, overrides: list[str], force: bool = False) -> None:
+    """Build RECIPE's corpus: read the raw shards of its corpus section as a stream, clean, filter (rules,
+    then relevance to the seeds), deduplicate (exact and MinHash LSH) and write the pool shards with their
+    provenance and the funnel (<output_dir>/corpus/). Skipped when up to date.
+    """
+    from tailorkd import pipeline
+    from tailorkd.stages.corpus import print_funnel
+
+    funnel = pipeline.corpus(_recipe(recipe, overrides), force=force)
+    if funnel is not None:
+        print_funnel(funnel)
+
+
 def prepare(recipe: str, overrides: list[str], force: bool = False) -> None:
     """Read RECIPE's data sources and write the seed / pool / test splits."""
     from tailorkd import pipeline
@@ -89,14 +102,52 @@ def prepare(recipe: str, overrides: list[str], force: bool = False) -> None:
                       "rejects": len(data.rejects)}))
 
 
-def label(recipe: str, overrides: list[str]) -> None:
-    """Label RECIPE's unlabelled pool and test set with the teacher (resumes where it stopped)."""
-    from tailorkd import pipeline
+def label(recipe: str, overrides: list[str], engine: str = "local", workers: int | None = None,
+          ray_address: str | None = None, endpoint: list[str] | None = None) -> None:
+    """Label RECIPE's unlabelled pool and test set with the teacher (resumes where it stopped).
 
-    summary = pipeline.label(_recipe(recipe, overrides))
+    --engine ray: the texts are scored by --workers Ray actors, each holding one teacher (one GPU each when the
+    cluster has GPUs; default: one actor per GPU, else 2), on the cluster at --ray-address (default: a running
+    Ray, else a new local one); a served teacher's actors can ask several servers (--endpoint URL, repeated;
+    one actor each by default). This process alone writes the label store, as the results arrive; then
+    calibration, ensemble and summary follow here as usual. Needs `pip install 'tailorkd[ray]'`."""
+    from tailorkd import distributed, pipeline
+
+    ray_engine = None
+    if engine == "ray":
+        from tailorkd.ray_label import RayEngine
+
+        if workers is not None and workers < 1:
+            raise TailorkdError(f"tailorkd label: --workers must be at least 1, not {workers}")
+        if distributed.is_distributed():
+            raise TailorkdError("tailorkd label --engine ray runs in one process; start it without a launcher "
+                                "(torchrun / accelerate launch)")
+        ray_engine = RayEngine(workers=workers, address=ray_address, endpoints=tuple(endpoint or ()))
+    elif workers is not None or ray_address is not None or endpoint:
+        raise TailorkdError("tailorkd label: --workers, --ray-address and --endpoint go with --engine ray")
+    summary = pipeline.label(_recipe(recipe, overrides), engine=ray_engine)
     if summary is None:  # not the main process
         return
     print(json.dumps({k: summary[k] for k in ("teacher", "pool_labelled", "test_labelled", "pool_predicted_counts")}))
+
+
+def check_teacher(recipe: str, overrides: list[str]) -> None:
+    """Judge RECIPE's teacher before it labels the pool: its accuracy and macro-F1 on the seeds (each scored by a
+    prompt that does not show it) with 95% intervals, raw and calibrated, against chance, the majority class and
+    the seed classifier (judged on balanced folds), and the class mix it gives a pool sample; a verdict (ok /
+    weak / collapsed) with causes and remedies. Writes <output_dir>/teacher_check.json; the teacher's answers go
+    into the label store, so a later `tailorkd label` reuses them. Runs the prompt search first when the recipe
+    has one that is not done."""
+    from tailorkd.stages.label import check_teacher as judge
+
+    record = judge(_recipe(recipe, overrides))
+    if record is None:  # not the main process
+        return
+    seeds = record["seeds"][record["judged_on"]]
+    print(json.dumps({"verdict": record["verdict"], "seed_accuracy": seeds["accuracy"],
+                      "seed_accuracy_interval": seeds["accuracy_interval"], "seed_macro_f1": seeds["macro_f1"],
+                      "seed_classifier_accuracy": (record["seed_classifier"] or {}).get("accuracy"),
+                      "pool_sample": record["pool_sample"]["predicted_counts"], "reasons": record["reasons"]}))
 
 
 def distill(recipe: str, overrides: list[str], force: bool = False) -> None:
@@ -227,8 +278,11 @@ def export(recipe: str, out: str, overrides: list[str], check_input: str | None 
 def serve(recipe: str, overrides: list[str], host: str = "127.0.0.1", port: int = 8000, no_auth: bool = False,
           token_env: str = "TAILORKD_SERVE_TOKEN", max_batch_size: int = 32, max_wait_ms: float = 5.0,
           max_queue: int = 1024, max_texts: int = 64, max_chars: int = 10_000, max_body_bytes: int = 4 * 1024 * 1024,
-          graceful_timeout: float = 30.0, access_log: bool = False) -> None:
-    """Serve RECIPE's trained student over HTTP until SIGTERM / SIGINT (FastAPI + uvicorn).
+          graceful_timeout: float = 30.0, access_log: bool = False, signals: str | None = None,
+          precision: str = "int8", body_timeout: float = 30.0) -> None:
+    """Serve a trained student over HTTP until SIGTERM / SIGINT (FastAPI + uvicorn): RECIPE's run (the
+    PyTorch student), or a `tailorkd export` folder (its ONNX graph in ONNX Runtime, --precision int8 or fp32:
+    the fast way on CPUs).
 
     POST /v1/classify with {"texts": ["...", ...]} answers per text its label, calibrated confidence, severity
     and class probabilities, with the model's name and version and the request's latency. GET /healthz (no
@@ -237,20 +291,32 @@ def serve(recipe: str, overrides: list[str], host: str = "127.0.0.1", port: int 
     that off and is only allowed on a loopback --host. Texts of concurrent requests are batched into one
     model call (--max-batch-size texts, the first waiting at most --max-wait-ms for company). On SIGTERM /
     SIGINT in-flight requests finish (up to --graceful-timeout seconds). The service keeps no state: run
-    several replicas behind a load balancer.
+    several replicas behind a load balancer. GET /dashboard shows the signals of --signals (default for a
+    recipe: the run's signals/ folder, as `tailorkd signals` writes it); in a browser, open
+    /dashboard?token=TOKEN once.
     """
     try:
         from tailorkd.serve.app import ServeOptions
+        from tailorkd.serve.predictor import load_exported_model, load_served_model
         from tailorkd.serve.server import run_service
     except ImportError as exc:  # the web packages are dependencies, but a trimmed install may lack them
         raise TailorkdError(f"tailorkd serve needs fastapi, uvicorn and prometheus-client ({exc.name} is missing): "
                             "pip install fastapi uvicorn prometheus-client") from None
+    from tailorkd.run_dir import RunDir
 
     options = ServeOptions(host=host, port=port, auth=not no_auth, token_env=token_env,
                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                            max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
-                           graceful_timeout=graceful_timeout, access_log=access_log)
-    run_service(_recipe(recipe, overrides), options)
+                           graceful_timeout=graceful_timeout, access_log=access_log, body_timeout=body_timeout,
+                           signals_dir=Path(signals) if signals else None)
+    if Path(recipe).is_dir():  # an export folder
+        if overrides:
+            raise TailorkdError(f"{recipe}: an export folder takes no recipe overrides ({overrides[0]})")
+        run_service(lambda: load_exported_model(recipe, precision, max_batch_size), options)
+        return
+    loaded = _recipe(recipe, overrides)
+    options.signals_dir = options.signals_dir or RunDir(loaded).signals_dir
+    run_service(lambda: load_served_model(loaded), options)
 
 
 def prompts_tune(recipe: str, overrides: list[str], force: bool = False) -> None:
@@ -387,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for fn in (run, validate, prepare, label, distill, evaluate):
+    for fn in (run, validate, corpus, prepare, label, distill, evaluate):
         short, long = _help(fn)
         p = sub.add_parser(fn.__name__, help=short, description=long,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -395,7 +461,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
         if "force" in inspect.signature(fn).parameters:
             p.add_argument("--force", action="store_true", help="redo work even if it is up to date")
+        if fn is label:
+            p.add_argument("--engine", choices=["local", "ray"], default="local",
+                           help="where the teacher scores the texts (default: local, this process)")
+            p.add_argument("--workers", type=int, metavar="N",
+                           help="ray: actors, one teacher each (default: one per GPU of the cluster, else 2)")
+            p.add_argument("--ray-address", metavar="ADDR",
+                           help="ray: the cluster to join (e.g. auto, ray://host:10001; default: a running "
+                                "Ray, else a new local one)")
+            p.add_argument("--endpoint", action="append", metavar="URL",
+                           help="ray, served teacher: a server's base URL; repeat for several (actor i asks "
+                                "endpoint i mod n)")
         p.set_defaults(func=fn)
+
+    short, long = _help(check_teacher)
+    ct = sub.add_parser("check-teacher", help=short, description=long,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ct.add_argument("recipe", help="path to a recipe YAML")
+    ct.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
+    ct.set_defaults(func=check_teacher)
 
     short, long = _help(compare)
     cmp = sub.add_parser("compare", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -433,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     short, long = _help(serve)
     sv = sub.add_parser("serve", help=short, description=long, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sv.add_argument("recipe", help="path to a recipe YAML (its run holds the trained student)")
+    sv.add_argument("recipe", metavar="RECIPE_OR_EXPORT",
+                    help="a recipe YAML (its run holds the trained student) or a `tailorkd export` folder")
     sv.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0: all)")
     sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: a free one, printed)")
@@ -451,7 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="request body size (default: 4194304)")
     sv.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
                     help="seconds in-flight requests get to finish after SIGTERM / SIGINT (default: 30)")
+    sv.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                    help="seconds a request's body may take to arrive before a 408 (default: 30)")
     sv.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    sv.add_argument("--signals", metavar="DIR",
+                    help="the signals folder GET /dashboard shows (default: <output_dir>/signals)")
+    sv.add_argument("--precision", choices=["int8", "fp32"], default="int8",
+                    help="an export's ONNX graph to run (default: int8)")
     sv.set_defaults(func=serve)
 
     prompts = sub.add_parser("prompts", help="the teacher's prompt: search on the seeds")

@@ -1,5 +1,6 @@
 """The recipe's table of contents: the stages of a run, in order.
 
+    corpus         raw dump -> corpus/pool-*.parquet, funnel (with corpus:)      tailorkd.stages.corpus
     prepare        sources -> data/{seed,pool,test}.parquet                       tailorkd.stages.prepare
     prompt search  the teacher's prompt chosen on the seeds (with prompt_search)  tailorkd.stages.prompt_search
     label          teacher distributions -> labels.sqlite; calibrate, ensemble    tailorkd.stages.label
@@ -17,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from tailorkd.stages.classify import classify, export
+from tailorkd.stages.corpus import corpus
 from tailorkd.stages.distill import distill
 from tailorkd.stages.evaluate import evaluate
 from tailorkd.stages.label import label
@@ -26,6 +28,7 @@ from tailorkd.stages.signals import signals
 
 # (name, whether the recipe asks for it, the stage): the order ``run`` follows before evaluating.
 STAGES: list[tuple[str, Callable[[Any], bool], Callable[[Any, bool], Any]]] = [
+    ("corpus", lambda recipe: recipe.corpus is not None, lambda recipe, force: corpus(recipe, force)),
     ("prepare", lambda recipe: True, lambda recipe, force: prepare(recipe, force)),
     ("prompt_search", lambda recipe: recipe.prompt_search is not None,
      lambda recipe, force: tune_prompt(recipe, force)),
@@ -46,5 +49,5 @@ def run(recipe, force: bool = False) -> dict[str, Any]:
     return evaluate(recipe, timings=timings)
 
 
-__all__ = ["STAGES", "classify", "distill", "evaluate", "export", "label", "load_data", "prepare", "resolve_prompt",
-           "run", "signals", "tune_prompt"]
+__all__ = ["STAGES", "classify", "corpus", "distill", "evaluate", "export", "label", "load_data", "prepare",
+           "resolve_prompt", "run", "signals", "tune_prompt"]

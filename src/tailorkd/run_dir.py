@@ -1,10 +1,13 @@
 """The one owner of a run folder: every path of a run, every stage's fingerprint, and how files are written.
 
     <output_dir>/recipe.yaml                     the resolved recipe (overrides applied)
+    <output_dir>/corpus/                         pool-*.parquet shards, duplicates.parquet, rejects.jsonl,
+                                                 funnel.json; corpus.json, the stamp, written last (corpus)
     <output_dir>/data/                           seed / pool / test splits, rejects, stats (prepare)
     <output_dir>/data/prepare.json               the prepare stage's fingerprint (written last)
     <output_dir>/prompts/                        search.json, candidates.md, chosen_prompt.yaml (prompt search)
     <output_dir>/recipe.tuned.yaml               the recipe with the chosen prompt
+    <output_dir>/teacher_check.json              the teacher judged before it labels the pool (label stage)
     <output_dir>/labels.sqlite (+ hidden/)       the teachers' class distributions (and hidden states)
     <output_dir>/labels_summary.json             what the label stage did (written last)
     <output_dir>/calibration.json, ensemble.json the fitted calibration and ensemble weights
@@ -27,22 +30,38 @@ from pathlib import Path
 from typing import Any
 
 from tailorkd.files import read_json, write_json_atomic, write_text_atomic
+from tailorkd.recipe.corpus import CORPUS_EXECUTION_FIELDS
 from tailorkd.recipe.fingerprint import sections_hash
 
 # Fields of the teacher section that do not change how the teacher scores a prompt.
-_TEACHER_AFTER_SCORING = frozenset({"calibration", "ensemble", "reasons", "hidden_states"})
+_TEACHER_AFTER_SCORING = frozenset({"calibration", "ensemble", "reasons", "hidden_states", "check"})
 
 # stage -> {recipe section: fields of that section left out}. The prompt search is judged by the teacher that
 # scores, not by what is done with its labels afterwards; distillation depends on everything before it.
+# The corpus (an optional section) feeds the pool, so every stage that reads the pool covers it; a recipe
+# without it hashes as before (``RunDir.fingerprint`` leaves out optional sections a recipe does not set).
+# The corpus stage's own stamp also covers its input files and the seed texts (tailorkd.corpus.build).
+_CORPUS = CORPUS_EXECUTION_FIELDS
 STAGE_INPUTS: dict[str, dict[str, frozenset[str]]] = {
-    "prepare": {"data": frozenset(), "task": frozenset(), "seed": frozenset()},
+    "corpus": {"corpus": _CORPUS | {"pool"}},
+    "prepare": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "corpus": _CORPUS},
     "prompt_search": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
                       "prompt_search": frozenset(), "teacher": _TEACHER_AFTER_SCORING},
     "label": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
-              "teacher": frozenset()},
+              "teacher": frozenset(), "corpus": _CORPUS},
     "distill": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
-                "teacher": frozenset(), "student": frozenset(), "adapter": frozenset(), "distill": frozenset()},
+                "teacher": frozenset(), "student": frozenset(), "adapter": frozenset(), "distill": frozenset(),
+                "corpus": _CORPUS},
 }
+
+# Optional sections that only some recipes set: hashed only when set, so adding one kept old fingerprints.
+_OPTIONAL_INPUTS = frozenset({"corpus"})
+
+
+def _inputs(stage: str, recipe: Any) -> dict[str, frozenset[str]]:
+    return {name: fields for name, fields in STAGE_INPUTS[stage].items()
+            if name not in _OPTIONAL_INPUTS or getattr(recipe, name, None) is not None}
+
 
 # Where each student system is trained to.
 STUDENT_FOLDERS = {"adaptive_kd": "adaptive_kd", "untrained_student": "untrained", "standard_kd": "standard_kd"}
@@ -58,17 +77,36 @@ class RunDir:
     # -- fingerprints ------------------------------------------------------------------------------------
     def fingerprint(self, stage: str, recipe: Any = None) -> str:
         """The fingerprint of ``stage`` for ``recipe`` (default: this run's)."""
-        return sections_hash(recipe or self.recipe, STAGE_INPUTS[stage])
+        return sections_hash(recipe or self.recipe, _inputs(stage, recipe or self.recipe))
 
     def section_fingerprints(self, stage: str, recipe: Any = None) -> dict[str, str]:
         """Each input section of ``stage`` hashed alone, so a stale stage can say which section changed."""
         return {name: sections_hash(recipe or self.recipe, {name: fields})
-                for name, fields in STAGE_INPUTS[stage].items()}
+                for name, fields in _inputs(stage, recipe or self.recipe).items()}
 
     # -- paths -------------------------------------------------------------------------------------------
     @property
     def recipe_file(self) -> Path:
         return self.root / "recipe.yaml"
+
+    @property
+    def corpus_dir(self) -> Path:
+        """The corpus stage's folder: pool shards, duplicates, rejects, funnel.json, corpus.json."""
+        return self.root / "corpus"
+
+    @property
+    def corpus_stamp(self) -> Path:
+        return self.corpus_dir / "corpus.json"
+
+    @property
+    def funnel(self) -> Path:
+        return self.corpus_dir / "funnel.json"
+
+    @property
+    def corpus_shards(self) -> list[Path]:
+        """The pool shards of the finished corpus (those its stamp lists; none without a valid stamp)."""
+        stamp = self.read_json_if_exists(self.corpus_stamp, "corpus stamp")
+        return [self.corpus_dir / s["file"] for s in stamp.get("shards", [])] if isinstance(stamp, dict) else []
 
     @property
     def data_dir(self) -> Path:
@@ -101,6 +139,10 @@ class RunDir:
     @property
     def label_store(self) -> Path:
         return self.root / "labels.sqlite"
+
+    @property
+    def teacher_check(self) -> Path:
+        return self.root / "teacher_check.json"
 
     @property
     def labels_summary(self) -> Path:

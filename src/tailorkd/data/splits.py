@@ -62,9 +62,13 @@ class PreparedData:
         """The rows of ``split`` (seed, pool or test) as dicts, a missing value as None."""
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; one of {SPLIT_NAMES}")
-        frame: pd.DataFrame = getattr(self, split)
-        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-                for r in frame.to_dict("records")]
+        return frame_rows(getattr(self, split))
+
+
+def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of a split's frame as dicts, a missing value as None."""
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in frame.to_dict("records")]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -309,14 +313,28 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: int, base_dir: Path) -> PreparedData:
-    """Read the sources, split them and write the splits, rejects and stats to ``out_dir``."""
+def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: int, base_dir: Path,
+                 corpus_dir: Path | None = None, corpus_pool: str = "replace") -> PreparedData:
+    """Read the sources, split them and write the splits, rejects and stats to ``out_dir``.
+
+    With ``corpus_dir`` (a finished corpus stage) the pool is drawn from its shards, less the seed and test
+    texts: instead of the sources' own pool rows (``corpus_pool="replace"``) or with them (``"add"``);
+    ``pool_size`` then samples the combined pool."""
     records, rejects, stats = load_records(cfg, task_labels, base_dir)
     n_before = len(records)
     n_dup = n_conflict = 0
     if cfg.splits.dedupe:
         records, n_dup, n_conflict = drop_duplicate_texts(records)
-    seed_df, pool_df, test_df = make_splits(records, cfg.splits, task_labels, seed)
+    splits = cfg.splits if corpus_dir is None else cfg.splits.model_copy(update={"pool_size": None})
+    seed_df, pool_df, test_df = make_splits(records, splits, task_labels, seed)
+    corpus_stats = None
+    if corpus_dir is not None:
+        from tailorkd.corpus import pool_from_corpus
+
+        others = pool_df if corpus_pool == "add" else pool_df.iloc[:0]
+        pool_df, corpus_stats = pool_from_corpus(corpus_dir, exclude_texts=[*seed_df["text"], *test_df["text"]],
+                                                 others=others, size=cfg.splits.pool_size, seed=seed)
+        corpus_stats["pool"] = corpus_pool
     if cfg.detect_language:
         seed_df, pool_df, test_df = (detect_languages(df) for df in (seed_df, pool_df, test_df))
 
@@ -332,7 +350,9 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
             "duplicates_dropped": n_dup,
             "duplicates_with_other_label": n_conflict,
             "rows_after_dedupe": len(records),
-            "unused": len(records) - len(seed_df) - len(test_df) - len(pool_df),
+            "unused": len(records) - len(seed_df) - len(test_df) -
+            (len(pool_df) if corpus_stats is None else corpus_stats["pool_from_sources"]),
+            **({"corpus": corpus_stats} if corpus_stats is not None else {}),
             "splits": {
                 "seed": {"rows": len(seed_df), "labels": _label_counts(seed_df["label"], task_labels)},
                 "test": {"rows": len(test_df), "labels": _label_counts(test_df["label"], task_labels)},
@@ -358,6 +378,27 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
 def load_prepared(out_dir: Path) -> PreparedData:
     """Read back what :func:`prepare_data` wrote to ``out_dir``."""
     out_dir = Path(out_dir)
+    stats = _prepared_stats(out_dir)
+    rejects = [
+        json.loads(line)
+        for line in (out_dir / FILES["rejects"]).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    splits = {name: pd.read_parquet(out_dir / FILES[name]) for name in SPLIT_NAMES}
+    return PreparedData(seed=splits["seed"], pool=splits["pool"], test=splits["test"], rejects=rejects, stats=stats)
+
+
+def load_split(out_dir: Path, split: str) -> pd.DataFrame:
+    """One split of what :func:`prepare_data` wrote to ``out_dir``, without reading the others (the pool may
+    be large; the few-shot examples need only the seeds)."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {split!r}; one of {SPLIT_NAMES}")
+    _prepared_stats(Path(out_dir))
+    return pd.read_parquet(Path(out_dir) / FILES[split])
+
+
+def _prepared_stats(out_dir: Path) -> dict[str, Any]:
+    """stats.json of a complete prepared folder; a TailorkdError when the folder is incomplete or stale."""
     missing = [name for name in FILES.values() if not (out_dir / name).is_file()]
     if missing:
         raise TailorkdError(
@@ -372,10 +413,4 @@ def load_prepared(out_dir: Path) -> PreparedData:
             f"{out_dir / FILES['stats']}: schema_version {stats.get('schema_version')!r} is not "
             f"{SCHEMA_VERSION}; run the data step again"
         )
-    rejects = [
-        json.loads(line)
-        for line in (out_dir / FILES["rejects"]).read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    splits = {name: pd.read_parquet(out_dir / FILES[name]) for name in SPLIT_NAMES}
-    return PreparedData(seed=splits["seed"], pool=splits["pool"], test=splits["test"], rejects=rejects, stats=stats)
+    return stats

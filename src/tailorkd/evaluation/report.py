@@ -88,6 +88,38 @@ def _systems_section(systems: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _teacher_check_section(check: dict[str, Any] | None) -> list[str]:
+    """The teacher judged on the seeds and a pool sample before it labelled the pool (teacher_check.json)."""
+    if not check:
+        return []
+
+    def judged(j: dict[str, Any] | None, key: str) -> str:
+        if not j or j.get(key) is None:
+            return "-"
+        ci = j[f"{key}_interval"]
+        return f"{_pct(j[key])} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}]"
+
+    seeds = check["seeds"]
+    lines = ["## Teacher check", "",
+             f"Verdict: **{check['verdict']}** (judged {check['judged_on']}; on failure: {check['on_failure']}). "
+             f"Seeds judged: {seeds['n']} of {seeds['of']}, each by a prompt that does not show it; chance "
+             f"{_pct(seeds['chance'])}, majority class {_pct(seeds['majority_rate'])}. Percent; brackets: 95% "
+             "interval (accuracy: Wilson; macro-F1: bootstrap over the seeds).", "",
+             "| judged | accuracy | macro-F1 | seeds |", "|---|---|---|---|"]
+    rows = [("teacher, raw", seeds["raw"]), ("teacher, calibrated", seeds.get("calibrated")),
+            ("seed classifier (balanced folds)", check.get("seed_classifier"))]
+    lines += [f"| {name} | {judged(j, 'accuracy')} | {judged(j, 'macro_f1')} | {j['n']} |" for name, j in rows if j]
+    sample = check["pool_sample"]
+    lines += ["", f"Predicted classes of a pool sample ({sample['n']} texts): " + "; ".join(
+        f"{kind} " + ", ".join(f"{c} {n}" for c, n in mix.items()) for kind, mix in sample["predicted_counts"].items())
+        + ".", ""]
+    notes = [f"- {reason}" for reason in check.get("reasons", [])]
+    if check.get("fallback"):
+        notes.append("- The seed classifier labelled pool and test in the teacher's place: "
+                     f"{check['fallback']['model']}.")
+    return lines + (notes + [""] if notes else [])
+
+
 def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     systems = report["systems"]
     figures = report.get("figures") or {}
@@ -95,6 +127,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     lines += [f"Task: **{report['recipe']['task']}**. Recipe hash `{report['recipe']['hash']}`. "
               f"Report schema {report['schema_version']}.", ""]
     lines += _systems_section(systems)
+    lines += _teacher_check_section(report.get("teacher_check"))
     any_ci = next((s["metrics"]["intervals"] for s in systems.values() if s["metrics"].get("intervals")), None)
     lines += ["## Quality on the human-labelled test set (Table 2)", ""]
     if any_ci:
@@ -215,6 +248,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
             lines.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     lines += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()] + [""]
+    lines += _corpus_section(report.get("corpus"))
     data = report.get("data") or {}
     if data:
         lines += ["## Data", "", "```json", json.dumps(data, indent=2, default=str), "```", ""]
@@ -233,12 +267,34 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     return "\n".join(lines)
 
 
+def _corpus_section(funnel: dict[str, Any] | None) -> list[str]:
+    """The corpus stage's funnel (corpus/funnel.json): texts after each step, overall and per topic, then
+    per language."""
+    if not funnel:
+        return []
+    from tailorkd.corpus.build import funnel_rows
+
+    lines = ["## Corpus", "", f"{funnel['kept']:,} of {funnel['overall']['read']:,} texts kept "
+             f"({100 * (funnel['kept_share'] or 0):.1f}%); texts after each step."]
+    relevance = funnel.get("relevance")
+    if relevance:
+        lines[-1] += f" Relevance threshold {relevance['threshold']:.3f} ({relevance['chosen_by']})."
+    for breakdown in ("topic", "language"):
+        header, rows = funnel_rows(funnel, breakdown)
+        lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
 def write_report(report: dict[str, Any], recipe: Any, out_dir: str | Path) -> dict[str, Any]:
     """Add schema version, definitions and versions, draw the figures (``<out_dir>/figures/``), write
     report.json and report.md into ``out_dir``; return the report."""
     out_dir = Path(out_dir)
     report = {"schema_version": REPORT_SCHEMA_VERSION, **report, "definitions": dict(DEFINITIONS),
               "versions": _versions()}
+    funnel = out_dir / "corpus" / "funnel.json"  # RunDir.funnel of the run in out_dir
+    if getattr(recipe, "corpus", None) is not None and funnel.is_file():
+        report["corpus"] = json.loads(funnel.read_text(encoding="utf-8"))
     report["figures"] = write_figures(report, out_dir)
     recipe_yaml = recipe.to_yaml()
     write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=str))

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from tailorkd.data.config import DataConfig
 from tailorkd.recipe.base import Section, readable_dump
+from tailorkd.recipe.corpus import CorpusConfig
 from tailorkd.recipe.distill import DistillConfig
 from tailorkd.recipe.evaluation import AlertsConfig, EvaluationConfig
 from tailorkd.recipe.fingerprint import content_hash
@@ -44,6 +45,9 @@ class Recipe(Section):
     alerts: AlertsConfig | None = Field(default=None, description="Set: predictions carry a severity level.")
     prompt_search: PromptSearchConfig | None = Field(
         default=None, description="Set: the prompt is chosen on the seeds before labelling (tailorkd prompts tune).")
+    corpus: CorpusConfig | None = Field(
+        default=None, description="Set: a raw corpus is cleaned, filtered and deduplicated into the pool first "
+        "(tailorkd corpus).")
     signals: SignalsConfig | None = Field(
         default=None, description="How `tailorkd signals` aggregates a feed into daily signals and alerts "
         "(defaults when absent).")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from tailorkd import distributed
+from tailorkd.data.splits import frame_rows
 from tailorkd.prompts import fixed_shots
 from tailorkd.run_dir import RunDir
-from tailorkd.stages.prepare import load_data
+from tailorkd.stages.prepare import load_split
 from tailorkd.stages.prompt_search import resolve_prompt
 
 
@@ -19,7 +20,7 @@ def student_shots(recipe) -> list[dict[str, Any]]:
     recipe = resolve_prompt(recipe)
     if not (RunDir(recipe).student_dir() / STUDENT_FILE).is_file():
         return []
-    return fixed_shots(recipe.prompt, load_data(recipe).rows("seed"), recipe.task.label_names, recipe.seed)
+    return fixed_shots(recipe.prompt, frame_rows(load_split(recipe, "seed")), recipe.task.label_names, recipe.seed)
 
 
 @distributed.on_main
@@ -58,7 +59,7 @@ def export(recipe, out: str, check_rows: list[dict[str, Any]] | None = None) -> 
     run_dir = RunDir(recipe)
     source = "given texts"
     if check_rows is None:
-        check_rows, source = load_data(recipe).rows("test"), "the run's test split"
+        check_rows, source = frame_rows(load_split(recipe, "test")), "the run's test split"
     teacher = recipe.teacher
     members = [m.model for m in (teacher.ensemble.members if teacher.ensemble else [])]
     if teacher.ensemble and teacher.ensemble.seed_classifier:
@@ -82,4 +83,5 @@ def export(recipe, out: str, check_rows: list[dict[str, Any]] | None = None) -> 
     }
     return export_student(run_dir.student_dir(), out, recipe.task, recipe.prompt, student_shots(recipe),
                           recipe.student, check_rows=check_rows, check_source=source,
-                          batch_size=recipe.evaluation.batch_size, card=card)
+                          batch_size=recipe.evaluation.batch_size, card=card,
+                          alerts=recipe.alerts.model_dump() if recipe.alerts else None)

@@ -1,6 +1,11 @@
 """Stage 2, label: the teacher gives every pool text (training targets) and test text (its evaluation) a class
 distribution, stored in labels.sqlite under (teacher identity, prompt fingerprint, text hash).
 
+First the teacher check (``stages.teacher_check``, unless ``teacher.check`` is null) judges the teacher on the
+seeds and a pool sample, before any other pool text is labelled; a weak or collapsed teacher warns, stops
+the run, or (``fallback``) lets the seed classifier label pool and test in its place, without calibration or
+ensemble (labels_summary.json's "fallback" names it, and ``teacher_records`` reads its labels).
+
 Resumable: texts already in the store are skipped, so a killed run goes on where it stopped, and a changed
 teacher or prompt labels afresh instead of mixing. Then, as the recipe asks: the teacher's reasons on a
 sample, its calibration (``stages.calibrate``), the other ensemble members (``stages.ensemble``), and with a
@@ -12,7 +17,9 @@ labels back for the later stages.
 
 Under a launcher (tailorkd.distributed) every process loads the teacher on its own device and labels a
 disjoint share of the pool and the test set into the one store; the main process then reads them all and
-does the rest (reasons, calibration, ensemble, summary) while the others wait.
+does the rest (reasons, calibration, ensemble, summary) while the others wait. With ``tailorkd label --engine
+ray`` the pool and test texts are scored by one teacher per Ray actor and written by this process alone
+(``tailorkd.ray_label``); the rest follows here as usual.
 """
 
 from __future__ import annotations
@@ -32,25 +39,32 @@ from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, load_calibration
-from tailorkd.stages.ensemble import ensemble_probs, label_ensemble, member_teacher
+from tailorkd.stages.ensemble import SeedClassifierLabeller, ensemble_probs, label_ensemble, member_teacher
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
+from tailorkd.stages.teacher_check import act_on, judge_teacher
 from tailorkd.teachers import add_reasons, hidden_key
 
 log = logging.getLogger(__name__)
 
 
-def label(recipe, teacher: Any = None) -> dict[str, Any] | None:
-    """Label pool and test with the recipe's teacher (``teacher``: one already built); calibrate and combine
-    as the recipe says; write labels_summary.json. Returns the summary (None on a process other than the
-    main one)."""
+def label(recipe, teacher: Any = None, engine: Any = None) -> dict[str, Any] | None:
+    """Label pool and test with the recipe's teacher (``teacher``: one already built; ``engine``: a
+    ``tailorkd.ray_label.RayEngine`` to label them on Ray actors first); calibrate and combine as the recipe
+    says; write labels_summary.json. Returns the summary (None on a process other than the main one)."""
     base_recipe = recipe
     with distributed.main_first():
         recipe = resolve_prompt(recipe, tune=True)
     data = load_data(recipe)
     teacher = teacher or member_teacher(recipe, data)
     t0 = time.perf_counter()
-    if distributed.is_distributed():
+    fallback = act_on(recipe, _check(recipe, data, teacher))  # before any pool text is labelled
+    if engine is not None and not fallback:  # one teacher per Ray actor; this process writes the store
+        from tailorkd.ray_label import label_on_ray
+
+        with LabelStore(RunDir(recipe).label_store) as store:
+            label_on_ray(recipe, data, teacher, store, engine, **_label_options(recipe))
+    elif distributed.is_distributed() and not fallback:
         with LabelStore(RunDir(recipe).label_store) as store:
             for split in ("pool", "test"):
                 teacher.label(distributed.share(data.rows(split), key=lambda row: text_hash(row["text"])), store,
@@ -59,7 +73,34 @@ def label(recipe, teacher: Any = None) -> dict[str, Any] | None:
         if not distributed.is_main():
             teacher = None  # its device memory is not needed while the main process finishes
             gc.collect()
-    return _finish_labelling(base_recipe, recipe, data, teacher, t0)
+    return _finish_labelling(base_recipe, recipe, data, teacher, t0, fallback)
+
+
+def _check(recipe, data: PreparedData, teacher: Any) -> dict[str, Any] | None:
+    """The teacher check by the main process (None when the recipe asks for none); its record on every process."""
+    record = None
+    with distributed.main_first() as main:
+        if main and recipe.teacher.check is not None:
+            with LabelStore(RunDir(recipe).label_store) as store:
+                record = judge_teacher(recipe, data, teacher, store)
+    return distributed.from_main(record)
+
+
+@distributed.on_main
+def check_teacher(recipe, teacher: Any = None) -> dict[str, Any]:
+    """The teacher check alone (`tailorkd check-teacher`): judge the recipe's teacher (after its prompt search,
+    run first when not done) on the seeds and a pool sample, write teacher_check.json; return its record.
+    Labels nothing else, and a failed check stops nothing."""
+    recipe = resolve_prompt(recipe, tune=True)
+    data = load_data(recipe)
+    teacher = teacher or member_teacher(recipe, data)
+    if recipe.teacher.check is None:  # asked for by name: judged with the default settings
+        from tailorkd.recipe.teacher import TeacherCheckConfig
+
+        checked = recipe.teacher.model_copy(update={"check": TeacherCheckConfig()})
+        recipe = recipe.model_copy(update={"teacher": checked})
+    with LabelStore(RunDir(recipe).label_store) as store:
+        return judge_teacher(recipe, data, teacher, store)
 
 
 def _label_options(recipe) -> dict[str, Any]:
@@ -69,23 +110,25 @@ def _label_options(recipe) -> dict[str, Any]:
 
 
 @distributed.on_main
-def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0: float) -> dict[str, Any]:
+def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0: float, fallback: bool = False
+                      ) -> dict[str, Any]:
     """Every text the processes did not label yet (all of them in one process), then reasons, calibration
-    and the ensemble; labels_summary.json last."""
+    and the ensemble; labels_summary.json last. ``fallback``: the seed classifier labels, nothing else."""
     run = RunDir(recipe)
     pool_rows, test_rows = data.rows("pool"), data.rows("test")
     hidden = recipe.teacher.hidden_states
     options = _label_options(recipe)
     reasons = calibration = ensemble = None
+    labeller = SeedClassifierLabeller(recipe, data) if fallback else teacher
     with LabelStore(run.label_store) as store:
-        pool = teacher.label(pool_rows, store, desc="teacher: pool", **options)
-        test = teacher.label(test_rows, store, desc="teacher: test", **options)
-        if recipe.teacher.reasons is not None:
+        pool = labeller.label(pool_rows, store, desc="teacher: pool", **options)
+        test = labeller.label(test_rows, store, desc="teacher: test", **options)
+        if recipe.teacher.reasons is not None and not fallback:
             reasons = add_reasons(teacher, pool_rows, store, recipe.teacher.reasons.sample, recipe.seed,
                                   recipe.teacher.reasons.max_new_tokens)
-        if recipe.teacher.calibration is not None:
+        if recipe.teacher.calibration is not None and not fallback:
             calibration = fit_calibration(recipe, data, teacher, store, pool)
-        if recipe.teacher.ensemble is not None:
+        if recipe.teacher.ensemble is not None and not fallback:
             ensemble = label_ensemble(recipe, data, store, teacher, calibration)
     summary = {
         "recipe_hash": run.fingerprint("label"),
@@ -96,15 +139,16 @@ def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0:
         "abstained": {split: [r["id"] for r in rows if text_hash(r["text"]) not in found]
                       for split, rows, found in (("pool", pool_rows, pool), ("test", test_rows, test))},
         "pool_predicted_counts": pd.Series([r.predicted for r in pool.values()]).value_counts().to_dict(),
-        "hidden_states": None if hidden is None else {
+        "hidden_states": None if hidden is None or fallback else {
             "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),
             "layers": hidden.layers, "pooling": hidden.pooling},
         "pool_reasons": reasons,
         "calibration": None if calibration is None else {
             "method": calibration.method, **{k: v for k, v in calibration.details.items() if k != "candidates"}},
         "ensemble": ensemble,
+        "fallback": labeller.describe() if fallback else None,
     }
-    if base_recipe.prompt_search is not None:
+    if base_recipe.prompt_search is not None and not fallback:
         del teacher  # one model in memory at a time
         summary["prompt_search"] = _label_with_base_prompt(base_recipe, recipe, data)
     summary["seconds"] = time.perf_counter() - t0
@@ -146,7 +190,8 @@ def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = T
                     ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """The rows of ``split`` with the teacher's stored [N, M] probabilities (calibrated as the recipe asks,
     unless ``calibrated`` is False; the ensemble's combination when the recipe has one, unless ``combined``
-    is False: then the main teacher's own) and per-text seconds. The label stage must be done.
+    is False: then the main teacher's own) and per-text seconds. The label stage must be done. After a fallback
+    (the teacher check's, see labels_summary.json) the seed classifier's distributions, as they are.
 
     A text the teacher abstained on (listed in labels_summary.json) gets a row of NaN probabilities and NaN
     seconds; any other text without a label is an error.
@@ -155,9 +200,13 @@ def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = T
     summary = labels_summary(recipe)
     rows = data.rows(split)
     names = recipe.task.label_names
+    fallback = summary.get("fallback")
+    if fallback:  # the seed classifier labelled in the teacher's place: its distributions as they are
+        calibrated = combined = False
+    identity, fingerprint = ((fallback["identity"], fallback["prompt"]) if fallback
+                             else (summary["teacher"], summary["prompt"]["fingerprint"]))
     with LabelStore(run.label_store) as store:
-        found = store.get(summary["teacher"], summary["prompt"]["fingerprint"], [text_hash(r["text"]) for r in rows],
-                          names)
+        found = store.get(identity, fingerprint, [text_hash(r["text"]) for r in rows], names)
         abstained = set(summary.get("abstained", {}).get(split, []))
         missing = [r["id"] for r in rows if text_hash(r["text"]) not in found and r["id"] not in abstained]
         if missing:

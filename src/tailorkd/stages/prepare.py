@@ -1,7 +1,10 @@
 """Stage 1, prepare: read the recipe's sources and write the seed / pool / test splits.
 
 Skipped when ``data/prepare.json`` records the fingerprint of what the splits depend on (the recipe's
-``data``, ``task`` and ``seed``). Every later stage reads the splits through ``load_data``, which prepares
+``data``, ``task``, ``seed`` and ``corpus``). With a ``corpus:`` section the pool is taken from the corpus
+shards (``corpus/``, built first by the corpus stage when it is missing or stale; the stamp also records the
+corpus's own fingerprint, which covers its input files), without the seed and test texts; seeds and test
+still come from ``data.sources``. Every later stage reads the splits through ``load_data``, which prepares
 them again when they were made for other inputs, so a stage run alone never works on stale splits. Under a
 launcher the main process prepares and the others then read its splits.
 """
@@ -10,9 +13,13 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from tailorkd import distributed
 from tailorkd.data import PreparedData, load_prepared, prepare_data
+from tailorkd.data.splits import load_split as read_split
 from tailorkd.run_dir import RunDir
+from tailorkd.stages.corpus import corpus, corpus_fingerprint, seed_split_texts, uses_seeds
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,15 @@ def _prepare(recipe, force: bool) -> PreparedData:
                  " and ".join(changed), run.data_dir)
     if run.prepare_stamp.exists():
         run.prepare_stamp.unlink()  # the splits read as unprepared until the new stamp is written
-    data = prepare_data(recipe.data, recipe.task.label_names, run.data_dir, recipe.seed, recipe.base_dir)
+    corpus_fingerprint = None
+    if recipe.corpus is not None:
+        corpus_fingerprint = corpus(recipe)["fingerprint"]  # skipped when up to date
+    data = prepare_data(recipe.data, recipe.task.label_names, run.data_dir, recipe.seed, recipe.base_dir,
+                        corpus_dir=run.corpus_dir if recipe.corpus is not None else None,
+                        corpus_pool=recipe.corpus.pool if recipe.corpus is not None else "replace")
     run.write_json(run.prepare_stamp, {"fingerprint": run.fingerprint("prepare"),
-                                       "sections": run.section_fingerprints("prepare")})
+                                       "sections": run.section_fingerprints("prepare"),
+                                       **({"corpus": corpus_fingerprint} if corpus_fingerprint else {})})
     log.info("data: seed %d, pool %d, test %d, rejects %d -> %s", len(data.seed), len(data.pool), len(data.test),
              len(data.rejects), run.data_dir)
     return data
@@ -53,6 +66,16 @@ def load_data(recipe) -> PreparedData:
         return load_prepared(run.data_dir)
 
 
+def load_split(recipe, split: str) -> pd.DataFrame:
+    """One split of the recipe's data (``seed``, ``pool`` or ``test``), prepared first when missing or stale,
+    without reading the other splits."""
+    run = RunDir(recipe)
+    with distributed.main_first():
+        if _changed_inputs(run) != []:
+            return getattr(_prepare(recipe, force=False), split)
+        return read_split(run.data_dir, split)
+
+
 def _changed_inputs(run: RunDir) -> list[str] | None:
     """The recipe sections whose fingerprint differs from the one the splits were made with: empty when the
     splits are up to date, None when there are none yet."""
@@ -60,6 +83,11 @@ def _changed_inputs(run: RunDir) -> list[str] | None:
     if not isinstance(stamp, dict):
         return None
     if stamp.get("fingerprint") == run.fingerprint("prepare"):
+        # The splits are those of this data, task and seed, so their seed split is the corpus's seeds.
+        seeds = seed_split_texts(pd.read_parquet(run.data_dir / "seed.parquet")) \
+            if uses_seeds(run.recipe) and (run.data_dir / "seed.parquet").is_file() else None
+        if run.recipe.corpus is not None and stamp.get("corpus") != corpus_fingerprint(run.recipe, seeds):
+            return ["corpus (its input files or seeds)"]
         return []
     recorded = stamp.get("sections") or {}
     return [name for name, value in run.section_fingerprints("prepare").items() if recorded.get(name) != value] \

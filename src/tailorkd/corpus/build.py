@@ -1,0 +1,399 @@
+"""``build_corpus``: the raw shards in, the clean pool out, with its funnel.
+
+The driver reads the processed batches from the engine in input order and does the stateful steps itself:
+exact and near dedup (``Deduplicator``), the relevance threshold (after dedup, so a repeated story is
+counted once), then the pool shards. What it holds is bounded by ``batch_size`` x 2 x workers (batches in
+flight) and ``shard_rows`` (the shard being filled), plus the dedup indexes, the one part that grows.
+
+Writes into ``out_dir``:
+
+    pool-00000.parquet ...   the kept texts with their provenance (POOL_SCHEMA), ``shard_rows`` each
+    duplicates.parquet        every dropped duplicate: its id, file, row, kind (exact | near) and the kept
+                              text it repeats (``duplicate_of``), so dedup precision / recall can be measured
+    rejects.jsonl             unreadable rows: file, line (or row), reason, raw (the project's reject style)
+    funnel.json               counts after every step, overall, per topic and per language; what cleaning
+                              changed; the dedup index sizes; the relevance threshold; timings
+    corpus.json               the stamp: fingerprint and shard list, written last
+
+Each file is written to a temporary name and renamed; the stamp is removed first and written last, so a
+run killed half way leaves no stamp and nothing of it is trusted (``read_stamp`` refuses the folder). A
+rerun with the same fingerprint (the section's content, the input files' names, sizes and modification
+times, the seed texts when the relevance stage uses them) returns the recorded funnel without work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tailorkd.corpus.clean import CLEANING_STEPS
+from tailorkd.corpus.dedup import Deduplicator
+from tailorkd.corpus.engines import cluster_cpus, local_batches, ray_batches, start_ray
+from tailorkd.corpus.read import corpus_files
+from tailorkd.corpus.relevance import choose_threshold, references
+from tailorkd.corpus.steps import TIMED_STEPS, StepSettings
+from tailorkd.data.readers import make_reject
+from tailorkd.errors import TailorkdError
+from tailorkd.files import atomic_write, fsync_dir, read_json, write_json_atomic
+from tailorkd.recipe.corpus import CORPUS_EXECUTION_FIELDS, CorpusConfig
+
+log = logging.getLogger(__name__)
+
+CORPUS_VERSION = 1
+STAMP = "corpus.json"
+FUNNEL = "funnel.json"
+DUPLICATES = "duplicates.parquet"
+REJECTS = "rejects.jsonl"
+SHARD_GLOB = "pool-*.parquet"
+
+#: The funnel's steps: the count *after* each. A text is lost at the step named by its drop reason.
+FUNNEL_STEPS: tuple[str, ...] = ("read", "readable", "cleaned", "length", "language", "source", "topic",
+                                 "exact_dedup", "near_dedup", "relevance")
+DROP_STEP: dict[str, str] = {"unreadable": "readable", "empty": "cleaned", "too_short": "length",
+                             "too_long": "length", "language": "language", "source": "source", "topic": "topic",
+                             "exact_duplicate": "exact_dedup", "near_duplicate": "near_dedup",
+                             "irrelevant": "relevance"}
+NO_TOPIC = "(none)"
+
+POOL_SCHEMA = pa.schema([
+    ("id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("title", pa.string()),
+    ("date", pa.string()), ("topic", pa.string()), ("source", pa.string()), ("language", pa.string()),
+    ("language_confidence", pa.float32()), ("language_given", pa.string()), ("relevance", pa.float32()),
+    ("shard", pa.string()), ("position", pa.string()), ("row", pa.int64()),
+])
+DUPLICATES_SCHEMA = pa.schema([
+    ("id", pa.string()), ("doc_id", pa.string()), ("shard", pa.string()), ("row", pa.int64()),
+    ("kind", pa.string()), ("duplicate_of", pa.string()), ("text", pa.string()),
+])
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+# -- the fingerprint and the stamp ---------------------------------------------------------------------------
+def corpus_fingerprint(config: CorpusConfig, files: Sequence[tuple[int, Path, str]], base_dir: Path,
+                       seeds: Sequence[str] | None) -> str:
+    """What the output depends on: the section (less how it runs), the input files, the seeds if used."""
+    content = config.model_dump(mode="json", exclude=set(CORPUS_EXECUTION_FIELDS) | {"pool"})
+    uses_seeds = config.relevance is not None and (config.relevance.against != "topics"
+                                                   or config.relevance.threshold == "auto")
+    listing = []
+    for index, path, fmt in files:
+        stat = path.stat()
+        listing.append([index, _shown(path, base_dir), fmt, stat.st_size, stat.st_mtime_ns])
+    seed_hash = hashlib.sha256("\0".join(seeds or []).encode()).hexdigest() if uses_seeds else None
+    payload = {"version": CORPUS_VERSION, "config": content, "files": listing, "seeds": seed_hash}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_stamp(out_dir: Path) -> dict[str, Any] | None:
+    """The stamp of a finished corpus in ``out_dir`` (None when there is none, or a shard it lists is gone)."""
+    stamp = read_json(Path(out_dir) / STAMP, "corpus stamp") if (Path(out_dir) / STAMP).is_file() else None
+    if not isinstance(stamp, dict) or stamp.get("version") != CORPUS_VERSION:
+        return None
+    if any(not (Path(out_dir) / shard["file"]).is_file() for shard in stamp.get("shards", [])):
+        return None
+    return stamp
+
+
+def _shown(path: Path, base_dir: Path) -> str:
+    """A file as recorded: relative to the recipe's folder when under it, else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(base_dir).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+# -- writers -------------------------------------------------------------------------------------------------
+class ShardWriter:
+    """Kept rows gathered into ``pool-NNNNN.parquet`` shards of ``shard_rows`` rows, each written atomically."""
+
+    def __init__(self, out_dir: Path, shard_rows: int):
+        self.out_dir, self.shard_rows = out_dir, shard_rows
+        self.rows: dict[str, list[Any]] = {name: [] for name in POOL_SCHEMA.names}
+        self.shards: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        for name in POOL_SCHEMA.names:
+            self.rows[name].append(row[name])
+        if len(self.rows["id"]) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows["id"]:
+            return
+        start = time.perf_counter()
+        table = pa.Table.from_pydict(self.rows, schema=POOL_SCHEMA)
+        name = f"pool-{len(self.shards):05d}.parquet"
+        atomic_write(self.out_dir / name, lambda tmp: pq.write_table(table, tmp))
+        self.shards.append({"file": name, "rows": table.num_rows})
+        self.rows = {name: [] for name in POOL_SCHEMA.names}
+        self.seconds += time.perf_counter() - start
+
+
+class StreamWriter:
+    """Rows appended to a hidden temporary file (Parquet in row groups, or JSON lines), renamed into place by
+    ``close``: a killed run never leaves a complete-looking file."""
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None, group_rows: int = 10_000):
+        self.path, self.schema, self.group_rows = path, schema, group_rows
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self._writer = pq.ParquetWriter(self.tmp, schema) if schema is not None else None
+        self._lines = None if schema is not None else open(self.tmp, "w", encoding="utf-8")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.count += 1
+        if self._lines is not None:
+            self._lines.write(json.dumps(row, ensure_ascii=False) + "\n")
+            return
+        self.rows.append(row)
+        if len(self.rows) >= self.group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows and self._writer is not None:
+            self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+        else:
+            assert self._lines is not None
+            self._lines.flush()
+            os.fsync(self._lines.fileno())
+            self._lines.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def discard(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            elif self._lines is not None:
+                self._lines.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+# -- the funnel ----------------------------------------------------------------------------------------------
+class Funnel:
+    """Counts of where each text was lost (or that it was kept), by topic and language; bounded in size by
+    topics x languages x steps, not by the corpus."""
+
+    def __init__(self) -> None:
+        self.lost: Counter[tuple[str, str, str]] = Counter()  # (step lost at or "kept", topic, language)
+        self.dropped: Counter[str] = Counter()
+        self.cleaning: Counter[str] = Counter()
+        self.boilerplate_lines = 0
+        self.per_input: Counter[str] = Counter()
+        self.relevance_histogram = np.zeros(200, dtype=np.int64)  # scores of the texts reaching stage 2
+
+    def count(self, reason: str | None, topic: str | None, language: str) -> None:
+        step = "kept" if reason is None else DROP_STEP[reason]
+        self.lost[(step, topic or NO_TOPIC, language)] += 1
+        if reason is not None:
+            self.dropped[reason] += 1
+
+    @staticmethod
+    def _after(lost_at: Counter[str]) -> dict[str, int]:
+        """Texts after each step, from how many were lost at each (or kept)."""
+        out, left = {}, sum(lost_at.values())
+        for step in FUNNEL_STEPS:
+            left -= lost_at.get(step, 0)
+            out[step] = left
+        return out
+
+    def report(self) -> dict[str, Any]:
+        by_topic: dict[str, Counter[str]] = {}
+        by_language: dict[str, Counter[str]] = {}
+        everything: Counter[str] = Counter()
+        for (step, topic, language), n in self.lost.items():
+            by_topic.setdefault(topic, Counter())[step] += n
+            by_language.setdefault(language, Counter())[step] += n
+            everything[step] += n
+        overall = self._after(everything)
+        per_language = {lang: self._after(lost) for lang, lost in by_language.items()}
+        per_language = dict(sorted(per_language.items(), key=lambda kv: (-kv[1]["read"], kv[0])))
+        kept = overall[FUNNEL_STEPS[-1]]
+        return {
+            "steps": list(FUNNEL_STEPS),
+            "overall": overall,
+            "kept": kept,
+            "kept_share": round(kept / overall["read"], 4) if overall["read"] else None,
+            "dropped": {reason: self.dropped.get(reason, 0) for reason in DROP_STEP},
+            "per_topic": {topic: self._after(by_topic[topic]) for topic in sorted(by_topic)},
+            "per_language": per_language,
+            "cleaning": {"texts_changed": {step: self.cleaning.get(step, 0) for step in CLEANING_STEPS},
+                         "boilerplate_lines_removed": self.boilerplate_lines},
+            "per_input_file": dict(self.per_input),
+        }
+
+
+# -- the build -----------------------------------------------------------------------------------------------
+def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("."), seeds: Sequence[str] | None = None,
+                 force: bool = False) -> dict[str, Any]:
+    """Read ``config.inputs`` as a stream, clean, filter, deduplicate and write the pool shards to ``out_dir``;
+    returns the funnel (also written to ``out_dir/funnel.json``). ``seeds``: the expert seed texts, the
+    relevance stage's references. Skipped (the recorded funnel returned) when ``out_dir`` holds a finished
+    corpus of the same fingerprint, unless ``force``."""
+    out_dir = Path(out_dir)
+    files = corpus_files(config.inputs, Path(base_dir))
+    fingerprint = corpus_fingerprint(config, files, Path(base_dir), seeds)
+    stamp = read_stamp(out_dir)
+    if not force and stamp is not None and stamp.get("fingerprint") == fingerprint and (out_dir / FUNNEL).is_file():
+        log.info("corpus: %s is up to date (%d texts in %d shards)", out_dir, stamp["rows"], len(stamp["shards"]))
+        return read_json(out_dir / FUNNEL, "corpus funnel")
+    started = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STAMP).unlink(missing_ok=True)  # nothing below is trusted until the new stamp is written
+    for old in [*out_dir.glob(SHARD_GLOB), out_dir / FUNNEL, out_dir / DUPLICATES, out_dir / REJECTS]:
+        old.unlink(missing_ok=True)
+
+    threshold = None
+    relevance_report = None
+    seed_matrix, topic_matrix = None, {}
+    if config.relevance is not None:
+        ref_start = time.perf_counter()
+        seed_matrix, topic_matrix = references(config, seeds)
+        threshold, relevance_report = choose_threshold(config, seed_matrix, topic_matrix)
+        relevance_report["reference_seconds"] = round(time.perf_counter() - ref_start, 3)
+        log.info("corpus: relevance threshold %.4f (%s)", threshold, relevance_report["chosen_by"])
+    ray_started = start_ray(config.ray_address) if config.engine == "ray" else False
+    workers = config.workers or (cluster_cpus() if config.engine == "ray" else default_workers())
+    settings = StepSettings(config.model_dump_json(), seed_matrix if config.relevance and
+                            config.relevance.against != "topics" else None, topic_matrix,
+                            torch_threads=max(1, (os.cpu_count() or 1) // workers))
+    if config.engine == "ray":
+        batches = ray_batches(files, settings, workers, shutdown=ray_started)
+    else:
+        batches = local_batches(files, settings, workers)
+
+    funnel = Funnel()
+    dedup = Deduplicator(config.dedup)
+    shards = ShardWriter(out_dir, config.shard_rows)
+    duplicates = StreamWriter(out_dir / DUPLICATES, DUPLICATES_SCHEMA)
+    rejects = StreamWriter(out_dir / REJECTS)
+    shown: dict[str, str] = {}
+    step_seconds = dict.fromkeys(TIMED_STEPS, 0.0)
+    dedup_seconds = 0.0
+    progress = tqdm(desc="corpus", unit=" texts", disable=None)
+    try:
+        for batch in batches:
+            progress.update(batch.num_rows)
+            for step in TIMED_STEPS:
+                step_seconds[step] += float(pc.sum(batch.column(f"t_{step}")).as_py() or 0.0)
+            dedup_start = time.perf_counter()
+            for row in batch.to_pylist():
+                file = shown.setdefault(row["file"], _shown(Path(row["file"]), Path(base_dir)))
+                funnel.per_input[file] += 1
+                text_id = f"corpus:{file}:{row['row']}"
+                reason = row["dropped"]
+                mask = row["cleaning_mask"]
+                if mask:
+                    funnel.cleaning.update(step for bit, step in enumerate(CLEANING_STEPS) if mask >> bit & 1)
+                funnel.boilerplate_lines += row["boilerplate_lines"]
+                if reason == "unreadable":
+                    rejects.add(make_reject(file, row["row"], row["reject"], row["raw"] or "", row["position"]))
+                if reason is None:
+                    duplicate = dedup.check(text_id, row["exact_key"], row["signature"])
+                    if duplicate is not None:
+                        kind, first = duplicate
+                        reason = f"{kind}_duplicate"
+                        duplicates.add({"id": text_id, "doc_id": row["doc_id"], "shard": file, "row": row["row"],
+                                        "kind": kind, "duplicate_of": first, "text": row["text"]})
+                if reason is None and threshold is not None:
+                    score = row["relevance"]
+                    funnel.relevance_histogram[min(199, max(0, int((score + 1) * 100)))] += 1
+                    if score < threshold:
+                        reason = "irrelevant"
+                funnel.count(reason, row["topic"], row["language"])
+                if reason is None:
+                    shards.add({"id": text_id, "doc_id": row["doc_id"], "text": row["text"], "title": row["title"],
+                                "date": row["date"], "topic": row["topic"], "source": row["source"],
+                                "language": row["language"], "language_confidence": row["language_confidence"],
+                                "language_given": row["language_given"], "relevance": row["relevance"],
+                                "shard": file, "position": row["position"], "row": row["row"]})
+            dedup_seconds += time.perf_counter() - dedup_start
+        shards.flush()
+        duplicates.close()
+        rejects.close()
+    except BaseException:
+        duplicates.discard()
+        rejects.discard()
+        raise
+    finally:
+        progress.close()
+    if not funnel.lost:
+        raise TailorkdError("corpus.inputs: the input files hold no rows")
+
+    seconds = round(time.perf_counter() - started, 3)
+    report = funnel.report()
+    report.update({
+        "schema_version": CORPUS_VERSION,
+        "fingerprint": fingerprint,
+        "engine": config.engine,
+        "workers": workers,
+        "batch_size": config.batch_size,
+        "files": len(files),
+        "shards": shards.shards,
+        "dedup": {"exact": funnel.dropped.get("exact_duplicate", 0), "near": funnel.dropped.get("near_duplicate", 0),
+                  "num_perm": config.dedup.num_perm, "shingle_size": config.dedup.shingle_size,
+                  "threshold": config.dedup.threshold, "index": dedup.sizes()},
+        "relevance": None if relevance_report is None else {
+            **relevance_report, "pool_scores": _histogram_quantiles(funnel.relevance_histogram)},
+        "seconds": {"total": seconds, **{f"{step} (workers)": round(v, 3) for step, v in step_seconds.items()},
+                    "dedup and relevance (driver)": round(dedup_seconds, 3),
+                    "writing shards": round(shards.seconds, 3)},
+        "rows_per_second": round(report["overall"]["read"] / seconds, 1) if seconds else None,
+    })
+    write_json_atomic(out_dir / FUNNEL, report)
+    write_json_atomic(out_dir / STAMP, {"version": CORPUS_VERSION, "fingerprint": fingerprint, "rows": report["kept"],
+                                        "shards": shards.shards, "funnel": FUNNEL, "duplicates": DUPLICATES,
+                                        "rejects": REJECTS})
+    log.info("corpus: %d of %d texts kept (%.1f%%) in %d shard(s) -> %s (%.1fs)", report["kept"],
+             report["overall"]["read"], 100 * (report["kept_share"] or 0), len(shards.shards), out_dir, seconds)
+    return report
+
+
+def funnel_rows(funnel: dict[str, Any], breakdown: str | None = None,
+                limit: int = 8) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the funnel: each step's count overall, then per topic (``breakdown="topic"``) or per
+    language (the ``limit`` largest), as text cells for the terminal and the report."""
+    groups: dict[str, dict[str, int]] = {"all": funnel["overall"]}
+    if breakdown == "topic":
+        groups.update(funnel["per_topic"])
+    elif breakdown == "language":
+        groups.update(dict(list(funnel["per_language"].items())[:limit]))
+    header = ["step", *groups]
+    rows = [[step, *(f"{counts.get(step, 0):,}" for counts in groups.values())] for step in funnel["steps"]]
+    return header, rows
+
+
+def _histogram_quantiles(histogram: np.ndarray) -> dict[str, float] | None:
+    """Quantiles of the stage-2 scores from their 0.01-wide histogram over [-1, 1] (bounded memory)."""
+    total = int(histogram.sum())
+    if not total:
+        return None
+    cumulative = np.cumsum(histogram)
+    edges = np.linspace(-1, 1, 201)
+    return {name: round(float(edges[int(np.searchsorted(cumulative, q * total, side="left")) + 1]), 2)
+            for name, q in (("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75), ("q95", 0.95))}
