@@ -23,7 +23,7 @@ from tailorkd.corpus.clean import Cleaner
 from tailorkd.corpus.dedup import normalise, shingles
 from tailorkd.corpus.read import corpus_files, read_shard
 from tailorkd.data import BBCNewsSource, read_source
-from tailorkd.data.sources import find_shared_data
+from tailorkd.data.sources import CRISISLEX_SUBDIR, ENV_CRISISLEX_DIR, dataset_dir
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe.corpus import CleaningConfig, CorpusConfig
 
@@ -336,14 +336,24 @@ def test_languages_are_identified_with_confidence_and_filtered(tmp_path):
     assert funnel["per_language"]["it"]["language"] == 0 and funnel["per_language"]["en"]["language"] == 1
 
 
-@pytest.mark.skipif(find_shared_data("crisislex-t26") is None, reason="CrisisLexT26 not available")
+def crisislex_folder() -> Path | None:
+    """The CrisisLexT26 folder as the recipes find it ($TAILORKD_CRISISLEX_DIR, $TAILORKD_DATA_DIR, shared/data
+    upward), or None where it is not on this machine."""
+    try:
+        return dataset_dir(None, Path("."), key="test", name="CrisisLexT26", env_var=ENV_CRISISLEX_DIR,
+                           subdir=CRISISLEX_SUBDIR)
+    except TailorkdError:
+        return None
+
+
+@pytest.mark.skipif(crisislex_folder() is None, reason="CrisisLexT26 not available")
 def test_languages_of_real_multilingual_tweets(tmp_path):
     """CrisisLexT26 tweets of three Spanish- and Italian-speaking crises (mixed with English): where py3langid is
     confident enough to name a language, an independent identifier (langdetect) agrees."""
     from langdetect import DetectorFactory, detect
     from langdetect.lang_detect_exception import LangDetectException
 
-    folder = find_shared_data("crisislex-t26")
+    folder = crisislex_folder()
     cfg = CorpusConfig.model_validate({
         "inputs": [{"path": str(folder / f"2012_{event}-tweets_labeled.csv"), "columns": {"text": "Tweet Text"}}
                    for event in ("Italy_earthquakes", "Costa_Rica_earthquake", "Venezuela_refinery")],
