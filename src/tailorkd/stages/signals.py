@@ -86,7 +86,7 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
     write_text_atomic(folder / "alerts.jsonl", "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in alerts))
     write_text_atomic(folder / "rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
     summary = {
-        "title": f"{recipe.name}: {recipe.task.name} signals", "labels": names,
+        "title": f"{recipe.name}: {recipe.task.name}", "labels": names,
         "model": model, "student": str(student_dir), "temperature": temperature, "files": [str(f) for f in files],
         "articles_read": read, "articles_scored_now": scored, "articles_stored": len(frame), "rejected": len(rejects),
         "topics": int(daily["topic"].nunique()) if len(daily) else 0, "days": int(daily["day"].nunique()) if len(daily)
