@@ -16,10 +16,8 @@ whose rows can be read) are a one-line TailorkdError naming the file and the rec
 
 from __future__ import annotations
 
-import csv
 import glob
 import gzip
-import io
 import json
 import os
 import re
@@ -30,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tailorkd.data.readers import RAW_LIMIT, scalar_text
+from tailorkd.data.readers import RAW_LIMIT, csv_records, scalar_text
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe.corpus import CORPUS_SUFFIXES, CorpusInput
 
@@ -187,32 +185,14 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]
 
 def _iter_csv(path: Path, spec: CorpusInput, key: str
               ) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
-    if csv.field_size_limit() < 2**31 - 1:
-        csv.field_size_limit(2**31 - 1)
-    consumed = 0
-
-    def physical_lines(stream: io.TextIOBase) -> Iterator[str]:
-        nonlocal consumed
-        for line in stream:
-            consumed += 1
-            yield line.lstrip("\ufeff") if consumed == 1 else line
-
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding=spec.encoding, errors="surrogateescape", newline="") as stream:  # type: ignore
-        reader = csv.reader(physical_lines(stream), delimiter=spec.separator)
         header: list[str] | None = None
-        while True:
-            start = consumed + 1
-            try:
-                cells = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
+        for start, cells, error in csv_records(stream, spec.separator):
+            if cells is None:
                 if header is None:
-                    raise TailorkdError(f"{key} ({path}): cannot read the CSV header: {exc}") from None
-                yield start, None, f"malformed CSV: {exc}", ""
-                continue
-            if not cells or all(not cell.strip() for cell in cells):
+                    raise TailorkdError(f"{key} ({path}): cannot read the CSV header: {error}") from None
+                yield start, None, f"malformed CSV: {error}", ""
                 continue
             raw = spec.separator.join(cells)
             if header is None:

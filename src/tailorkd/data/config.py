@@ -104,6 +104,15 @@ def _normalise_label_map(value: Any) -> Any:
     return value
 
 
+def known_encoding(value: str) -> str:
+    """``value`` when Python knows the text encoding by that name; a ValueError naming it otherwise."""
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+    return value
+
+
 def _check_label_map(mapping: LabelMap | None, known: tuple[str, ...] | None = None) -> LabelMap | None:
     if mapping is None:
         return None
@@ -175,11 +184,7 @@ class FileSource(_Model):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
-        try:
-            codecs.lookup(v)
-        except LookupError:
-            raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, latin-1, cp1252)") from None
-        return v
+        return known_encoding(v)
 
     @model_validator(mode="after")
     def _format_and_separator(self) -> FileSource:

@@ -34,7 +34,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -300,34 +300,44 @@ def _iter_lines(path: Path, encoding: str, separator: str, split_label: bool) ->
         yield number, {"text": text, "label": label}, None, line
 
 
-def _iter_csv(path: Path, encoding: str, delimiter: str, what: str) -> Iterator[Any]:
+def csv_records(stream: Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """(line where the record starts, its cells, None) for each non-blank CSV record of ``stream`` (lines
+    counted from 1, a record may span several), or (line, None, the csv module's message) for one it cannot
+    read; a byte-order mark before the first line is dropped. Fields of any size are read."""
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
+    consumed = 0
+
+    def physical_lines() -> Iterator[str]:
+        nonlocal consumed
+        for line in stream:
+            consumed += 1
+            if consumed == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            yield line
+
+    reader = csv.reader(physical_lines(), delimiter=delimiter)
+    while True:
+        start = consumed + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, None, str(exc)
+            continue
+        if cells and any(cell.strip() for cell in cells):
+            yield start, cells, None
+
+
+def _iter_csv(path: Path, encoding: str, delimiter: str, what: str) -> Iterator[Any]:
     with open(path, encoding=encoding, errors="surrogateescape", newline="\n") as f:
-        consumed = 0
-
-        def physical_lines() -> Iterator[str]:
-            nonlocal consumed
-            for line in f:
-                consumed += 1
-                if consumed == 1 and line.startswith("\ufeff"):
-                    line = line[1:]
-                yield line
-
-        reader = csv.reader(physical_lines(), delimiter=delimiter)
         header: list[str] | None = None
-        while True:
-            start = consumed + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
+        for start, row, error in csv_records(f, delimiter):
+            if row is None:
                 if header is None:
-                    raise TailorkdError(f"{what}: cannot read the header row of {path}: {exc}") from None
-                yield start, None, f"malformed CSV: {exc}", ""
-                continue
-            if not row or all(not cell.strip() for cell in row):
+                    raise TailorkdError(f"{what}: cannot read the header row of {path}: {error}") from None
+                yield start, None, f"malformed CSV: {error}", ""
                 continue
             raw = delimiter.join(row)
             if header is None:

@@ -7,12 +7,12 @@ See :class:`CorpusConfig` for an example and :mod:`tailorkd.corpus` for what eac
 
 from __future__ import annotations
 
-import codecs
 import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tailorkd.data.config import known_encoding
 from tailorkd.recipe.base import Section
 
 #: Input formats, and the file suffixes they are inferred from.
@@ -69,11 +69,7 @@ class CorpusInput(Section):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
-        try:
-            codecs.lookup(v)
-        except LookupError:
-            raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, latin-1, cp1252)") from None
-        return v
+        return known_encoding(v)
 
 
 class CleaningConfig(Section):
