@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.work.mkdir(parents=True, exist_ok=True)
     from tailorkd.resources import describe_machine
 
-    results: dict[str, Any] = {"machine": describe_machine(packages=("pandas", "pyarrow", "datasketch", "ftfy")),
+    packages = ("pandas", "pyarrow", "datasketch", "rensa", "ftfy", "py3langid", "regex")
+    results: dict[str, Any] = {"machine": describe_machine(packages=packages),
                                "settings": {"sizes": sizes, "modes": modes, "relevance_sizes": sorted(relevance_sizes),
                                             "seed": args.seed, "workers": args.workers,
                                             "batch_size": args.batch_size},

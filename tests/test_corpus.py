@@ -11,6 +11,7 @@ import re
 import tracemalloc
 from pathlib import Path
 
+import ftfy
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -221,6 +222,16 @@ def test_each_cleaning_step_repairs_what_it_should():
     assert kept == "Caf\u00c3\u00a9 <b>bold</b> &amp; fell!!!!\nRead more here"
     # A "<" that is no tag stays.
     assert Cleaner(CleaningConfig()).clean("rates < 3% and 5 > 4")[0] == "rates < 3% and 5 > 4"
+    # Stray symbols (So, private use) and C0/C1 controls go; letters of any script with their marks, and
+    # currency and math symbols (Sc, Sm), stay.
+    symbols = Cleaner(CleaningConfig(unicode=False))
+    assert symbols.clean("Пожар\u2603 в \ue000Сиднее\x9b; नमस्ते \u00a3 5 + 3\x01 \u2605 \u2192 ok")[0] == \
+        "Пожар в Сиднее; नमस्ते £ 5 + 3 \u2192 ok"
+    # ASCII text skips the Unicode repair only because ftfy would change nothing in it.
+    ascii_noise = "plain \"quoted\" text\r\nwith a \x1b[31mcolour\x1b[0m"
+    assert Cleaner(CleaningConfig(control_characters=False, punctuation=False, whitespace=False)).clean(
+        ascii_noise)[0] == ftfy.fix_text(ascii_noise, ftfy.TextFixerConfig(unescape_html=False,
+                                                                            remove_control_chars=False))
 
 
 def test_cleaning_and_length_are_counted_in_the_funnel(tmp_path):
@@ -334,6 +345,17 @@ def test_languages_are_identified_with_confidence_and_filtered(tmp_path):
     assert funnel["dropped"]["language"] == 3
     assert {lang: c["read"] for lang, c in funnel["per_language"].items()} == dict.fromkeys(KNOWN, 1)
     assert funnel["per_language"]["it"]["language"] == 0 and funnel["per_language"]["en"]["language"] == 1
+
+
+def test_language_is_identified_on_the_first_max_chars(tmp_path):
+    text = f"{KNOWN['en']} {KNOWN['es'] * 30}"
+    write_jsonl(tmp_path / "l.jsonl", [{"id": "mixed", "text": text}])
+    found = {}
+    for cap in (len(KNOWN["en"]), None):
+        build_corpus(config("l.jsonl", columns={"id": "id"}, language={"max_chars": cap}), tmp_path / f"out{cap}",
+                     base_dir=tmp_path)
+        found[cap] = pool_table(tmp_path / f"out{cap}").column("language").to_pylist()
+    assert found == {len(KNOWN["en"]): ["en"], None: ["es"]}
 
 
 def crisislex_folder() -> Path | None:

@@ -4,7 +4,7 @@ text's provenance, on local processes or a Ray cluster.
 
     read.py       the input files and their rows, batch by batch, with file and line; rejects
     clean.py      the cleaning steps (ftfy, HTML, boilerplate, control characters, URLs, punctuation, spaces)
-    dedup.py      normalised-text hashes, MinHash signatures, the exact and LSH indexes (datasketch)
+    dedup.py      normalised-text hashes, MinHash signatures (rensa), the exact and LSH indexes (datasketch)
     steps.py      BatchSteps: the stateless per-batch work (cleaning, language, stage-1 rules, signatures,
                   embeddings) that any engine runs
     relevance.py  stage 2: the references (seeds, topic descriptions) and the threshold chosen on the seeds

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
+
+import regex
 
 from tailorkd.recipe.corpus import CleaningConfig
 
@@ -32,16 +33,15 @@ _DECORATIVE = re.compile(r"[*=_~#|^+<>]{3,}")
 _MIXED = re.compile(r"[!?]{2,}")
 _SPACES = re.compile(r"[ \t\f\v\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-# Invisible format characters that carry nothing in running text (zero-width, direction marks, BOM);
-# U+200D (zero-width joiner) is kept: emoji and Indic scripts need it.
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062"
-                                    "\u2063\u2064\ufeff\u00ad"))
-
-
-def _is_stray_symbol(ch: str) -> bool:
-    category = unicodedata.category(ch)
-    # So: emoji, dingbats, arrows, box drawing; Co: private use; Cs: lone surrogates; Cn: unassigned.
-    return category in ("So", "Co", "Cs", "Cn")
+# Control characters (Unicode category Cc is exactly U+0000-001F and U+007F-009F; newline is kept, and tabs
+# and carriage returns are turned into spaces and newlines first) and invisible format characters that carry
+# nothing in running text (zero-width, direction marks, BOM, soft hyphen); U+200D (zero-width joiner) is
+# kept: emoji and Indic scripts need it.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\ufeff\u00ad]")
+# Stray symbols: So (emoji, dingbats, arrows, box drawing), Co (private use), Cs (lone surrogates), Cn
+# (unassigned). The `regex` module knows Unicode categories, so this is one C-level scan, not a Python loop
+# per character; no ASCII character is in them, so ASCII text skips it.
+_STRAY_SYMBOL = regex.compile(r"[\p{So}\p{Co}\p{Cs}\p{Cn}]")
 
 
 class Cleaner:
@@ -76,6 +76,8 @@ class Cleaner:
         return text, changed, removed_lines
 
     def _unicode(self, text: str) -> str:
+        if text.isascii() and "\x1b" not in text and "\r" not in text:
+            return text  # ftfy changes nothing here: no mojibake, quotes, widths or line breaks to fix
         fix, config = self._ftfy  # type: ignore[misc]
         return fix(text, config)
 
@@ -101,8 +103,7 @@ class Cleaner:
 
     @staticmethod
     def _control_characters(text: str) -> str:
-        text = text.translate(_INVISIBLE).replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
-        return "".join(ch for ch in text if ch == "\n" or unicodedata.category(ch) != "Cc")
+        return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " "))
 
     @staticmethod
     def _urls(text: str) -> str:
@@ -113,7 +114,7 @@ class Cleaner:
         text = _DECORATIVE.sub(" ", text)
         text = _REPEATED.sub(lambda m: "..." if m.group(0)[0] == "." else m.group(0)[0], text)
         text = _MIXED.sub(lambda m: m.group(0)[0], text)
-        return "".join(" " if _is_stray_symbol(ch) else ch for ch in text)
+        return text if text.isascii() else _STRAY_SYMBOL.sub(" ", text)
 
     @staticmethod
     def _whitespace(text: str) -> str:

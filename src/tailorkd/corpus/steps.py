@@ -101,7 +101,8 @@ class BatchSteps:
     def language(self, text: str) -> tuple[str, float]:
         if self.identifier is None:
             return UNDETERMINED, 0.0
-        code, confidence = self.identifier.classify(text)
+        cap = self.config.language.max_chars
+        code, confidence = self.identifier.classify(text if cap is None else text[:cap])
         if confidence < self.config.language.min_confidence:
             return UNDETERMINED, float(confidence)
         return code, float(confidence)

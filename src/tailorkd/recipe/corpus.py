@@ -125,6 +125,11 @@ class LanguageFilter(Section):
     keep: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
     min_confidence: float = Field(default=0.5, ge=0, le=1)
+    max_chars: int | None = Field(
+        default=1000, ge=20,
+        description="Identify on the text's first max_chars characters (null: all of it). py3langid walks every "
+                    "byte in Python; on the 5,000-article scale corpus the first 1,000 characters matched the "
+                    "injected language as often as the whole text (99.9%) in 63% of the time.")
 
     @field_validator("keep", "drop")
     @classmethod
@@ -162,8 +167,8 @@ class TopicRule(Section):
 
 class DedupConfig(Section):
     """Exact duplicates (a hash of the normalised text: casefolded, punctuation and spacing removed) and near
-    duplicates (MinHash LSH over word shingles, datasketch). The first occurrence is kept; every dropped text
-    is listed in duplicates.parquet with the kept text it repeats."""
+    duplicates (MinHash LSH over word shingles: rensa signatures, a datasketch index). The first occurrence is
+    kept; every dropped text is listed in duplicates.parquet with the kept text it repeats."""
 
     exact: bool = True
     near: bool = True
