@@ -63,6 +63,7 @@ process' peak RSS on CPU), to check an estimate against a run.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
@@ -580,9 +581,9 @@ def describe_machine(device: str = "cpu", packages: tuple[str, ...] = ()) -> dic
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
-    for package in packages:
-        with contextlib.suppress(ImportError):
-            info[package] = __import__(package).__version__
+    for package in packages:  # the installed distribution's version (not every module has __version__)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[package] = importlib.metadata.version(package)
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
