@@ -89,7 +89,9 @@ def test_classify_matches_the_evaluated_student(trained, capsys):
     run = tmp_path / "run"
     recipe = load_recipe(recipe_path)
     test = pd.read_parquet(run / "data" / "test.parquet")
-    evaluated = pd.read_parquet(run / "predictions" / "adaptive_kd.parquet").set_index("id")
+    # The student that ships: the adaptive-KD one, or the self-trained one the seed guard chose in its place.
+    shipped = json.loads((run / "report.json").read_text())["seed_guard"]["shipped"]
+    evaluated = pd.read_parquet(run / "predictions" / f"{shipped}.parquet").set_index("id")
     inputs = tmp_path / "texts.jsonl"
     inputs.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n\n" for _, r in test.iterrows()))
     out = tmp_path / "predicted.jsonl"

@@ -26,6 +26,7 @@ nowhere else: a stage whose recorded fingerprint differs from the recipe's is re
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ from tailorkd.recipe.fingerprint import sections_hash
 
 # Fields of the teacher section that do not change how the teacher scores a prompt.
 _TEACHER_AFTER_SCORING = frozenset({"calibration", "ensemble", "reasons", "hidden_states", "check"})
+
+# Fields of the distill section that act on trained students without changing how they train.
+_AFTER_TRAINING = frozenset({"seed_guard"})
 
 # stage -> {recipe section: fields of that section left out}. The prompt search is judged by the teacher that
 # scores, not by what is done with its labels afterwards; distillation depends on everything before it.
@@ -50,7 +54,7 @@ STAGE_INPUTS: dict[str, dict[str, frozenset[str]]] = {
     "label": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
               "teacher": frozenset(), "corpus": _CORPUS},
     "distill": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
-                "teacher": frozenset(), "student": frozenset(), "adapter": frozenset(), "distill": frozenset(),
+                "teacher": frozenset(), "student": frozenset(), "adapter": frozenset(), "distill": _AFTER_TRAINING,
                 "corpus": _CORPUS},
 }
 
@@ -64,7 +68,9 @@ def _inputs(stage: str, recipe: Any) -> dict[str, frozenset[str]]:
 
 
 # Where each student system is trained to.
-STUDENT_FOLDERS = {"adaptive_kd": "adaptive_kd", "untrained_student": "untrained", "standard_kd": "standard_kd"}
+STUDENT_FOLDERS = {"adaptive_kd": "adaptive_kd", "untrained_student": "untrained", "standard_kd": "standard_kd",
+                   "self_trained": "self_trained"}
+SEED_GUARD_FILE = "seed_guard.json"
 
 
 class RunDir:
@@ -156,9 +162,27 @@ class RunDir:
     def ensemble(self) -> Path:
         return self.root / "ensemble.json"
 
-    def student_dir(self, system: str = "adaptive_kd") -> Path:
-        """The folder of student system ``system`` (adaptive_kd, untrained_student, standard_kd)."""
+    def student_dir(self, system: str | None = None) -> Path:
+        """The folder of student system ``system`` (adaptive_kd, untrained_student, standard_kd, self_trained);
+        None: the student that ships, the adaptive-KD one unless the seed guard chose another."""
+        if system is None:
+            guard = self.seed_guard_record()
+            system = guard["shipped"] if guard is not None else "adaptive_kd"
         return self.root / "students" / STUDENT_FOLDERS[system]
+
+    def seed_guard_record(self) -> dict[str, Any] | None:
+        """students/seed_guard.json when it judged the adaptive-KD student there now (not one trained since)."""
+        guard = self.read_json_if_exists(self.seed_guard, "seed guard")
+        adaptive = self.root / "students" / STUDENT_FOLDERS["adaptive_kd"] / "student.json"
+        if not isinstance(guard, dict) or guard.get("shipped") not in STUDENT_FOLDERS or not adaptive.is_file():
+            return None
+        current = hashlib.sha256(adaptive.read_bytes()).hexdigest()[:16]
+        return guard if guard.get("adaptive_kd_student_file") == current else None
+
+    @property
+    def seed_guard(self) -> Path:
+        """The seed guard's judgement of the trained student and which student ships (stages.seed_guard)."""
+        return self.root / "students" / SEED_GUARD_FILE
 
     @property
     def signals_dir(self) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tailorkd.evaluation.figures import write_figures
 from tailorkd.evaluation.metrics import DEFINITIONS, HEADLINE
-from tailorkd.evaluation.systems import SYSTEMS, current_key, label
+from tailorkd.evaluation.systems import KNOWN_SYSTEMS, current_key, label
 from tailorkd.files import write_text_atomic
 
 # 2: per-system "cost" block (texts_per_second moved there), bootstrap "intervals" and "calibration" (ECE) in
@@ -83,7 +83,7 @@ def _systems_section(systems: dict[str, Any]) -> list[str]:
     """What each system is, under the paper's name, with the key its predictions file and report.json use."""
     lines = ["## Systems", ""]
     for name in systems:
-        known = SYSTEMS.get(current_key(name))
+        known = KNOWN_SYSTEMS.get(current_key(name))
         lines.append(f"- **{label(name)}** (`{name}`)" + (f": {known.description}" if known else ""))
     return lines + [""]
 
@@ -120,6 +120,39 @@ def _teacher_check_section(check: dict[str, Any] | None) -> list[str]:
     return lines + (notes + [""] if notes else [])
 
 
+def _seed_guard_section(guard: dict[str, Any] | None) -> list[str]:
+    """The trained student judged against the seeds alone before it ships (students/seed_guard.json)."""
+    if not guard:
+        return []
+    if guard.get("student") is None:
+        return ["## Seed guard", "", f"Not judged: {guard.get('why_not_judged', 'no seeds')}; "
+                f"{label(guard['shipped'])} ships.", ""]
+
+    def judged(j: dict[str, Any]) -> tuple[str, str]:
+        a, f = j["accuracy_interval"], j["macro_f1_interval"]
+        return (f"{_pct(j['accuracy'])} [{100 * a['low']:.2f}, {100 * a['high']:.2f}]",
+                f"{_pct(j['macro_f1'])} [{100 * f['low']:.2f}, {100 * f['high']:.2f}]")
+
+    rows = [("adaptive KD student", guard["student"]), ("seed-only classifier (balanced folds)", guard["seed_only"])]
+    lines = ["## Seed guard", "",
+             f"Before it ships, the adaptive-KD student is judged on the {len(guard['seeds'])} expert seeds it never "
+             "saw, against the seed-only classifier on the same seeds (each seed judged by a refit without it). "
+             "Percent; brackets: 95% interval.", "", "| judged | accuracy | macro-F1 |", "|---|---|---|"]
+    lines += [f"| {name} | {' | '.join(judged(j))} |" for name, j in rows]
+    if guard["worse"]:
+        action = {"self_train": "so the student was trained again on the seed classifier's distributions over "
+                                "the pool (self-training) and that one ships",
+                  "warn": "and it ships anyway (on_worse: warn)", "stop": "and the run stopped"}[guard["on_worse"]]
+        lines += ["", f"The seeds judge the adaptive-KD student worse than the seeds alone, {action}."]
+        trained = (guard.get("self_trained") or {}).get("judgement")
+        if trained:
+            lines.append(f"The self-trained student on the same seeds: accuracy {judged(trained)[0]}, macro-F1 "
+                         f"{judged(trained)[1]} (optimistic: its targets were fitted on these seeds).")
+    else:
+        lines += ["", "The adaptive-KD student is not below the seeds alone on the seeds; it ships."]
+    return lines + [f"Shipped: **{label(guard['shipped'])}**.", ""]
+
+
 def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
     systems = report["systems"]
     figures = report.get("figures") or {}
@@ -128,6 +161,7 @@ def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:
               f"Report schema {report['schema_version']}.", ""]
     lines += _systems_section(systems)
     lines += _teacher_check_section(report.get("teacher_check"))
+    lines += _seed_guard_section(report.get("seed_guard"))
     any_ci = next((s["metrics"]["intervals"] for s in systems.values() if s["metrics"].get("intervals")), None)
     lines += ["## Quality on the human-labelled test set (Table 2)", ""]
     if any_ci:

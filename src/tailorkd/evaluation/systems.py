@@ -33,6 +33,15 @@ SYSTEMS: dict[str, System] = {s.key: s for s in (
 # The student systems, each trained by the distill stage into its own folder.
 STUDENT_SYSTEMS = ("untrained_student", "standard_kd", "adaptive_kd")
 
+# Systems a run may add on its own, not chosen in ``evaluation.systems``: the seed guard's self-trained student
+# (stages.seed_guard), trained only when the seeds judge the adaptive-KD student worse than the seeds alone.
+ADDED_SYSTEMS: dict[str, System] = {s.key: s for s in (
+    System("self_trained", "self-trained student", "self-tr", "the adaptive-KD student trained on the seed "
+           "classifier's distributions instead of the teacher's: the seed guard trains and ships it when the "
+           "seeds judge the adaptive-KD student worse than the seed-only baseline"),
+)}
+KNOWN_SYSTEMS: dict[str, System] = {**SYSTEMS, **ADDED_SYSTEMS}
+
 
 # Keys that older report.json files use: before the paper's names the adaptive-KD system was keyed "student".
 RENAMED = {"student": "adaptive_kd"}
@@ -47,10 +56,10 @@ def label(key: str) -> str:
     """The display name of system ``key``, old keys included (the key itself for a system this table does not
     know)."""
     key = current_key(key)
-    return SYSTEMS[key].label if key in SYSTEMS else key
+    return KNOWN_SYSTEMS[key].label if key in KNOWN_SYSTEMS else key
 
 
 def short(key: str) -> str:
     """The short display name of system ``key``, for narrow tables."""
     key = current_key(key)
-    return SYSTEMS[key].short if key in SYSTEMS else key
+    return KNOWN_SYSTEMS[key].short if key in KNOWN_SYSTEMS else key

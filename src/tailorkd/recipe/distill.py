@@ -92,6 +92,20 @@ class HiddenStateLossConfig(Section):
                                "embeddings, -1 = last layer). An encoder uses its mean-pooled last state.")
 
 
+class SeedGuardConfig(Section):
+    """Never ship a student that the expert seeds judge worse than the seed-only baseline.
+
+    After training, the adaptive-KD student is judged on the seeds it never saw (all of them for an encoder;
+    those no prompt shows for a causal LM) and the seed-only classifier on the same seeds by refits on
+    balanced folds (``evaluation.seed_judge``). When the student's seed macro-F1 is below the classifier's:
+    ``self_train`` trains the same student, adapter and stages on the seed classifier's distributions over
+    the pool instead of the teacher's (``students/self_trained``) and ships that one; ``warn`` ships the
+    adaptive-KD student with a warning; ``stop`` stops the run."""
+
+    on_worse: Literal["self_train", "warn", "stop"] = Field(
+        default="self_train", description="What a student worse than the seeds alone leads to (see above).")
+
+
 class DistillConfig(Section):
     epochs: float = Field(default=3.0, gt=0)
     learning_rate: float = Field(default=2e-4, gt=0)
@@ -137,6 +151,9 @@ class DistillConfig(Section):
         default=5e-5, gt=0, description="Learning rate of the standard-KD baseline (every weight trains, so far "
         "lower than an adapter's).",
     )
+    seed_guard: SeedGuardConfig | None = Field(
+        default_factory=SeedGuardConfig, description="Judge the trained student against the seed-only baseline "
+        "on the seeds before it ships (null: no judgement).")
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:

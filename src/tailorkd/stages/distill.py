@@ -23,12 +23,16 @@ from tailorkd.run_dir import RunDir
 from tailorkd.stages.label import teacher_hidden_states, teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
+from tailorkd.stages.seed_guard import guard as seed_guard
+from tailorkd.stages.seed_guard import self_trained_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 def distill(recipe, force: bool = False) -> Path:
-    """Train every student system the recipe evaluates; return the adaptive-KD student's folder."""
+    """Train every student system the recipe evaluates, then let the seed guard judge the adaptive-KD one
+    (``stages.seed_guard``: it may train a self-trained student in its place); return the folder of the
+    student that ships."""
     from transformers import set_seed
 
     from tailorkd.distill import distill_student
@@ -51,16 +55,21 @@ def distill(recipe, force: bool = False) -> Path:
             raise TailorkdError(f"{run.root}: the teacher abstained on every pool text; nothing to train on")
         rows, probs = [r for r, ok in zip(rows, answered) if ok], probs[answered]
     shots = fixed_shots(recipe.prompt, data.rows("seed"), recipe.task.label_names, recipe.seed)
-    for system, job in student_jobs(recipe).items():
+
+    def train(job, system: str, targets: np.ndarray) -> None:
+        """Train student ``system`` on ``targets`` for ``rows`` (skipped when up to date), then fit its
+        confidence."""
         out = run.student_dir(system)
         fingerprint = run.fingerprint("distill", job)
+        if system == "self_trained":
+            fingerprint = self_trained_fingerprint(job, fingerprint)
         if not force and distributed.from_main(is_trained(out, fingerprint)):
             log.info("distill: %s in %s is up to date", system, out)
         else:
             states = teacher_hidden_states(job, rows) if job.distill.hidden_state_loss is not None else None
             set_seed(recipe.seed)
             student = build_student(job.student, job.task, job.prompt, shots, job.adapter.method)
-            summary = distill_student(student, rows, probs, job.adapter, job.distill, out, recipe.seed,
+            summary = distill_student(student, rows, targets, job.adapter, job.distill, out, recipe.seed,
                                       info={"recipe_hash": fingerprint, "base_model": job.student.model,
                                             "system": system},
                                       teacher_states=states, resume=not force)
@@ -68,7 +77,11 @@ def distill(recipe, force: bool = False) -> Path:
                      summary["train_seconds"], summary["train_loss"], out)
             del student
         calibrate_confidence(job, data, out, shots)
-    return run.student_dir("adaptive_kd")
+
+    for system, job in student_jobs(recipe).items():
+        train(job, system, probs)
+    seed_guard(recipe, data, rows, shots, train)
+    return run.student_dir()
 
 
 @distributed.on_main

@@ -57,6 +57,9 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
     for system in STUDENT_SYSTEMS:
         if system in wanted:
             frames[system], systems[system] = student_system(recipe, data, system)
+    guard = run.seed_guard_record()
+    if guard is not None and guard.get("shipped") == "self_trained":
+        frames["self_trained"], systems["self_trained"] = student_system(recipe, data, "self_trained")
     if "seed_only" in wanted:
         frames["seed_only"], systems["seed_only"] = seed_only_system(recipe, data)
 
@@ -91,6 +94,8 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
     check = load_teacher_check(recipe)
     if check is not None:
         report["teacher_check"] = {**check, "fallback": summary.get("fallback")}
+    if guard is not None:
+        report["seed_guard"] = guard
     if timings is not None:
         timings = {**timings, "evaluate": round(time.perf_counter() - t_start, 2)}
         timings["total"] = round(sum(timings.values()), 2)
