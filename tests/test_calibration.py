@@ -38,14 +38,14 @@ def test_content_free_calibration_removes_a_constructed_bias():
     assert min(np.bincount(fixed.argmax(1), minlength=3)) > 120
 
 
-def test_seed_bias_is_fitted_and_chosen_by_leave_one_out():
+def test_seed_bias_is_fitted_and_chosen_by_refits_on_balanced_folds():
     # Seeds: 30 expert-labelled texts; no content-free inputs, so only a fitted bias can help.
     seed_probs, seed_y = biased_teacher(30, seed=2)
     calibration = calibrate("auto", NAMES, content_free=None, domain=None, seed_probs=seed_probs,
                             seed_labels=[NAMES[i] for i in seed_y])
     assert calibration.method == "seed_bias"
     cands = calibration.details["candidates"]
-    assert set(cands) == {"none", "seed_bias"} and cands["seed_bias"]["leave_one_out"]
+    assert set(cands) == {"none", "seed_bias"} and cands["seed_bias"]["judged_by"] == "refits on balanced folds"
     assert cands["seed_bias"]["accuracy"] > cands["none"]["accuracy"]
     # The fitted bias points against the prior bias, and it helps on new texts from the same teacher.
     bias = np.array(calibration.bias)

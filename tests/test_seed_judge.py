@@ -107,14 +107,20 @@ def test_a_seed_fitted_bias_is_judged_on_balanced_folds_too():
     """The same bias hits a per-class bias fitted on the seeds (calibration's seed_bias): left out of a refit, a
     seed's class is the minority and the bias leans away from it by about log(7/6), more than this teacher's
     weak signal (0.1) for the true class. Refitted on balanced folds, the signal decides."""
-    from tailorkd.calibration import Calibration, fit_bias, fold_calibrated_predictions, leave_one_out_bias
+    from tailorkd.calibration import Calibration, fit_bias, fold_calibrated_predictions, held_out_bias
+    from tailorkd.prompts.search import fold_calibrated
 
     labels = balanced(7)
     y = np.array([CLASSES.index(label) for label in labels])
     logits = 0.1 * np.eye(3)[y] + np.array([2.0, 0.0, 0.0])  # leans to "a" whatever the text
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    _, loo = leave_one_out_bias(np.log(probs), y, [1e-4])
-    assert np.mean(loo == y) == 0.0
+    loo = [int((np.log(probs[i]) + fit_bias(np.log(np.delete(probs, i, 0)), np.delete(y, i), 1e-4)).argmax())
+           for i in range(len(y))]
+    assert np.mean(np.array(loo) == y) == 0.0
+    # How calibration chooses and judges its seed bias, and how the prompt search ranks calibrated prompts.
+    _, held_out = held_out_bias(np.log(probs), y, [1e-4], seed=0)
+    assert np.mean(held_out == y) == 1.0
+    assert np.mean(fold_calibrated(probs, labels, CLASSES, seed=0, l2=1e-4).argmax(1) == y) == 1.0
     calibration = Calibration("seed_bias", CLASSES, [0.0] * 3, list(fit_bias(np.log(probs), y, 1e-4)), {"l2": 1e-4})
     predicted = fold_calibrated_predictions(calibration, probs, labels, seed=0)
     assert np.mean(predicted == np.array(labels)[None, :]) == 1.0

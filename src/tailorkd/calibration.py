@@ -9,9 +9,10 @@ log-probabilities by a per-class offset, ``log q = log p - log_prior + bias`` (t
 - ``domain`` (Fei et al. 2023, domain-context calibration): the content-free inputs are random word
   sequences drawn from the unlabelled pool, so the prior also holds the bias the domain's words cause.
 - ``seed_bias``: on top of ``domain``, a per-class bias fitted on the expert seeds that are not few-shot
-  examples (L2-regularised, the strength chosen by leave-one-out over those seeds).
+  examples (L2-regularised, the strength chosen by refits on balanced folds of those seeds: leave-one-out
+  would leave the held-out seed's class the minority of every refit, so the bias would lean away from it).
 - ``auto``: whichever of none / contextual / domain / seed_bias gives the best macro-F1 on those held-out
-  seeds (leave-one-out for seed_bias); ties go to the method listed first in ``AUTO_ORDER``.
+  seeds (seed_bias judged by the same fold refits); ties go to the method listed first in ``AUTO_ORDER``.
 
 Only the held-out seeds judge the methods: the test split never does.
 """
@@ -114,19 +115,36 @@ def _scores(truth: Sequence[int], pred: Sequence[int], m: int) -> dict[str, floa
             "macro_f1": float(f1_score(truth, pred, labels=list(range(m)), average="macro", zero_division=0))}
 
 
-def leave_one_out_bias(logits: np.ndarray, labels: np.ndarray, grid: Sequence[float]) -> tuple[float, np.ndarray]:
-    """Choose the L2 strength by leave-one-out accuracy (then log-loss) over the seeds; return it and the
-    held-out predictions made with it."""
+def held_out_bias_probs(logits: np.ndarray, labels: np.ndarray, l2: float, seed: int) -> np.ndarray:
+    """[S, M] each seed's distribution after a per-class bias fitted without it: refits on balanced folds
+    (``evaluation.seed_judge``: one seed of every class held out, so no refit leans away from the held-out
+    seed's class as leave-one-out does), averaged over the fold draws; a seed whose class has no other seed
+    can only be left out alone (its class's bias then regularised towards 0)."""
+    from tailorkd.evaluation.seed_judge import balanced_folds
+
+    n = len(labels)
+    total, draws = np.zeros(logits.shape), np.zeros(n)
+    for folds in balanced_folds(labels, seed):
+        for train, test in folds:
+            total[test] += softmax_rows(logits[test] + fit_bias(logits[train], labels[train], l2))
+            draws[test] += 1
+    for i in np.flatnonzero(draws == 0):
+        keep = np.arange(n) != i
+        total[i] = softmax_rows(logits[i : i + 1] + fit_bias(logits[keep], labels[keep], l2))[0]
+        draws[i] = 1
+    return total / draws[:, None]
+
+
+def held_out_bias(logits: np.ndarray, labels: np.ndarray, grid: Sequence[float], seed: int
+                  ) -> tuple[float, np.ndarray]:
+    """Choose the L2 strength by held-out accuracy (then log-loss) over the seeds (``held_out_bias_probs``);
+    return it and the held-out predictions made with it."""
     best: tuple[tuple[float, float], float, np.ndarray] | None = None
     for l2 in grid:
-        pred, nll = np.zeros(len(labels), dtype=int), 0.0
-        for i in range(len(labels)):
-            keep = np.arange(len(labels)) != i
-            b = fit_bias(logits[keep], labels[keep], l2)
-            q = softmax_rows(logits[i : i + 1] + b)[0]
-            pred[i] = int(q.argmax())
-            nll -= float(np.log(max(q[labels[i]], EPS)))
-        key = (float(np.mean(pred == labels)), -nll)
+        q = held_out_bias_probs(logits, labels, l2, seed)
+        pred = q.argmax(axis=1)
+        key = (float(np.mean(pred == labels)), float(np.sum(np.log(np.maximum(q[np.arange(len(labels)), labels],
+                                                                                  EPS)))))
         if best is None or key > best[0]:
             best = (key, l2, pred)
     assert best is not None
@@ -156,12 +174,13 @@ def fold_calibrated_predictions(calibration: Calibration, probs: np.ndarray, lab
 
 def calibrate(method: str, label_names: Sequence[str], *, content_free: np.ndarray | None,
               domain: np.ndarray | None, seed_probs: np.ndarray | None, seed_labels: Sequence[str] | None,
-              l2_grid: Sequence[float] = (0.01, 0.1, 1.0)) -> Calibration:
+              l2_grid: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0) -> Calibration:
     """Fit ``method`` (or, for ``auto``, every method and keep the best on the held-out seeds).
 
     ``content_free``/``domain``: the teacher's [K, M] distributions on content-free / random in-domain
     inputs; ``seed_probs``/``seed_labels``: its distributions on held-out expert seeds and their labels.
-    ``details`` records each candidate's held-out seed accuracy and macro-F1.
+    ``details`` records each candidate's held-out seed accuracy and macro-F1 (``seed``: the fold draws of
+    seed_bias's).
     """
     names = list(label_names)
     m = len(names)
@@ -186,12 +205,12 @@ def calibrate(method: str, label_names: Sequence[str], *, content_free: np.ndarr
             candidates[name] = {**_scores(y, (logits - prior).argmax(axis=1), m), "held_out_seeds": len(y)}
         base = priors.get("domain", priors.get("contextual", priors["none"]))
         if len(y) >= 2:
-            l2, loo_pred = leave_one_out_bias(logits - base, y, l2_grid)
+            l2, held_out_pred = held_out_bias(logits - base, y, l2_grid, seed)
             bias = fit_bias(logits - base, y, l2)
             fitted["seed_bias"] = Calibration("seed_bias", names, list(map(float, base)), list(map(float, bias)),
                                               {"l2": l2})
-            candidates["seed_bias"] = {**_scores(y, loo_pred, m), "held_out_seeds": len(y), "leave_one_out": True,
-                                       "l2": l2}
+            candidates["seed_bias"] = {**_scores(y, held_out_pred, m), "held_out_seeds": len(y),
+                                       "judged_by": "refits on balanced folds", "l2": l2}
     if method == "auto":
         if candidates:
             order = [name for name in AUTO_ORDER if name in candidates]

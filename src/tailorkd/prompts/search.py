@@ -122,21 +122,21 @@ def seed_metrics(probs: np.ndarray, labels: Sequence[str], names: Sequence[str])
     }
 
 
-def loo_calibrated(probs: np.ndarray, labels: Sequence[str], names: Sequence[str], l2: float = 0.1) -> np.ndarray:
-    """Each seed's distribution after a per-class bias fitted on the other seeds (``calibration.fit_bias``):
-    leave-one-out, so a seed never calibrates itself. Abstentions (NaN rows) stay NaN and fit nothing."""
-    from tailorkd.calibration import fit_bias, log_probs, softmax_rows
+def fold_calibrated(probs: np.ndarray, labels: Sequence[str], names: Sequence[str], seed: int, l2: float = 0.1
+                    ) -> np.ndarray:
+    """Each seed's distribution after a per-class bias fitted without it, on balanced folds of the other
+    seeds (``calibration.held_out_bias_probs``), so a seed never calibrates itself and no refit leans away from
+    its class. Abstentions (NaN rows) stay NaN and fit nothing."""
+    from tailorkd.calibration import held_out_bias_probs, log_probs
 
     names = list(names)
     answered = ~np.isnan(probs).any(axis=1)
-    y = np.array([names.index(label) for label in labels])
-    logits = log_probs(np.where(answered[:, None], probs, 1.0 / len(names)))
     out = np.full_like(probs, np.nan, dtype=float)
-    for i in np.flatnonzero(answered):
-        keep = answered.copy()
-        keep[i] = False
-        bias = fit_bias(logits[keep], y[keep], l2) if keep.sum() >= 2 else np.zeros(len(names))
-        out[i] = softmax_rows(logits[i : i + 1] + bias)[0]
+    if answered.sum() < 2:  # nothing to fit a bias on: as they are
+        out[answered] = probs[answered]
+        return out
+    y = np.array([names.index(label) for label in labels])[answered]
+    out[answered] = held_out_bias_probs(log_probs(probs[answered]), y, l2, seed)
     return out
 
 

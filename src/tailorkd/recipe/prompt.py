@@ -72,7 +72,7 @@ class PromptSearchConfig(Section):
     )
     calibrate: bool = Field(
         default=True,
-        description="Rank candidates after a per-class bias fitted on the other seeds (leave-one-out), so that "
+        description="Rank candidates after a per-class bias fitted on the other seeds (balanced folds), so that "
         "a prompt is judged by what it can tell apart rather than by the label bias calibration removes anyway.",
     )
     evaluate_base_on_test: bool = Field(

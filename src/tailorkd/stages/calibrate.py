@@ -50,7 +50,7 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
     held_out, seed_probs = scored_seeds(recipe, data, teacher, store, every_seed=config.seeds == "all")
     try:
         calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
-                                seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out])
+                                seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out], seed=recipe.seed)
     except ValueError as e:
         raise TailorkdError(f"teacher.calibration: {e}") from None
     pool_probs = np.array([rec.probs for rec in pool.values()]).reshape(len(pool), len(names))

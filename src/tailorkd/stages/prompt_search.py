@@ -28,6 +28,11 @@ from tailorkd.teachers import make_teacher
 
 log = logging.getLogger(__name__)
 
+# How candidates are scored on the seeds; a search scored otherwise is done again (the seeds' teacher scores
+# are in the label store, so that costs no teacher call). 2: the calibrated ranking fits its per-class bias on
+# balanced folds instead of leave-one-out.
+SCORING_VERSION = 2
+
 
 def tune_prompt(recipe, force: bool = False) -> dict[str, Any]:
     """Choose the prompt on the expert seeds; skipped when prompts/search.json was made for this recipe,
@@ -61,6 +66,7 @@ def _tune_prompt(recipe, force: bool) -> dict[str, Any]:
     chosen = to_prompt(recipe.prompt, result.chosen.parts)
     record = {
         "search_hash": run.fingerprint("prompt_search"),
+        "scoring_version": SCORING_VERSION,
         "metric": config.metric,
         "seeds": len(data.seed),
         "space": space,
@@ -102,7 +108,7 @@ def search_record(recipe) -> dict[str, Any] | None:
     run = RunDir(recipe)
     record = run.read_json_if_exists(run.search, "prompt search record")
     return record if isinstance(record, dict) and record.get("search_hash") == run.fingerprint("prompt_search") \
-        else None
+        and record.get("scoring_version", 1) == SCORING_VERSION else None
 
 
 class SeedScorer:
@@ -113,8 +119,8 @@ class SeedScorer:
     per-text selector never picks a text's own seed."""
 
     def __init__(self, recipe, data: PreparedData, calibrate: bool = True):
-        """``calibrate``: the metrics are those after a leave-one-out per-class bias (``loo_calibrated``),
-        with the raw ones under "raw"."""
+        """``calibrate``: the metrics are those after a per-class bias fitted on balanced folds of the other
+        seeds (``fold_calibrated``), with the raw ones under "raw"."""
         self.recipe = recipe
         self.calibrate = calibrate
         self.seeds = data.rows("seed")
@@ -146,13 +152,14 @@ class SeedScorer:
         return self._teacher.with_prompt(prompt, shots, self.selector(prompt))
 
     def __call__(self, prompt) -> tuple[dict[str, Any], int, float]:
-        from tailorkd.prompts.search import loo_calibrated, seed_metrics
+        from tailorkd.prompts.search import fold_calibrated, seed_metrics
 
         probs, calls, seconds = self.probs(prompt)
         labels = [r["label"] for r in self.seeds]
         metrics = seed_metrics(probs, labels, self.names)
         if self.calibrate:
-            metrics = {**seed_metrics(loo_calibrated(probs, labels, self.names), labels, self.names), "raw": metrics}
+            metrics = {**seed_metrics(fold_calibrated(probs, labels, self.names, self.recipe.seed), labels,
+                                      self.names), "raw": metrics}
         return metrics, calls, seconds
 
     def probs(self, prompt) -> tuple[np.ndarray, int, float]:
