@@ -77,3 +77,43 @@ def test_seed_classifier_fits_as_with_the_old_defaults_without_future_warnings()
 def test_embedding_text_puts_the_title_first():
     assert embedding_text({"title": "Markets", "text": "Shares fell."}) == "Markets. Shares fell."
     assert embedding_text({"title": None, "text": "Shares fell."}) == "Shares fell."
+
+
+def test_setfit_tunes_the_encoder_on_seed_pairs_and_learns_topics():
+    from tailorkd.evaluation.setfit_baseline import fit_setfit, setfit_baseline, setfit_probs
+
+    rows = [{**r, "text": r["text"].replace("News item", "Report")} for r in topic_rows(6)]
+    seeds = [r for r in rows if r["id"].endswith(("-0", "-1"))]  # 2 per class
+    test = [r for r in rows if r not in seeds]
+    names = TOPICS + ["weather"]  # a class without seeds gets probability 0
+    result = setfit_baseline(seeds, test, names, "minilm-l6", seed=0, iterations=4)
+    probs = result["probs"]
+    assert probs.shape == (len(test), len(names)) and np.allclose(probs.sum(1), 1.0)
+    assert (probs[:, names.index("weather")] == 0).all()
+    accuracy = np.mean([names[i] == r["label"] for i, r in zip(probs.argmax(1), test)])
+    assert accuracy >= 0.9
+    assert result["seeds"] == 10 and result["train_seconds"] > 0 and result["iterations"] == 4
+    # The encoder itself moved (contrastive pairs), and the same seed trains the same model.
+    model = fit_setfit(seeds, names, "minilm-l6", seed=0, iterations=4)
+    texts = [embedding_text(r) for r in test[:4]]
+    tuned = model.model_body.encode(texts, normalize_embeddings=True)
+    frozen = embed_texts(texts, "minilm-l6")
+    assert np.min(np.sum(tuned * frozen, axis=1)) < 0.999
+    np.testing.assert_allclose(setfit_probs(model, [embedding_text(r) for r in test], names), probs, atol=1e-5)
+
+
+def test_setfit_without_the_library_is_a_one_line_error(monkeypatch):
+    import builtins
+
+    from tailorkd.evaluation.setfit_baseline import fit_setfit
+
+    real_import = builtins.__import__
+
+    def no_setfit(name, *args, **kwargs):
+        if name == "setfit":
+            raise ImportError("No module named 'setfit'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_setfit)
+    with pytest.raises(TailorkdError, match=r"^evaluation.systems: setfit needs the setfit library.*\[setfit\]"):
+        fit_setfit([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}], ["x", "y"], "minilm-l6", 0)

@@ -245,3 +245,22 @@ def test_evaluate_before_label_says_what_to_run(tiny_models, tmp_path, capsys):
     assert main(["prepare", recipe_path]) == 0
     assert main(["evaluate", recipe_path]) == 2
     assert "tailorkd label" in capsys.readouterr().err
+
+
+def test_the_setfit_baseline_is_reported_when_listed(tiny_models, tmp_path):
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              evaluation={"systems": ["teacher", "seed_only", "setfit"], "setfit_iterations": 2})
+    assert main(["run", recipe_path]) == 0
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["systems"])[-2:] == ["seed_only", "setfit"]
+    setfit = report["systems"]["setfit"]
+    assert setfit["model"].startswith("SetFit: minilm-l6 tuned on pairs of 10 seeds (2 pairs per seed)")
+    assert setfit["cost"]["training_seconds"] > 0
+    frame = pd.read_parquet(run / "predictions" / "setfit.parquet")
+    recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
+    assert setfit["metrics"]["macro_f1"] == pytest.approx(recomputed["macro_f1"]) and len(frame) == 20
+    assert "**SetFit baseline** (`setfit`)" in (run / "report.md").read_text()
+    # Not in the default systems: it trains an encoder.
+    default = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"]))
+    assert "setfit" not in default.evaluation.systems

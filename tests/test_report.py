@@ -43,7 +43,10 @@ def test_report_metrics_are_those_of_the_stored_predictions(tiny_run):
     run, recipe_path = tiny_run
     report = json.loads((run / "report.json").read_text())
     assert report["schema_version"] == 3
-    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only"]
+    # (the seed guard's self-trained student when it shipped one; tests/test_seed_guard.py)
+    added = ["self_trained"] if report["seed_guard"]["shipped"] == "self_trained" else []
+    assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "adaptive_kd", *added,
+                                       "seed_only"]
     frames = {name: pd.read_parquet(run / "predictions" / f"{name}.parquet") for name in report["systems"]}
     for name, frame in frames.items():
         reported = report["systems"][name]["metrics"]
@@ -113,7 +116,9 @@ def test_report_markdown_tables_and_figures(tiny_run):
     assert "## Versions" in md and "- matplotlib " in md and "## Recipe" in md
     figures = report["figures"]
     paths = [*figures["confusion_matrix"].values(), figures["reliability"], figures["cost_quality"]]
-    assert len(paths) == 7  # a confusion matrix per system (5), the reliability diagram, cost vs quality
+    # a confusion matrix per system (5, and the seed guard's self-trained student), the reliability diagram,
+    # cost vs quality
+    assert len(paths) == len(report["systems"]) + 2 and len(report["systems"]) in (5, 6)
     for rel in paths:
         assert rel.startswith("figures/") and f"({rel})" in md
         width, height = _png_size(run / rel)
@@ -135,10 +140,13 @@ def test_compare_two_runs(tiny_run, tmp_path, capsys):
     header, rule, *rows = printed.splitlines()
     assert header.startswith("| run | system | accuracy [95% CI] | macro-F1 [95% CI] | texts/s |")
     assert rule.startswith("|---")
-    # Systems by the paper's names.
+    # Systems by the paper's names; the student that ships is always reported (the seed guard's self-trained one
+    # when it chose it).
+    shipped = json.loads((run / "report.json").read_text())["seed_guard"]["shipped"]
+    added = ["self-trained student"] if shipped == "self_trained" else []
     assert [r.split(" | ")[:2] for r in rows] == [["| run", s] for s in (
-        "teacher", "untrained student", "standard KD", "adaptive KD", "seed-only baseline")] + [
-        ["| other-run", "teacher"], ["| other-run", "seed-only baseline"]]
+        "teacher", "untrained student", "standard KD", "adaptive KD", *added, "seed-only baseline")] + [
+        ["| other-run", s] for s in ("teacher", *added, "seed-only baseline")]
     first = json.loads((run / "report.json").read_text())["systems"]["adaptive_kd"]
     m, ci = first["metrics"], first["metrics"]["intervals"]["macro_f1"]
     assert (f"| {100 * m['macro_f1']:.2f} [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] | "

@@ -30,6 +30,12 @@ SYSTEMS: dict[str, System] = {s.key: s for s in (
            "seeds alone: the bar distillation must clear"),
 )}
 
+# Systems a recipe lists to have them (not in the default evaluation.systems): SetFit trains an encoder.
+OPT_IN_SYSTEMS: dict[str, System] = {s.key: s for s in (
+    System("setfit", "SetFit baseline", "SetFit", "the sentence encoder fine-tuned contrastively on pairs of "
+           "expert seeds, then a logistic-regression head (SetFit): a stronger seeds-only bar"),
+)}
+
 # The student systems, each trained by the distill stage into its own folder.
 STUDENT_SYSTEMS = ("untrained_student", "standard_kd", "adaptive_kd")
 
@@ -40,7 +46,7 @@ ADDED_SYSTEMS: dict[str, System] = {s.key: s for s in (
            "classifier's distributions instead of the teacher's: the seed guard trains and ships it when the "
            "seeds judge the adaptive-KD student worse than the seed-only baseline"),
 )}
-KNOWN_SYSTEMS: dict[str, System] = {**SYSTEMS, **ADDED_SYSTEMS}
+KNOWN_SYSTEMS: dict[str, System] = {**SYSTEMS, **OPT_IN_SYSTEMS, **ADDED_SYSTEMS}
 
 
 # Keys that older report.json files use: before the paper's names the adaptive-KD system was keyed "student".

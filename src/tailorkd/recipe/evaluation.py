@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from tailorkd.evaluation.systems import SYSTEMS, current_key
+from tailorkd.evaluation.systems import OPT_IN_SYSTEMS, SYSTEMS, current_key
 from tailorkd.recipe.base import Section
 
 
@@ -17,11 +17,14 @@ class EvaluationConfig(Section):
         "student as it comes: a causal LM answering through the prompt, an encoder with an untrained head); "
         "standard_kd (every weight trained on the teacher's targets); adaptive_kd (adapters, stages, "
         "hidden-state loss as configured; formerly student); seed_only (logistic regression on sentence "
-        "embeddings of the expert seeds alone, the bar distillation must clear).",
+        "embeddings of the expert seeds alone, the bar distillation must clear). Opt-in: setfit (the encoder "
+        "fine-tuned on seed pairs, SetFit; needs the setfit extra).",
     )
     batch_size: int = Field(default=16, ge=1)
     seed_only_encoder: str = Field(default="minilm-l6", min_length=1,
-                                   description="Sentence encoder of the seed-only baseline (registry name, folder).")
+                                   description="Sentence encoder of the seed-only and SetFit baselines (registry "
+                                   "name, folder).")
+    setfit_iterations: int = Field(default=20, ge=1, description="SetFit's pairs per seed (num_iterations).")
 
     @field_validator("systems", mode="before")
     @classmethod
@@ -34,9 +37,10 @@ class EvaluationConfig(Section):
     @field_validator("systems")
     @classmethod
     def _known_and_unique(cls, systems: list[str]) -> list[str]:
-        unknown = [s for s in systems if s not in SYSTEMS]
+        known = {**SYSTEMS, **OPT_IN_SYSTEMS}
+        unknown = [s for s in systems if s not in known]
         if unknown:
-            raise ValueError(f"unknown systems {unknown}; use some of: {', '.join(SYSTEMS)}")
+            raise ValueError(f"unknown systems {unknown}; use some of: {', '.join(known)}")
         if len(set(systems)) != len(systems):
             raise ValueError(f"systems must not repeat (student is the old name of adaptive_kd); got {systems}")
         return systems

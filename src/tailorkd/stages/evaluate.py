@@ -62,6 +62,8 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
         frames["self_trained"], systems["self_trained"] = student_system(recipe, data, "self_trained")
     if "seed_only" in wanted:
         frames["seed_only"], systems["seed_only"] = seed_only_system(recipe, data)
+    if "setfit" in wanted:
+        frames["setfit"], systems["setfit"] = setfit_system(recipe, data)
 
     # Every system alike from here on.
     run.predictions_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +188,23 @@ def seed_only_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
     return predictions_frame(rows, baseline["probs"], recipe.task.label_names), {
         "model": f"logistic regression on {encoder} embeddings of {baseline['seeds']} seeds (C={baseline['C']:g})",
         "cost": cost(texts_per_second=1.0 / seconds if seconds > 0 else None),
+    }
+
+
+def setfit_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The SetFit baseline: the seed-only encoder fine-tuned on pairs of seeds, with its head."""
+    from tailorkd.evaluation.setfit_baseline import setfit_baseline
+
+    rows = data.rows("test")
+    encoder = recipe.evaluation.seed_only_encoder
+    baseline = setfit_baseline(data.rows("seed"), rows, recipe.task.label_names, encoder, recipe.seed,
+                               recipe.evaluation.setfit_iterations)
+    seconds = baseline["seconds_per_text"]
+    return predictions_frame(rows, baseline["probs"], recipe.task.label_names), {
+        "model": f"SetFit: {encoder} tuned on pairs of {baseline['seeds']} seeds ({baseline['iterations']} pairs "
+                 "per seed), logistic-regression head",
+        "cost": cost(texts_per_second=1.0 / seconds if seconds > 0 else None,
+                     training={"train_seconds": round(baseline["train_seconds"], 2)}),
     }
 
 
