@@ -133,3 +133,35 @@ def test_crisis_signals_days_come_from_tweet_ids():
     bench = _load_script("crisis_signals")
     assert bench.tweet_day("211040709124440064") == "2012-06-08"  # 2012_Colorado_wildfires, its first tweet
     assert bench.tweet_day("0") == "2010-11-04"  # Twitter's snowflake epoch: 2010-11-04 01:42:54.657 UTC
+
+
+def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
+    """benchmarks/quality_suite.py end to end on a tiny task, two random seeds: every system's test metrics as
+    the runs' reports have them, the shipped student, the majority class, the per-task means and the table."""
+    from test_pipeline import make_recipe
+
+    recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"])
+    bench = _load_script("quality_suite")
+    out = tmp_path / "suite.json"
+    result = bench.main(["--recipe", f"tiny={recipe}", "--seeds", "3,4", "--pool-size", "20", "--test-size", "20",
+                         "--override", "evaluation.setfit_iterations=2", "--work", str(tmp_path / "work"),
+                         "--output", str(out)])
+    assert json.loads(out.read_text())["summary"] == result["summary"]
+    runs = result["runs"]
+    assert [(r["task"], r["seed"]) for r in runs] == [("tiny", 3), ("tiny", 4)]
+    assert not any(r.get("failed") for r in runs)
+    for run in runs:
+        report = json.loads((Path(run["output_dir"]) / "report.json").read_text())
+        for system in ("teacher", "adaptive_kd", "seed_only", "setfit"):
+            assert run["rows"][system]["macro_f1"] == report["systems"][system]["metrics"]["macro_f1"]
+        shipped = report["seed_guard"]["shipped"]
+        assert run["seed_guard"]["shipped"] == shipped
+        assert run["rows"]["shipped"]["macro_f1"] == report["systems"][shipped]["metrics"]["macro_f1"]
+        assert run["rows"]["majority"]["test_texts"] == 20 and 0 < run["rows"]["majority"]["accuracy"] < 1
+    tiny = result["summary"]["per_task"]["tiny"]
+    assert tiny["runs"] == 2
+    mean = sum(r["rows"]["teacher"]["macro_f1"] for r in runs) / 2
+    assert tiny["teacher"]["macro_f1"] == pytest.approx(mean, abs=1e-4)
+    assert result["summary"]["average_over_tasks"]["setfit"]["macro_f1"] == tiny["setfit"]["macro_f1"]
+    lines = result["table_markdown"].splitlines()
+    assert lines[0] == "| system | tiny macro-F1 / acc | average macro-F1 / acc |" and len(lines) == 2 + 8

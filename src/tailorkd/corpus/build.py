@@ -293,6 +293,8 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
     duplicates = StreamWriter(out_dir / DUPLICATES, DUPLICATES_SCHEMA)
     rejects = StreamWriter(out_dir / REJECTS)
     shown: dict[str, str] = {}
+    file_numbers: dict[str, int] = {}  # a text's dedup ref: its file's number << 40 | its row
+    file_names: list[str] = []
     step_seconds = dict.fromkeys(TIMED_STEPS, 0.0)
     dedup_seconds = 0.0
     progress = tqdm(desc="corpus", unit=" texts", disable=None)
@@ -303,7 +305,11 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
                 step_seconds[step] += float(pc.sum(batch.column(f"t_{step}")).as_py() or 0.0)
             dedup_start = time.perf_counter()
             for row in batch.to_pylist():
-                file = shown.setdefault(row["file"], _shown(Path(row["file"]), Path(base_dir)))
+                file = shown.get(row["file"])
+                if file is None:
+                    file = shown[row["file"]] = _shown(Path(row["file"]), Path(base_dir))
+                    file_numbers[row["file"]] = len(file_names)
+                    file_names.append(file)
                 funnel.per_input[file] += 1
                 text_id = f"corpus:{file}:{row['row']}"
                 reason = row["dropped"]
@@ -314,9 +320,11 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
                 if reason == "unreadable":
                     rejects.add(make_reject(file, row["row"], row["reject"], row["raw"] or "", row["position"]))
                 if reason is None:
-                    duplicate = dedup.check(text_id, row["exact_key"], row["signature"])
+                    ref = file_numbers[row["file"]] << 40 | row["row"]
+                    duplicate = dedup.check(ref, row["exact_key"], row["signature"])
                     if duplicate is not None:
-                        kind, first = duplicate
+                        kind, first_ref = duplicate
+                        first = f"corpus:{file_names[first_ref >> 40]}:{first_ref & (1 << 40) - 1}"
                         reason = f"{kind}_duplicate"
                         duplicates.add({"id": text_id, "doc_id": row["doc_id"], "shard": file, "row": row["row"],
                                         "kind": kind, "duplicate_of": first, "text": row["text"]})

