@@ -402,6 +402,6 @@ class DataConfig(_Model):
     detect_language: bool = Field(
         default=False,
         description="Record the language of each seed, pool and test text the source gives none for, detected "
-        "by langdetect (seeded, ISO 639-1 codes; 'unknown' when it cannot tell). The report then scores each "
+        "by py3langid (ISO 639-1 codes; 'unknown' below a confidence of 0.5). The report then scores each "
         "system per language.",
     )

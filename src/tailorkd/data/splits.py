@@ -82,21 +82,24 @@ def _label_counts(labels: pd.Series, task_labels: Sequence[str] | None = None) -
     return {label: int(counts.get(label, 0)) for label in order}
 
 
+#: Below this confidence py3langid's answer counts as 'unknown' (see recipe.corpus.LanguageFilter: on 4,450
+#: CrisisLexT26 tweets its answers at 0.5 or more agreed with langdetect on 98%).
+LANGUAGE_MIN_CONFIDENCE = 0.5
+LANGUAGE_MAX_CHARS = 1000
+
+
 def detect_languages(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each missing ``language`` detected from its text (langdetect, seeded so that the same
-    text always gets the same code; 'unknown' for a text it cannot read, e.g. only a link)."""
-    try:
-        from langdetect import DetectorFactory, detect
-        from langdetect.lang_detect_exception import LangDetectException
-    except ImportError as exc:
-        raise TailorkdError("data.detect_language needs the langdetect package (pip install langdetect)") from exc
-    DetectorFactory.seed = 0
+    """``frame`` with each missing ``language`` identified from its text by py3langid (the corpus stage's
+    identifier: its model ships in the package, deterministic, about 0.1 ms a tweet where langdetect took
+    milliseconds and changed its mind on short texts), on the first 1,000 characters; 'unknown' below a
+    confidence of 0.5 (e.g. a text that is only a link)."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
     def one(text: str) -> str:
-        try:
-            return detect(text)
-        except LangDetectException:
-            return "unknown"
+        code, confidence = identifier.classify(text[:LANGUAGE_MAX_CHARS])
+        return code if confidence >= LANGUAGE_MIN_CONFIDENCE else "unknown"
 
     frame = frame.copy()
     missing = frame["language"].isna()
