@@ -69,6 +69,8 @@ def test_stop_ends_the_run_with_the_numbers_and_warn_ships_the_student(tmp_path,
         distill(recipe)
     run = RunDir(recipe)
     assert not run.student_dir("self_trained").exists()
+    stopped = json.loads(run.seed_guard.read_text())
+    assert stopped["worse"] and stopped["shipped"] is None and run.seed_guard_record() is None
     warned = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
         "seed_guard": recipe.distill.seed_guard.model_copy(update={"on_worse": "warn"})})})
     assert distill(warned) == run.student_dir("adaptive_kd")  # trained already: only the guard runs again

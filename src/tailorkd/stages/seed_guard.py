@@ -64,7 +64,8 @@ def judge_student(recipe, data: PreparedData, system: str, shots: list[dict[str,
     keep = np.array([r["id"] in unseen for r in seeds]) & judged
     chosen = [r for r, k in zip(seeds, keep) if k]
     if len({str(r["label"]) for r in chosen}) < 2:
-        return {"seeds": [r["id"] for r in chosen], "student": None, "seed_only": None,
+        return {"seeds": [r["id"] for r in chosen], "student_file": student_file_hash(folder), "student": None,
+                "seed_only": None,
                 "why_not_judged": f"{len(chosen)} seeds of fewer than two classes can judge the student"}
     probs = apply_temperature(predict_probs(student, chosen, recipe.evaluation.batch_size, desc="student: seeds"),
                               student_temperature(folder))
@@ -99,6 +100,8 @@ def guard(recipe, data: PreparedData, rows: list[dict[str, Any]], shots: list[di
     if record["worse"]:
         message = _worse_message(record)
         if config.on_worse == "stop":
+            if distributed.is_main():
+                run.write_json(run.seed_guard, {**record, "shipped": None})  # what stopped it, for the record
             raise TailorkdError(f"{run.seed_guard}: {message}; the run stops (distill.seed_guard.on_worse: stop)")
         if config.on_worse == "warn":
             log.warning("seed guard: %s; the adaptive-KD student ships anyway (distill.seed_guard.on_worse: warn)",
