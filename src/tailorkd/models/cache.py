@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from tailorkd.errors import TailorkdError
-from tailorkd.models.gguf.convert import convert_gemma3, convert_smollm2
+from tailorkd.models.gguf.convert import convert_gemma3, convert_qwen_coder, convert_smollm2
 from tailorkd.models.registry import (
     REGISTRY,
     PackagedModel,
@@ -171,7 +171,7 @@ _CACHE_ERRNOS = {
 def _cache_error(target: Path, exc: OSError) -> TailorkdError:
     return TailorkdError(
         f"Could not write the converted model into {target} ({exc.strerror or exc}). Free some disk space "
-        f"(the models take up to about 1.2 GB each, and twice that while converting) or point "
+        f"(the models take up to about 2.5 GB each, and twice that while converting) or point "
         f"{CACHE_ENV} at a writable folder with room."
     )
 
@@ -231,5 +231,6 @@ def _convert_minilm(out: Path, work: Path) -> dict:
 CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
     "smollm2-135m-instruct": convert_smollm2,
     "gemma3-270m": convert_gemma3,
+    "qwen2.5-coder-0.5b-instruct": convert_qwen_coder,
     "minilm-l6": _convert_minilm,
 }

