@@ -35,12 +35,12 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from tailorkd.corpus.engines import import_ray as import_ray_module
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, make_record, text_hash
 
 log = logging.getLogger(__name__)
 
-RAY_PIP = "pip install 'tailorkd[ray]'"
 IN_FLIGHT_PER_ACTOR = 2
 
 
@@ -70,12 +70,8 @@ def actor_recipe(recipe: Any, endpoints: Sequence[str], index: int) -> Any:
 
 
 def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise TailorkdError(f"tailorkd label --engine ray needs Ray, which is not installed; run `{RAY_PIP}` "
-                            "(or label without --engine ray)") from None
-    return ray
+    """The ray module; a one-line error naming the extra to install when missing."""
+    return import_ray_module("tailorkd label --engine ray", "label without --engine ray", data=False)
 
 
 def _cause(exc: BaseException) -> TailorkdError | None:

@@ -80,14 +80,18 @@ def local_batches(files: list[tuple[int, Path, str]], settings: StepSettings, wo
 
 
 # -- ray ----------------------------------------------------------------------------------------------------
-def import_ray() -> Any:
-    """The ray module with Ray Data; a one-line error naming the extra to install when missing."""
+def import_ray(needed_by: str = "corpus.engine: ray", instead: str = "use corpus.engine: local",
+               data: bool = True) -> Any:
+    """The ray module (with Ray Data when ``data``); a one-line error naming what needs it, the extra to
+    install and what to do ``instead`` when missing."""
     try:
         import ray
-        import ray.data  # noqa: F401
+
+        if data:
+            import ray.data  # noqa: F401
     except ImportError:
-        raise TailorkdError(f"corpus.engine: ray needs Ray Data, which is not installed; run `{RAY_PIP}` "
-                            "(or use corpus.engine: local)") from None
+        raise TailorkdError(f"{needed_by} needs Ray{' Data' if data else ''}, which is not installed; run "
+                            f"`{RAY_PIP}` (or {instead})") from None
     return ray
 
 

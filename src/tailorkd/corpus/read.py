@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tailorkd.data.readers import RAW_LIMIT, csv_records, scalar_text
+from tailorkd.data.readers import RAW_LIMIT, csv_records, json_object, scalar_text
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe.corpus import CORPUS_SUFFIXES, CorpusInput
 
@@ -172,15 +172,8 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]
             line = line.lstrip("\ufeff")
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"malformed JSON: {exc.msg} (column {exc.colno})", line
-            continue
-        if not isinstance(obj, dict):
-            yield number, None, f"not a JSON object but a {type(obj).__name__}", line
-            continue
-        yield number, obj, None, line
+        obj, problem = json_object(line)
+        yield number, obj, problem, line
 
 
 def _iter_csv(path: Path, spec: CorpusInput, key: str

@@ -270,15 +270,19 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[Any]:
         if _SURROGATES.search(line):
             yield number, None, _undecodable(encoding), line
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, None, f"malformed JSON: {exc.msg} (column {exc.colno})", line
-            continue
-        if not isinstance(obj, dict):
-            yield number, None, f"not a JSON object but a {type(obj).__name__}", line
-            continue
-        yield number, obj, None, line
+        obj, problem = json_object(line)
+        yield number, obj, problem, line
+
+
+def json_object(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object on ``line``, None), or (None, why it is not one) in the reject reasons' words."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"malformed JSON: {exc.msg} (column {exc.colno})"
+    if not isinstance(obj, dict):
+        return None, f"not a JSON object but a {type(obj).__name__}"
+    return obj, None
 
 
 def _iter_lines(path: Path, encoding: str, separator: str, split_label: bool) -> Iterator[Any]:
