@@ -159,12 +159,13 @@ def test_prepare_takes_the_pool_from_the_corpus_without_seed_or_test_texts(tmp_p
     assert read_stamp(run.corpus_dir)["rows"] == 64 and len(run.corpus_shards) == 5 and run.funnel.is_file()
     data = prepare(recipe)
     seed_test = set(data.seed["text"]) | set(data.test["text"])
-    assert len(seed_test) == 10 and not seed_test & set(data.pool["text"])
-    assert len(data.pool) == 64 - 10 and data.pool["id"].str.startswith("corpus:raw.jsonl:").all()
+    pool = data.pool.to_pandas()
+    assert len(seed_test) == 10 and not seed_test & set(pool["text"])
+    assert len(data.pool) == 64 - 10 and pool["id"].str.startswith("corpus:raw.jsonl:").all()
     assert data.stats["corpus"]["left_out_as_seed_or_test_texts"] == 10
     assert data.stats["corpus"]["pool_from_sources"] == 0 and data.stats["splits"]["pool"]["rows"] == 54
     assert set(data.pool.columns) == {"id", "text", "title", "language", "date", "source", "origin"}
-    assert data.pool["origin"].str.match(r"raw\.jsonl:\d+$").all()
+    assert pool["origin"].str.match(r"raw\.jsonl:\d+$").all()
     # The few-shot examples of classify / export read the seed split alone.
     for split in ("seed", "test"):
         assert frame_rows(load_split(recipe, split)) == data.rows(split)

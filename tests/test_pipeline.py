@@ -72,7 +72,7 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     # The pool's labels never reach the pipeline; the teacher labelled pool and test, and the 10 seeds for
     # the teacher check (its pool sample is part of the pool), nothing else; a self-trained student's targets
     # are the seed classifier's, stored beside them.
-    pool = pd.read_parquet(run / "data" / "pool.parquet")
+    pool = pd.read_feather(run / "data" / "pool.arrow")
     assert "label" not in pool.columns and len(pool) == 60 - 10 - 20
     assert labels_in_store(run) == 30 + 20 + 10 + (30 if added else 0)
 
@@ -157,7 +157,7 @@ def test_label_stage_stores_hidden_states_and_reasons(tiny_models, tmp_path):
     from tailorkd.hidden_states import HiddenStateReader
     from tailorkd.labels import LabelStore, text_hash
 
-    pool = pd.read_parquet(run / "data" / "pool.parquet")
+    pool = pd.read_feather(run / "data" / "pool.arrow")
     with LabelStore(run / "labels.sqlite") as store:
         reader = HiddenStateReader(store, summary["hidden_states"]["teacher_key"], summary["prompt"]["fingerprint"])
         states = reader.get([text_hash(t) for t in pool["text"]], [-1])[-1]

@@ -514,7 +514,7 @@ def test_cli_run_with_a_served_teacher_end_to_end(tiny_models, tmp_path, monkeyp
     # The five item-5 texts name no topic: the teacher abstained on them. The teacher check asked for every
     # seed too (each once: a shown seed with its shot swapped) and for its pool sample (here the whole pool), so
     # an abstention of the pool is asked twice per run: by the check, then by the labelling.
-    pool = pd.read_parquet(run / "data" / "pool.parquet")
+    pool = pd.read_feather(run / "data" / "pool.arrow")
     test = pd.read_parquet(run / "data" / "test.parquet")
     seed = pd.read_parquet(run / "data" / "seed.parquet")
     item5 = lambda frame: sorted(frame["id"][frame["id"].str.endswith("-5")])  # noqa: E731

@@ -143,14 +143,19 @@ def from_main(value: T) -> T:
     return broadcast_object_list([value], from_process=0)[0]
 
 
-def share(items: Sequence[T], key: Callable[[T], str]) -> list[T]:
+def share(items: Sequence[T], key: Callable[[T], str]) -> Sequence[T]:
     """This process's disjoint share of ``items``: those whose ``key`` hashes to its rank (all of them in one
     process). By key, not position, so processes that hold the items in different orders still split them
-    exactly, and equal keys (the same text twice) fall to one process."""
+    exactly, and equal keys (the same text twice) fall to one process. Pool rows read from disk stay there
+    (the share is a view of them)."""
     if not is_distributed():
-        return list(items)
+        return items
+    from tailorkd.data.pool_rows import take_rows
+
     n, me = world_size(), rank()
-    return [item for item in items if int(hashlib.blake2b(key(item).encode(), digest_size=8).hexdigest(), 16) % n == me]
+    mine = [i for i, item in enumerate(items)
+            if int(hashlib.blake2b(key(item).encode(), digest_size=8).hexdigest(), 16) % n == me]
+    return take_rows(items, mine)
 
 
 def sharding_engine() -> str | None:

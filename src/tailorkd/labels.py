@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tailorkd.errors import TailorkdError
 from tailorkd.files import atomic_write
 
@@ -103,6 +105,88 @@ def make_record(text_id: str, text: str, probs: Sequence[float], label_names: Se
     margin = probs[order[0]] - probs[order[1]] if len(probs) > 1 else 1.0
     return LabelRecord(text_id, text_hash(text), probs, label_names[order[0]], probs[order[0]], entropy, margin,
                        seconds, reason)
+
+
+class StoredLabels(Mapping[str, LabelRecord]):
+    """The store's records of ``rows`` for one teacher and prompt, by text hash, read on demand: what a
+    teacher's ``label`` returns, so that labelling a big pool never holds a record per text. Valid while the
+    store is open; iterating (and ``len``, computed once) walks the rows a window at a time."""
+
+    def __init__(self, store: LabelStore, teacher: str, prompt: str, rows: Sequence[dict[str, Any]],
+                 label_names: Sequence[str]):
+        self.store, self.key, self.rows, self.label_names = store, (teacher, prompt), rows, list(label_names)
+        self._len: int | None = None
+
+    def __getitem__(self, text_hash_: str) -> LabelRecord:
+        found = self.store.get(*self.key, [text_hash_], self.label_names)
+        if text_hash_ not in found:
+            raise KeyError(text_hash_)
+        return found[text_hash_]
+
+    def __contains__(self, text_hash_: object) -> bool:
+        return isinstance(text_hash_, str) and bool(self.store.done_hashes(*self.key, among=[text_hash_]))
+
+    def windows(self) -> Iterator[tuple[Sequence[dict[str, Any]], dict[str, LabelRecord]]]:
+        """(rows, their records by hash) a window of rows at a time."""
+        from tailorkd.data.pool_rows import windows
+
+        for window in windows(self.rows):
+            yield window, self.store.get(*self.key, [text_hash(r["text"]) for r in window], self.label_names)
+
+    def _records(self) -> Iterator[LabelRecord]:
+        # A text repeated in the rows is one record, as in a dict; the texts seen so far are kept as 64-bit
+        # prefixes of their hashes (a collision among a million texts: about 3e-8), not as strings.
+        seen: set[int] = set()
+        for _, found in self.windows():
+            for h, record in found.items():
+                key = int(h[:16], 16)
+                if key not in seen:
+                    seen.add(key)
+                    yield record
+
+    def __iter__(self) -> Iterator[str]:
+        return (record.text_hash for record in self._records())
+
+    def values(self) -> Iterator[LabelRecord]:  # type: ignore[override]
+        return self._records()
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self._records())
+        return self._len
+
+    def missing_ids(self) -> list[str]:
+        """The ids of the rows without a record (e.g. texts a served teacher abstained on)."""
+        return [r["id"] for window, found in self.windows() for r in window if text_hash(r["text"]) not in found]
+
+
+def unlabelled_rows(store: LabelStore, key: tuple[str, str], rows: Sequence[dict[str, Any]],
+                    also_stored_in: Any = None) -> list[dict[str, Any]]:
+    """The rows whose label under ``key`` (teacher identity, prompt fingerprint) the store lacks, asked
+    afresh (another process may have stored some since); with ``also_stored_in`` (e.g. a hidden-state
+    writer, anything with ``done_hashes(among=...)``), also those it lacks."""
+    hashes = [text_hash(r["text"]) for r in rows]
+    stored = store.done_hashes(*key, among=hashes)
+    if also_stored_in is not None:
+        stored &= also_stored_in.done_hashes(among=hashes)
+    return [r for r, h in zip(rows, hashes) if h not in stored]
+
+
+def stored_probs(store: LabelStore, teacher: str, prompt: str, rows: Sequence[dict[str, Any]],
+                 label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The stored [N, M] distributions and [N] seconds of ``rows`` (NaN rows where there is no record),
+    read a window of rows at a time."""
+    names = list(label_names)
+    probs = np.full((len(rows), len(names)), np.nan)
+    seconds = np.full(len(rows), np.nan)
+    start = 0
+    for window, found in StoredLabels(store, teacher, prompt, rows, names).windows():
+        for offset, row in enumerate(window):
+            record = found.get(text_hash(row["text"]))
+            if record is not None:
+                probs[start + offset], seconds[start + offset] = record.probs, record.seconds
+        start += len(window)
+    return probs, seconds
 
 
 class LabelStore:

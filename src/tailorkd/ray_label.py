@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tailorkd.corpus.engines import import_ray as import_ray_module
+from tailorkd.data.pool_rows import PoolRows, take_rows, windows
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, make_record, text_hash
 
@@ -116,20 +117,34 @@ def _seeds_only(data: Any) -> Any:
     """``data`` with empty pool and test: an actor needs the seeds (the shots), not the texts it is not sent."""
     from dataclasses import replace
 
-    return replace(data, pool=data.pool.iloc[:0], test=data.test.iloc[:0], rejects=[], stats={})
+    return replace(data, pool=PoolRows(data.pool.table.slice(0, 0)), test=data.test.iloc[:0], rejects=[], stats={})
 
 
-def _todo_chunks(data: Any, done: set[str], chunk: int) -> list[list[dict[str, Any]]]:
-    """The pool's, then the test set's texts the store lacks, each text once, in chunks."""
+@dataclass(frozen=True)
+class _Chunk:
+    """Texts to label, by position in one split: their rows are read only when the chunk is sent."""
+
+    split: str
+    positions: np.ndarray
+
+    def rows(self, data: Any) -> list[dict[str, Any]]:
+        return list(take_rows(data.rows(self.split), self.positions))
+
+
+def _todo_chunks(data: Any, done: set[str], chunk: int) -> list[_Chunk]:
+    """The pool's, then the test set's texts the store lacks, each text once, in chunks (positions, not rows:
+    the pool is walked a window at a time and never held)."""
     seen, chunks = set(done), []
     for split in ("pool", "test"):
-        todo = []
-        for row in data.rows(split):
-            h = text_hash(row["text"])
-            if h not in seen:
-                seen.add(h)
-                todo.append(row)
-        chunks += [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        todo, position = [], 0
+        for window in windows(data.rows(split)):
+            for row in window:
+                h = text_hash(row["text"])
+                if h not in seen:
+                    seen.add(h)
+                    todo.append(position)
+                position += 1
+        chunks += [_Chunk(split, np.array(todo[i : i + chunk], dtype=np.int64)) for i in range(0, len(todo), chunk)]
     return chunks
 
 
@@ -152,7 +167,7 @@ def label_on_ray(recipe: Any, data: Any, teacher: Any, store: LabelStore, engine
                                    rows_per_shard)
         done &= writer.done_hashes()
     chunks = _todo_chunks(data, done, engine.chunk)
-    stats: dict[str, Any] = {"texts": sum(len(c) for c in chunks), "chunks": len(chunks), "actors": 0,
+    stats: dict[str, Any] = {"texts": sum(len(c.positions) for c in chunks), "chunks": len(chunks), "actors": 0,
                              "texts_per_actor": {}, "abstained": 0}
     if not chunks:
         if writer is not None:
@@ -191,13 +206,13 @@ def label_on_ray(recipe: Any, data: Any, teacher: Any, store: LabelStore, engine
         stats["actors"] = workers
         log.info("ray labelling: %d texts in %d chunks on %d actors (%s each)", stats["texts"], len(chunks), workers,
                  f"{threads} CPU" if threads else "1 GPU")
-        queue = deque(range(len(chunks)))
-        in_flight: dict[Any, tuple[Any, int]] = {}
+        queue = deque(chunks)
+        in_flight: dict[Any, tuple[Any, list[dict[str, Any]]]] = {}
 
         def submit(actor: Any) -> None:
             if queue:
-                i = queue.popleft()
-                in_flight[actor.score.remote(chunks[i])] = (actor, i)
+                rows = queue.popleft().rows(data)
+                in_flight[actor.score.remote(rows)] = (actor, rows)
 
         for actor in actors:
             for _ in range(IN_FLIGHT_PER_ACTOR):
@@ -206,10 +221,9 @@ def label_on_ray(recipe: Any, data: Any, teacher: Any, store: LabelStore, engine
         with tqdm(total=stats["texts"], desc="teacher on ray: pool and test", unit="text", dynamic_ncols=True) as bar:
             while in_flight:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
-                actor, i = in_flight.pop(ready[0])
+                actor, rows = in_flight.pop(ready[0])
                 result = _get(ray, ready[0])
                 submit(actor)
-                rows = chunks[i]
                 stats["abstained"] += _store(store, writer, key, names, rows, result)
                 per_actor[result["worker"]] += len(rows)
                 bar.update(len(rows))

@@ -19,7 +19,7 @@ from tailorkd.data import (
     make_splits,
     prepare_data,
 )
-from tailorkd.data.splits import allocate
+from tailorkd.data.splits import SCHEMA_VERSION, allocate, frame_rows
 from tailorkd.errors import TailorkdError
 
 TASK = ["risk", "caution", "safe"]
@@ -213,7 +213,7 @@ def test_load_records_combines_sources(tmp_path):
     recs, rejects, stats = load_records(cfg, TASK, tmp_path)
     assert list(recs.columns) == list(RECORD_FIELDS)
     assert set(recs["source"]) == {"a", "bee", "c"}
-    assert stats["schema_version"] == 1
+    assert stats["schema_version"] == SCHEMA_VERSION == 2
     assert [s["name"] for s in stats["sources"]] == ["a", "bee", "c", "d"]
     a_stats = stats["sources"][0]
     assert a_stats["rejects"] == 1 and a_stats["records"] == 122 and a_stats["format"] == "jsonl"
@@ -233,13 +233,13 @@ def test_prepare_data_writes_and_reads_back(tmp_path):
     out = tmp_path / "out"
     prepared = prepare_data(cfg, TASK, out, seed=13, base_dir=tmp_path)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["seed.parquet", "pool.parquet", "test.parquet", "rejects.jsonl", "stats.json"]
+        ["seed.parquet", "pool.arrow", "test.parquet", "rejects.jsonl", "stats.json"]
     )
     stats = json.loads((out / "stats.json").read_text())
     assert stats == prepared.stats
-    assert stats["schema_version"] == 1 and stats["seed"] == 13
+    assert stats["schema_version"] == 2 and stats["seed"] == 13
     assert stats["duplicates_dropped"] == 1 and stats["duplicates_with_other_label"] == 1
-    every = pd.concat([prepared.seed, prepared.test, prepared.pool])
+    every = pd.concat([prepared.seed, prepared.test, prepared.pool.to_pandas()])
     assert "a-dup" in set(every["id"]) and "bee:3" not in set(every["id"])
     assert stats["splits"]["seed"] == {"rows": 9, "labels": {"risk": 3, "caution": 3, "safe": 3}}
     assert stats["splits"]["test"]["rows"] == 30 and sum(stats["splits"]["test"]["labels"].values()) == 30
@@ -249,7 +249,7 @@ def test_prepare_data_writes_and_reads_back(tmp_path):
 
     back = load_prepared(out)
     for name in ("seed", "pool", "test"):
-        got, want = getattr(back, name), getattr(prepared, name)
+        got, want = back.frame(name), prepared.frame(name)
         assert list(got.columns) == list(want.columns)
         assert got.astype(object).where(got.notna(), None).to_dict("records") == want.astype(object).where(
             want.notna(), None
@@ -259,7 +259,8 @@ def test_prepare_data_writes_and_reads_back(tmp_path):
 
     again = prepare_data(cfg, TASK, out, seed=13, base_dir=tmp_path)
     pd.testing.assert_frame_equal(again.seed, prepared.seed)
-    pd.testing.assert_frame_equal(again.pool, prepared.pool)
+    pd.testing.assert_frame_equal(again.pool.to_pandas(), prepared.pool.to_pandas())
+    assert back.rows("pool")[3] == list(back.pool)[3] == frame_rows(prepared.frame("pool"))[3]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
@@ -303,7 +304,7 @@ def test_prepare_data_records_detected_languages_per_split(tmp_path):
     raw = write_sources(tmp_path)
     cfg = DataConfig.model_validate({**raw, "detect_language": True})
     prepared = prepare_data(cfg, TASK, tmp_path / "out", seed=13, base_dir=tmp_path)
-    assert prepared.test["language"].notna().all() and prepared.pool["language"].notna().all()
+    assert prepared.test["language"].notna().all() and prepared.pool.to_pandas()["language"].notna().all()
     langs = prepared.stats["languages"]
     assert sum(langs["test"].values()) == len(prepared.test) and set(langs) == {"seed", "pool", "test"}
     # Off by default; it is part of the data section, so it changes what the splits were made with.

@@ -14,6 +14,6 @@ text's provenance, on local processes or a Ray cluster.
 """
 
 from tailorkd.corpus.build import FUNNEL_STEPS, POOL_SCHEMA, build_corpus, read_stamp
-from tailorkd.corpus.pool import iter_pool, pool_from_corpus
+from tailorkd.corpus.pool import iter_pool, write_pool_from_corpus
 
-__all__ = ["FUNNEL_STEPS", "POOL_SCHEMA", "build_corpus", "iter_pool", "pool_from_corpus", "read_stamp"]
+__all__ = ["FUNNEL_STEPS", "POOL_SCHEMA", "build_corpus", "iter_pool", "read_stamp", "write_pool_from_corpus"]

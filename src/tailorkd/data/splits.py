@@ -13,9 +13,11 @@ dropped first. The rows are then sorted by ``id`` (ids are unique) and drawn wit
 the same splits whatever the order of the sources' rows or of ``task.labels``. Each split comes out in a
 seeded random order (so any prefix of the pool is a random sample of it).
 
-On disk (``prepare_data``): ``seed.parquet``, ``pool.parquet``, ``test.parquet``, ``rejects.jsonl`` and
+On disk (``prepare_data``): ``seed.parquet``, ``pool.arrow``, ``test.parquet``, ``rejects.jsonl`` and
 ``stats.json``, each written to a temporary file then moved into place; ``stats.json`` is removed first and
-written last, so a folder with a ``stats.json`` is complete.
+written last, so a folder with a ``stats.json`` is complete. The pool is an uncompressed Arrow IPC (Feather
+v2) file that later stages read memory-mapped, a window at a time (``tailorkd.data.pool_rows``): it may be
+large, the seed and test splits are small.
 """
 
 from __future__ import annotations
@@ -29,19 +31,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tailorkd.data.config import DataConfig, FileSource, SplitConfig
+from tailorkd.data.pool_rows import PoolRows, text_table, write_pool
 from tailorkd.data.readers import RECORD_FIELDS, make_reject
 from tailorkd.data.sources import read_source, source_display_name
 from tailorkd.errors import TailorkdError
 from tailorkd.files import atomic_write, write_text_atomic
 
-SCHEMA_VERSION = 1
+# 2: the pool is pool.arrow (memory-mapped by later stages), not pool.parquet.
+SCHEMA_VERSION = 2
 SPLIT_NAMES: tuple[str, ...] = ("seed", "pool", "test")
 POOL_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f != "label")
 FILES = {
     "seed": "seed.parquet",
-    "pool": "pool.parquet",
+    "pool": "pool.arrow",
     "test": "test.parquet",
     "rejects": "rejects.jsonl",
     "stats": "stats.json",
@@ -50,19 +56,27 @@ FILES = {
 
 @dataclass
 class PreparedData:
-    """The three splits (the pool has no ``label`` column), the rejects and the stats of a data run."""
+    """The three splits (the pool has no ``label`` column and is read from its file a window at a time),
+    the rejects and the stats of a data run."""
 
     seed: pd.DataFrame
-    pool: pd.DataFrame
+    pool: PoolRows
     test: pd.DataFrame
     rejects: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
 
-    def rows(self, split: str) -> list[dict[str, Any]]:
-        """The rows of ``split`` (seed, pool or test) as dicts, a missing value as None."""
+    def rows(self, split: str) -> Sequence[dict[str, Any]]:
+        """The rows of ``split`` (seed, pool or test) as dicts, a missing value as None: a list for seed and
+        test, the memory-mapped ``PoolRows`` for the pool (walk a big one by ``windows()``)."""
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; one of {SPLIT_NAMES}")
-        return frame_rows(getattr(self, split))
+        return self.pool if split == "pool" else frame_rows(getattr(self, split))
+
+    def frame(self, split: str) -> pd.DataFrame:
+        """The rows of ``split`` as a DataFrame (the pool read whole: for small pools and inspection)."""
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; one of {SPLIT_NAMES}")
+        return self.pool.to_pandas() if split == "pool" else getattr(self, split)
 
 
 def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -77,7 +91,10 @@ def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _label_counts(labels: pd.Series, task_labels: Sequence[str] | None = None) -> dict[str, int]:
     """Rows per label: every task label (0 when absent), then any other label met, sorted."""
-    counts = Counter(str(v) for v in labels.dropna())
+    return _ordered_counts(Counter(str(v) for v in labels.dropna()), task_labels)
+
+
+def _ordered_counts(counts: dict[str, int], task_labels: Sequence[str] | None = None) -> dict[str, int]:
     order = list(task_labels or []) + sorted(set(counts) - set(task_labels or []))
     return {label: int(counts.get(label, 0)) for label in order}
 
@@ -307,12 +324,9 @@ def make_splits(
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """Write a split with every column as (nullable) text, atomically."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(str(c), pa.string()) for c in frame.columns])
-    columns = {str(c): [None if pd.isna(v) else str(v) for v in frame[c].tolist()] for c in frame.columns}
-    table = pa.Table.from_pydict(columns, schema=schema)
+    table = text_table(frame)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -330,23 +344,37 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
         records, n_dup, n_conflict = drop_duplicate_texts(records)
     splits = cfg.splits if corpus_dir is None else cfg.splits.model_copy(update={"pool_size": None})
     seed_df, pool_df, test_df = make_splits(records, splits, task_labels, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats_path = out_dir / FILES["stats"]
+    if stats_path.exists():
+        stats_path.unlink()  # the folder reads as incomplete until the new stats.json is written
+    fill = detect_languages if cfg.detect_language else None
+    if fill is not None:
+        seed_df, test_df = fill(seed_df), fill(test_df)
     corpus_stats = None
-    if corpus_dir is not None:
-        from tailorkd.corpus import pool_from_corpus
+    if corpus_dir is None:
+        write_pool(pool_df if fill is None else fill(pool_df), out_dir / FILES["pool"])
+    else:  # written a window at a time: the corpus may be far bigger than memory
+        from tailorkd.corpus import write_pool_from_corpus
 
         others = pool_df if corpus_pool == "add" else pool_df.iloc[:0]
-        pool_df, corpus_stats = pool_from_corpus(corpus_dir, exclude_texts=[*seed_df["text"], *test_df["text"]],
-                                                 others=others, size=cfg.splits.pool_size, seed=seed)
+        corpus_stats = write_pool_from_corpus(corpus_dir, out_dir / FILES["pool"],
+                                              exclude_texts=[*seed_df["text"], *test_df["text"]], others=others,
+                                              size=cfg.splits.pool_size, seed=seed, fill=fill)
         corpus_stats["pool"] = corpus_pool
-    if cfg.detect_language:
-        seed_df, pool_df, test_df = (detect_languages(df) for df in (seed_df, pool_df, test_df))
+    pool = PoolRows.open(out_dir / FILES["pool"])
 
-    label_of = records.set_index("id")["label"]
-    pool_labels = pool_df["id"].map(label_of)
+    labelled_ids = records.loc[records["label"].notna(), "id"].astype(str).tolist()
+    pool_labelled = int(pc.sum(pc.is_in(pool.table.column("id"), value_set=pa.array(labelled_ids, pa.string())))
+                        .as_py() or 0)
+    pool_languages = {"unknown" if v["values"] is None else str(v["values"]): int(v["counts"])
+                      for v in pc.value_counts(pool.table.column("language")).to_pylist()}
     stats.update(
         {
-            **({"languages": {name: _label_counts(df["language"].fillna("unknown"))
-                              for name, df in (("seed", seed_df), ("pool", pool_df), ("test", test_df))}}
+            **({"languages": {"seed": _label_counts(seed_df["language"].fillna("unknown")),
+                              "pool": _ordered_counts(pool_languages),
+                              "test": _label_counts(test_df["language"].fillna("unknown"))}}
                if cfg.detect_language or records["language"].notna().any() else {}),
             "seed": seed,
             "dedupe": cfg.splits.dedupe,
@@ -354,28 +382,23 @@ def prepare_data(cfg: DataConfig, task_labels: list[str], out_dir: Path, seed: i
             "duplicates_with_other_label": n_conflict,
             "rows_after_dedupe": len(records),
             "unused": len(records) - len(seed_df) - len(test_df) -
-            (len(pool_df) if corpus_stats is None else corpus_stats["pool_from_sources"]),
+            (len(pool) if corpus_stats is None else corpus_stats["pool_from_sources"]),
             **({"corpus": corpus_stats} if corpus_stats is not None else {}),
             "splits": {
                 "seed": {"rows": len(seed_df), "labels": _label_counts(seed_df["label"], task_labels)},
                 "test": {"rows": len(test_df), "labels": _label_counts(test_df["label"], task_labels)},
                 # The pool's labels are hidden from the pipeline: not even their counts are written.
-                "pool": {"rows": len(pool_df), "unlabelled": int(pool_labels.isna().sum())},
+                "pool": {"rows": len(pool), "unlabelled": len(pool) - pool_labelled},
             },
         }
     )
     assert n_before == stats["rows"]
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stats_path = out_dir / FILES["stats"]
-    if stats_path.exists():
-        stats_path.unlink()  # the folder reads as incomplete until the new stats.json is written
-    for name, frame in (("seed", seed_df), ("pool", pool_df), ("test", test_df)):
+    for name, frame in (("seed", seed_df), ("test", test_df)):
         write_parquet(frame, out_dir / FILES[name])
     write_text_atomic(out_dir / FILES["rejects"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     write_text_atomic(stats_path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    return PreparedData(seed=seed_df, pool=pool_df, test=test_df, rejects=rejects, stats=stats)
+    return PreparedData(seed=seed_df, pool=pool, test=test_df, rejects=rejects, stats=stats)
 
 
 def load_prepared(out_dir: Path) -> PreparedData:
@@ -387,8 +410,8 @@ def load_prepared(out_dir: Path) -> PreparedData:
         for line in (out_dir / FILES["rejects"]).read_text(encoding="utf-8").splitlines()
         if line.strip()
     ]
-    splits = {name: pd.read_parquet(out_dir / FILES[name]) for name in SPLIT_NAMES}
-    return PreparedData(seed=splits["seed"], pool=splits["pool"], test=splits["test"], rejects=rejects, stats=stats)
+    return PreparedData(seed=pd.read_parquet(out_dir / FILES["seed"]), pool=PoolRows.open(out_dir / FILES["pool"]),
+                        test=pd.read_parquet(out_dir / FILES["test"]), rejects=rejects, stats=stats)
 
 
 def load_split(out_dir: Path, split: str) -> pd.DataFrame:
@@ -397,7 +420,18 @@ def load_split(out_dir: Path, split: str) -> pd.DataFrame:
     if split not in SPLIT_NAMES:
         raise ValueError(f"unknown split {split!r}; one of {SPLIT_NAMES}")
     _prepared_stats(Path(out_dir))
+    if split == "pool":
+        return PoolRows.open(Path(out_dir) / FILES[split]).to_pandas()
     return pd.read_parquet(Path(out_dir) / FILES[split])
+
+
+def is_prepared(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds complete splits in this tailorkd's format (else they must be made again)."""
+    try:
+        _prepared_stats(Path(out_dir))
+    except TailorkdError:
+        return False
+    return True
 
 
 def _prepared_stats(out_dir: Path) -> dict[str, Any]:

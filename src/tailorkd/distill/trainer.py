@@ -40,6 +40,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from tailorkd import distributed
 from tailorkd.adapters import attach_adapter, count_parameters, get_adapter_method, optimizer_name
+from tailorkd.data.pool_rows import take_rows, windows
 from tailorkd.distill.losses import hidden_state_loss, soft_cross_entropy
 from tailorkd.distill.stages import Stage, plan_stages, validation_split
 from tailorkd.errors import TailorkdError
@@ -64,7 +65,7 @@ class _TeacherTargets(torch.utils.data.Dataset):
     def __init__(self, rows: Sequence[dict[str, Any]], probs: np.ndarray, states: np.ndarray | None = None):
         if len(rows) != len(probs):
             raise ValueError(f"{len(rows)} rows but {len(probs)} teacher distributions")
-        self.rows = list(rows)
+        self.rows = rows  # a list, or PoolRows read from disk row by row
         self.probs = probs
         self.states = states
 
@@ -280,8 +281,9 @@ def _run_stamp(adapter: AdapterConfig, config: DistillConfig, seed: int, info: d
     """What a resumable run depends on: a checkpoint of other inputs is never resumed."""
     digest = hashlib.sha256()
     digest.update(json.dumps([adapter.model_dump(mode="json"), config.model_dump(mode="json"), seed,
-                              info.get("recipe_hash"), info.get("base_model"), [r.get("id") for r in rows]],
-                             sort_keys=True, default=str).encode())
+                              info.get("recipe_hash"), info.get("base_model")], sort_keys=True, default=str).encode())
+    for window in windows(rows):  # the texts' ids, a window at a time
+        digest.update(json.dumps([r.get("id") for r in window], default=str).encode())
     digest.update(np.ascontiguousarray(probs, dtype=np.float64).tobytes())
     return digest.hexdigest()[:16]
 
@@ -338,7 +340,7 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher_probs = np.asarray(teacher_probs, dtype=np.float64)
     train_index, val_index = validation_split(len(rows), config.validation_fraction, seed)
-    train_rows, val_rows = [rows[i] for i in train_index], [rows[i] for i in val_index]
+    train_rows, val_rows = take_rows(rows, train_index), take_rows(rows, val_index)
     # Everything that can be wrong with the settings fails here, before the student is changed.
     stages = plan_stages(config, student.task.label_names, train_rows, teacher_probs[train_index], val_rows,
                          teacher_probs[val_index])
@@ -356,7 +358,7 @@ def distill_student(student: Student, rows: Sequence[dict[str, Any]], teacher_pr
     trained: torch.nn.Module = student.model
     if hidden is not None:
         with torch.no_grad(), _four_bit_layers_kept_trainable(student.model):
-            probe = student.collate(train_rows[:1])
+            probe = student.collate(list(train_rows[:1]))
             device = next(student.model.parameters()).device
             probe = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in probe.items()}
             width = student.class_logits_and_pooled(student.model, probe, hidden.student_layer)[1].shape[-1]
@@ -415,8 +417,8 @@ def _save_finished_student(student: Student, method: str, out_dir: Path, info: d
         shutil.rmtree(out_dir / TRAINER_DIR, ignore_errors=True)  # the student is saved: checkpoints are spent
 
 
-def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train_rows: list[dict[str, Any]],
-                 train_probs: np.ndarray, val_rows: list[dict[str, Any]], val_probs: np.ndarray,
+def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train_rows: Sequence[dict[str, Any]],
+                 train_probs: np.ndarray, val_rows: Sequence[dict[str, Any]], val_probs: np.ndarray,
                  states: tuple[np.ndarray, np.ndarray] | None, config: DistillConfig,
                  hidden: HiddenStateLossConfig | None, hidden_layers: list[int], trainer_dir: Path, logs_dir: Path,
                  seed: int, device: torch.device, callbacks: list[TrainerCallback], multi: bool
@@ -429,14 +431,11 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         _load_trainable_state(trained, folder / STAGE_DONE_WEIGHTS)
         return done["summary"], done["loss_curve"]
 
-    def subset(items: list[Any], index: np.ndarray) -> list[Any]:
-        return [items[i] for i in index]
-
-    train_set = _TeacherTargets(subset(train_rows, stage.train), train_probs[stage.train],
+    train_set = _TeacherTargets(take_rows(train_rows, stage.train), train_probs[stage.train],
                                 None if states is None else states[0][stage.train])
     val_set = None
     if len(stage.validation):
-        val_set = _TeacherTargets(subset(val_rows, stage.validation), val_probs[stage.validation],
+        val_set = _TeacherTargets(take_rows(val_rows, stage.validation), val_probs[stage.validation],
                                   None if states is None else states[1][stage.validation])
     steps_per_epoch = math.ceil(len(train_set) / (config.batch_size * config.gradient_accumulation_steps
                                                   * distributed.world_size()))

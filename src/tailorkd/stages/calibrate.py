@@ -10,6 +10,7 @@ are applied whenever labels are read, so a changed calibration never needs relab
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 
 from tailorkd.calibration import Calibration, calibrate, domain_inputs
 from tailorkd.data import PreparedData
+from tailorkd.data.pool_rows import take_rows
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.prompts import fixed_shots, held_out_seeds, per_text_shots
@@ -24,8 +26,12 @@ from tailorkd.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
+#: The in-domain random inputs draw their words from the first this many pool texts (the pool is in a seeded
+#: random order, so they are a random sample of it; a bigger pool adds words, not information).
+DOMAIN_TEXTS = 10_000
 
-def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore, pool: dict[str, Any],
+
+def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore, pool: Mapping[str, Any],
                     write: bool = True) -> Calibration:
     """Score the calibration inputs with ``teacher``, fit the recipe's calibration and (``write``) write
     calibration.json with the pool's predicted-label counts before and after."""
@@ -40,8 +46,8 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
     _, content_free = probs_of([{"id": f"content-free-{i}", "text": t} for i, t in enumerate(config.content_free)],
                                "teacher: content-free")
     try:
-        domain_texts = domain_inputs([r["text"] for r in data.rows("pool")], config.domain_samples, recipe.seed,
-                                     config.domain_words)
+        pool_texts = [r["text"] for r in take_rows(data.rows("pool"), range(min(len(data.pool), DOMAIN_TEXTS)))]
+        domain_texts = domain_inputs(pool_texts, config.domain_samples, recipe.seed, config.domain_words)
     except ValueError as e:
         raise TailorkdError(f"teacher.calibration: {e}") from None
     _, domain = probs_of([{"id": f"domain-{i}", "text": t} for i, t in enumerate(domain_texts)],

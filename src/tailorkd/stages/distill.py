@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tailorkd import distributed
+from tailorkd.data.pool_rows import take_rows
 from tailorkd.errors import TailorkdError
 from tailorkd.prompts import fixed_shots, held_out_seeds
 from tailorkd.run_dir import RunDir
@@ -53,7 +54,7 @@ def distill(recipe, force: bool = False) -> Path:
         log.info("distill: %d of %d pool texts left out: the teacher abstained on them", (~answered).sum(), len(rows))
         if not answered.any():
             raise TailorkdError(f"{run.root}: the teacher abstained on every pool text; nothing to train on")
-        rows, probs = [r for r, ok in zip(rows, answered) if ok], probs[answered]
+        rows, probs = take_rows(rows, np.flatnonzero(answered)), probs[answered]
     shots = fixed_shots(recipe.prompt, data.rows("seed"), recipe.task.label_names, recipe.seed)
 
     def train(job, system: str, targets: np.ndarray) -> None:

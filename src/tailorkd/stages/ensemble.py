@@ -17,16 +17,17 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tailorkd.calibration import Calibration
 from tailorkd.data import PreparedData
+from tailorkd.data.pool_rows import windows
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelStore, make_record, text_hash
+from tailorkd.labels import LabelStore, StoredLabels, make_record, stored_probs, text_hash, unlabelled_rows
 from tailorkd.prompts import fixed_shots, knn_selector
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, scored_seeds
@@ -63,8 +64,8 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
         del teacher  # one model in memory at a time
         gc.collect()
     if config.seed_classifier is not None:
-        members.append(label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder,
-                                                  pool_rows + test_rows))
+        label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder, pool_rows, judge=False)
+        members.append(label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder, test_rows))
     judged = [None if m["held_out_seed_accuracy"] is None else (m["held_out_seed_accuracy"], m["seed_judgement"]["n"])
               for m in members]
     weights = (seed_weights(judged, len(recipe.task.label_names)) if config.weights == "seed_accuracy"
@@ -121,10 +122,11 @@ def member_judgement(recipe, data: PreparedData, teacher: Any, store: LabelStore
 
 
 def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, encoder: str,
-                               rows: list[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
-    """The seed classifier as an ensemble member: fitted on all the seeds, its distributions for ``rows``
-    go into the store like a teacher's (keyed by encoder and by the seed set, so other seeds refit it); its
-    weight comes from its accuracy when refitted on balanced folds of the seeds (``judge_seed_classifier``)."""
+                               rows: Sequence[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
+    """The seed classifier as an ensemble member: fitted on all the seeds, its distributions for ``rows`` (a
+    window at a time) go into the store like a teacher's (keyed by encoder and by the seed set, so other seeds
+    refit it); its weight comes from its accuracy when refitted on balanced folds of the seeds
+    (``judge_seed_classifier``). ``judge``: False to label only (no judgement, no member record)."""
     from tailorkd.evaluation.baselines import SentenceEmbedder, classifier_probs, embedding_text, fit_seed_classifier
     from tailorkd.evaluation.seed_judge import judge_seed_classifier
 
@@ -134,22 +136,26 @@ def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, en
     embed = SentenceEmbedder(encoder)
     x_seed = embed([embedding_text(r) for r in seeds])
     labels = [str(r["label"]) for r in seeds]
-    done = store.done_hashes(identity, fingerprint)
-    todo = [r for r in rows if text_hash(r["text"]) not in done]
-    if todo:
-        model = fit_seed_classifier(x_seed, labels, recipe.seed)
+    model, labelled = None, 0
+    for window in windows(rows):
+        todo = unlabelled_rows(store, (identity, fingerprint), window)
+        if not todo:
+            continue
+        model = model or fit_seed_classifier(x_seed, labels, recipe.seed)
         t0 = time.perf_counter()
         probs = classifier_probs(model, embed([embedding_text(r) for r in todo]), names)
         per_text = (time.perf_counter() - t0) / len(todo)
         store.put_batch(identity, fingerprint, names,
                         [make_record(r["id"], r["text"], p, names, per_text) for r, p in zip(todo, probs)])
+        labelled += len(todo)
+    if labelled:
+        log.info("ensemble: the seed classifier (%s) labelled %d texts", encoder, labelled)
     if not judge:
         return {"identity": identity, "prompt": fingerprint}
     judged = judge_seed_classifier(x_seed, labels, names, recipe.seed)
     member = {"model": f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds",
               "identity": identity, "prompt": fingerprint, "calibration": None, **_judged(judged)}
-    log.info("ensemble: seed classifier (%s) labelled %d texts; seed %s (balanced folds)", encoder, len(todo),
-             _shown(member))
+    log.info("ensemble: seed classifier (%s): seed %s (balanced folds)", encoder, _shown(member))
     return member
 
 
@@ -171,10 +177,10 @@ class SeedClassifierLabeller:
         self.encoder = seed_classifier_encoder(recipe)
         self.identity, self.prompt_fingerprint = seed_classifier_key(data.rows("seed"), self.encoder)
 
-    def label(self, rows: list[dict[str, Any]], store: LabelStore, desc: str = "", **options: Any) -> dict[str, Any]:
+    def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "", **options: Any
+              ) -> StoredLabels:
         label_with_seed_classifier(self.recipe, self.data, store, self.encoder, rows, judge=False)
-        return store.get(self.identity, self.prompt_fingerprint, [text_hash(r["text"]) for r in rows],
-                         self.recipe.task.label_names)
+        return StoredLabels(store, self.identity, self.prompt_fingerprint, rows, self.recipe.task.label_names)
 
     def describe(self) -> dict[str, Any]:
         return {"model": f"seed classifier: logistic regression on {self.encoder} embeddings of "
@@ -204,14 +210,11 @@ def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibr
         raise TailorkdError(f"{run.ensemble}: its members were weighted by an older rule; run `tailorkd label` again "
                             "(the labels are kept, only the weights are recomputed)")
     names = recipe.task.label_names
-    hashes = [text_hash(r["text"]) for r in rows]
     member_probs, seconds = [], np.zeros(len(rows))
     for member in payload["members"]:
-        found = store.get(member["identity"], member["prompt"], hashes, names)
-        probs = np.array([found[h].probs if h in found else [math.nan] * len(names) for h in hashes]).reshape(
-            len(rows), len(names))
+        probs, member_seconds = stored_probs(store, member["identity"], member["prompt"], rows, names)
         if calibrated and member["calibration"]:
             probs = Calibration.from_dict(member["calibration"]).apply(probs)
         member_probs.append(probs)
-        seconds += np.array([found[h].seconds if h in found else 0.0 for h in hashes])
+        seconds += np.nan_to_num(member_seconds, nan=0.0)
     return combine(member_probs, [m["weight"] for m in payload["members"]], payload["combine"]), seconds, member_probs

@@ -28,15 +28,16 @@ import gc
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tailorkd import distributed
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelStore, text_hash
+from tailorkd.labels import LabelStore, stored_probs, text_hash
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, load_calibration
 from tailorkd.stages.ensemble import SeedClassifierLabeller, ensemble_probs, label_ensemble, member_teacher
@@ -130,15 +131,15 @@ def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0:
             calibration = fit_calibration(recipe, data, teacher, store, pool)
         if recipe.teacher.ensemble is not None and not fallback:
             ensemble = label_ensemble(recipe, data, store, teacher, calibration)
+        # What the store holds for pool and test, read while it is open (a window of rows at a time).
+        labelled = {"pool_labelled": len(pool), "test_labelled": len(test),
+                    "abstained": {"pool": pool.missing_ids(), "test": test.missing_ids()},
+                    "pool_predicted_counts": dict(Counter(r.predicted for r in pool.values()).most_common())}
     summary = {
         "recipe_hash": run.fingerprint("label"),
         "teacher": teacher.identity,
         "prompt": teacher.builder.describe(),
-        "pool_labelled": len(pool),
-        "test_labelled": len(test),
-        "abstained": {split: [r["id"] for r in rows if text_hash(r["text"]) not in found]
-                      for split, rows, found in (("pool", pool_rows, pool), ("test", test_rows, test))},
-        "pool_predicted_counts": pd.Series([r.predicted for r in pool.values()]).value_counts().to_dict(),
+        **labelled,
         "hidden_states": None if hidden is None or fallback else {
             "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),
             "layers": hidden.layers, "pooling": hidden.pooling},
@@ -187,7 +188,7 @@ def labels_summary(recipe) -> dict[str, Any]:
 
 
 def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = True, combined: bool = True
-                    ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+                    ) -> tuple[Sequence[dict[str, Any]], np.ndarray, np.ndarray]:
     """The rows of ``split`` with the teacher's stored [N, M] probabilities (calibrated as the recipe asks,
     unless ``calibrated`` is False; the ensemble's combination when the recipe has one, unless ``combined``
     is False: then the main teacher's own) and per-text seconds. The label stage must be done. After a fallback
@@ -206,22 +207,21 @@ def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = T
     identity, fingerprint = ((fallback["identity"], fallback["prompt"]) if fallback
                              else (summary["teacher"], summary["prompt"]["fingerprint"]))
     with LabelStore(run.label_store) as store:
-        found = store.get(identity, fingerprint, [text_hash(r["text"]) for r in rows], names)
-        abstained = set(summary.get("abstained", {}).get(split, []))
-        missing = [r["id"] for r in rows if text_hash(r["text"]) not in found and r["id"] not in abstained]
-        if missing:
-            raise TailorkdError(f"{run.label_store}: {len(missing)} {split} texts have no teacher label "
-                                f"(e.g. {missing[:3]}); rerun `tailorkd label`")
         if recipe.teacher.ensemble is not None and combined:
-            probs, seconds, _ = ensemble_probs(recipe, rows, store, calibrated)
-            return rows, probs, np.where(np.isnan(probs).any(axis=1), math.nan, seconds)
-    records = [found.get(text_hash(r["text"])) for r in rows]
-    probs = np.array([r.probs if r else [math.nan] * len(names) for r in records], dtype=float).reshape(
-        len(rows), len(names))
-    calibration = load_calibration(recipe) if calibrated else None
-    if calibration is not None:
-        probs = calibration.apply(probs)
-    return rows, probs, np.array([r.seconds if r else math.nan for r in records], dtype=float)
+            probs, seconds, members = ensemble_probs(recipe, rows, store, calibrated)
+            seconds = np.where(np.isnan(probs).any(axis=1), math.nan, seconds)
+            own = members[0]  # the main teacher's
+        else:
+            own, seconds = stored_probs(store, identity, fingerprint, rows, names)
+            calibration = load_calibration(recipe) if calibrated else None
+            probs = own if calibration is None else calibration.apply(own)
+    abstained = set(summary.get("abstained", {}).get(split, []))
+    missing = [rows[int(i)]["id"] for i in np.flatnonzero(np.isnan(own).any(axis=1))]
+    missing = [i for i in missing if i not in abstained]
+    if missing:
+        raise TailorkdError(f"{run.label_store}: {len(missing)} {split} texts have no teacher label "
+                            f"(e.g. {missing[:3]}); rerun `tailorkd label`")
+    return rows, probs, seconds
 
 
 def teacher_hidden_states(recipe, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from tailorkd import distributed
 from tailorkd.data import PreparedData, load_prepared, prepare_data
+from tailorkd.data.splits import is_prepared
 from tailorkd.data.splits import load_split as read_split
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.corpus import corpus, corpus_fingerprint, seed_split_texts, uses_seeds
@@ -82,6 +83,8 @@ def _changed_inputs(run: RunDir) -> list[str] | None:
     stamp = run.read_json_if_exists(run.prepare_stamp, "prepare stamp")
     if not isinstance(stamp, dict):
         return None
+    if not is_prepared(run.data_dir):
+        return ["splits' format (made by an older tailorkd, or incomplete)"]
     if stamp.get("fingerprint") == run.fingerprint("prepare"):
         # The splits are those of this data, task and seed, so their seed split is the corpus's seeds.
         seeds = seed_split_texts(pd.read_parquet(run.data_dir / "seed.parquet")) \

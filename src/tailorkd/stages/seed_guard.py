@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ import numpy as np
 from tailorkd import distributed
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelStore, text_hash
+from tailorkd.labels import LabelStore, stored_probs
 from tailorkd.prompts import held_out_seeds
 from tailorkd.run_dir import RunDir
 
@@ -84,7 +85,7 @@ def is_worse(judged: dict[str, Any]) -> bool:
     return (student["macro_f1"], student["accuracy"]) < (seed_only["macro_f1"], seed_only["accuracy"])
 
 
-def guard(recipe, data: PreparedData, rows: list[dict[str, Any]], shots: list[dict[str, Any]], train: Any,
+def guard(recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]], train: Any,
           force: bool = False) -> dict[str, Any] | None:
     """Judge the adaptive-KD student and act as ``distill.seed_guard`` says; write seed_guard.json and return
     it (None when the recipe has no guard). ``rows``: the pool rows the students trained on; ``train(job,
@@ -134,7 +135,7 @@ def _judge_self_trained(recipe, data: PreparedData, shots: list[dict[str, Any]])
                                                     "these seeds, so it is not compared on them"}
 
 
-def seed_classifier_targets(recipe, data: PreparedData, rows: list[dict[str, Any]]) -> np.ndarray:
+def seed_classifier_targets(recipe, data: PreparedData, rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """[N, M] distributions of the seed classifier (fitted on all the seeds) for ``rows``, stored in the label
     store under its own identity like a teacher's (so a rerun reads them back)."""
     from tailorkd.stages.ensemble import SeedClassifierLabeller
@@ -144,9 +145,8 @@ def seed_classifier_targets(recipe, data: PreparedData, rows: list[dict[str, Any
         with distributed.main_first() as main:
             if main:
                 labeller.label(rows, store, desc="seed classifier: pool")
-        found = store.get(labeller.identity, labeller.prompt_fingerprint, [text_hash(r["text"]) for r in rows],
-                          recipe.task.label_names)
-    return np.array([found[text_hash(r["text"])].probs for r in rows], dtype=float)
+        probs, _ = stored_probs(store, labeller.identity, labeller.prompt_fingerprint, rows, recipe.task.label_names)
+    return probs
 
 
 def self_trained_fingerprint(recipe, distill_fingerprint: str) -> str:

@@ -7,6 +7,7 @@ prompt are never mixed in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -32,8 +33,9 @@ class Teacher(Protocol):
         """[N, M] class probabilities (a NaN row: abstained) and per-text seconds, in the order of ``rows``."""
 
     def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
-              **options: Any) -> dict[str, LabelRecord]:
-        """Label the rows the store lacks (resumable); return the records of every row that has one."""
+              **options: Any) -> Mapping[str, LabelRecord]:
+        """Label the rows the store lacks (resumable, a window of rows at a time); return the records of every
+        row that has one, by text hash (``labels.StoredLabels``: read from the store on demand)."""
 
     def with_prompt(self, prompt: Any, shots: list[dict[str, Any]], selector: Any = None) -> Teacher:
         """The same teacher under another prompt or other shots (a local one shares its loaded model)."""

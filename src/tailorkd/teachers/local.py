@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from typing import Any, Sequence
 
@@ -16,9 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tailorkd.data.pool_rows import take_rows, windows
 from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.hidden_states import HiddenStateWriter
-from tailorkd.labels import LabelRecord, LabelStore, make_record, text_hash
+from tailorkd.labels import LabelRecord, LabelStore, StoredLabels, make_record, text_hash, unlabelled_rows
 from tailorkd.models import load_causal_lm, weights_fingerprint
 from tailorkd.prompts import PromptBuilder, PromptEncoder
 from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
@@ -68,7 +68,7 @@ class LocalTeacher:
         return LocalTeacher(self.config, self.task, prompt, shots, self.model, self.tokenizer, selector, self.weights)
 
     def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
-              **options: Any) -> dict[str, LabelRecord]:
+              **options: Any) -> StoredLabels:
         """``label_rows`` with this teacher (options: hidden_layers, pooling, rows_per_shard)."""
         return label_rows(self, rows, store, desc=desc, **options)
 
@@ -162,59 +162,66 @@ def hidden_key(teacher_identity: str, layers: Sequence[int], pooling: str) -> st
 
 def label_rows(teacher: LocalTeacher, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
                chunk: int = 64, hidden_layers: Sequence[int] = (), pooling: str = "last",
-               rows_per_shard: int = 1024) -> dict[str, LabelRecord]:
-    """Label the rows not yet in the store (chunk by chunk, each one transaction); return all their records.
+               rows_per_shard: int = 1024) -> StoredLabels:
+    """Label the rows not yet in the store (chunk by chunk, each one transaction); return their records (read
+    from the store on demand). The rows are walked a window at a time (``PoolRows`` from disk stay there).
 
     With ``hidden_layers``, the teacher's pooled hidden states of those layers are stored too (sharded
     beside the store, see ``tailorkd.hidden_states``); a text lacking either is labelled again.
     """
     names = teacher.task.label_names
     key = (teacher.identity, teacher.prompt_fingerprint)
-    done = store.done_hashes(*key)
     writer = None
     if hidden_layers:
         writer = HiddenStateWriter(store, hidden_key(teacher.identity, hidden_layers, pooling), key[1], hidden_layers,
                                    rows_per_shard)
-        done &= writer.done_hashes()
-    todo = [r for r in rows if text_hash(r["text"]) not in done]
-    if len(todo) < len(rows):
-        log.info("%s: %d of %d texts already labelled in %s", desc, len(rows) - len(todo), len(rows), store.path)
-    with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            # Another process labelling the same rows may have stored some since: skip them (whatever both
-            # still label, the writer indexes once and the label is replaced with the same values).
-            hashes = [text_hash(r["text"]) for r in part]
-            stored = store.done_hashes(*key, among=hashes)
-            if writer is not None:
-                stored &= writer.done_hashes(among=hashes)
-            part = [r for r, h in zip(part, hashes) if h not in stored]
-            bar.update(len(hashes) - len(part))
-            if not part:
-                continue
-            probs, secs, hidden = teacher.score_states(part, bar, hidden_layers, pooling)
-            records = [make_record(r["id"], r["text"], p, names, s) for r, p, s in zip(part, probs, secs)]
-            if writer is not None:
-                writer.add([r.text_hash for r in records], hidden)
-            store.put_batch(*key, names, records)
-            if writer is not None:
-                writer.flush()  # after put_batch: every stored hidden state has its label
+    skipped = 0
+    with tqdm(total=len(rows), desc=desc, unit="text", dynamic_ncols=True, disable=not rows) as bar:
+        for window in windows(rows):
+            todo = unlabelled_rows(store, key, window, writer)
+            skipped += len(window) - len(todo)
+            bar.update(len(window) - len(todo))
+            for start in range(0, len(todo), chunk):
+                # Another process labelling the same rows may have stored some since: skip them (whatever both
+                # still label, the writer indexes once and the label is replaced with the same values).
+                part = unlabelled_rows(store, key, todo[start : start + chunk], writer)
+                bar.update(min(chunk, len(todo) - start) - len(part))
+                if not part:
+                    continue
+                probs, secs, hidden = teacher.score_states(part, bar, hidden_layers, pooling)
+                records = [make_record(r["id"], r["text"], p, names, s) for r, p, s in zip(part, probs, secs)]
+                if writer is not None:
+                    writer.add([r.text_hash for r in records], hidden)
+                store.put_batch(*key, names, records)
+                if writer is not None:
+                    writer.flush()  # after put_batch: every stored hidden state has its label
     if writer is not None:
         writer.close()
-    return store.get(*key, [text_hash(r["text"]) for r in rows], names)
+    if skipped:
+        log.info("%s: %d of %d texts already labelled in %s", desc, skipped, len(rows), store.path)
+    return StoredLabels(store, *key, rows, names)
 
 
 def add_reasons(teacher: LocalTeacher, rows: Sequence[dict[str, Any]], store: LabelStore, sample: int, seed: int,
                 max_new_tokens: int = 48, desc: str = "teacher: reasons", chunk: int = 8) -> int:
     """Generate the teacher's reason for its label on a seeded sample of ``sample`` labelled rows (texts
-    that already have one count towards the sample). Returns how many reasons the sample now has."""
+    that already have one count towards the sample). Returns how many reasons the sample now has.
+
+    The sample is the first labelled rows in a seeded random order of the rows, so a bigger sample extends a
+    smaller one; the order is walked a few hundred rows at a time, never the whole pool."""
     names = teacher.task.label_names
     key = (teacher.identity, teacher.prompt_fingerprint)
-    records = store.get(*key, [text_hash(r["text"]) for r in rows], names)
-    labelled = [r for r in rows if text_hash(r["text"]) in records]
-    random.Random(seed).shuffle(labelled)
-    chosen = labelled[:sample]  # a seeded order, so a bigger sample extends a smaller one
-    todo = [r for r in chosen if records[text_hash(r["text"])].reason is None]
+    order = np.random.default_rng([seed, 7]).permutation(len(rows))
+    chosen: list[tuple[dict[str, Any], LabelRecord]] = []
+    step = max(4 * sample, 256)
+    for start in range(0, len(order), step):
+        if len(chosen) >= sample:
+            break
+        part = list(take_rows(rows, order[start : start + step]))
+        records = store.get(*key, [text_hash(r["text"]) for r in part], names)
+        chosen += [(r, records[text_hash(r["text"])]) for r in part if text_hash(r["text"]) in records]
+    chosen = chosen[:sample]
+    todo = [r for r, record in chosen if record.reason is None]
     with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]

@@ -33,8 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from tailorkd.data.pool_rows import windows
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelRecord, LabelStore, make_record, text_hash
+from tailorkd.labels import LabelStore, StoredLabels, make_record, unlabelled_rows
 from tailorkd.prompts import PromptBuilder
 from tailorkd.recipe import PromptConfig, ServerConfig, TaskConfig, TeacherConfig
 
@@ -212,7 +213,7 @@ class ServedTeacher:
         return ServedTeacher(self.config, self.task, prompt, shots, selector)
 
     def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "teacher",
-              **options: Any) -> dict[str, LabelRecord]:
+              **options: Any) -> StoredLabels:
         """``label_served_rows`` with this teacher; a served model has no hidden states to store."""
         if options:
             raise TailorkdError(f"teacher.server: a served teacher cannot give {', '.join(sorted(options))}")
@@ -367,41 +368,40 @@ class ServedTeacher:
 
 
 def label_served_rows(teacher: ServedTeacher, rows: Sequence[dict[str, Any]], store: LabelStore,
-                      desc: str = "teacher", chunk: int = 64) -> dict[str, LabelRecord]:
-    """Label the rows not yet in the store, chunk by chunk (each one transaction); return the records of all
-    rows that have one. Like :func:`~tailorkd.teachers.local.label_rows`, except that abstentions are not
-    stored (a NaN row cannot be a label): they are counted and logged, are missing from the result, and are
-    asked again on the next run."""
+                      desc: str = "teacher", chunk: int = 64) -> StoredLabels:
+    """Label the rows not yet in the store, chunk by chunk (each one transaction), a window of rows at a
+    time; return the records of all rows that have one (read from the store on demand). Like
+    :func:`~tailorkd.teachers.local.label_rows`, except that abstentions are not stored (a NaN row cannot be a
+    label): they are counted and logged, are missing from the result, and are asked again on the next run."""
     names = teacher.task.label_names
     key = (teacher.identity, teacher.prompt_fingerprint)
-    done = store.done_hashes(*key)
-    todo = [r for r in rows if text_hash(r["text"]) not in done]
-    if len(todo) < len(rows):
-        log.info("%s: %d of %d texts already labelled in %s", desc, len(rows) - len(todo), len(rows), store.path)
-    if teacher.builder.selector is not None:
-        teacher.builder.selector.prepare(todo)  # embed in batches here, not one by one in the request threads
-    abstained = asked = 0
-    with tqdm(total=len(todo), desc=desc, unit="text", dynamic_ncols=True, disable=not todo) as bar:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            # Another process labelling the same rows may have stored some since: do not ask for them again.
-            hashes = [text_hash(r["text"]) for r in part]
-            stored = store.done_hashes(*key, among=hashes)
-            part = [r for r, h in zip(part, hashes) if h not in stored]
-            bar.update(len(hashes) - len(part))
-            if not part:
-                continue
-            asked += len(part)
-            probs, secs, reasons = teacher.score_with_reasons(part, bar)
-            answered = ~np.isnan(probs).any(axis=1)
-            abstained += int((~answered).sum())
-            records = [make_record(r["id"], r["text"], p, names, s, reason)
-                       for r, p, s, reason, ok in zip(part, probs, secs, reasons, answered) if ok]
-            if records:
-                store.put_batch(*key, names, records)
+    abstained = asked = skipped = 0
+    with tqdm(total=len(rows), desc=desc, unit="text", dynamic_ncols=True, disable=not rows) as bar:
+        for window in windows(rows):
+            todo = unlabelled_rows(store, key, window)
+            skipped += len(window) - len(todo)
+            bar.update(len(window) - len(todo))
+            if todo and teacher.builder.selector is not None:
+                teacher.builder.selector.prepare(todo)  # embed in batches here, not one by one in the request threads
+            for start in range(0, len(todo), chunk):
+                # Another process labelling the same rows may have stored some since: do not ask for them again.
+                part = unlabelled_rows(store, key, todo[start : start + chunk])
+                bar.update(min(chunk, len(todo) - start) - len(part))
+                if not part:
+                    continue
+                asked += len(part)
+                probs, secs, reasons = teacher.score_with_reasons(part, bar)
+                answered = ~np.isnan(probs).any(axis=1)
+                abstained += int((~answered).sum())
+                records = [make_record(r["id"], r["text"], p, names, s, reason)
+                           for r, p, s, reason, ok in zip(part, probs, secs, reasons, answered) if ok]
+                if records:
+                    store.put_batch(*key, names, records)
+    if skipped:
+        log.info("%s: %d of %d texts already labelled in %s", desc, skipped, len(rows), store.path)
     if asked:
         log.info("%s: answers by method %s", desc, dict(teacher.answers_by_method))
     if abstained:
         log.warning("%s: the teacher abstained on %d of %d texts (%s); they are not stored", desc, abstained,
                     asked, dict(teacher.abstentions))
-    return store.get(*key, [text_hash(r["text"]) for r in rows], names)
+    return StoredLabels(store, *key, rows, names)
