@@ -66,6 +66,8 @@ def test_stored_labels_read_the_store_on_demand(tmp_path):
         assert found.missing_ids() == [r["id"] for i, r in enumerate(rows[:3000]) if i % 7 == 0]
         probs, seconds = stored_probs(store, "t", "p", rows, names)
     assert np.isnan(probs[::7][:-1]).all() and np.allclose(probs[1], [0.3, 0.7]) and seconds[1] == 0.01
+    # The caller's store is closed now: the mapping reads through a connection of its own.
+    assert found[text_hash(rows[1]["text"])].probs == [0.3, 0.7] and sum(1 for _ in found.values()) == 2571
     assert np.isnan(probs).any(axis=1).sum() == 429
 
 

@@ -109,13 +109,20 @@ def make_record(text_id: str, text: str, probs: Sequence[float], label_names: Se
 
 class StoredLabels(Mapping[str, LabelRecord]):
     """The store's records of ``rows`` for one teacher and prompt, by text hash, read on demand: what a
-    teacher's ``label`` returns, so that labelling a big pool never holds a record per text. Valid while the
-    store is open; iterating (and ``len``, computed once) walks the rows a window at a time."""
+    teacher's ``label`` returns, so that labelling a big pool never holds a record per text. Iterating (and
+    ``len``, computed once) walks the rows a window at a time. Once the caller has closed its store, reads go
+    through a connection of this mapping's own."""
 
     def __init__(self, store: LabelStore, teacher: str, prompt: str, rows: Sequence[dict[str, Any]],
                  label_names: Sequence[str]):
-        self.store, self.key, self.rows, self.label_names = store, (teacher, prompt), rows, list(label_names)
+        self._store, self.key, self.rows, self.label_names = store, (teacher, prompt), rows, list(label_names)
         self._len: int | None = None
+
+    @property
+    def store(self) -> LabelStore:
+        if self._store.closed:
+            self._store = LabelStore(self._store.path)
+        return self._store
 
     def __getitem__(self, text_hash_: str) -> LabelRecord:
         found = self.store.get(*self.key, [text_hash_], self.label_names)
@@ -196,6 +203,7 @@ class LabelStore:
         # Autocommit mode: every write goes through ``transaction()`` (BEGIN IMMEDIATE ... COMMIT), so what is
         # one transaction is explicit, schema changes included (Python's implicit transactions skip DDL).
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.closed = False
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -261,6 +269,7 @@ class LabelStore:
 
     def close(self) -> None:
         self.conn.close()
+        self.closed = True
 
     def __enter__(self) -> LabelStore:
         return self
