@@ -266,10 +266,8 @@ def _perturb(text: str, rng: random.Random, kind: int) -> str:
     return text.upper().replace(",", "")  # case and punctuation only: an exact duplicate once normalised
 
 
-def test_near_duplicates_found_with_high_precision_and_recall(bbc, tmp_path):
-    """Real BBC articles, then perturbed copies of a third of them (syndicated wire copies, edits, cuts):
-    every dropped text must be a copy pointing at its original, and nearly every copy must be dropped."""
-    size = 3
+def _originals_and_copies(bbc: list[dict], size: int = 3) -> tuple[list[dict], list[dict]]:
+    """240 BBC articles without natural near-duplicates among them, and perturbed copies of 80 of them."""
     base = []
     sets: list[set] = []
     for row in bbc[::7]:  # a spread over the five topics
@@ -283,6 +281,14 @@ def test_near_duplicates_found_with_high_precision_and_recall(bbc, tmp_path):
     originals = rng.sample(range(len(base)), 80)
     copies = [{"id": f"copy{k}", "text": _perturb(base[i]["text"], rng, k % 4), "of": base[i]["id"]}
               for k, i in enumerate(originals)]
+    return base, copies
+
+
+def test_near_duplicates_found_with_high_precision_and_recall(bbc, tmp_path):
+    """Real BBC articles, then perturbed copies of a third of them (syndicated wire copies, edits, cuts):
+    every dropped text must be a copy pointing at its original, and nearly every copy must be dropped."""
+    size = 3
+    base, copies = _originals_and_copies(bbc, size)
     write_jsonl(tmp_path / "a_originals.jsonl", [{"id": r["id"], "text": r["text"]} for r in base])
     write_jsonl(tmp_path / "b_copies.jsonl", copies)
     cfg = config("*.jsonl", columns={"id": "id"}, length={"max_chars": None},
@@ -311,6 +317,49 @@ def test_near_duplicates_found_with_high_precision_and_recall(bbc, tmp_path):
     assert funnel["dedup"]["exact"] == 20 and funnel["dedup"]["exact"] + funnel["dedup"]["near"] == len(dups)
     assert set(dups["kind"]) == {"exact", "near"}
     assert funnel["dedup"]["index"]["lsh_texts"] == funnel["overall"]["exact_dedup"] - funnel["dedup"]["near"]
+
+
+def test_a_new_input_file_is_added_without_reading_the_earlier_ones(bbc, tmp_path, monkeypatch):
+    """A daily feed: a corpus built from day 1, then day 2's file (copies of day-1 articles, exact and near,
+    and new articles) arrives. Only day 2 is read, its copies are caught against day 1's texts, and the
+    corpus, its duplicates and its funnel are those of a full build over both days."""
+    base, copies = _originals_and_copies(bbc)
+    feed = tmp_path / "feed"
+    feed.mkdir()
+    write_jsonl(feed / "day1.jsonl", [{"id": r["id"], "text": r["text"]} for r in base[:200]])
+    day2 = [{"id": c["id"], "text": c["text"]} for c in copies] + [{"id": r["id"], "text": r["text"]}
+                                                                   for r in base[200:]]
+    cfg = config("feed/*.jsonl", columns={"id": "id"}, length={"max_chars": None}, shard_rows=64,
+                 dedup={"shingle_size": 3, "threshold": 0.7, "num_perm": 128})
+    daily, fresh = tmp_path / "daily", tmp_path / "fresh"
+    first = build_corpus(cfg, daily, base_dir=tmp_path)
+    assert first["this_run"] == {"files_read": 1, "texts_read": 200, "added_to": None}
+    write_jsonl(feed / "day2.jsonl", day2)
+    second = build_corpus(cfg, daily, base_dir=tmp_path)
+    assert second["this_run"] == {"files_read": 1, "texts_read": len(day2),
+                                  "added_to": {"files": 1, "fingerprint": first["fingerprint"]}}
+    whole = build_corpus(cfg, fresh, base_dir=tmp_path)
+    assert whole["this_run"]["files_read"] == 2 and second["fingerprint"] == whole["fingerprint"]
+    assert second["dedup"]["exact"] > 0 and second["dedup"]["near"] > 0  # copies of day-1 texts caught
+    for key in ("overall", "per_topic", "per_language", "dropped", "cleaning", "per_input_file", "kept", "dedup"):
+        assert second[key] == whole[key], key
+    by_id = lambda table: table.to_pandas().sort_values("id").reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(by_id(pool_table(daily)), by_id(pool_table(fresh)))
+    assert pq.read_table(daily / "duplicates.parquet").equals(pq.read_table(fresh / "duplicates.parquet"))
+    assert [s["file"] for s in read_stamp(daily)["shards"]][:4] == [s["file"] for s in first["shards"]]
+    assert build_corpus(cfg, daily, base_dir=tmp_path) == second  # nothing new: up to date
+
+    # A run killed while adding a file leaves no stamp: the next run builds everything again.
+    write_jsonl(feed / "day3.jsonl", _many(130))
+    monkeypatch.setattr(build_module.ShardWriter, "flush", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        build_corpus(cfg, daily, base_dir=tmp_path)
+    monkeypatch.undo()
+    assert read_stamp(daily) is None
+    assert build_corpus(cfg, daily, base_dir=tmp_path)["this_run"]["files_read"] == 3
+    # A changed earlier file (not only added ones) is a full build too.
+    write_jsonl(feed / "day1.jsonl", [{"id": r["id"], "text": r["text"]} for r in base[:199]])
+    assert build_corpus(cfg, daily, base_dir=tmp_path)["this_run"]["files_read"] == 3
 
 
 def test_exact_duplicates_are_compared_normalised_and_the_first_is_kept(tmp_path):

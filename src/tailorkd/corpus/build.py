@@ -13,12 +13,17 @@ Writes into ``out_dir``:
     rejects.jsonl             unreadable rows: file, line (or row), reason, raw (the project's reject style)
     funnel.json               counts after every step, overall, per topic and per language; what cleaning
                               changed; the dedup index sizes; the relevance threshold; timings
+    state/                    what a later run needs to add input files: the exact index (exact.npz), the
+                              kept texts' MinHash signatures (signatures.bin, 4 bytes a permutation) and the
+                              funnel's counts, file names and input listing (state.json)
     corpus.json               the stamp: fingerprint and shard list, written last
 
 Each file is written to a temporary name and renamed; the stamp is removed first and written last, so a
 run killed half way leaves no stamp and nothing of it is trusted (``read_stamp`` refuses the folder). A
 rerun with the same fingerprint (the section's content, the input files' names, sizes and modification
-times, the seed texts when the relevance stage uses them) returns the recorded funnel without work.
+times, the seed texts when the relevance stage uses them) returns the recorded funnel without work. A rerun
+whose inputs only gained files after the ones already read (a daily feed) reads just those, against the
+restored indexes (``appendable_state``); anything else is a full build.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +46,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from tailorkd.corpus.clean import CLEANING_STEPS
-from tailorkd.corpus.dedup import Deduplicator
+from tailorkd.corpus.dedup import EXACT, SIGNATURES, Deduplicator
 from tailorkd.corpus.engines import cluster_cpus, local_batches, ray_batches, start_ray
 from tailorkd.corpus.read import corpus_files
 from tailorkd.corpus.relevance import choose_threshold, references
@@ -58,6 +64,8 @@ FUNNEL = "funnel.json"
 DUPLICATES = "duplicates.parquet"
 REJECTS = "rejects.jsonl"
 SHARD_GLOB = "pool-*.parquet"
+STATE_DIR = "state"
+STATE = "state.json"
 
 #: The funnel's steps: the count *after* each. A text is lost at the step named by its drop reason.
 FUNNEL_STEPS: tuple[str, ...] = ("read", "readable", "cleaned", "length", "language", "source", "topic",
@@ -88,16 +96,47 @@ def default_workers() -> int:
 def corpus_fingerprint(config: CorpusConfig, files: Sequence[tuple[int, Path, str]], base_dir: Path,
                        seeds: Sequence[str] | None) -> str:
     """What the output depends on: the section (less how it runs), the input files, the seeds if used."""
-    content = config.model_dump(mode="json", exclude=set(CORPUS_EXECUTION_FIELDS) | {"pool"})
+    payload = {**_content(config, seeds), "files": file_listing(files, base_dir)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _content(config: CorpusConfig, seeds: Sequence[str] | None) -> dict[str, Any]:
+    """What the output depends on besides the input files: the section (less how it runs), the seeds if used."""
     uses_seeds = config.relevance is not None and (config.relevance.against != "topics"
                                                    or config.relevance.threshold == "auto")
+    seed_hash = hashlib.sha256("\0".join(seeds or []).encode()).hexdigest() if uses_seeds else None
+    return {"version": CORPUS_VERSION,
+            "config": config.model_dump(mode="json", exclude=set(CORPUS_EXECUTION_FIELDS) | {"pool"}),
+            "seeds": seed_hash}
+
+
+def file_listing(files: Sequence[tuple[int, Path, str]], base_dir: Path) -> list[list[Any]]:
+    """[input index, file as recorded, format, size, modification time] of every input file, in order."""
     listing = []
     for index, path, fmt in files:
         stat = path.stat()
         listing.append([index, _shown(path, base_dir), fmt, stat.st_size, stat.st_mtime_ns])
-    seed_hash = hashlib.sha256("\0".join(seeds or []).encode()).hexdigest() if uses_seeds else None
-    payload = {"version": CORPUS_VERSION, "config": content, "files": listing, "seeds": seed_hash}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return listing
+
+
+def appendable_state(out_dir: Path, stamp: dict[str, Any] | None, content: dict[str, Any],
+                     listing: list[list[Any]]) -> dict[str, Any] | None:
+    """The saved state of the finished corpus in ``out_dir`` when the new input files only add to its inputs
+    (same section and seeds; its files, unchanged, are the first of the new listing): then only the added
+    files need reading. None otherwise (a full build)."""
+    if stamp is None or not (Path(out_dir) / STATE_DIR / STATE).is_file():
+        return None
+    state = read_json(Path(out_dir) / STATE_DIR / STATE, "corpus state")
+    if not isinstance(state, dict) or state.get("content") != content or state.get("fingerprint") != \
+            stamp.get("fingerprint"):
+        return None
+    earlier = state.get("files") or []
+    if len(listing) <= len(earlier) or listing[: len(earlier)] != earlier:
+        return None
+    needed = [EXACT] + ([SIGNATURES] if content["config"]["dedup"]["near"] else [])
+    if not all((Path(out_dir) / STATE_DIR / name).is_file() for name in needed):
+        return None
+    return state
 
 
 def read_stamp(out_dir: Path) -> dict[str, Any] | None:
@@ -122,10 +161,10 @@ def _shown(path: Path, base_dir: Path) -> str:
 class ShardWriter:
     """Kept rows gathered into ``pool-NNNNN.parquet`` shards of ``shard_rows`` rows, each written atomically."""
 
-    def __init__(self, out_dir: Path, shard_rows: int):
+    def __init__(self, out_dir: Path, shard_rows: int, shards: Sequence[dict[str, Any]] = ()):
         self.out_dir, self.shard_rows = out_dir, shard_rows
         self.rows: dict[str, list[Any]] = {name: [] for name in POOL_SCHEMA.names}
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[dict[str, Any]] = list(shards)  # an earlier run's, when this one adds input files
         self.seconds = 0.0
 
     def add(self, row: dict[str, Any]) -> None:
@@ -148,15 +187,23 @@ class ShardWriter:
 
 class StreamWriter:
     """Rows appended to a hidden temporary file (Parquet in row groups, or JSON lines), renamed into place by
-    ``close``: a killed run never leaves a complete-looking file."""
+    ``close``: a killed run never leaves a complete-looking file. ``keep``: the rows of the file already at
+    ``path`` come first (copied a row group or a line at a time)."""
 
-    def __init__(self, path: Path, schema: pa.Schema | None = None, group_rows: int = 10_000):
+    def __init__(self, path: Path, schema: pa.Schema | None = None, group_rows: int = 10_000, keep: bool = False):
         self.path, self.schema, self.group_rows = path, schema, group_rows
         self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         self.rows: list[dict[str, Any]] = []
         self.count = 0
         self._writer = pq.ParquetWriter(self.tmp, schema) if schema is not None else None
         self._lines = None if schema is not None else open(self.tmp, "w", encoding="utf-8")
+        if keep and path.is_file():
+            if self._writer is not None:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=group_rows):
+                    self._writer.write_table(pa.Table.from_batches([batch], schema=schema))
+            else:
+                with open(path, encoding="utf-8") as earlier:
+                    shutil.copyfileobj(earlier, self._lines)
 
     def add(self, row: dict[str, Any]) -> None:
         self.count += 1
@@ -213,6 +260,21 @@ class Funnel:
         if reason is not None:
             self.dropped[reason] += 1
 
+    def state(self) -> dict[str, Any]:
+        """The counts as JSON, for a later run that adds input files (``restore``)."""
+        return {"lost": [[*key, n] for key, n in self.lost.items()], "dropped": dict(self.dropped),
+                "cleaning": dict(self.cleaning), "boilerplate_lines": self.boilerplate_lines,
+                "per_input": dict(self.per_input), "relevance_histogram": self.relevance_histogram.tolist()}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Funnel:
+        funnel = cls()
+        funnel.lost = Counter({(step, topic, language): n for step, topic, language, n in state["lost"]})
+        funnel.dropped, funnel.cleaning = Counter(state["dropped"]), Counter(state["cleaning"])
+        funnel.boilerplate_lines, funnel.per_input = state["boilerplate_lines"], Counter(state["per_input"])
+        funnel.relevance_histogram = np.asarray(state["relevance_histogram"], dtype=np.int64)
+        return funnel
+
     @staticmethod
     def _after(lost_at: Counter[str]) -> dict[str, int]:
         """Texts after each step, from how many were lost at each (or kept)."""
@@ -254,7 +316,11 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
     """Read ``config.inputs`` as a stream, clean, filter, deduplicate and write the pool shards to ``out_dir``;
     returns the funnel (also written to ``out_dir/funnel.json``). ``seeds``: the expert seed texts, the
     relevance stage's references. Skipped (the recorded funnel returned) when ``out_dir`` holds a finished
-    corpus of the same fingerprint, unless ``force``."""
+    corpus of the same fingerprint, unless ``force``.
+
+    When the inputs only gained files after the ones the finished corpus read (a daily feed's new file), only
+    those are read: the dedup indexes and the funnel's counts are restored from ``state/``, the new texts are
+    checked against every text kept so far, and new shards follow the old ones (``force``: a full build)."""
     out_dir = Path(out_dir)
     files = corpus_files(config.inputs, Path(base_dir))
     fingerprint = corpus_fingerprint(config, files, Path(base_dir), seeds)
@@ -263,10 +329,18 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
         log.info("corpus: %s is up to date (%d texts in %d shards)", out_dir, stamp["rows"], len(stamp["shards"]))
         return read_json(out_dir / FUNNEL, "corpus funnel")
     started = time.perf_counter()
+    content, listing = _content(config, seeds), file_listing(files, Path(base_dir))
+    earlier = None if force else appendable_state(out_dir, stamp, content, listing)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP).unlink(missing_ok=True)  # nothing below is trusted until the new stamp is written
-    for old in [*out_dir.glob(SHARD_GLOB), out_dir / FUNNEL, out_dir / DUPLICATES, out_dir / REJECTS]:
-        old.unlink(missing_ok=True)
+    if earlier is None:
+        for old in [*out_dir.glob(SHARD_GLOB), out_dir / FUNNEL, out_dir / DUPLICATES, out_dir / REJECTS]:
+            old.unlink(missing_ok=True)
+        shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+    else:
+        log.info("corpus: %d new input file(s) after the %d of the corpus in %s; reading only those",
+                 len(files) - len(earlier["files"]), len(earlier["files"]), out_dir)
+        files = files[len(earlier["files"]):]
 
     threshold = None
     relevance_report = None
@@ -287,20 +361,24 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
     else:
         batches = local_batches(files, settings, workers)
 
-    funnel = Funnel()
-    dedup = Deduplicator(config.dedup)
-    shards = ShardWriter(out_dir, config.shard_rows)
-    duplicates = StreamWriter(out_dir / DUPLICATES, DUPLICATES_SCHEMA)
-    rejects = StreamWriter(out_dir / REJECTS)
+    funnel = Funnel() if earlier is None else Funnel.restore(earlier["funnel"])
+    dedup = Deduplicator(config.dedup, out_dir / STATE_DIR)
+    if earlier is not None:
+        dedup.restore()
+    shards = ShardWriter(out_dir, config.shard_rows, stamp["shards"] if earlier else ())
+    duplicates = StreamWriter(out_dir / DUPLICATES, DUPLICATES_SCHEMA, keep=earlier is not None)
+    rejects = StreamWriter(out_dir / REJECTS, keep=earlier is not None)
     shown: dict[str, str] = {}
     file_numbers: dict[str, int] = {}  # a text's dedup ref: its file's number << 40 | its row
-    file_names: list[str] = []
+    file_names: list[str] = list(earlier["file_names"]) if earlier else []
+    read_now = 0
     step_seconds = dict.fromkeys(TIMED_STEPS, 0.0)
     dedup_seconds = 0.0
     progress = tqdm(desc="corpus", unit=" texts", disable=None)
     try:
         for batch in batches:
             progress.update(batch.num_rows)
+            read_now += batch.num_rows
             for step in TIMED_STEPS:
                 step_seconds[step] += float(pc.sum(batch.column(f"t_{step}")).as_py() or 0.0)
             dedup_start = time.perf_counter()
@@ -344,9 +422,11 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
         shards.flush()
         duplicates.close()
         rejects.close()
+        dedup.save()
     except BaseException:
         duplicates.discard()
         rejects.discard()
+        dedup.discard()
         raise
     finally:
         progress.close()
@@ -361,7 +441,7 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
         "engine": config.engine,
         "workers": workers,
         "batch_size": config.batch_size,
-        "files": len(files),
+        "files": len(listing),
         "shards": shards.shards,
         "dedup": {"exact": funnel.dropped.get("exact_duplicate", 0), "near": funnel.dropped.get("near_duplicate", 0),
                   "num_perm": config.dedup.num_perm, "shingle_size": config.dedup.shingle_size,
@@ -371,8 +451,13 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
         "seconds": {"total": seconds, **{f"{step} (workers)": round(v, 3) for step, v in step_seconds.items()},
                     "dedup and relevance (driver)": round(dedup_seconds, 3),
                     "writing shards": round(shards.seconds, 3)},
-        "rows_per_second": round(report["overall"]["read"] / seconds, 1) if seconds else None,
+        "rows_per_second": round(read_now / seconds, 1) if seconds else None,
+        "this_run": {"files_read": len(files), "texts_read": read_now,
+                     "added_to": None if earlier is None else {"files": len(earlier["files"]),
+                                                               "fingerprint": earlier["fingerprint"]}},
     })
+    write_json_atomic(out_dir / STATE_DIR / STATE, {"fingerprint": fingerprint, "content": content, "files": listing,
+                                                    "file_names": file_names, "funnel": funnel.state()})
     write_json_atomic(out_dir / FUNNEL, report)
     write_json_atomic(out_dir / STAMP, {"version": CORPUS_VERSION, "fingerprint": fingerprint, "rows": report["kept"],
                                         "shards": shards.shards, "funnel": FUNNEL, "duplicates": DUPLICATES,

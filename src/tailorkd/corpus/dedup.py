@@ -10,11 +10,14 @@ with the corpus: 16 bytes a text for the exact one, ``b`` band keys a text for t
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 
+from tailorkd.files import atomic_write, fsync_dir
 from tailorkd.recipe.corpus import DedupConfig
 
 #: The seed of the MinHash permutations: one for every worker, so that their signatures compare.
@@ -23,6 +26,9 @@ MINHASH_SEED = 1
 #: signatures are rensa's, labelled with datasketch's 32-bit affine scheme, the same kind of hash.
 LSH_SCHEME = "affine32"
 _NON_WORD = re.compile(r"[\W_]+")
+#: The files of a saved index state (``Deduplicator.save``): exact keys and refs; kept refs and signatures.
+EXACT = "exact.npz"
+SIGNATURES = "signatures.bin"
 
 
 def normalise(text: str) -> str:
@@ -70,16 +76,21 @@ class Deduplicator:
     218 MiB from 50k to 1M articles with string ids). Two different texts share 8 hash bytes with
     probability n^2 / 2^65, 3e-8 for a million texts."""
 
-    def __init__(self, config: DedupConfig):
+    def __init__(self, config: DedupConfig, state_dir: Path | None = None):
         self.config = config
         self.exact: dict[int, int] = {}
         self.lsh = None
         self.lsh_keys = 0
+        self.state_dir = state_dir
+        self._signatures = None  # the kept texts' (ref, signature) records, appended as they are indexed
         if config.near:
             from datasketch import LeanMinHash, MinHashLSH
 
             self._lean = LeanMinHash
             self.lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+            if state_dir is not None:
+                state_dir.mkdir(parents=True, exist_ok=True)
+                self._signatures = open(self._pending(SIGNATURES), "wb")
 
     def check(self, ref: int, key: bytes | None, signature: np.ndarray | None) -> tuple[str, int] | None:
         """("exact" | "near", ref of the kept text) when the text repeats one seen before, else None (and the
@@ -100,7 +111,62 @@ class Deduplicator:
         if lean is not None:
             self.lsh.insert(ref, lean, check_duplication=False)
             self.lsh_keys += 1
+            if self._signatures is not None:
+                self._signatures.write(np.array([(ref, signature)], dtype=self._record_type()).tobytes())
         return None
+
+    # -- state kept between runs (a corpus that grows by new input files) --------------------------------------
+    def _record_type(self) -> np.dtype:
+        return np.dtype([("ref", "<i8"), ("signature", "<u4", (self.config.num_perm,))])
+
+    def _pending(self, name: str) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir / f".{name}.pending"
+
+    def restore(self) -> None:
+        """Index again what ``save`` left in ``state_dir``: the kept texts' exact keys and signatures (the LSH
+        is rebuilt from them: its bands are not stored, the signatures take 4 bytes a permutation)."""
+        assert self.state_dir is not None
+        exact = np.load(self.state_dir / EXACT)
+        self.exact = dict(zip(exact["keys"].tolist(), exact["refs"].tolist()))
+        if self.lsh is None:
+            return
+        assert self._signatures is not None
+        records = np.memmap(self.state_dir / SIGNATURES, dtype=self._record_type(), mode="r")
+        for start in range(0, len(records), 10_000):
+            part = np.array(records[start : start + 10_000])
+            for ref, signature in zip(part["ref"].tolist(), part["signature"]):
+                self.lsh.insert(ref, self._lean(seed=MINHASH_SEED, hashvalues=signature, scheme=LSH_SCHEME),
+                                check_duplication=False)
+            self._signatures.write(part.tobytes())
+        self.lsh_keys = len(records)
+
+    def save(self) -> None:
+        """Write the indexes to ``state_dir`` (each file atomically) so a later run can ``restore`` them."""
+        assert self.state_dir is not None
+        keys = np.fromiter(self.exact.keys(), dtype=np.uint64, count=len(self.exact))
+        refs = np.fromiter(self.exact.values(), dtype=np.int64, count=len(self.exact))
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, keys=keys, refs=refs)
+
+        atomic_write(self.state_dir / EXACT, write)
+        if self._signatures is not None:
+            self._signatures.flush()
+            os.fsync(self._signatures.fileno())
+            self._signatures.close()
+            self._signatures = None
+            os.replace(self._pending(SIGNATURES), self.state_dir / SIGNATURES)
+            fsync_dir(self.state_dir)
+        else:
+            (self.state_dir / SIGNATURES).unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Drop what this run wrote towards its state."""
+        if self._signatures is not None:
+            self._signatures.close()
+            self._signatures = None
+            self._pending(SIGNATURES).unlink(missing_ok=True)
 
     def sizes(self) -> dict[str, int]:
         """How large the indexes have grown: texts in each, and the LSH's bands (hash tables)."""
