@@ -72,6 +72,24 @@ def test_knn_selector_takes_nearest_per_class_and_never_the_text_itself():
     assert len(five.select({"text": "bank merger"})) == 4  # b2 is the text itself
 
 
+def test_knn_selector_keeps_a_bounded_number_of_embeddings(monkeypatch):
+    """Labelling a big pool embeds it a window at a time: the selector keeps the latest CACHE_TEXTS texts'
+    embeddings, not the pool's, and a window larger than that is still served whole."""
+    from tailorkd.prompts import select
+
+    monkeypatch.setattr(select, "CACHE_TEXTS", 50)
+    calls = []
+    embed = one_hot_embedder(VOCAB)
+    selector = KnnShotSelector(SEEDS, ["business", "sport", "tech"], 3, "constructed",
+                               embed=lambda texts: calls.append(len(texts)) or embed(texts))
+    window = [{"text": f"bank shares {i}"} for i in range(120)]
+    selector.prepare(window)
+    assert calls == [len(SEEDS), 120]
+    assert [s["id"] for s in selector.select(window[-1])][-1] == "b1" and calls[-1] == 120  # kept: no new call
+    selector.select(window[0])  # evicted: embedded again
+    assert calls[-1] == 1
+
+
 def test_loo_groups_never_show_a_seed_its_own_answer():
     shots = [SEEDS[0], SEEDS[2]]
     groups = loo_shot_groups(shots, SEEDS)

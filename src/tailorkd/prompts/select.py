@@ -8,12 +8,17 @@ the prompt, and the nearest example goes last, next to the text.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 
 from tailorkd.evaluation.baselines import embedding_text
 from tailorkd.labels import text_hash
+
+#: Texts whose embeddings the selector keeps (``prepare`` embeds a window of rows just before ``select`` asks
+#: for them; an unbounded cache would hold the whole pool's embeddings, 1.5 KB a text for MiniLM).
+CACHE_TEXTS = 8192
 
 
 class KnnShotSelector:
@@ -39,21 +44,24 @@ class KnnShotSelector:
         self._embed_fn = embed  # texts -> [N, H] unit vectors
         self.seeds = sorted((dict(s) for s in seeds if s.get("label") in self.label_names), key=lambda r: str(r["id"]))
         self._seed_hashes = [text_hash(s["text"]) for s in self.seeds]
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._seed_matrix = self._embed([embedding_text(s) for s in self.seeds], self._seed_hashes)
         classes = [name for name in self.label_names if any(s["label"] == name for s in self.seeds)]
         base, extra = divmod(k, max(len(classes), 1))
         self.per_class = {name: base + (1 if i < extra else 0) for i, name in enumerate(classes)}
 
     def _embed(self, texts: list[str], keys: list[str]) -> np.ndarray:
-        todo = [(t, key) for t, key in zip(texts, keys) if key not in self._cache]
+        found = {key: self._cache[key] for key in keys if key in self._cache}
+        todo = [(t, key) for t, key in zip(texts, keys) if key not in found]
         if todo:
             vectors = np.asarray(self._embed_fn([t for t, _ in todo]), dtype=np.float32)
             for (_, key), vector in zip(todo, vectors):
-                self._cache[key] = vector
+                found[key] = self._cache[key] = vector
+            while len(self._cache) > CACHE_TEXTS:  # the oldest go: a pool is embedded a window at a time
+                self._cache.popitem(last=False)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._cache[key] for key in keys])
+        return np.stack([found[key] for key in keys])
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> None:
         """Embed the texts of ``rows`` in batches ahead of ``select`` (optional; saves time)."""
