@@ -21,6 +21,11 @@ macro-F1 is at least seed-only's within its 95% interval (its interval's upper b
 macro-F1) and at its point estimate.
 
     .venv/bin/python benchmarks/quality_suite.py --seeds 13,14 --work runs/quality
+
+A run takes tens of minutes on a CPU, so the suite may be run in pieces (``--tasks``, ``--seeds``, each with
+its own ``--output``) and the pieces combined: ``--merge A.json B.json --output suite.json`` takes every run
+of the pieces (a later piece's run of the same task and seed replaces an earlier one's), keeps each piece's
+machine and settings, and summarises them anew.
 """
 
 from __future__ import annotations
@@ -155,11 +160,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--override", action="append", default=[], help="one more recipe override (key=value), repeatable")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "quality_suite.json")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS",
+                   help="combine these results files (earlier pieces of the suite) into --output; runs nothing")
     return p.parse_args(argv)
+
+
+def merge(pieces: list[Path]) -> dict[str, Any]:
+    """One results file from several pieces of the suite: their runs (by task and seed, the later piece's
+    first), their machines and settings, summarised anew."""
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    merged: dict[str, Any] = {"pieces": [], "definitions": __doc__}
+    for path in pieces:
+        try:
+            piece = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"--merge: {path}: not a results file of this suite ({exc})") from None
+        if not isinstance(piece, dict) or not isinstance(piece.get("runs"), list):
+            raise SystemExit(f"--merge: {path}: not a results file of this suite (no list of runs)")
+        merged["pieces"].append({"file": path.name, "machine": piece.get("machine"),
+                                 "settings": piece.get("settings"), "runs": len(piece["runs"])})
+        for run in piece["runs"]:
+            runs[(run["task"], run["seed"])] = run
+    merged["runs"] = sorted(runs.values(), key=lambda r: (r["seed"], r["task"]))
+    merged["summary"] = summarise(merged["runs"])
+    merged["table_markdown"] = markdown(merged["summary"]) if merged["summary"]["per_task"] else ""
+    return merged
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge:
+        results = merge(args.merge)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=1) + "\n")
+        print(results["table_markdown"])
+        return results
     from tailorkd.resources import describe_machine
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -165,3 +165,15 @@ def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     assert result["summary"]["average_over_tasks"]["setfit"]["macro_f1"] == tiny["setfit"]["macro_f1"]
     lines = result["table_markdown"].splitlines()
     assert lines[0] == "| system | tiny macro-F1 / acc | average macro-F1 / acc |" and len(lines) == 2 + 8
+    # The suite in pieces, merged: the same summary; a later piece's run of a task and seed replaces one before.
+    pieces = []
+    for i, run in enumerate(runs):
+        pieces.append(tmp_path / f"piece{i}.json")
+        pieces[-1].write_text(json.dumps({**result, "runs": [run]}))
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({**result, "runs": [{**runs[1], "rows": runs[0]["rows"]}]}))
+    merged = bench.main(["--merge", str(stale), *map(str, pieces), "--output", str(tmp_path / "merged.json")])
+    assert merged["summary"] == result["summary"] and len(merged["pieces"]) == 3
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="bad.json: not a results file"):
+        bench.main(["--merge", str(tmp_path / "bad.json"), "--output", str(tmp_path / "x.json")])
