@@ -154,34 +154,44 @@ _GEMMA3_LAYER_NAMES = {
 }
 
 
-def _llama_checkpoint(gguf: GGUFFile):
-    from transformers import LlamaConfig
-
+def _config_arguments(gguf: GGUFFile, arch: str) -> dict[str, Any]:
+    """The transformers config arguments every converted architecture reads the same way from the GGUF's
+    metadata (``<arch>.*`` keys and the tokenizer's)."""
     fields = gguf.metadata
 
     def meta(key: str) -> Any:
-        return fields[f"llama.{key}"]
+        return fields[f"{arch}.{key}"]
 
-    heads, kv_heads = int(meta("attention.head_count")), int(meta("attention.head_count_kv"))
-    config = LlamaConfig(
-        vocab_size=len(fields["tokenizer.ggml.tokens"]),
-        hidden_size=int(meta("embedding_length")),
-        intermediate_size=int(meta("feed_forward_length")),
-        num_hidden_layers=int(meta("block_count")),
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=int(meta("embedding_length")) // heads,
-        max_position_embeddings=int(meta("context_length")),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(fields.get("llama.rope.freq_base", 10000.0)),
-        bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=fields.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
-        tie_word_embeddings="output.weight" not in gguf.tensors,
-        architectures=["LlamaForCausalLM"],
-    )
-    if "llama.rope.scaling.type" in fields:
+    return {
+        "vocab_size": len(fields["tokenizer.ggml.tokens"]),
+        "hidden_size": int(meta("embedding_length")),
+        "intermediate_size": int(meta("feed_forward_length")),
+        "num_hidden_layers": int(meta("block_count")),
+        "num_attention_heads": int(meta("attention.head_count")),
+        "num_key_value_heads": int(meta("attention.head_count_kv")),
+        "max_position_embeddings": int(meta("context_length")),
+        "rms_norm_eps": float(meta("attention.layer_norm_rms_epsilon")),
+        "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": "output.weight" not in gguf.tensors,
+    }
+
+
+def _refuse_rope_scaling(gguf: GGUFFile, arch: str) -> None:
+    if f"{arch}.rope.scaling.type" in gguf.metadata:
         raise RuntimeError(f"{gguf.path}: rope scaling is not supported by this converter")
+
+
+def _llama_checkpoint(gguf: GGUFFile):
+    from transformers import LlamaConfig
+
+    _refuse_rope_scaling(gguf, "llama")
+    common = _config_arguments(gguf, "llama")
+    heads, kv_heads = common["num_attention_heads"], common["num_key_value_heads"]
+    config = LlamaConfig(**common, head_dim=common["hidden_size"] // heads,
+                         rope_theta=float(gguf.metadata.get("llama.rope.freq_base", 10000.0)),
+                         architectures=["LlamaForCausalLM"])
     state = _weights(gguf, _layer_names(config.num_hidden_layers, _GLOBAL_NAMES, _LLAMA_LAYER_NAMES))
     for name in state:
         # llama.cpp reorders the rows of the query and key projections for its rotary embedding.
@@ -215,30 +225,10 @@ def _qwen2_checkpoint(gguf: GGUFFile):
     """
     from transformers import Qwen2Config
 
-    fields = gguf.metadata
-
-    def meta(key: str) -> Any:
-        return fields[f"qwen2.{key}"]
-
-    if "qwen2.rope.scaling.type" in fields:
-        raise RuntimeError(f"{gguf.path}: rope scaling is not supported by this converter")
-    config = Qwen2Config(
-        vocab_size=len(fields["tokenizer.ggml.tokens"]),
-        hidden_size=int(meta("embedding_length")),
-        intermediate_size=int(meta("feed_forward_length")),
-        num_hidden_layers=int(meta("block_count")),
-        num_attention_heads=int(meta("attention.head_count")),
-        num_key_value_heads=int(meta("attention.head_count_kv")),
-        max_position_embeddings=int(meta("context_length")),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta("rope.freq_base")),
-        use_sliding_window=False,  # llama.cpp attends over the whole context in every layer
-        bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=fields.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
-        tie_word_embeddings="output.weight" not in gguf.tensors,
-        architectures=["Qwen2ForCausalLM"],
-    )
+    _refuse_rope_scaling(gguf, "qwen2")
+    config = Qwen2Config(**_config_arguments(gguf, "qwen2"), rope_theta=float(gguf.metadata["qwen2.rope.freq_base"]),
+                         use_sliding_window=False,  # llama.cpp attends over the whole context in every layer
+                         architectures=["Qwen2ForCausalLM"])
     state = _weights(gguf, _layer_names(config.num_hidden_layers, _GLOBAL_NAMES, _QWEN2_LAYER_NAMES))
     return config, state
 
@@ -247,32 +237,17 @@ def _gemma3_checkpoint(gguf: GGUFFile):
     from transformers import Gemma3TextConfig
 
     fields = gguf.metadata
-
-    def meta(key: str) -> Any:
-        return fields[f"gemma3.{key}"]
-
-    head_dim = int(meta("attention.key_length"))
+    head_dim = int(fields["gemma3.attention.key_length"])
     config = Gemma3TextConfig(
-        vocab_size=len(fields["tokenizer.ggml.tokens"]),
-        hidden_size=int(meta("embedding_length")),
-        intermediate_size=int(meta("feed_forward_length")),
-        num_hidden_layers=int(meta("block_count")),
-        num_attention_heads=int(meta("attention.head_count")),
-        num_key_value_heads=int(meta("attention.head_count_kv")),
+        **_config_arguments(gguf, "gemma3"),
         head_dim=head_dim,
-        max_position_embeddings=int(meta("context_length")),
-        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta("rope.freq_base")),
+        rope_theta=float(fields["gemma3.rope.freq_base"]),
         # Not in the file; llama.cpp fixes them for gemma3 (and they are transformers' defaults).
         rope_local_base_freq=10000.0,
-        sliding_window=int(meta("attention.sliding_window")),
+        sliding_window=int(fields["gemma3.attention.sliding_window"]),
         sliding_window_pattern=6,
         # llama.cpp scales queries by 1/sqrt(head_dim) for every Gemma-3 size but 27B.
         query_pre_attn_scalar=head_dim,
-        bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=fields.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
-        tie_word_embeddings="output.weight" not in gguf.tensors,
         architectures=["Gemma3ForCausalLM"],
     )
     state = _weights(gguf, _layer_names(config.num_hidden_layers, _GLOBAL_NAMES, _GEMMA3_LAYER_NAMES))
