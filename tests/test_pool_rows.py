@@ -4,6 +4,7 @@ the label stage and its readers not holding the pool as Python objects."""
 from __future__ import annotations
 
 import json
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -47,6 +48,11 @@ def test_pool_rows_read_as_the_rows_they_were_written_from(tmp_path):
         rows.take([0, 5000])
     empty = PoolRows.from_frame(frame.iloc[:0])
     assert len(empty) == 0 and list(empty) == [] and list(empty.windows()) == []
+    assert len(PoolRows.empty(rows.columns)) == 0 and PoolRows.empty(rows.columns).columns == rows.columns
+    # Pickled (to a Ray actor or a spawned process) as its file and index, never as the mapped table.
+    pickled = pickle.dumps(view)
+    assert len(pickled) < 2000 and list(pickle.loads(pickled)) == list(view)
+    assert list(pickle.loads(pickle.dumps(rows))) == want
 
 
 def test_stored_labels_read_the_store_on_demand(tmp_path):

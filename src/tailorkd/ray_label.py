@@ -117,7 +117,7 @@ def _seeds_only(data: Any) -> Any:
     """``data`` with empty pool and test: an actor needs the seeds (the shots), not the texts it is not sent."""
     from dataclasses import replace
 
-    return replace(data, pool=PoolRows(data.pool.table.slice(0, 0)), test=data.test.iloc[:0], rejects=[], stats={})
+    return replace(data, pool=PoolRows.empty(data.pool.columns), test=data.test.iloc[:0], rejects=[], stats={})
 
 
 @dataclass(frozen=True)

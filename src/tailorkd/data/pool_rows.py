@@ -29,14 +29,27 @@ class PoolRows(Sequence[dict[str, Any]]):
     """Rows of an Arrow table (memory-mapped from the pool file, or in memory), in the order of ``index``
     (all of them, in table order, when None); a missing value reads as None."""
 
-    def __init__(self, table: pa.Table, index: np.ndarray | None = None):
+    def __init__(self, table: pa.Table, index: np.ndarray | None = None, path: Path | None = None):
         self.table = table
         self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        self.path = path  # the file the table is mapped from, if any
 
     @classmethod
     def open(cls, path: Path) -> PoolRows:
         """The rows of a pool file written by :func:`write_pool`, memory-mapped (nothing read yet)."""
-        return cls(feather.read_table(str(path), memory_map=True))
+        return cls(feather.read_table(str(path), memory_map=True), path=Path(path))
+
+    def __reduce__(self):
+        # Pickled (to a Ray actor, a spawned process) as its file and index, not as the mapped table: Arrow
+        # pickles a table, even a slice of it, with all its buffers.
+        if self.path is not None:
+            return _reopen, (self.path, self.index)
+        return PoolRows, (self.table, self.index)
+
+    @classmethod
+    def empty(cls, columns: Sequence[str]) -> PoolRows:
+        """No rows, with these (text) columns."""
+        return cls(pa.schema([(c, pa.string()) for c in columns]).empty_table())
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> PoolRows:
@@ -71,7 +84,7 @@ class PoolRows(Sequence[dict[str, Any]]):
         if len(index) and (index.min() < -len(self) or index.max() >= len(self)):
             raise IndexError(f"pool rows out of range ({len(self)} rows)")
         index = index % max(len(self), 1)
-        return PoolRows(self.table, index if self.index is None else self.index[index])
+        return PoolRows(self.table, index if self.index is None else self.index[index], self.path)
 
     def windows(self, size: int = WINDOW) -> Iterator[list[dict[str, Any]]]:
         """The rows in order, ``size`` at a time, as lists of dicts."""
@@ -98,6 +111,11 @@ class PoolRows(Sequence[dict[str, Any]]):
 
     def __repr__(self) -> str:
         return f"PoolRows({len(self)} rows, columns {self.columns})"
+
+
+def _reopen(path: Path, index: np.ndarray | None) -> PoolRows:
+    rows = PoolRows.open(path)
+    return rows if index is None else PoolRows(rows.table, index, rows.path)
 
 
 def windows(rows: Sequence[dict[str, Any]], size: int = WINDOW) -> Iterator[Sequence[dict[str, Any]]]:
