@@ -396,6 +396,32 @@ def test_languages_are_identified_with_confidence_and_filtered(tmp_path):
     assert funnel["per_language"]["it"]["language"] == 0 and funnel["per_language"]["en"]["language"] == 1
 
 
+def test_cld2_names_long_texts_and_leaves_short_ones_to_py3langid(tmp_path):
+    """identifier: cld2: CLD2 decides a long text it is sure of (its confidence is CLD2's share of the text);
+    a short one is py3langid's, exactly as with the default identifier."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from tailorkd.corpus.steps import Cld2
+
+    long = {code: " ".join([text] * 4) for code, text in KNOWN.items()}
+    assert all(len(t) >= Cld2.MIN_CHARS for t in long.values())
+    rows = [{"id": f"long-{c}", "text": t} for c, t in long.items()] + \
+        [{"id": f"short-{c}", "text": t} for c, t in KNOWN.items()]
+    write_jsonl(tmp_path / "l.jsonl", rows)
+    pools = {}
+    for identifier in ("py3langid", "cld2"):
+        build_corpus(config("l.jsonl", columns={"id": "id"}, dedup={"exact": False, "near": False},
+                            language={"identifier": identifier}), tmp_path / identifier, base_dir=tmp_path)
+        pools[identifier] = {r["doc_id"]: r for r in pool_table(tmp_path / identifier).to_pylist()}
+    cld2 = Cld2(set(LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True).nb_classes))
+    for code in KNOWN:
+        by_cld2, by_default = pools["cld2"], pools["py3langid"]
+        assert by_cld2[f"long-{code}"]["language"] == by_default[f"long-{code}"]["language"] == code
+        assert by_cld2[f"long-{code}"]["language_confidence"] == pytest.approx(cld2(long[code])[1])
+        assert by_cld2[f"short-{code}"] == by_default[f"short-{code}"]
+    assert cld2("ok") is None and cld2("\ud800 a lone surrogate") is None  # unsure or refused: py3langid decides
+
+
 def test_language_is_identified_on_the_first_max_chars(tmp_path):
     text = f"{KNOWN['en']} {KNOWN['es'] * 30}"
     write_jsonl(tmp_path / "l.jsonl", [{"id": "mixed", "text": text}])
@@ -418,9 +444,11 @@ def crisislex_folder() -> Path | None:
 
 
 @pytest.mark.skipif(crisislex_folder() is None, reason="CrisisLexT26 not available")
-def test_languages_of_real_multilingual_tweets(tmp_path):
-    """CrisisLexT26 tweets of three Spanish- and Italian-speaking crises (mixed with English): where py3langid is
-    confident enough to name a language, an independent identifier (langdetect) agrees."""
+@pytest.mark.parametrize("identifier", ["py3langid", "cld2"])
+def test_languages_of_real_multilingual_tweets(tmp_path, identifier):
+    """CrisisLexT26 tweets of three Spanish- and Italian-speaking crises (mixed with English): where the stage's
+    identifier (py3langid, or CLD2 first) is confident enough to name a language, an independent identifier
+    (langdetect) agrees."""
     from langdetect import DetectorFactory, detect
     from langdetect.lang_detect_exception import LangDetectException
 
@@ -428,7 +456,8 @@ def test_languages_of_real_multilingual_tweets(tmp_path):
     cfg = CorpusConfig.model_validate({
         "inputs": [{"path": str(folder / f"2012_{event}-tweets_labeled.csv"), "columns": {"text": "Tweet Text"}}
                    for event in ("Italy_earthquakes", "Costa_Rica_earthquake", "Venezuela_refinery")],
-        "cleaning": {"urls": True}, "dedup": {"exact": False, "near": False}, "workers": 1})
+        "cleaning": {"urls": True}, "dedup": {"exact": False, "near": False}, "workers": 1,
+        "language": {"identifier": identifier}})
     funnel = build_corpus(cfg, tmp_path / "out")
     pool = pool_table(tmp_path / "out").to_pandas().sample(600, random_state=0)
     DetectorFactory.seed = 0

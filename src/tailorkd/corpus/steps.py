@@ -58,6 +58,35 @@ def _word_pattern(keywords: list[str]) -> re.Pattern[str] | None:
     return re.compile(r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")\b", re.IGNORECASE)
 
 
+class Cld2:
+    """Google's CLD2 (compiled; ``pycld2``): a text's language where CLD2 is sure of it, else None (the
+    caller asks py3langid). Sure: CLD2 calls its answer reliable, finds at least ``min_percent`` of the text
+    in that language, and names a code of ``known`` (py3langid's, so keep / drop lists mean the same codes)."""
+
+    #: Shorter texts go to py3langid alone. On 600 CrisisLexT26 tweets (es/it/en), CLD2 on every tweet named
+    #: 89% of them with 93.6% agreement with langdetect, against py3langid's 95%+ on fewer.
+    MIN_CHARS = 300
+    # CLD2's older codes for languages py3langid names by the current ones.
+    RENAMED = {"iw": "he", "jw": "jv", "in": "id", "zh-Hant": "zh", "zh-Hans": "zh"}
+
+    def __init__(self, known: set[str], min_percent: int = 70):
+        import pycld2
+
+        self._detect, self._error = pycld2.detect, pycld2.error
+        self.known, self.min_percent = known, min_percent
+
+    def __call__(self, text: str) -> tuple[str, float] | None:
+        try:
+            reliable, _, details = self._detect(text)
+        except (self._error, ValueError):  # bytes CLD2 refuses (e.g. a lone surrogate): py3langid decides
+            return None
+        _, code, percent, _ = details[0]
+        code = self.RENAMED.get(code, code)
+        if not reliable or percent < self.min_percent or code not in self.known:
+            return None
+        return code, percent / 100
+
+
 class BatchSteps:
     """The stateless steps of the recipe's corpus section, with their models loaded once."""
 
@@ -66,10 +95,13 @@ class BatchSteps:
         self.config = config = settings.config
         self.cleaner = Cleaner(config.cleaning)
         self.identifier = None
+        self.cld2 = None
         if config.language.identify:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
             self.identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+            if config.language.identifier == "cld2":
+                self.cld2 = Cld2(set(self.identifier.nb_classes))
         self.topic_names = [t.name for t in config.topics]
         self.topic_matchers: dict[str, list[re.Pattern[str]]] = {}
         for topic in config.topics:
@@ -102,7 +134,10 @@ class BatchSteps:
         if self.identifier is None:
             return UNDETERMINED, 0.0
         cap = self.config.language.max_chars
-        code, confidence = self.identifier.classify(text if cap is None else text[:cap])
+        text = text if cap is None else text[:cap]
+        # CLD2 is less sure of a short text, and py3langid is cheap on one: only longer texts go to CLD2.
+        answer = self.cld2(text) if self.cld2 is not None and len(text) >= Cld2.MIN_CHARS else None
+        code, confidence = answer or self.identifier.classify(text)
         if confidence < self.config.language.min_confidence:
             return UNDETERMINED, float(confidence)
         return code, float(confidence)

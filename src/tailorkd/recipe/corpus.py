@@ -122,6 +122,14 @@ class LanguageFilter(Section):
     """
 
     identify: bool = Field(default=True, description="False: no identification; every text is 'und'.")
+    identifier: Literal["py3langid", "cld2"] = Field(
+        default="py3langid",
+        description="py3langid: every text. cld2: Google's compiled CLD2 (pycld2) first on texts of 300 characters "
+                    "or more, py3langid on shorter ones and where CLD2 is not sure (not reliable, under 70% of "
+                    "the text in its language, or a code py3langid does not know); CLD2's confidence is the "
+                    "share of the text in that language. On the 5,000 cleaned scale-corpus articles: 8x faster "
+                    "(93 against 750 us an article; py3langid on 5.5% of them), the same agreement with the "
+                    "injected language (99.94%).")
     keep: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
     min_confidence: float = Field(default=0.5, ge=0, le=1)
