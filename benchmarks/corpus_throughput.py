@@ -76,12 +76,14 @@ def _children_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: kB
 
 
-def stage_config(corpus: Path, mode: str, workers: int, batch_size: int) -> dict[str, Any]:
+def stage_config(corpus: Path, mode: str, workers: int, batch_size: int,
+                 identifier: str = "py3langid") -> dict[str, Any]:
     """The corpus section a stage run uses (as a recipe would write it)."""
     config: dict[str, Any] = {
         "inputs": [{"path": str(corpus / "raw"),
                     "columns": {"id": "id", "title": "title", "date": "date", "topic": "topic", "source": "source"}}],
         "dedup": {"exact": True, "near": mode != "near_off"},
+        "language": {"identifier": identifier},
         "engine": "local", "workers": workers, "batch_size": batch_size,
     }
     if mode == "relevance":
@@ -245,7 +247,7 @@ def measure(corpus: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]
     out = args.work / f"out-{corpus.name}-{mode}"
     shutil.rmtree(out, ignore_errors=True)
     spec = {"corpus": str(corpus), "out": str(out), "mode": mode,
-            "config": stage_config(corpus, mode, args.workers, args.batch_size)}
+            "config": stage_config(corpus, mode, args.workers, args.batch_size, args.language_identifier)}
     spec_path = args.work / f"spec-{corpus.name}-{mode}.json"
     spec_path.write_text(json.dumps(spec))
     result_path = spec_path.with_suffix(".result.json")
@@ -322,6 +324,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="the stage's worker processes")
     p.add_argument("--batch-size", type=int, default=1000, help="the stage's rows per batch")
+    p.add_argument("--language-identifier", default="py3langid", choices=["py3langid", "cld2"],
+                   help="the stage's corpus.language.identifier")
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "corpus_throughput.json")
     p.add_argument("--append", action="store_true", help="add these sizes to the results already in --output")
     p.add_argument("--keep-outputs", action="store_true", help="keep the stage's outputs under --work")
@@ -350,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": describe_machine(packages=packages),
                                "settings": {"sizes": sizes, "modes": modes, "relevance_sizes": sorted(relevance_sizes),
                                             "seed": args.seed, "workers": args.workers,
+                                            "language_identifier": args.language_identifier,
                                             "batch_size": args.batch_size},
                                "definitions": __doc__, "runs": {}, "summary": {}, "corpora": {}}
     if args.append and args.output.is_file():  # more sizes into an earlier run's results (its machine kept)
