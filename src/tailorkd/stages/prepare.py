@@ -73,7 +73,7 @@ def load_split(recipe, split: str) -> pd.DataFrame:
     run = RunDir(recipe)
     with distributed.main_first():
         if _changed_inputs(run) != []:
-            return getattr(_prepare(recipe, force=False), split)
+            return _prepare(recipe, force=False).frame(split)
         return read_split(run.data_dir, split)
 
 
