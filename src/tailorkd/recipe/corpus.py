@@ -129,7 +129,8 @@ class LanguageFilter(Section):
                     "the text in its language, or a code py3langid does not know); CLD2's confidence is the "
                     "share of the text in that language. On the 5,000 cleaned scale-corpus articles: 8x faster "
                     "(93 against 750 us an article; py3langid on 5.5% of them), the same agreement with the "
-                    "injected language (99.94%).")
+                    "injected language (99.94%); the whole stage at 50k 1.55x per CPU-second, agreement on the "
+                    "kept texts 0.9996 against 1.0 (benchmarks/README.md).")
     keep: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
     min_confidence: float = Field(default=0.5, ge=0, le=1)
