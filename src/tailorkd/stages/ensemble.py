@@ -141,7 +141,8 @@ def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, en
         todo = unlabelled_rows(store, (identity, fingerprint), window)
         if not todo:
             continue
-        model = model or fit_seed_classifier(x_seed, labels, recipe.seed)
+        if model is None:
+            model = fit_seed_classifier(x_seed, labels, recipe.seed)
         t0 = time.perf_counter()
         probs = classifier_probs(model, embed([embedding_text(r) for r in todo]), names)
         per_text = (time.perf_counter() - t0) / len(todo)
