@@ -96,7 +96,11 @@ def default_workers() -> int:
 def corpus_fingerprint(config: CorpusConfig, files: Sequence[tuple[int, Path, str]], base_dir: Path,
                        seeds: Sequence[str] | None) -> str:
     """What the output depends on: the section (less how it runs), the input files, the seeds if used."""
-    payload = {**_content(config, seeds), "files": file_listing(files, base_dir)}
+    return _fingerprint(_content(config, seeds), file_listing(files, base_dir))
+
+
+def _fingerprint(content: dict[str, Any], listing: list[list[Any]]) -> str:
+    payload = {**content, "files": listing}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -323,13 +327,13 @@ def build_corpus(config: CorpusConfig, out_dir: Path, *, base_dir: Path = Path("
     checked against every text kept so far, and new shards follow the old ones (``force``: a full build)."""
     out_dir = Path(out_dir)
     files = corpus_files(config.inputs, Path(base_dir))
-    fingerprint = corpus_fingerprint(config, files, Path(base_dir), seeds)
+    content, listing = _content(config, seeds), file_listing(files, Path(base_dir))
+    fingerprint = _fingerprint(content, listing)
     stamp = read_stamp(out_dir)
     if not force and stamp is not None and stamp.get("fingerprint") == fingerprint and (out_dir / FUNNEL).is_file():
         log.info("corpus: %s is up to date (%d texts in %d shards)", out_dir, stamp["rows"], len(stamp["shards"]))
         return read_json(out_dir / FUNNEL, "corpus funnel")
     started = time.perf_counter()
-    content, listing = _content(config, seeds), file_listing(files, Path(base_dir))
     earlier = None if force else appendable_state(out_dir, stamp, content, listing)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP).unlink(missing_ok=True)  # nothing below is trusted until the new stamp is written

@@ -83,6 +83,7 @@ class Deduplicator:
         self.lsh_keys = 0
         self.state_dir = state_dir
         self._signatures = None  # the kept texts' (ref, signature) records, appended as they are indexed
+        self._record = np.dtype([("ref", "<i8"), ("signature", "<u4", (config.num_perm,))])
         if config.near:
             from datasketch import LeanMinHash, MinHashLSH
 
@@ -112,13 +113,10 @@ class Deduplicator:
             self.lsh.insert(ref, lean, check_duplication=False)
             self.lsh_keys += 1
             if self._signatures is not None:
-                self._signatures.write(np.array([(ref, signature)], dtype=self._record_type()).tobytes())
+                self._signatures.write(np.array([(ref, signature)], dtype=self._record).tobytes())
         return None
 
     # -- state kept between runs (a corpus that grows by new input files) --------------------------------------
-    def _record_type(self) -> np.dtype:
-        return np.dtype([("ref", "<i8"), ("signature", "<u4", (self.config.num_perm,))])
-
     def _pending(self, name: str) -> Path:
         assert self.state_dir is not None
         return self.state_dir / f".{name}.pending"
@@ -132,7 +130,7 @@ class Deduplicator:
         if self.lsh is None:
             return
         assert self._signatures is not None
-        records = np.memmap(self.state_dir / SIGNATURES, dtype=self._record_type(), mode="r")
+        records = np.memmap(self.state_dir / SIGNATURES, dtype=self._record, mode="r")
         for start in range(0, len(records), 10_000):
             part = np.array(records[start : start + 10_000])
             for ref, signature in zip(part["ref"].tolist(), part["signature"]):

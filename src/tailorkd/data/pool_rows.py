@@ -51,11 +51,6 @@ class PoolRows(Sequence[dict[str, Any]]):
         """No rows, with these (text) columns."""
         return cls(pa.schema([(c, pa.string()) for c in columns]).empty_table())
 
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> PoolRows:
-        """The rows of a DataFrame (every column as nullable text, as on disk)."""
-        return cls(text_table(frame))
-
     @property
     def columns(self) -> list[str]:
         return list(self.table.column_names)
@@ -71,7 +66,7 @@ class PoolRows(Sequence[dict[str, Any]]):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return self.take(np.arange(len(self))[i])
+            return self.take(np.arange(*i.indices(len(self))))
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"pool row {i} out of range ({n} rows)")
@@ -98,11 +93,6 @@ class PoolRows(Sequence[dict[str, Any]]):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for window in self.windows():
             yield from window
-
-    def column(self, name: str) -> list[Any]:
-        """One column's values in order (e.g. the ids; the texts of a big pool are better walked by window)."""
-        column = self.table.column(name)
-        return (column if self.index is None else column.take(pa.array(self.index))).to_pylist()
 
     def to_pandas(self) -> pd.DataFrame:
         """The rows as a DataFrame (the whole pool in memory: for small pools and inspection)."""

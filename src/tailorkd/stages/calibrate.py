@@ -59,7 +59,7 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
                                 seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out], seed=recipe.seed)
     except ValueError as e:
         raise TailorkdError(f"teacher.calibration: {e}") from None
-    pool_probs = np.array([rec.probs for rec in pool.values()]).reshape(len(pool), len(names))
+    pool_probs = np.array([rec.probs for rec in pool.values()]).reshape(-1, len(names))
     counts = {"before": _predicted_counts(pool_probs, names),
               "after": _predicted_counts(calibration.apply(pool_probs), names)}
     calibration.details["pool_predicted_counts"] = counts

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -64,8 +65,8 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
         del teacher  # one model in memory at a time
         gc.collect()
     if config.seed_classifier is not None:
-        label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder, pool_rows, judge=False)
-        members.append(label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder, test_rows))
+        members.append(label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder,
+                                                  pool_rows, test_rows))
     judged = [None if m["held_out_seed_accuracy"] is None else (m["held_out_seed_accuracy"], m["seed_judgement"]["n"])
               for m in members]
     weights = (seed_weights(judged, len(recipe.task.label_names)) if config.weights == "seed_accuracy"
@@ -122,11 +123,12 @@ def member_judgement(recipe, data: PreparedData, teacher: Any, store: LabelStore
 
 
 def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, encoder: str,
-                               rows: Sequence[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
-    """The seed classifier as an ensemble member: fitted on all the seeds, its distributions for ``rows`` (a
-    window at a time) go into the store like a teacher's (keyed by encoder and by the seed set, so other seeds
-    refit it); its weight comes from its accuracy when refitted on balanced folds of the seeds
-    (``judge_seed_classifier``). ``judge``: False to label only (no judgement, no member record)."""
+                               *row_sets: Sequence[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
+    """The seed classifier as an ensemble member: fitted on all the seeds (once), its distributions for the
+    rows of every one of ``row_sets`` (e.g. pool and test, a window at a time) go into the store like a
+    teacher's (keyed by encoder and by the seed set, so other seeds refit it); its weight comes from its
+    accuracy when refitted on balanced folds of the seeds (``judge_seed_classifier``). ``judge``: False to
+    label only (no judgement, no member record)."""
     from tailorkd.evaluation.baselines import SentenceEmbedder, classifier_probs, embedding_text, fit_seed_classifier
     from tailorkd.evaluation.seed_judge import judge_seed_classifier
 
@@ -137,7 +139,7 @@ def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, en
     x_seed = embed([embedding_text(r) for r in seeds])
     labels = [str(r["label"]) for r in seeds]
     model, labelled = None, 0
-    for window in windows(rows):
+    for window in chain.from_iterable(windows(rows) for rows in row_sets):
         todo = unlabelled_rows(store, (identity, fingerprint), window)
         if not todo:
             continue

@@ -132,9 +132,10 @@ def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0:
         if recipe.teacher.ensemble is not None and not fallback:
             ensemble = label_ensemble(recipe, data, store, teacher, calibration)
         # What the store holds for pool and test, read while it is open (a window of rows at a time).
-        labelled = {"pool_labelled": len(pool), "test_labelled": len(test),
+        predicted = Counter(r.predicted for r in pool.values())  # one pass: the counts add up to len(pool)
+        labelled = {"pool_labelled": sum(predicted.values()), "test_labelled": len(test),
                     "abstained": {"pool": pool.missing_ids(), "test": test.missing_ids()},
-                    "pool_predicted_counts": dict(Counter(r.predicted for r in pool.values()).most_common())}
+                    "pool_predicted_counts": dict(predicted.most_common())}
     summary = {
         "recipe_hash": run.fingerprint("label"),
         "teacher": teacher.identity,
