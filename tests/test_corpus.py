@@ -20,7 +20,7 @@ import yaml
 
 from tailorkd.corpus import build as build_module
 from tailorkd.corpus import build_corpus, iter_pool, read_stamp
-from tailorkd.corpus.clean import Cleaner
+from tailorkd.corpus.clean import Cleaner, look_like_mojibake, re2_pattern
 from tailorkd.corpus.dedup import normalise, shingles
 from tailorkd.corpus.read import corpus_files, read_shard
 from tailorkd.data import BBCNewsSource, read_source
@@ -232,6 +232,51 @@ def test_each_cleaning_step_repairs_what_it_should():
     assert Cleaner(CleaningConfig(control_characters=False, punctuation=False, whitespace=False)).clean(
         ascii_noise)[0] == ftfy.fix_text(ascii_noise, ftfy.TextFixerConfig(unescape_html=False,
                                                                             remove_control_chars=False))
+
+
+def test_unicode_repair_is_exactly_ftfys_with_its_mojibake_test_run_in_re2(bbc):
+    """The batch repair gives ``ftfy.fix_text``'s result on real articles in many states: plain, with curly
+    quotes, mojibake of two encodings, several lines, and a text that only becomes mojibake after ftfy's
+    other fixes (NFC composes A + combining tilde into the Ã of "Ã©")."""
+    import ftfy.badness
+
+    config = ftfy.TextFixerConfig(unescape_html=False, remove_control_chars=False)
+    texts = []
+    for k, row in enumerate(bbc[:240]):
+        text = row["text"][:600].replace(" said ", " \u201csaid\u201d ").replace("'", "\u2019")
+        text = [text, text.replace(" the ", " the caf\u00e9 "), f"Pr\u00e9sident:\n{text}"][k % 3]
+        if k % 4 == 1:
+            text = text.encode("utf-8").decode("latin-1")
+        elif k % 4 == 2:
+            text = text.encode("utf-8").decode("windows-1252", errors="replace")
+        texts.append(text)
+    composed_into_mojibake = "Menu du jour: CafA\u0303\u00a9 cr\u00e8me, \u201cfresh\u201d"
+    texts += [composed_into_mojibake, "\uff21\uff22 \ufb01nal\r\nline", ""]
+    assert look_like_mojibake(texts) == [ftfy.badness.is_bad(t) for t in texts]
+    assert sum(look_like_mojibake(texts)) >= 100  # both mojibake kinds are caught
+    assert look_like_mojibake([composed_into_mojibake]) == [False]
+    assert ftfy.fix_text(composed_into_mojibake, config) != ftfy.fix_text(composed_into_mojibake,
+                                                                          config._replace(fix_encoding=False))
+    assert Cleaner(CleaningConfig()).repair_unicode(texts) == [ftfy.fix_text(t, config) for t in texts]
+    # clean() of one text is clean_batch of a batch of one.
+    cleaner = Cleaner(CleaningConfig())
+    assert [cleaner.clean(t) for t in texts[:40]] == cleaner.clean_batch(texts[:40])
+
+
+def test_re2_classes_hold_every_character_pythons_do():
+    """RE2's \\s and \\w are ASCII; the widened classes hold every code point Python's match, so the RE2
+    mojibake test never misses a text Python's would flag."""
+    import pyarrow.compute as pc
+
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for escape in (r"\s", r"\w"):
+        python = [bool(re.fullmatch(escape, ch)) for ch in chars]
+        re2 = pc.match_substring_regex(pa.array(chars), f"^{re2_pattern(escape)}$").to_pylist()
+        missed = [hex(ord(ch)) for ch, p, r in zip(chars, python, re2) if p and not r]
+        assert not missed, (escape, missed[:10])
+        assert any(p for ch, p in zip(chars, python) if ord(ch) > 127)  # Python's are Unicode-wide
+    assert re2_pattern("[#] a  # comment\n| [ ]b") == "[#]a|[ ]b"
+    assert re2_pattern(r"[]x] \s") == r"[]x]" + re2_pattern(r"\s")
 
 
 def test_cleaning_and_length_are_counted_in_the_funnel(tmp_path):

@@ -195,28 +195,30 @@ class BatchSteps:
                                                                      "exact_key", "signature", "relevance")}
         out.update({"cleaning_mask": [0] * n, "boilerplate_lines": [0] * n, "chars": [0] * n, "words": [0] * n})
         seconds = dict.fromkeys(TIMED_STEPS, 0.0)
-        texts, topics = columns["text"], columns["topic"]
+        texts, topics, titles = columns["text"], columns["topic"], columns["title"]
+        start = time.perf_counter()
+        readable = [i for i in range(n) if columns["reject"][i] is None]
+        for i, (text, mask, removed) in zip(readable, self.cleaner.clean_batch([texts[i] for i in readable])):
+            texts[i], out["cleaning_mask"][i], out["boilerplate_lines"][i] = text, mask, removed
+        titled = [i for i in readable if titles[i]]  # titles carry the same entities and mojibake; not counted
+        for i, (title, _, _) in zip(titled, self.cleaner.clean_batch([titles[i] for i in titled])):
+            titles[i] = title or None
+        seconds["clean"] = time.perf_counter() - start
         survivors: list[int] = []
         for i in range(n):
             if columns["reject"][i] is not None:
                 out["dropped"][i] = "unreadable"
                 out["language"][i] = UNDETERMINED
                 continue
-            start = time.perf_counter()
-            if columns["title"][i]:  # titles carry the same entities and mojibake; cleaned, not counted
-                columns["title"][i] = self.cleaner.clean(columns["title"][i])[0] or None
-            text, mask, removed = self.cleaner.clean(texts[i])
-            texts[i] = text
-            out["cleaning_mask"][i], out["boilerplate_lines"][i] = mask, removed
-            clean_done = time.perf_counter()
-            seconds["clean"] += clean_done - start
+            language_start = time.perf_counter()
+            text = texts[i]
             if not text.strip():
                 out["dropped"][i] = "empty"
                 out["language"][i] = UNDETERMINED
                 continue
             out["language"][i], out["language_confidence"][i] = self.language(text)
             language_done = time.perf_counter()
-            seconds["language"] += language_done - clean_done
+            seconds["language"] += language_done - language_start
             topics[i] = self.assign_topic(topics[i], f"{columns['title'][i]}\n{text}" if columns["title"][i] else text)
             chars, words = len(text), len(text.split())
             out["chars"][i], out["words"][i] = chars, words
