@@ -157,6 +157,43 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
         load_recipe(recipe_path, ["teacher.ensemble={members: []}"])
 
 
+def test_setfit_joins_the_ensemble_as_a_seed_classifier_member(tiny_models, tmp_path):
+    """teacher.ensemble.seed_classifier.method: setfit: the encoder tuned on seed pairs labels pool and test
+    like a teacher, keyed by its method, iterations and random seed; it is judged by SetFit refits on balanced
+    folds, and weighted by that judgement."""
+    from tailorkd.evaluation.setfit_baseline import SetFitSeedModel
+    from tailorkd.labels import LabelStore
+
+    member = {"encoder": "minilm-l6", "method": "setfit", "setfit_iterations": 2}
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
+                                               "ensemble": {"seed_classifier": member}})
+    assert main(["label", recipe_path]) == 0
+    run = tmp_path / "run"
+    members = json.loads((run / "ensemble.json").read_text())["members"]
+    assert len(members) == 2
+    setfit = members[1]
+    assert setfit["identity"] == "seed-classifier|minilm-l6|setfit|iterations=2|seed=3"
+    assert setfit["model"].startswith("seed classifier: SetFit on minilm-l6 tuned on pairs of 10 seeds")
+    judged = setfit["seed_judgement"]
+    assert judged["n"] == 10 and judged["repeats"] == 1 and "SetFit trained anew per fold" in judged["method"]
+    assert judged["accuracy_interval"]["low"] <= judged["accuracy"] <= judged["accuracy_interval"]["high"]
+    assert [m["weight"] for m in members] == pytest.approx(
+        seed_weights([(m["held_out_seed_accuracy"], m["seed_judgement"]["n"]) for m in members], len(TOPICS)))
+    # The stored distributions are those of SetFit fitted on all the seeds with the recipe's random seed.
+    recipe = load_recipe(recipe_path)
+    data = load_data(recipe)
+    rows = list(data.rows("test"))
+    expected = SetFitSeedModel(data.rows("seed"), "minilm-l6", TOPICS, recipe.seed, iterations=2).fit()(rows)
+    with LabelStore(run / "labels.sqlite") as store:
+        stored = store.get(setfit["identity"], setfit["prompt"], [text_hash(r["text"]) for r in rows], TOPICS)
+    np.testing.assert_allclose([stored[text_hash(r["text"])].probs for r in rows], expected, atol=1e-5)
+    rows, probs, _ = teacher_records(recipe, data, "pool")
+    assert probs.shape == (len(rows), len(TOPICS)) and np.allclose(probs.sum(1), 1.0)
+    with pytest.raises(Exception, match=r"seed_classifier.method"):
+        load_recipe(recipe_path, ["teacher.ensemble.seed_classifier.method=svm"])
+
+
 def test_a_member_labels_with_its_own_prompt(tiny_models, tmp_path):
     """teacher.ensemble.members[i].prompt: that member's labels, shots, held-out seeds and fingerprint follow
     its own prompt (here zero-shot, another instruction), the main teacher keeps the recipe's."""

@@ -116,3 +116,31 @@ def seed_only_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str,
     chosen_c = float(np.atleast_1d(model.C_)[0]) if hasattr(model, "C_") else float(model.C)
     return {"probs": probs, "seconds_per_text": (embed_s + predict_s) / max(len(rows), 1), "C": chosen_c,
             "seeds": len(seeds)}
+
+
+def logistic_seed_classifier_identity(encoder: str) -> str:
+    """The logistic-regression seed classifier's identity in the label store."""
+    return f"seed-classifier|{encoder}|logistic-regression"
+
+
+class LogisticSeedModel:
+    """The logistic regression on frozen sentence embeddings of the seeds (the seed-only baseline's) as a
+    seed-classifier member (the protocol of ``stages.ensemble``): ``fit()`` gives a function from rows to
+    [N, M] probabilities, ``judge()`` the judgement from refits on balanced folds (``judge_seed_classifier``)."""
+
+    def __init__(self, seeds: Sequence[dict[str, Any]], encoder: str, label_names: Sequence[str], seed: int):
+        self.encoder, self.names, self.seed = encoder, list(label_names), seed
+        self.identity = logistic_seed_classifier_identity(encoder)
+        self.description = f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds"
+        self.labels = [str(r["label"]) for r in seeds]
+        self.embed = SentenceEmbedder(encoder)
+        self.x_seed = self.embed([embedding_text(r) for r in seeds])
+
+    def fit(self) -> Any:
+        model = fit_seed_classifier(self.x_seed, self.labels, self.seed)
+        return lambda rows: classifier_probs(model, self.embed([embedding_text(r) for r in rows]), self.names)
+
+    def judge(self) -> dict[str, Any]:
+        from tailorkd.evaluation.seed_judge import judge_seed_classifier
+
+        return judge_seed_classifier(self.x_seed, self.labels, self.names, self.seed)

@@ -52,16 +52,20 @@ def judged_mask(labels: Sequence[str]) -> np.ndarray:
 
 
 def cross_validated_predictions(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], labels: Sequence[str],
-                                seed: int, repeats: int = REPEATS) -> tuple[np.ndarray, np.ndarray]:
+                                seed: int, repeats: int = REPEATS, one_thread: bool = True
+                                ) -> tuple[np.ndarray, np.ndarray]:
     """[R, S] predicted labels of every seed by ``fit_predict(train_idx, test_idx)`` over ``balanced_folds``
-    (a seed that cannot be judged gets "(not judged)"), and the [S] mask of judged seeds."""
+    (a seed that cannot be judged gets "(not judged)"), and the [S] mask of judged seeds. ``one_thread``: BLAS
+    and OpenMP held to one thread (False for a fit that trains a network)."""
+    import contextlib
+
     from threadpoolctl import threadpool_limits
 
     labels = [str(label) for label in labels]
     partitions = balanced_folds(labels, seed, repeats)
     predicted = np.full((max(len(partitions), 1), len(labels)), "(not judged)", dtype=object)
     # Fits of ~20 rows: BLAS threads only add overhead (measured 20x slower on 2 busy cores).
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1) if one_thread else contextlib.nullcontext():
         for r, folds in enumerate(partitions):
             for train, test in folds:
                 predicted[r, test] = fit_predict(train, test)

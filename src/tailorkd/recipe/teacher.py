@@ -217,11 +217,18 @@ class EnsembleConfig(Section):
 
 
 class SeedClassifierConfig(Section):
-    """The seed-only classifier as a teacher: logistic regression on sentence embeddings of the expert seeds
-    (as the seed-only baseline), giving each text a distribution. What an LLM teacher knows and 20 labels
-    know are different errors; the ensemble can use both."""
+    """A classifier fitted on the expert seeds as a teacher, giving each text a distribution. What an LLM
+    teacher knows and 20 labels know are different errors; the ensemble can use both."""
 
     encoder: str = Field(default="minilm-l6", min_length=1, description="Sentence encoder (registry name, folder).")
+    method: Literal["logistic_regression", "setfit"] = Field(
+        default="logistic_regression", description="logistic_regression: on the frozen encoder's embeddings of "
+        "the seeds, as the seed-only baseline (seconds); setfit: the encoder first tuned contrastively on pairs "
+        "of seeds (SetFit, `tailorkd[setfit]`), stronger on long texts (test macro-F1 +5.5 on BBC News, +9.1 on "
+        "financial tone, -7.0 on crisis tweets against logistic regression), and minutes on a CPU: it is fitted "
+        "once for the pool and once per fold of the seeds to be judged.")
+    setfit_iterations: int = Field(default=20, ge=1, description="method setfit: pairs drawn per seed (SetFit's "
+                                   "num_iterations).")
 
 
 # TeacherConfig and EnsembleMemberConfig name classes defined after them: resolve those names now.

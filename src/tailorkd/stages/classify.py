@@ -63,7 +63,9 @@ def export(recipe, out: str, check_rows: list[dict[str, Any]] | None = None) -> 
     teacher = recipe.teacher
     members = [m.model for m in (teacher.ensemble.members if teacher.ensemble else [])]
     if teacher.ensemble and teacher.ensemble.seed_classifier:
-        members.append(f"a classifier fitted on the seeds ({teacher.ensemble.seed_classifier.encoder})")
+        seed_classifier = teacher.ensemble.seed_classifier
+        members.append(f"a classifier fitted on the seeds ({seed_classifier.method.replace('_', ' ')}, "
+                       f"{seed_classifier.encoder})")
     splits = recipe.data.splits
     sources = ", ".join(f"{getattr(s, 'kind', 'file')}" + (f" ({s.path})" if getattr(s, "path", None) else "")
                         for s in recipe.data.sources)

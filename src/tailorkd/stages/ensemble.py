@@ -5,8 +5,8 @@ same texts, each is calibrated like the main one, and their distributions are co
 Each member labels under its own identity in the store (with the recipe's prompt, or one of its own) and is
 judged on every seed, none by a prompt that shows it (``member_judgement``: a shown seed is scored with its
 shot swapped; a seed-fitted calibration refitted on balanced folds); the seed classifier
-(``ensemble.seed_classifier``) joins as one more member, judged by refits on balanced folds rather than
-leave-one-out (``evaluation.seed_judge``). Weights follow each member's expected skill above chance given
+(``ensemble.seed_classifier``: logistic regression on frozen embeddings, or SetFit) joins as one more member,
+judged by refits on balanced folds rather than leave-one-out (``evaluation.seed_judge``). Weights follow each member's expected skill above chance given
 how many seeds judged it (``teachers.ensemble.seed_weights``). ensemble.json records members, their seed
 judgements with intervals, calibrations and weights; ``ensemble_probs`` reads the combination back.
 """
@@ -65,7 +65,7 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
         del teacher  # one model in memory at a time
         gc.collect()
     if config.seed_classifier is not None:
-        members.append(label_with_seed_classifier(recipe, data, store, config.seed_classifier.encoder,
+        members.append(label_with_seed_classifier(recipe, data, store, seed_classifier_member(recipe, data),
                                                   pool_rows, test_rows))
     judged = [None if m["held_out_seed_accuracy"] is None else (m["held_out_seed_accuracy"], m["seed_judgement"]["n"])
               for m in members]
@@ -122,43 +122,52 @@ def member_judgement(recipe, data: PreparedData, teacher: Any, store: LabelStore
     return judgement(truth, predicted, names, recipe.seed)
 
 
-def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, encoder: str,
-                               *row_sets: Sequence[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
-    """The seed classifier as an ensemble member: fitted on all the seeds (once), its distributions for the
-    rows of every one of ``row_sets`` (e.g. pool and test, a window at a time) go into the store like a
-    teacher's (keyed by encoder and by the seed set, so other seeds refit it); its weight comes from its
-    accuracy when refitted on balanced folds of the seeds (``judge_seed_classifier``). ``judge``: False to
-    label only (no judgement, no member record)."""
-    from tailorkd.evaluation.baselines import SentenceEmbedder, classifier_probs, embedding_text, fit_seed_classifier
-    from tailorkd.evaluation.seed_judge import judge_seed_classifier
+def seed_classifier_member(recipe, data: PreparedData) -> Any:
+    """The recipe's ``teacher.ensemble.seed_classifier`` as a member: logistic regression on frozen embeddings
+    (``baselines.LogisticSeedModel``) or SetFit (``setfit_baseline.SetFitSeedModel``). Both give ``identity``,
+    ``description``, ``fit()`` (a function from rows to [N, M] probabilities) and ``judge()`` (the judgement
+    from refits on balanced folds of the seeds)."""
+    config = recipe.teacher.ensemble.seed_classifier
+    seeds, names = data.rows("seed"), recipe.task.label_names
+    if config.method == "setfit":
+        from tailorkd.evaluation.setfit_baseline import SetFitSeedModel
 
-    seeds = data.rows("seed")
+        return SetFitSeedModel(seeds, config.encoder, names, recipe.seed, config.setfit_iterations)
+    from tailorkd.evaluation.baselines import LogisticSeedModel
+
+    return LogisticSeedModel(seeds, config.encoder, names, recipe.seed)
+
+
+def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, model: Any,
+                               *row_sets: Sequence[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
+    """A seed-classifier ``model`` (see ``seed_classifier_member``) as an ensemble member: fitted on all the
+    seeds (once, and only if a row lacks its label), its distributions for the rows of every one of
+    ``row_sets`` (e.g. pool and test, a window at a time) go into the store like a teacher's (keyed by its
+    identity and by the seed set, so other seeds refit it); its weight comes from its accuracy when refitted on
+    balanced folds of the seeds (``model.judge()``). ``judge``: False to label only (no judgement, no member
+    record)."""
     names = recipe.task.label_names
-    identity, fingerprint = seed_classifier_key(seeds, encoder)
-    embed = SentenceEmbedder(encoder)
-    x_seed = embed([embedding_text(r) for r in seeds])
-    labels = [str(r["label"]) for r in seeds]
-    model, labelled = None, 0
+    identity, fingerprint = model.identity, seeds_fingerprint(data.rows("seed"))
+    predict, labelled = None, 0
     for window in chain.from_iterable(windows(rows) for rows in row_sets):
         todo = unlabelled_rows(store, (identity, fingerprint), window)
         if not todo:
             continue
-        if model is None:
-            model = fit_seed_classifier(x_seed, labels, recipe.seed)
+        if predict is None:
+            predict = model.fit()
         t0 = time.perf_counter()
-        probs = classifier_probs(model, embed([embedding_text(r) for r in todo]), names)
+        probs = predict(todo)
         per_text = (time.perf_counter() - t0) / len(todo)
         store.put_batch(identity, fingerprint, names,
                         [make_record(r["id"], r["text"], p, names, per_text) for r, p in zip(todo, probs)])
         labelled += len(todo)
     if labelled:
-        log.info("ensemble: the seed classifier (%s) labelled %d texts", encoder, labelled)
+        log.info("ensemble: %s labelled %d texts", model.description, labelled)
     if not judge:
         return {"identity": identity, "prompt": fingerprint}
-    judged = judge_seed_classifier(x_seed, labels, names, recipe.seed)
-    member = {"model": f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds",
-              "identity": identity, "prompt": fingerprint, "calibration": None, **_judged(judged)}
-    log.info("ensemble: seed classifier (%s): seed %s (balanced folds)", encoder, _shown(member))
+    member = {"model": model.description, "identity": identity, "prompt": fingerprint, "calibration": None,
+              **_judged(model.judge())}
+    log.info("ensemble: %s: seed %s (balanced folds)", model.description, _shown(member))
     return member
 
 
@@ -172,30 +181,39 @@ def seed_classifier_encoder(recipe) -> str:
 
 
 class SeedClassifierLabeller:
-    """The seed classifier labelling in the teacher's place (the teacher check's fallback): ``label`` stores
-    its distributions like a teacher's (``label_with_seed_classifier``) and returns the records."""
+    """The seed classifier (logistic regression, the seed-only baseline's, with ``seed_classifier_encoder``)
+    labelling in the teacher's place (the teacher check's fallback, the seed guard's self-training targets):
+    ``label`` stores its distributions like a teacher's (``label_with_seed_classifier``) and returns them."""
 
     def __init__(self, recipe, data: PreparedData):
+        from tailorkd.evaluation.baselines import LogisticSeedModel
+
         self.recipe, self.data = recipe, data
-        self.encoder = seed_classifier_encoder(recipe)
-        self.identity, self.prompt_fingerprint = seed_classifier_key(data.rows("seed"), self.encoder)
+        self.model = LogisticSeedModel(data.rows("seed"), seed_classifier_encoder(recipe), recipe.task.label_names,
+                                       recipe.seed)
+        self.identity, self.prompt_fingerprint = seed_classifier_key(data.rows("seed"), self.model.encoder)
 
     def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "", **options: Any
               ) -> StoredLabels:
-        label_with_seed_classifier(self.recipe, self.data, store, self.encoder, rows, judge=False)
+        label_with_seed_classifier(self.recipe, self.data, store, self.model, rows, judge=False)
         return StoredLabels(store, self.identity, self.prompt_fingerprint, rows, self.recipe.task.label_names)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": f"seed classifier: logistic regression on {self.encoder} embeddings of "
-                         f"{len(self.data.seed)} seeds", "identity": self.identity, "prompt": self.prompt_fingerprint}
+        return {"model": self.model.description, "identity": self.identity, "prompt": self.prompt_fingerprint}
+
+
+def seeds_fingerprint(seeds: list[dict[str, Any]]) -> str:
+    """The seed set a seed classifier is fitted on, as its "prompt" fingerprint in the label store."""
+    return "seeds-" + hashlib.sha256(json.dumps(
+        sorted([str(r["id"]), str(r["label"]), text_hash(r["text"])] for r in seeds)).encode()).hexdigest()[:16]
 
 
 def seed_classifier_key(seeds: list[dict[str, Any]], encoder: str) -> tuple[str, str]:
-    """The seed classifier's (identity, "prompt" fingerprint) in the label store: its encoder, and the seed set
-    it is fitted on (so other seeds refit it)."""
-    fingerprint = "seeds-" + hashlib.sha256(json.dumps(
-        sorted([str(r["id"]), str(r["label"]), text_hash(r["text"])] for r in seeds)).encode()).hexdigest()[:16]
-    return f"seed-classifier|{encoder}|logistic-regression", fingerprint
+    """The logistic-regression seed classifier's (identity, "prompt" fingerprint) in the label store: its
+    encoder, and the seed set it is fitted on (so other seeds refit it)."""
+    from tailorkd.evaluation.baselines import logistic_seed_classifier_identity
+
+    return logistic_seed_classifier_identity(encoder), seeds_fingerprint(seeds)
 
 
 def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibrated: bool = True
