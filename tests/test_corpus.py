@@ -258,6 +258,10 @@ def test_unicode_repair_is_exactly_ftfys_with_its_mojibake_test_run_in_re2(bbc):
     assert ftfy.fix_text(composed_into_mojibake, config) != ftfy.fix_text(composed_into_mojibake,
                                                                           config._replace(fix_encoding=False))
     assert Cleaner(CleaningConfig()).repair_unicode(texts) == [ftfy.fix_text(t, config) for t in texts]
+    # A lone surrogate (RE2 takes UTF-8 only) sends its batch through ftfy whole.
+    lone = ["caf\u00e9 \ud83d alone", "plain caf\u00e9"]
+    assert look_like_mojibake(lone) == [True, True]
+    assert Cleaner(CleaningConfig()).repair_unicode(lone) == [ftfy.fix_text(t, config) for t in lone]
     # clean() of one text is clean_batch of a batch of one.
     cleaner = Cleaner(CleaningConfig())
     assert [cleaner.clean(t) for t in texts[:40]] == cleaner.clean_batch(texts[:40])

@@ -97,8 +97,8 @@ def _badness_re2() -> str:
 
 
 def look_like_mojibake(texts: list[str]) -> list[bool]:
-    """ftfy's ``is_bad`` for every text (True where it would be true, and for a text RE2 cannot take: one
-    with a lone surrogate), in one RE2 scan of the batch."""
+    """ftfy's ``is_bad`` for every text (True where it would be true), in one RE2 scan of the batch. A batch
+    RE2 cannot take (a lone surrogate) is all True; a pattern it cannot read (a later ftfy's) is Python's."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -106,7 +106,12 @@ def look_like_mojibake(texts: list[str]) -> list[bool]:
         array = pa.array(texts, type=pa.large_string())
     except (UnicodeEncodeError, pa.ArrowException):
         return [True] * len(texts)
-    return pc.match_substring_regex(array, _badness_re2()).to_pylist()
+    try:
+        return pc.match_substring_regex(array, _badness_re2()).to_pylist()
+    except pa.ArrowInvalid:
+        from ftfy.badness import is_bad
+
+        return [is_bad(text) for text in texts]
 
 
 class Cleaner:

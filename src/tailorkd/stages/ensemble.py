@@ -6,9 +6,10 @@ Each member labels under its own identity in the store (with the recipe's prompt
 judged on every seed, none by a prompt that shows it (``member_judgement``: a shown seed is scored with its
 shot swapped; a seed-fitted calibration refitted on balanced folds); the seed classifier
 (``ensemble.seed_classifier``: logistic regression on frozen embeddings, or SetFit) joins as one more member,
-judged by refits on balanced folds rather than leave-one-out (``evaluation.seed_judge``). Weights follow each member's expected skill above chance given
-how many seeds judged it (``teachers.ensemble.seed_weights``). ensemble.json records members, their seed
-judgements with intervals, calibrations and weights; ``ensemble_probs`` reads the combination back.
+judged by refits on balanced folds rather than leave-one-out (``evaluation.seed_judge``). Weights follow
+each member's expected skill above chance given how many seeds judged it (``teachers.ensemble.seed_weights``).
+ensemble.json records members, their seed judgements with intervals, calibrations and weights;
+``ensemble_probs`` reads the combination back.
 """
 
 from __future__ import annotations
