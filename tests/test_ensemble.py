@@ -157,7 +157,7 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
         load_recipe(recipe_path, ["teacher.ensemble={members: []}"])
 
 
-def test_setfit_joins_the_ensemble_as_a_seed_classifier_member(tiny_models, tmp_path):
+def test_setfit_joins_the_ensemble_as_a_seed_classifier_member(tiny_models, tmp_path, monkeypatch):
     """teacher.ensemble.seed_classifier.method: setfit: the encoder tuned on seed pairs labels pool and test
     like a teacher, keyed by its method, iterations and random seed; it is judged by SetFit refits on balanced
     folds, and weighted by that judgement."""
@@ -190,6 +190,14 @@ def test_setfit_joins_the_ensemble_as_a_seed_classifier_member(tiny_models, tmp_
     np.testing.assert_allclose([stored[text_hash(r["text"])].probs for r in rows], expected, atol=1e-5)
     rows, probs, _ = teacher_records(recipe, data, "pool")
     assert probs.shape == (len(rows), len(TOPICS)) and np.allclose(probs.sum(1), 1.0)
+    # Labelling again neither refits nor re-judges it: its labels are stored, its judgement is in ensemble.json.
+    def not_again(self):
+        raise AssertionError("SetFit trained again")
+
+    monkeypatch.setattr(SetFitSeedModel, "fit", not_again)
+    monkeypatch.setattr(SetFitSeedModel, "judge", not_again)
+    assert main(["label", recipe_path]) == 0
+    assert json.loads((run / "ensemble.json").read_text())["members"] == members
     with pytest.raises(Exception, match=r"seed_classifier.method"):
         load_recipe(recipe_path, ["teacher.ensemble.seed_classifier.method=svm"])
 

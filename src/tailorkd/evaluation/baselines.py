@@ -135,6 +135,9 @@ class LogisticSeedModel:
         self.labels = [str(r["label"]) for r in seeds]
         self.embed = SentenceEmbedder(encoder)
         self.x_seed = self.embed([embedding_text(r) for r in seeds])
+        from tailorkd.evaluation.seed_judge import REPEATS
+
+        self.judged_as = f"balanced folds {REPEATS}x, seed {seed}, labels {','.join(self.names)}"
 
     def fit(self) -> Any:
         model = fit_seed_classifier(self.x_seed, self.labels, self.seed)

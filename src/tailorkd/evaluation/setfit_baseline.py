@@ -120,6 +120,7 @@ class SetFitSeedModel:
         self.identity = f"seed-classifier|{encoder}|setfit|iterations={iterations}|seed={seed}"
         self.description = (f"seed classifier: SetFit on {encoder} tuned on pairs of {len(self.seeds)} seeds "
                             f"({iterations} per seed), logistic-regression head")
+        self.judged_as = f"balanced folds {JUDGE_REPEATS}x, seed {seed}, labels {','.join(self.names)}"
 
     def _predictor(self, seeds: Sequence[dict[str, Any]]) -> Any:
         model = fit_setfit(seeds, self.names, self.encoder, self.seed, self.iterations)

@@ -66,8 +66,12 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
         del teacher  # one model in memory at a time
         gc.collect()
     if config.seed_classifier is not None:
+        try:  # the last record, only to reuse a judgement: one that cannot be read is judged anew
+            earlier = (run.read_json_if_exists(run.ensemble, "ensemble record") or {}).get("members", [])
+        except TailorkdError:
+            earlier = []
         members.append(label_with_seed_classifier(recipe, data, store, seed_classifier_member(recipe, data),
-                                                  pool_rows, test_rows))
+                                                  pool_rows, test_rows, earlier=earlier))
     judged = [None if m["held_out_seed_accuracy"] is None else (m["held_out_seed_accuracy"], m["seed_judgement"]["n"])
               for m in members]
     weights = (seed_weights(judged, len(recipe.task.label_names)) if config.weights == "seed_accuracy"
@@ -126,8 +130,8 @@ def member_judgement(recipe, data: PreparedData, teacher: Any, store: LabelStore
 def seed_classifier_member(recipe, data: PreparedData) -> Any:
     """The recipe's ``teacher.ensemble.seed_classifier`` as a member: logistic regression on frozen embeddings
     (``baselines.LogisticSeedModel``) or SetFit (``setfit_baseline.SetFitSeedModel``). Both give ``identity``,
-    ``description``, ``fit()`` (a function from rows to [N, M] probabilities) and ``judge()`` (the judgement
-    from refits on balanced folds of the seeds)."""
+    ``description``, ``fit()`` (a function from rows to [N, M] probabilities), ``judge()`` (the judgement
+    from refits on balanced folds of the seeds) and ``judged_as`` (what else that judgement depends on)."""
     config = recipe.teacher.ensemble.seed_classifier
     seeds, names = data.rows("seed"), recipe.task.label_names
     if config.method == "setfit":
@@ -140,13 +144,15 @@ def seed_classifier_member(recipe, data: PreparedData) -> Any:
 
 
 def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, model: Any,
-                               *row_sets: Sequence[dict[str, Any]], judge: bool = True) -> dict[str, Any]:
+                               *row_sets: Sequence[dict[str, Any]], judge: bool = True,
+                               earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """A seed-classifier ``model`` (see ``seed_classifier_member``) as an ensemble member: fitted on all the
     seeds (once, and only if a row lacks its label), its distributions for the rows of every one of
     ``row_sets`` (e.g. pool and test, a window at a time) go into the store like a teacher's (keyed by its
     identity and by the seed set, so other seeds refit it); its weight comes from its accuracy when refitted on
-    balanced folds of the seeds (``model.judge()``). ``judge``: False to label only (no judgement, no member
-    record)."""
+    balanced folds of the seeds (``model.judge()``), or from its record among the ``earlier`` members (the
+    last ensemble.json's) when that was judged alike (same identity, seeds and ``model.judged_as``: a SetFit
+    judgement is minutes of training). ``judge``: False to label only (no judgement, no member record)."""
     names = recipe.task.label_names
     identity, fingerprint = model.identity, seeds_fingerprint(data.rows("seed"))
     predict, labelled = None, 0
@@ -166,8 +172,11 @@ def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, mo
         log.info("ensemble: %s labelled %d texts", model.description, labelled)
     if not judge:
         return {"identity": identity, "prompt": fingerprint}
+    same = [m for m in earlier if (m.get("identity"), m.get("prompt"), m.get("judged_as")) ==
+            (identity, fingerprint, model.judged_as) and m.get("seed_judgement")]
+    judged = same[0]["seed_judgement"] if same else model.judge()
     member = {"model": model.description, "identity": identity, "prompt": fingerprint, "calibration": None,
-              **_judged(model.judge())}
+              "judged_as": model.judged_as, **_judged(judged)}
     log.info("ensemble: %s: seed %s (balanced folds)", model.description, _shown(member))
     return member
 
