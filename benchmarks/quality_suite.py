@@ -166,8 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def merge(pieces: list[Path]) -> dict[str, Any]:
-    """One results file from several pieces of the suite: their runs (by task and seed, the later piece's
-    first), their machines and settings, summarised anew."""
+    """One results file from several pieces of the suite (a merged file brings its own pieces): their runs (by
+    task and seed, the later piece's first), their machines and settings, summarised anew."""
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     merged: dict[str, Any] = {"pieces": [], "definitions": __doc__}
     for path in pieces:
@@ -177,8 +177,11 @@ def merge(pieces: list[Path]) -> dict[str, Any]:
             raise SystemExit(f"--merge: {path}: not a results file of this suite ({exc})") from None
         if not isinstance(piece, dict) or not isinstance(piece.get("runs"), list):
             raise SystemExit(f"--merge: {path}: not a results file of this suite (no list of runs)")
-        merged["pieces"].append({"file": path.name, "machine": piece.get("machine"),
-                                 "settings": piece.get("settings"), "runs": len(piece["runs"])})
+        if "pieces" in piece:  # a merged file: its own pieces, each with its machine and settings
+            merged["pieces"].extend(piece["pieces"])
+        else:
+            merged["pieces"].append({"file": path.name, "machine": piece.get("machine"),
+                                     "settings": piece.get("settings"), "runs": len(piece["runs"])})
         for run in piece["runs"]:
             runs[(run["task"], run["seed"])] = run
     merged["runs"] = sorted(runs.values(), key=lambda r: (r["seed"], r["task"]))

@@ -174,6 +174,12 @@ def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     stale.write_text(json.dumps({**result, "runs": [{**runs[1], "rows": runs[0]["rows"]}]}))
     merged = bench.main(["--merge", str(stale), *map(str, pieces), "--output", str(tmp_path / "merged.json")])
     assert merged["summary"] == result["summary"] and len(merged["pieces"]) == 3
+    # A merged file merged again keeps its pieces' machines and settings.
+    again = bench.main(["--merge", str(tmp_path / "merged.json"), str(pieces[0]),
+                        "--output", str(tmp_path / "m2.json")])
+    assert [p["file"] for p in again["pieces"]] == ["stale.json", "piece0.json", "piece1.json", "piece0.json"]
+    assert all(p["machine"] == result["machine"] for p in again["pieces"])
+    assert again["summary"] == result["summary"]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SystemExit, match="bad.json: not a results file"):
         bench.main(["--merge", str(tmp_path / "bad.json"), "--output", str(tmp_path / "x.json")])
