@@ -130,16 +130,11 @@ class SetFitSeedModel:
         return self._predictor(self.seeds)
 
     def judge(self) -> dict[str, Any]:
-        from tailorkd.evaluation.seed_judge import cross_validated_predictions, judgement
-
-        labels = [str(r["label"]) for r in self.seeds]
+        from tailorkd.evaluation.seed_judge import judge_by_refits
 
         def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
             probs = self._predictor([self.seeds[i] for i in train])([self.seeds[i] for i in test])
             return np.asarray(self.names, dtype=object)[probs.argmax(axis=1)]
 
-        predicted, mask = cross_validated_predictions(fit_predict, labels, self.seed, JUDGE_REPEATS, one_thread=False)
-        kept = [t for t, keep in zip(labels, mask) if keep]
-        return {**judgement(kept, predicted[:, mask], self.names, self.seed),
-                "method": f"stratified {JUDGE_REPEATS}x k-fold, one seed of every class held out per fold, "
-                          "SetFit trained anew per fold"}
+        return judge_by_refits(fit_predict, [str(r["label"]) for r in self.seeds], self.names, self.seed,
+                               JUDGE_REPEATS, one_thread=False, refit=", SetFit trained anew per fold")

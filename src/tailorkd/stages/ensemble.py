@@ -201,7 +201,7 @@ class SeedClassifierLabeller:
         self.recipe, self.data = recipe, data
         self.model = LogisticSeedModel(data.rows("seed"), seed_classifier_encoder(recipe), recipe.task.label_names,
                                        recipe.seed)
-        self.identity, self.prompt_fingerprint = seed_classifier_key(data.rows("seed"), self.model.encoder)
+        self.identity, self.prompt_fingerprint = self.model.identity, seeds_fingerprint(data.rows("seed"))
 
     def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "", **options: Any
               ) -> StoredLabels:
