@@ -247,7 +247,7 @@ def test_evaluate_before_label_says_what_to_run(tiny_models, tmp_path, capsys):
     assert "tailorkd label" in capsys.readouterr().err
 
 
-def test_the_setfit_baseline_is_reported_when_listed(tiny_models, tmp_path):
+def test_the_setfit_baseline_is_reported_when_listed(tiny_models, tmp_path, monkeypatch):
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                               evaluation={"systems": ["teacher", "seed_only", "setfit"], "setfit_iterations": 2})
     assert main(["run", recipe_path]) == 0
@@ -261,6 +261,36 @@ def test_the_setfit_baseline_is_reported_when_listed(tiny_models, tmp_path):
     recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
     assert setfit["metrics"]["macro_f1"] == pytest.approx(recomputed["macro_f1"]) and len(frame) == 20
     assert "**SetFit baseline** (`setfit`)" in (run / "report.md").read_text()
+
+    # Evaluating again (other systems listed) reads both baselines back rather than fitting them anew.
+    import tailorkd.evaluation.baselines as baselines
+    import tailorkd.evaluation.setfit_baseline as setfit_baseline
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a baseline fitted before was fitted again")
+
+    monkeypatch.setattr(setfit_baseline, "setfit_baseline", refit)
+    monkeypatch.setattr(baselines, "seed_only_baseline", refit)
+    assert main(["evaluate", recipe_path, "evaluation.systems=[seed_only,setfit]"]) == 0
+    again = json.loads((run / "report.json").read_text())["systems"]
+    for name in ("seed_only", "setfit"):
+        assert again[name]["reused"] is True and again[name]["cost"] == report["systems"][name]["cost"]
+        assert again[name]["metrics"]["macro_f1"] == report["systems"][name]["metrics"]["macro_f1"]
+    # Other baseline settings are another fit: SetFit is fitted anew, the seed-only one is still reused.
+    fits = []
+
+    def setfit_fit(seeds, rows, label_names, encoder, seed, iterations):
+        fits.append(iterations)
+        return {"probs": np.full((len(rows), len(label_names)), 1 / len(label_names)), "seeds": len(seeds),
+                "iterations": iterations, "train_seconds": 1.0, "seconds_per_text": 0.01}
+
+    monkeypatch.setattr(setfit_baseline, "setfit_baseline", setfit_fit)
+    assert main(["evaluate", recipe_path, "evaluation.setfit_iterations=3"]) == 0
+    assert fits == [3]
+    third = json.loads((run / "report.json").read_text())["systems"]
+    assert "reused" not in third["setfit"] and third["seed_only"]["reused"] is True
+    assert json.loads((run / "predictions" / "setfit.json").read_text())["model"].endswith(
+        "(3 pairs per seed), logistic-regression head")
     # Not in the default systems: it trains an encoder.
     default = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"]))
     assert "setfit" not in default.evaluation.systems

@@ -39,6 +39,12 @@ def test_each_stage_fingerprint_follows_its_sections_only(tiny_models, tmp_path)
                                     ["teacher.calibration={method: domain}"]))
     assert calibrated.fingerprint("prompt_search") == run.fingerprint("prompt_search")
     assert calibrated.fingerprint("label") != run.fingerprint("label")
+    # A seeds-only baseline is fitted again only when its own settings change, not the systems listed.
+    for override, moved in (("evaluation.setfit_iterations=5", {"setfit"}),
+                            ("evaluation.seed_only_encoder=other", {"seed_only", "setfit"}),
+                            ("evaluation.systems=[teacher,setfit]", set()), ("evaluation.batch_size=3", set())):
+        changed = RunDir(load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"]), [override]))
+        assert {s for s in STAGE_INPUTS if changed.fingerprint(s) != run.fingerprint(s)} == moved, override
 
 
 def test_a_stage_run_alone_after_the_data_changed_prepares_again(tiny_models, tmp_path, caplog):

@@ -15,6 +15,8 @@
                                                  confidence.json: its fitted temperature)
     <output_dir>/signals/                        tailorkd signals: signals.sqlite, signals/daily.parquet, alerts
     <output_dir>/predictions/<system>.parquet    per-text predictions on the test set
+    <output_dir>/predictions/<baseline>.json     a seeds-only baseline's fingerprint and cost (written last):
+                                                 an evaluation rerun reuses it rather than fitting it anew
     <output_dir>/report.{md,json}, figures/      the comparison against human labels
 
 Every file a later stage trusts is written atomically (temporary file, fsync, rename); a JSON file that
@@ -40,6 +42,14 @@ _TEACHER_AFTER_SCORING = frozenset({"calibration", "ensemble", "reasons", "hidde
 # Fields of the distill section that act on trained students without changing how they train.
 _AFTER_TRAINING = frozenset({"seed_guard"})
 
+
+def _evaluation_except(*kept: str) -> frozenset[str]:
+    """Every field of the evaluation section but ``kept`` (the ones a seeds-only baseline is fitted by)."""
+    from tailorkd.recipe.evaluation import EvaluationConfig
+
+    return frozenset(EvaluationConfig.model_fields) - set(kept)
+
+
 # stage -> {recipe section: fields of that section left out}. The prompt search is judged by the teacher that
 # scores, not by what is done with its labels afterwards; distillation depends on everything before it.
 # The corpus (an optional section) feeds the pool, so every stage that reads the pool covers it; a recipe
@@ -56,6 +66,11 @@ STAGE_INPUTS: dict[str, dict[str, frozenset[str]]] = {
     "distill": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "prompt": frozenset(),
                 "teacher": frozenset(), "student": frozenset(), "adapter": frozenset(), "distill": _AFTER_TRAINING,
                 "corpus": _CORPUS},
+    # The seeds-only baselines of the evaluation: fitted on the seeds, judged on the test split; no teacher.
+    "seed_only": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "corpus": _CORPUS,
+                  "evaluation": _evaluation_except("seed_only_encoder")},
+    "setfit": {"data": frozenset(), "task": frozenset(), "seed": frozenset(), "corpus": _CORPUS,
+               "evaluation": _evaluation_except("seed_only_encoder", "setfit_iterations")},
 }
 
 # Optional sections that only some recipes set: hashed only when set, so adding one kept old fingerprints.
@@ -195,6 +210,11 @@ class RunDir:
 
     def predictions(self, system: str) -> Path:
         return self.predictions_dir / f"{system}.parquet"
+
+    def baseline_stamp(self, system: str) -> Path:
+        """A seeds-only baseline's record beside its predictions: the fingerprint it was fitted under and
+        what the report says of it (model, cost)."""
+        return self.predictions_dir / f"{system}.json"
 
     @property
     def report_json(self) -> Path:

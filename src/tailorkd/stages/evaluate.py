@@ -4,11 +4,14 @@ compares them (teacher, untrained student, standard KD, adaptive KD) plus the se
 Each system yields a predictions frame and a cost block; metrics with bootstrap intervals, agreement with
 the teacher, severity levels and the comparison with the teacher are then computed alike for all of them
 (``tailorkd.evaluation``). Writes predictions/<system>.parquet, the figures and report.md / report.json.
-Always runs: it is the cheapest stage and its output is the point.
+Always runs: its output is the point. The seeds-only baselines are the one costly part (SetFit trains an
+encoder), so each is fitted once per fingerprint: a rerun with the same seeds, test split and baseline settings
+reads its predictions back (predictions/<baseline>.json records the fingerprint).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tailorkd import distributed
+from tailorkd.errors import TailorkdError
 from tailorkd.evaluation.assemble import (
     ABSTAINED,
     by_language,
@@ -35,6 +39,8 @@ from tailorkd.stages.label import labels_summary, teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
 from tailorkd.stages.teacher_check import load_teacher_check
+
+log = logging.getLogger(__name__)
 
 
 @distributed.on_main
@@ -60,10 +66,13 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
     guard = run.seed_guard_record()
     if guard is not None and guard.get("shipped") == "self_trained":
         frames["self_trained"], systems["self_trained"] = student_system(recipe, data, "self_trained")
-    if "seed_only" in wanted:
-        frames["seed_only"], systems["seed_only"] = seed_only_system(recipe, data)
-    if "setfit" in wanted:
-        frames["setfit"], systems["setfit"] = setfit_system(recipe, data)
+    fitted: set[str] = set()
+    for name, fit in BASELINES.items():
+        if name in wanted:
+            reused = reused_baseline(run, name, len(data.rows("test")))
+            if reused is None:
+                fitted.add(name)
+            frames[name], systems[name] = reused or fit(recipe, data)
 
     # Every system alike from here on.
     run.predictions_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +81,9 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
             frame["severity"] = [recipe.alerts.level(p, c) for p, c in zip(frame["predicted"], frame["confidence"])]
             systems[name]["severity_counts"] = severity_counts(frame, names)
         frame.to_parquet(run.predictions(name), index=False)
+        if name in fitted:
+            run.write_json(run.baseline_stamp(name), {"fingerprint": run.fingerprint(name),
+                                                      "model": systems[name]["model"], "cost": systems[name]["cost"]})
         metrics = system_metrics(frame["label"].tolist(), frame["predicted"].tolist(), frame["confidence"].to_numpy(),
                                  names, seed=recipe.seed)
         if name != "teacher" and "teacher" in frames:
@@ -206,6 +218,27 @@ def setfit_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
         "cost": cost(texts_per_second=1.0 / seconds if seconds > 0 else None,
                      training={"train_seconds": round(baseline["train_seconds"], 2)}),
     }
+
+
+BASELINES = {"seed_only": seed_only_system, "setfit": setfit_system}
+
+
+def reused_baseline(run: RunDir, system: str, test_texts: int) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """Baseline ``system``'s test predictions and record as fitted before under this run's fingerprint, or
+    None when there are none (never fitted, other seeds or settings, a record that does not parse)."""
+    path = run.predictions(system)
+    try:
+        record = run.read_json_if_exists(run.baseline_stamp(system), f"{system} baseline record")
+    except TailorkdError:
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != run.fingerprint(system) \
+            or not {"model", "cost"} <= record.keys() or not path.is_file():
+        return None
+    frame = pd.read_parquet(path).drop(columns=["severity"], errors="ignore")
+    if len(frame) != test_texts:
+        return None
+    log.info("%s: its predictions fitted before under the same seeds and settings are reused (%s)", system, path)
+    return frame, {"model": record["model"], "cost": record["cost"], "reused": True}
 
 
 def timed_student_probs(student: Any, rows: list[dict[str, Any]], batch_size: int
