@@ -19,7 +19,7 @@ from tailorkd.run_dir import RunDir
 from tailorkd.stages.ensemble import ensemble_probs
 from tailorkd.stages.label import teacher_records
 from tailorkd.stages.prepare import load_data
-from tailorkd.teachers.ensemble import combine, disagreement, seed_weights
+from tailorkd.teachers.ensemble import combine, disagreement, matched_temperature, seed_weights, tempered
 from test_pipeline import make_recipe
 
 
@@ -71,6 +71,33 @@ def test_two_teachers_with_different_blind_spots_beat_each_alone():
     assert accuracy(weighted, y) >= accuracy(equal, y)
 
 
+def test_members_speak_on_one_scale_when_tempered_to_their_seed_accuracy():
+    """A flat member (mean top probability 0.38) that is right 86% of the time is outvoted in a mixture by a
+    peaked one (0.89) right 69% of the time; tempered so that each one's mean top probability is its accuracy, the
+    mixture follows the better member."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=4000)
+    flat = softmax_rows(0.1 * (rng.normal(0, 1.0, size=(len(y), 3)) + 2.0 * np.eye(3)[y]))
+    peaked = noisy_teacher(y, 1.2, seed=5) ** 4
+    peaked /= peaked.sum(1, keepdims=True)
+    accs = [accuracy(flat, y), accuracy(peaked, y)]
+    assert accs[0] > 0.85 and 0.5 < accs[1] < 0.7 and flat.max(1).mean() < 0.45 < peaked.max(1).mean()
+    temps = [matched_temperature(p, a) for p, a in zip((flat, peaked), accs)]
+    for p, t, a in zip((flat, peaked), temps, accs):
+        assert tempered(p, t).max(1).mean() == pytest.approx(a, abs=1e-4)
+        assert (tempered(p, t).argmax(1) == p.argmax(1)).all()  # only how loudly it speaks
+    as_labelled = accuracy(combine([flat, peaked], [0.5, 0.5], "weighted_mean"), y)
+    on_one_scale = accuracy(combine([tempered(flat, temps[0]), tempered(peaked, temps[1])], [0.5, 0.5],
+                                    "weighted_mean"), y)
+    assert as_labelled < accs[1] + 0.02 and on_one_scale > accs[0] + 0.02
+    # Ends of the range: below chance it flattens as far as it can, at 1 it sharpens; no judgement: as it is.
+    assert tempered(flat, matched_temperature(flat, 0.2)).max(1).mean() < 0.34
+    assert tempered(flat, matched_temperature(flat, 1.0)).max(1).mean() > 0.99
+    with_gap = np.vstack([flat[:5], np.full((1, 3), np.nan)])
+    assert matched_temperature(with_gap, None) == 1.0 and np.isnan(tempered(with_gap, 0.5)[-1]).all()
+    assert np.isfinite(matched_temperature(with_gap, 0.9))
+
+
 def test_pipeline_combines_calibrated_members(tiny_models, tmp_path):
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                               teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
@@ -103,7 +130,16 @@ def test_pipeline_combines_calibrated_members(tiny_models, tmp_path):
         raw = store.get(members[1]["identity"], members[1]["prompt"], [text_hash(r["text"]) for r in rows],
                         TOPICS)
     raw_opt = np.array([raw[text_hash(r["text"])].probs for r in rows])
-    np.testing.assert_allclose(member_probs[1], Calibration.from_dict(members[1]["calibration"]).apply(raw_opt))
+    calibrated_opt = Calibration.from_dict(members[1]["calibration"]).apply(raw_opt)
+    np.testing.assert_allclose(member_probs[1], tempered(calibrated_opt, members[1]["temperature"]))
+    # ... then tempered: over the pool, each member's mean top probability is its seed accuracy.
+    assert ensemble["confidence"] == "seed_accuracy"
+    pool = data.rows("pool")
+    with LabelStore(run / "labels.sqlite") as store:
+        _, _, pool_members = ensemble_probs(recipe, pool, store, calibrated=True)
+    for member, probs in zip(members, pool_members):
+        assert probs.max(1).mean() == pytest.approx(member["held_out_seed_accuracy"], abs=1e-3) or \
+            member["temperature"] in (np.exp(-7.0), np.exp(5.0))
     assert (seconds > 0).all()
     summary = json.loads((run / "labels_summary.json").read_text())
     assert summary["ensemble"]["combine"] == "product" and len(summary["ensemble"]["members"]) == 2
@@ -152,6 +188,11 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
         stored = store.get(members[1]["identity"], members[1]["prompt"], [text_hash(r["text"]) for r in rows],
                            TOPICS)
     np.testing.assert_allclose([stored[text_hash(r["text"])].probs for r in rows], expected, atol=1e-6)
+    # Tempered to its seed accuracy unless the recipe says to combine the members as they come.
+    assert all(m["temperature"] > 0 for m in members)
+    assert main(["label", recipe_path, "teacher.ensemble.confidence=as_labelled"]) == 0
+    as_labelled = json.loads((run / "ensemble.json").read_text())
+    assert as_labelled["confidence"] == "as_labelled" and [m["temperature"] for m in as_labelled["members"]] == [1, 1]
     # A seed classifier alone is an ensemble too; an ensemble of nothing is refused.
     with pytest.raises(Exception, match="needs members"):
         load_recipe(recipe_path, ["teacher.ensemble={members: []}"])

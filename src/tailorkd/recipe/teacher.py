@@ -208,6 +208,13 @@ class EnsembleConfig(Section):
         "refitted on balanced folds), which moves towards equal weights the fewer seeds judge; equal: the same "
         "weight for all."
     )
+    confidence: Literal["seed_accuracy", "as_labelled"] = Field(
+        default="seed_accuracy", description="seed_accuracy: before they combine, each judged member's "
+        "distributions are tempered (p^(1/T), renormalised) so that its mean top probability over the pool equals "
+        "its accuracy on the held-out seeds; a member that is right as often as another then speaks as loudly, "
+        "whether its raw scores are peaked (an LLM) or flat (a strongly regularised logistic regression); "
+        "as_labelled: combined as they come."
+    )
 
     @model_validator(mode="after")
     def _has_a_member(self) -> EnsembleConfig:

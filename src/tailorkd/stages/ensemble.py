@@ -7,8 +7,10 @@ judged on every seed, none by a prompt that shows it (``member_judgement``: a sh
 shot swapped; a seed-fitted calibration refitted on balanced folds); the seed classifier
 (``ensemble.seed_classifier``: logistic regression on frozen embeddings, or SetFit) joins as one more member,
 judged by refits on balanced folds rather than leave-one-out (``evaluation.seed_judge``). Weights follow
-each member's expected skill above chance given how many seeds judged it (``teachers.ensemble.seed_weights``).
-ensemble.json records members, their seed judgements with intervals, calibrations and weights;
+each member's expected skill above chance given how many seeds judged it (``teachers.ensemble.seed_weights``);
+each member's temperature puts it on one scale with the others (its mean top probability over the pool set to
+its seed accuracy, ``teachers.ensemble.matched_temperature``). ensemble.json records members, their seed
+judgements with intervals, calibrations, weights and temperatures;
 ``ensemble_probs`` reads the combination back.
 """
 
@@ -34,7 +36,7 @@ from tailorkd.prompts import fixed_shots, knn_selector
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, scored_seeds
 from tailorkd.teachers import make_teacher
-from tailorkd.teachers.ensemble import WEIGHTING_VERSION, combine, seed_weights
+from tailorkd.teachers.ensemble import WEIGHTING_VERSION, combine, matched_temperature, seed_weights, tempered
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +80,18 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
                else [1.0 / len(members)] * len(members))
     for member, weight in zip(members, weights):
         member["weight"] = weight
+        # On one scale: mean top probability over the pool = held-out seed accuracy (teachers.ensemble).
+        member["temperature"] = 1.0 if config.confidence == "as_labelled" else matched_temperature(
+            member_distributions(member, pool_rows, store, recipe.task.label_names),
+            member["held_out_seed_accuracy"])
     run.write_json(run.ensemble, {"recipe_hash": run.fingerprint("label"), "combine": config.combine,
-                                  "weights": config.weights, "weighting_version": WEIGHTING_VERSION,
-                                  "members": members})
-    log.info("ensemble (%s): %s", config.combine, ", ".join(f"{m['model']} w={m['weight']:.2f} (seeds {_shown(m)})"
-                                                            for m in members))
-    return {"combine": config.combine, "members": [{k: m[k] for k in ("model", "identity", "weight",
-                                                                      "held_out_seed_accuracy", "seed_judgement")}
-                                                   for m in members]}
+                                  "weights": config.weights, "confidence": config.confidence,
+                                  "weighting_version": WEIGHTING_VERSION, "members": members})
+    log.info("ensemble (%s): %s", config.combine, ", ".join(
+        f"{m['model']} w={m['weight']:.2f} T={m['temperature']:.3g} (seeds {_shown(m)})" for m in members))
+    return {"combine": config.combine, "confidence": config.confidence,
+            "members": [{k: m[k] for k in ("model", "identity", "weight", "temperature", "held_out_seed_accuracy",
+                                           "seed_judgement")} for m in members]}
 
 
 def _judged(judgement: dict[str, Any]) -> dict[str, Any]:
@@ -243,9 +249,17 @@ def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibr
     names = recipe.task.label_names
     member_probs, seconds = [], np.zeros(len(rows))
     for member in payload["members"]:
-        probs, member_seconds = stored_probs(store, member["identity"], member["prompt"], rows, names)
-        if calibrated and member["calibration"]:
-            probs = Calibration.from_dict(member["calibration"]).apply(probs)
-        member_probs.append(probs)
+        probs, member_seconds = member_distributions(member, rows, store, names, calibrated, with_seconds=True)
+        member_probs.append(tempered(probs, member["temperature"]) if calibrated else probs)
         seconds += np.nan_to_num(member_seconds, nan=0.0)
     return combine(member_probs, [m["weight"] for m in payload["members"]], payload["combine"]), seconds, member_probs
+
+
+def member_distributions(member: dict[str, Any], rows: list[dict[str, Any]], store: LabelStore,
+                         names: Sequence[str], calibrated: bool = True, with_seconds: bool = False) -> Any:
+    """An ensemble.json ``member``'s stored [N, M] distributions of ``rows`` (NaN: abstained), after its
+    calibration unless ``calibrated`` is False, before its temperature; with its per-text seconds if asked."""
+    probs, seconds = stored_probs(store, member["identity"], member["prompt"], rows, names)
+    if calibrated and member["calibration"]:
+        probs = Calibration.from_dict(member["calibration"]).apply(probs)
+    return (probs, seconds) if with_seconds else probs
