@@ -29,7 +29,7 @@ import numpy as np
 
 from tailorkd.calibration import Calibration
 from tailorkd.data import PreparedData
-from tailorkd.data.pool_rows import windows
+from tailorkd.data.pool_rows import take_rows, windows
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, StoredLabels, make_record, stored_probs, text_hash, unlabelled_rows
 from tailorkd.prompts import fixed_shots, knn_selector
@@ -39,6 +39,9 @@ from tailorkd.teachers import make_teacher
 from tailorkd.teachers.ensemble import WEIGHTING_VERSION, combine, matched_temperature, seed_weights, tempered
 
 log = logging.getLogger(__name__)
+
+# Pool texts a member's temperature is matched on (all of a smaller pool).
+TEMPERATURE_SAMPLE = 20_000
 
 
 def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, main_calibration: Calibration | None
@@ -78,12 +81,14 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
               for m in members]
     weights = (seed_weights(judged, len(recipe.task.label_names)) if config.weights == "seed_accuracy"
                else [1.0 / len(members)] * len(members))
+    # On one scale: mean top probability over the pool = held-out seed accuracy (teachers.ensemble); a mean
+    # needs no more than a seeded sample of a large pool.
+    sample = take_rows(pool_rows, np.sort(np.random.default_rng(recipe.seed).choice(
+        len(pool_rows), min(len(pool_rows), TEMPERATURE_SAMPLE), replace=False)))
     for member, weight in zip(members, weights):
         member["weight"] = weight
-        # On one scale: mean top probability over the pool = held-out seed accuracy (teachers.ensemble).
         member["temperature"] = 1.0 if config.confidence == "as_labelled" else matched_temperature(
-            member_distributions(member, pool_rows, store, recipe.task.label_names),
-            member["held_out_seed_accuracy"])
+            member_distributions(member, sample, store, recipe.task.label_names), member["held_out_seed_accuracy"])
     run.write_json(run.ensemble, {"recipe_hash": run.fingerprint("label"), "combine": config.combine,
                                   "weights": config.weights, "confidence": config.confidence,
                                   "weighting_version": WEIGHTING_VERSION, "members": members})
