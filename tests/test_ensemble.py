@@ -102,7 +102,7 @@ def test_pipeline_combines_calibrated_members(tiny_models, tmp_path):
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                               teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
                                                "calibration": {"method": "domain", "domain_samples": 3},
-                                               "ensemble": {"combine": "product",
+                                               "ensemble": {"combine": "product", "confidence": "seed_accuracy",
                                                             "members": [{"model": str(tiny_models["opt"])}]}})
     assert main(["label", recipe_path]) == 0
     run = tmp_path / "run"
@@ -188,11 +188,13 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
         stored = store.get(members[1]["identity"], members[1]["prompt"], [text_hash(r["text"]) for r in rows],
                            TOPICS)
     np.testing.assert_allclose([stored[text_hash(r["text"])].probs for r in rows], expected, atol=1e-6)
-    # Tempered to its seed accuracy unless the recipe says to combine the members as they come.
-    assert all(m["temperature"] > 0 for m in members)
-    assert main(["label", recipe_path, "teacher.ensemble.confidence=as_labelled"]) == 0
-    as_labelled = json.loads((run / "ensemble.json").read_text())
-    assert as_labelled["confidence"] == "as_labelled" and [m["temperature"] for m in as_labelled["members"]] == [1, 1]
+    # Combined as they come unless the recipe asks to temper each member to its seed accuracy.
+    assert [m["temperature"] for m in members] == [1, 1]
+    assert main(["label", recipe_path, "teacher.ensemble.confidence=seed_accuracy"]) == 0
+    tempered_run = json.loads((run / "ensemble.json").read_text())
+    assert tempered_run["confidence"] == "seed_accuracy"
+    assert all(m["temperature"] > 0 for m in tempered_run["members"]) and \
+        any(m["temperature"] != 1 for m in tempered_run["members"])
     # A seed classifier alone is an ensemble too; an ensemble of nothing is refused.
     with pytest.raises(Exception, match="needs members"):
         load_recipe(recipe_path, ["teacher.ensemble={members: []}"])

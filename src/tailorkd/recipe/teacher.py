@@ -209,11 +209,13 @@ class EnsembleConfig(Section):
         "weight for all."
     )
     confidence: Literal["seed_accuracy", "as_labelled"] = Field(
-        default="seed_accuracy", description="seed_accuracy: before they combine, each judged member's "
+        default="as_labelled", description="as_labelled (default): combined as they come. seed_accuracy: "
+        "before they combine, each judged member's "
         "distributions are tempered (p^(1/T), renormalised) so that its mean top probability over the pool equals "
         "its accuracy on the held-out seeds; a member that is right as often as another then speaks as loudly, "
-        "whether its raw scores are peaked (an LLM) or flat (a strongly regularised logistic regression); "
-        "as_labelled: combined as they come."
+        "whether its raw scores are peaked (an LLM) or flat (a strongly regularised logistic regression). "
+        "Quality suite: adaptive KD +14.3 and +2.2 on BBC News, -15.9 on crisis tweets, -6.6 on financial tone, "
+        "so it is opt-in (the BBC News recipe sets it)."
     )
 
     @model_validator(mode="after")
