@@ -19,8 +19,9 @@ member with flat scores (a logistic regression with a strong penalty: mean top p
 classes, 0.82 accurate on the seeds) is outvoted in a weighted mean by a peaked one however often it is
 right (BBC News, random seed 14: the mixture 76.9 macro-F1 on the test set, its members 74.4 and 91.0;
 tempered: 89.1). Argmax of each member is unchanged; only how loudly it speaks. Opt-in: across the quality
-suite it lifted adaptive KD on BBC News (+14.3, +2.2) and cost it on crisis tweets (-15.9) and financial tone
-(-6.6), where the seed classifier is the weaker member and tempering made it louder.
+suite, adding the tempered seed classifier to Gemma-3 lifted adaptive KD on BBC News (+14.3, +2.2), and
+tempering an ensemble that had the member cost it on crisis tweets (-15.9: the seeds overrated Gemma-3, and
+tempering made it louder) and financial tone (-6.6).
 
 ``disagreement`` is a per-text reliability signal: the share of members whose top class differs from
 the combined top class (0 = all agree).
