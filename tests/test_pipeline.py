@@ -240,13 +240,6 @@ def test_cli_reports_recipe_errors_without_traceback(tmp_path, capsys):
     assert "recipe file not found" in capsys.readouterr().err
 
 
-def test_evaluate_before_label_says_what_to_run(tiny_models, tmp_path, capsys):
-    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["gpt2"])
-    assert main(["prepare", recipe_path]) == 0
-    assert main(["evaluate", recipe_path]) == 2
-    assert "tailorkd label" in capsys.readouterr().err
-
-
 def test_the_setfit_baseline_is_reported_when_listed(tiny_models, tmp_path, monkeypatch):
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                               evaluation={"systems": ["teacher", "seed_only", "setfit"], "setfit_iterations": 2})

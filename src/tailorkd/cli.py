@@ -103,8 +103,11 @@ def prepare(recipe: str, overrides: list[str], force: bool = False) -> None:
 
 
 def label(recipe: str, overrides: list[str], engine: str = "local", workers: int | None = None,
-          ray_address: str | None = None, endpoint: list[str] | None = None) -> None:
+          ray_address: str | None = None, endpoint: list[str] | None = None, force: bool = False) -> None:
     """Label RECIPE's unlabelled pool and test set with the teacher (resumes where it stopped).
+
+    Skipped when the labels are up to date; --force makes the teacher check, calibration, ensemble and
+    summary again (the teacher's stored distributions are reused: delete labels.sqlite to score afresh).
 
     --engine ray: the texts are scored by --workers Ray actors, each holding one teacher (one GPU each when the
     cluster has GPUs; default: one actor per GPU, else 2), on the cluster at --ray-address (default: a running
@@ -125,7 +128,7 @@ def label(recipe: str, overrides: list[str], engine: str = "local", workers: int
         ray_engine = RayEngine(workers=workers, address=ray_address, endpoints=tuple(endpoint or ()))
     elif workers is not None or ray_address is not None or endpoint:
         raise TailorkdError("tailorkd label: --workers, --ray-address and --endpoint go with --engine ray")
-    summary = pipeline.label(_recipe(recipe, overrides), engine=ray_engine)
+    summary = pipeline.label(_recipe(recipe, overrides), engine=ray_engine, force=force)
     if summary is None:  # not the main process
         return
     print(json.dumps({k: summary[k] for k in ("teacher", "pool_labelled", "test_labelled", "pool_predicted_counts")}))

@@ -23,12 +23,16 @@ Every file a later stage trusts is written atomically (temporary file, fsync, re
 does not parse is a one-line error naming it, never a traceback.
 
 A stage's fingerprint is a hash of the recipe sections it depends on, listed in ``STAGE_INPUTS`` and
-nowhere else: a stage whose recorded fingerprint differs from the recipe's is redone.
+nowhere else. Every stage records it in a stamp that ``RunDir`` writes and reads (``write_stamp``,
+``stamp``): a JSON file written last, whose ``fingerprint`` (and ``version``, for stages whose output format
+changes) says which inputs it was made from. A stage whose stamp is missing or differs from the recipe's is
+not current and is redone (``tailorkd.stages.registry`` states the rule for every stage).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +77,39 @@ STAGE_INPUTS: dict[str, dict[str, frozenset[str]]] = {
                "evaluation": _evaluation_except("seed_only_encoder", "setfit_iterations")},
 }
 
+# Where each stage's stamp lies (relative to the run folder). A stage's other stamped files (the label stage's
+# calibration.json, ensemble.json, teacher_check.json; each student's student.json; each baseline's record)
+# are named by path when stamped.
+STAMP_FILES = {"corpus": "corpus/corpus.json", "prepare": "data/prepare.json",
+               "prompt_search": "prompts/search.json", "label": "labels_summary.json"}
+
+# The key a stamp records its fingerprint under; stamps written before RunDir owned them used the others, and
+# are read alike so that finished runs stay current. student.json keeps "recipe_hash": served and exported
+# students report it as their version.
+STAMP_KEY = "fingerprint"
+_OLDER_STAMP_KEYS = ("recipe_hash", "search_hash")
+STAMP_KEYS = (STAMP_KEY, *_OLDER_STAMP_KEYS, "version")  # what a stamp adds to the record it vouches for
+
 # Optional sections that only some recipes set: hashed only when set, so adding one kept old fingerprints.
 _OPTIONAL_INPUTS = frozenset({"corpus"})
+
+
+def register_stage_files(stage: str, inputs: Mapping[str, frozenset[str]] | None, stamp_file: str | None) -> None:
+    """Record a stage's fingerprint inputs and stamp file (a stage tailorkd does not ship; see
+    ``tailorkd.stages.registry.Stage``); a built-in stage's are listed above, and none is replaced."""
+    for table, value, what in ((STAGE_INPUTS, inputs, "inputs"), (STAMP_FILES, stamp_file, "stamp file")):
+        if value is not None:
+            if stage in table:
+                raise ValueError(f"stage {stage!r} already has {what}")
+            table[stage] = dict(value) if isinstance(value, Mapping) else value
+
+
+def unregister_stage_files(stage: str, inputs: Mapping[str, frozenset[str]] | None, stamp_file: str | None) -> None:
+    """Forget what ``register_stage_files`` recorded for ``stage``."""
+    if inputs is not None:
+        STAGE_INPUTS.pop(stage, None)
+    if stamp_file is not None:
+        STAMP_FILES.pop(stage, None)
 
 
 def _inputs(stage: str, recipe: Any) -> dict[str, frozenset[str]]:
@@ -105,6 +140,52 @@ class RunDir:
         return {name: sections_hash(recipe or self.recipe, {name: fields})
                 for name, fields in _inputs(stage, recipe or self.recipe).items()}
 
+    # -- stamps ------------------------------------------------------------------------------------------
+    def has_stamp_file(self, stage: str) -> bool:
+        return stage in STAMP_FILES
+
+    def stamp_file(self, stage: str) -> Path:
+        """Where ``stage``'s own stamp lies (``STAMP_FILES``)."""
+        try:
+            return self.root / STAMP_FILES[stage]
+        except KeyError:
+            raise ValueError(f"stage {stage!r} has no stamp file of its own; name the stamped file") from None
+
+    def write_stamp(self, stage: str, record: dict[str, Any], path: Path | None = None, *,
+                    fingerprint: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """Write ``record`` to ``path`` (default: the stage's stamp file) atomically, stamped with the stage's
+        fingerprint (``fingerprint``: one the stage computes itself) and ``version``; return what was written."""
+        stamped = {STAMP_KEY: fingerprint or self.fingerprint(stage), **record}
+        if version is not None:
+            stamped["version"] = version
+        self.write_json(path or self.stamp_file(stage), stamped)
+        return stamped
+
+    def stamp(self, stage: str, path: Path | None = None, *, fingerprint: str | None = None,
+              version: int | None = None, recipe: Any = None) -> dict[str, Any] | None:
+        """The stamped record at ``path`` (default: the stage's stamp file) when it was made for this recipe
+        (``recipe``: another one, e.g. a baseline student's) and ``version``, else None. A file that does not
+        parse is a TailorkdError naming it."""
+        path = path or self.stamp_file(stage)
+        record = self.read_json_if_exists(path, f"{stage} stamp")
+        expected = fingerprint or self.fingerprint(stage, recipe)
+        if not isinstance(record, dict) or not self.stamp_matches(record, expected):
+            return None
+        if version is not None and record.get("version", record.get("scoring_version")) != version:
+            return None
+        return record
+
+    @staticmethod
+    def stamp_matches(record: dict[str, Any], fingerprint: str) -> bool:
+        """Whether a stamped record (read by its own reader, e.g. student.json's) carries ``fingerprint``."""
+        recorded = next((record[key] for key in (STAMP_KEY, *_OLDER_STAMP_KEYS) if key in record), None)
+        return recorded == fingerprint
+
+    def clear_stamp(self, stage: str, path: Path | None = None) -> None:
+        """Remove a stamp before the files it vouches for are rewritten, so a stage killed half way reads as
+        not done, never as done."""
+        (path or self.stamp_file(stage)).unlink(missing_ok=True)
+
     # -- paths -------------------------------------------------------------------------------------------
     @property
     def recipe_file(self) -> Path:
@@ -117,7 +198,7 @@ class RunDir:
 
     @property
     def corpus_stamp(self) -> Path:
-        return self.corpus_dir / "corpus.json"
+        return self.stamp_file("corpus")
 
     @property
     def funnel(self) -> Path:
@@ -135,7 +216,7 @@ class RunDir:
 
     @property
     def prepare_stamp(self) -> Path:
-        return self.data_dir / "prepare.json"
+        return self.stamp_file("prepare")
 
     @property
     def prompts_dir(self) -> Path:
@@ -143,7 +224,7 @@ class RunDir:
 
     @property
     def search(self) -> Path:
-        return self.prompts_dir / "search.json"
+        return self.stamp_file("prompt_search")
 
     @property
     def search_table(self) -> Path:
@@ -167,7 +248,7 @@ class RunDir:
 
     @property
     def labels_summary(self) -> Path:
-        return self.root / "labels_summary.json"
+        return self.stamp_file("label")
 
     @property
     def calibration(self) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,10 @@ from tailorkd.data.pool_rows import take_rows
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.prompts import fixed_shots, held_out_seeds, per_text_shots
-from tailorkd.run_dir import RunDir
+from tailorkd.run_dir import STAMP_KEYS, RunDir
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 DOMAIN_TEXTS = 10_000
 
 
-def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore, pool: Mapping[str, Any],
+def fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore, pool: Mapping[str, Any],
                     write: bool = True) -> Calibration:
     """Score the calibration inputs with ``teacher``, fit the recipe's calibration and (``write``) write
     calibration.json with the pool's predicted-label counts before and after."""
@@ -66,13 +69,13 @@ def fit_calibration(recipe, data: PreparedData, teacher: Any, store: LabelStore,
     calibration.details["seeds"] = "all" if judged_by_all else "not_shown"
     if write:
         run = RunDir(recipe)
-        run.write_json(run.calibration, {"recipe_hash": run.fingerprint("label"), **calibration.to_dict()})
+        run.write_stamp("label", calibration.to_dict(), run.calibration)
     log.info("calibration: %s (%s); pool predictions %s -> %s", calibration.method,
              calibration.details["chosen_because"], counts["before"], counts["after"])
     return calibration
 
 
-def scored_seeds(recipe, data: PreparedData, teacher: Any, store: LabelStore, every_seed: bool = True
+def scored_seeds(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore, every_seed: bool = True
                  ) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The seeds that may judge ``teacher`` and its raw [S, M] distributions on them (seeds it abstained on
     left out). ``every_seed``: none scored by a prompt that shows it: the seeds that are not shots with the
@@ -101,7 +104,7 @@ def scored_seeds(recipe, data: PreparedData, teacher: Any, store: LabelStore, ev
     return kept, np.concatenate(parts) if parts else np.zeros((0, len(names)))
 
 
-def load_calibration(recipe) -> Calibration | None:
+def load_calibration(recipe: Recipe) -> Calibration | None:
     """The run's fitted calibration, or None when the recipe asks for none."""
     if recipe.teacher.calibration is None:
         return None
@@ -109,12 +112,12 @@ def load_calibration(recipe) -> Calibration | None:
     if not run.calibration.is_file():
         raise TailorkdError(f"{run.calibration}: the recipe asks for teacher calibration but none is fitted; "
                             "run `tailorkd label`")
-    payload = run.read_json(run.calibration, "calibration")
-    if payload.pop("recipe_hash", None) != run.fingerprint("label"):
+    payload = run.stamp("label", run.calibration)
+    if payload is None:
         raise TailorkdError(f"{run.calibration}: fitted for another teacher, prompt or data; run `tailorkd label` "
                             "again")
     try:
-        calibration = Calibration.from_dict(payload)
+        calibration = Calibration.from_dict({k: v for k, v in payload.items() if k not in STAMP_KEYS})
     except (KeyError, TypeError, ValueError) as e:
         raise TailorkdError(f"{run.calibration}: not a calibration tailorkd can read ({e}); run `tailorkd label` "
                             "again") from None

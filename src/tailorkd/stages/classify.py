@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tailorkd import distributed
 from tailorkd.data.splits import frame_rows
@@ -11,8 +11,11 @@ from tailorkd.run_dir import RunDir
 from tailorkd.stages.prepare import load_split
 from tailorkd.stages.prompt_search import resolve_prompt
 
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
-def student_shots(recipe) -> list[dict[str, Any]]:
+
+def student_shots(recipe: Recipe) -> list[dict[str, Any]]:
     """The few-shot examples the run's student was trained and evaluated with (a causal-LM student reads
     them in its prompt; an encoder student ignores them). Empty before distillation."""
     from tailorkd.students import STUDENT_FILE
@@ -24,7 +27,7 @@ def student_shots(recipe) -> list[dict[str, Any]]:
 
 
 @distributed.on_main
-def classify(recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def classify(recipe: Recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trained student's prediction for each row ({"text", optional "id", "title"}): id, label,
     confidence (its probability, calibrated by the student's fitted temperature), severity (from
     ``recipe.alerts``; "none" without it) and probabilities."""
@@ -48,7 +51,7 @@ def classify(recipe, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @distributed.on_main
-def export(recipe, out: str, check_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def export(recipe: Recipe, out: str, check_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write the run's trained student to ``out`` as a standalone model folder (Hugging Face, and for an encoder
     also sentence-transformers and ONNX fp32 / int8, checked against the PyTorch student on ``check_rows``, by
     default the run's test texts) with a model card; returns its description (tailorkd.json)."""

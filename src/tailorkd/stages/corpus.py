@@ -13,21 +13,25 @@ process builds the corpus and the others then find it done.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tailorkd import distributed
 from tailorkd.run_dir import RunDir
+from tailorkd.stages.registry import Stage, register_stage
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 
-def corpus(recipe, force: bool = False) -> dict[str, Any]:
+def corpus(recipe: Recipe, force: bool = False) -> dict[str, Any]:
     """Build the recipe's corpus (skipped when up to date, unless ``force``); returns its funnel."""
     with distributed.main_first() as main:
         return _corpus(recipe, force and main)
 
 
-def _corpus(recipe, force: bool) -> dict[str, Any]:
+def _corpus(recipe: Recipe, force: bool) -> dict[str, Any]:
     from tailorkd.corpus import build_corpus
     from tailorkd.errors import TailorkdError
 
@@ -40,12 +44,12 @@ def _corpus(recipe, force: bool) -> dict[str, Any]:
                         force=force)
 
 
-def uses_seeds(recipe) -> bool:
+def uses_seeds(recipe: Recipe) -> bool:
     relevance = recipe.corpus.relevance if recipe.corpus is not None else None
     return relevance is not None and (relevance.against != "topics" or relevance.threshold == "auto")
 
 
-def seed_texts(recipe) -> list[str] | None:
+def seed_texts(recipe: Recipe) -> list[str] | None:
     """The expert seeds' texts ("<title>. <text>" when titled) when the corpus's relevance stage uses them:
     the seed split of ``data.sources`` as prepare draws it (the corpus never changes which rows are seeds)."""
     if not uses_seeds(recipe):
@@ -66,7 +70,7 @@ def seed_split_texts(seeds) -> list[str]:
             for row in seeds.to_dict("records")]
 
 
-def corpus_fingerprint(recipe, seeds: list[str] | None = None) -> str | None:
+def corpus_fingerprint(recipe: Recipe, seeds: list[str] | None = None) -> str | None:
     """The fingerprint a corpus built now would record (None without a corpus section): what the prepare
     stage compares with the one its pool was taken from. ``seeds``: the seed texts when already known (the
     prepared seed split), else drawn from the sources."""
@@ -81,6 +85,16 @@ def corpus_fingerprint(recipe, seeds: list[str] | None = None) -> str | None:
     if uses_seeds(recipe) and seeds is None:
         seeds = seed_texts(recipe)
     return fingerprint(recipe.corpus, files, Path(recipe.base_dir), seeds if uses_seeds(recipe) else None)
+
+
+def corpus_is_current(recipe: Recipe) -> bool:
+    """Whether ``corpus/`` holds a finished corpus (every shard its stamp lists) of the recipe's corpus section,
+    input files and seeds."""
+    from tailorkd.corpus.build import CORPUS_VERSION
+
+    run = RunDir(recipe)
+    stamp = run.stamp("corpus", fingerprint=corpus_fingerprint(recipe), version=CORPUS_VERSION)
+    return stamp is not None and all(shard.is_file() for shard in run.corpus_shards) and run.funnel.is_file()
 
 
 def print_funnel(funnel: dict[str, Any], console: Any = None) -> None:
@@ -108,3 +122,8 @@ def print_funnel(funnel: dict[str, Any], console: Any = None) -> None:
                   f"({100 * (funnel['kept_share'] or 0):.1f}%) in {len(funnel['shards'])} shard(s); "
                   f"{funnel['seconds']['total']:.1f}s, {funnel['rows_per_second'] or 0:,.0f} texts/s "
                   f"({funnel['engine']}, {funnel['workers']} workers)")
+
+
+register_stage(Stage("corpus", lambda recipe, force: corpus(recipe, force),
+                     wanted=lambda recipe: recipe.corpus is not None, is_current=corpus_is_current,
+                     command="tailorkd corpus RECIPE", doc="raw dump -> corpus/pool-*.parquet, funnel"))

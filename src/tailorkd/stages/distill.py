@@ -12,25 +12,30 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tailorkd import distributed
+from tailorkd.data import PreparedData
 from tailorkd.data.pool_rows import take_rows
 from tailorkd.errors import TailorkdError
 from tailorkd.prompts import fixed_shots, held_out_seeds
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.label import teacher_hidden_states, teacher_records
 from tailorkd.stages.prepare import load_data
-from tailorkd.stages.prompt_search import resolve_prompt
+from tailorkd.stages.prompt_search import resolve_prompt, search_record
+from tailorkd.stages.registry import Stage, register_stage, run_requirements
 from tailorkd.stages.seed_guard import guard as seed_guard
 from tailorkd.stages.seed_guard import self_trained_fingerprint
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 
-def distill(recipe, force: bool = False) -> Path:
+def distill(recipe: Recipe, force: bool = False) -> Path:
     """Train every student system the recipe evaluates, then let the seed guard judge the adaptive-KD one
     (``stages.seed_guard``: it may train a self-trained student in its place); return the folder of the
     student that ships."""
@@ -45,6 +50,7 @@ def distill(recipe, force: bool = False) -> Path:
         raise TailorkdError(f"distill under {engine}: sharded students are not supported yet; launch with "
                             "configs/accelerate/multi_gpu_ddp.yaml (data-parallel) and adapter.method lora or qlora, "
                             "which fit a 7B or 13B student on one GPU")
+    run_requirements(recipe, "distill")
     recipe = resolve_prompt(recipe)
     run = RunDir(recipe)
     data = load_data(recipe)
@@ -86,7 +92,8 @@ def distill(recipe, force: bool = False) -> Path:
 
 
 @distributed.on_main
-def calibrate_confidence(recipe, data, folder: Path, shots: list[dict[str, Any]]) -> dict[str, Any]:
+def calibrate_confidence(recipe: Recipe, data: PreparedData, folder: Path, shots: list[dict[str, Any]]
+                         ) -> dict[str, Any]:
     """Fit the temperature of the trained student in ``folder`` on the expert seeds it has not seen (all of
     them for an encoder; those not shown as few-shot examples for a causal LM) and write confidence.json
     (``tailorkd.confidence``). Skipped when confidence.json was fitted for this very student.json."""
@@ -137,7 +144,7 @@ def confidence_warning(fitted: dict[str, Any]) -> str | None:
     return None
 
 
-def student_jobs(recipe) -> dict:
+def student_jobs(recipe: Recipe) -> dict[str, Recipe]:
     """{student system: the recipe it is trained with}: adaptive KD is the recipe itself; the baselines are
     the recipe with their adapter and distillation settings."""
     jobs = {"adaptive_kd": recipe}
@@ -165,5 +172,33 @@ def is_trained(folder: Path, fingerprint: str) -> bool:
     except TailorkdError as e:  # cut short by a kill under an older tailorkd: train again rather than trust it
         log.warning("distill: %s; training again", e)
         return False
-    return (done.get("recipe_hash") == fingerprint
+    return (RunDir.stamp_matches(done, fingerprint)
             and done.get("summary", {}).get("training_format") == TRAINING_FORMAT)
+
+
+def students_are_current(recipe: Recipe) -> bool:
+    """Whether every student system the recipe trains is trained for it (its confidence fitted), and the seed
+    guard, when the recipe has one, judged the adaptive-KD student there now. The seed guard's own student,
+    trained only when the guard asks, is judged by the guard's record."""
+    from tailorkd.students import CONFIDENCE_FILE, student_file_hash
+
+    if recipe.prompt_search is not None and search_record(recipe) is None:
+        return False
+    recipe = resolve_prompt(recipe)
+    run = RunDir(recipe)
+    for system, job in student_jobs(recipe).items():
+        folder = run.student_dir(system)
+        if not is_trained(folder, run.fingerprint("distill", job)):
+            return False
+        confidence = run.read_json_if_exists(folder / CONFIDENCE_FILE, "student confidence calibration")
+        if not isinstance(confidence, dict) or confidence.get("student_file") != student_file_hash(folder):
+            return False
+    guard = run.seed_guard_record()
+    if recipe.distill.seed_guard is None:
+        return not run.seed_guard.is_file()
+    return guard is not None and guard.get("on_worse") == recipe.distill.seed_guard.on_worse
+
+
+register_stage(Stage("distill", lambda recipe, force: distill(recipe, force), requires=("label",),
+                     is_current=students_are_current, command="tailorkd distill RECIPE",
+                     doc="students/<system>/ learn the teacher's distributions"))

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, scored_seeds
 from tailorkd.teachers import make_teacher
 from tailorkd.teachers.ensemble import WEIGHTING_VERSION, combine, matched_temperature, seed_weights, tempered
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +92,8 @@ def label_ensemble(recipe, data: PreparedData, store: LabelStore, main: Any, mai
         member["weight"] = weight
         member["temperature"] = 1.0 if config.confidence == "as_labelled" else matched_temperature(
             member_distributions(member, sample, store, recipe.task.label_names), member["held_out_seed_accuracy"])
-    run.write_json(run.ensemble, {"recipe_hash": run.fingerprint("label"), "combine": config.combine,
-                                  "weights": config.weights, "confidence": config.confidence,
-                                  "weighting_version": WEIGHTING_VERSION, "members": members})
+    run.write_stamp("label", {"combine": config.combine, "weights": config.weights, "confidence": config.confidence,
+                              "weighting_version": WEIGHTING_VERSION, "members": members}, run.ensemble)
     log.info("ensemble (%s): %s", config.combine, ", ".join(
         f"{m['model']} w={m['weight']:.2f} T={m['temperature']:.3g} (seeds {_shown(m)})" for m in members))
     return {"combine": config.combine, "confidence": config.confidence,
@@ -245,8 +247,8 @@ def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibr
     if not run.ensemble.is_file():
         raise TailorkdError(f"{run.ensemble}: the recipe asks for a teacher ensemble but none is labelled; run "
                             "`tailorkd label`")
-    payload = run.read_json(run.ensemble, "ensemble record")
-    if payload.get("recipe_hash") != run.fingerprint("label"):
+    payload = run.stamp("label", run.ensemble)
+    if payload is None:
         raise TailorkdError(f"{run.ensemble}: made for another teacher, prompt or data; run `tailorkd label` again")
     if payload.get("weighting_version") != WEIGHTING_VERSION:
         raise TailorkdError(f"{run.ensemble}: its members were weighted by an older rule; run `tailorkd label` again "
@@ -258,6 +260,12 @@ def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibr
         member_probs.append(tempered(probs, member["temperature"]) if calibrated else probs)
         seconds += np.nan_to_num(member_seconds, nan=0.0)
     return combine(member_probs, [m["weight"] for m in payload["members"]], payload["combine"]), seconds, member_probs
+
+
+def ensemble_record(recipe: Recipe) -> dict[str, Any] | None:
+    """ensemble.json when it was weighted for this recipe by the current rule, else None."""
+    payload = RunDir(recipe).stamp("label", RunDir(recipe).ensemble)
+    return payload if payload is not None and payload.get("weighting_version") == WEIGHTING_VERSION else None
 
 
 def member_distributions(member: dict[str, Any], rows: list[dict[str, Any]], store: LabelStore,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,19 +38,25 @@ from tailorkd.stages.calibrate import load_calibration
 from tailorkd.stages.label import labels_summary, teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
+from tailorkd.stages.registry import Stage, register_stage, run_requirements
 from tailorkd.stages.teacher_check import load_teacher_check
+
+if TYPE_CHECKING:
+    from tailorkd.data import PreparedData
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 
 @distributed.on_main
-def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
+def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Score every system on the test set and write the report; return it. ``timings`` (seconds per stage,
     from ``run``) go into the report with this stage's own."""
     from tailorkd.evaluation import write_report
     from tailorkd.evaluation.metrics import agreement, system_metrics
 
     t_start = time.perf_counter()
+    run_requirements(recipe, "evaluate")
     recipe = resolve_prompt(recipe)
     run = RunDir(recipe)
     data = load_data(recipe)
@@ -82,8 +88,8 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
             systems[name]["severity_counts"] = severity_counts(frame, names)
         frame.to_parquet(run.predictions(name), index=False)
         if name in fitted:
-            run.write_json(run.baseline_stamp(name), {"fingerprint": run.fingerprint(name),
-                                                      "model": systems[name]["model"], "cost": systems[name]["cost"]})
+            run.write_stamp(name, {"model": systems[name]["model"], "cost": systems[name]["cost"]},
+                            run.baseline_stamp(name))
         metrics = system_metrics(frame["label"].tolist(), frame["predicted"].tolist(), frame["confidence"].to_numpy(),
                                  names, seed=recipe.seed)
         if name != "teacher" and "teacher" in frames:
@@ -117,7 +123,7 @@ def evaluate(recipe, timings: dict[str, float] | None = None) -> dict[str, Any]:
     return write_report(report, recipe, run.root)
 
 
-def teacher_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
+def teacher_system(recipe: Recipe, data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The teacher's stored test labels (calibrated and combined as the recipe says) and its cost, as the
     label stage measured it; with a calibration, also its metrics without it."""
     from tailorkd.evaluation.metrics import system_metrics
@@ -148,7 +154,7 @@ def teacher_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
     return frame, info
 
 
-def student_system(recipe, data, system: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def student_system(recipe: Recipe, data: PreparedData, system: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A trained student's test predictions (its confidence calibrated by the temperature fitted after
     training, when there is one), timed batch by batch, and its training cost."""
     from transformers import set_seed
@@ -189,7 +195,7 @@ def student_system(recipe, data, system: str) -> tuple[pd.DataFrame, dict[str, A
     return predictions_frame(rows, probs, recipe.task.label_names), result
 
 
-def seed_only_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
+def seed_only_system(recipe: Recipe, data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The seed-only baseline: a classifier fitted on the expert seeds alone."""
     from tailorkd.evaluation.baselines import seed_only_baseline
 
@@ -203,7 +209,7 @@ def seed_only_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
     }
 
 
-def setfit_system(recipe, data) -> tuple[pd.DataFrame, dict[str, Any]]:
+def setfit_system(recipe: Recipe, data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The SetFit baseline: the seed-only encoder fine-tuned on pairs of seeds, with its head."""
     from tailorkd.evaluation.setfit_baseline import setfit_baseline
 
@@ -228,11 +234,10 @@ def reused_baseline(run: RunDir, system: str, test_texts: int) -> tuple[pd.DataF
     None when there are none (never fitted, other seeds or settings, a record that does not parse)."""
     path = run.predictions(system)
     try:
-        record = run.read_json_if_exists(run.baseline_stamp(system), f"{system} baseline record")
+        record = run.stamp(system, run.baseline_stamp(system))
     except TailorkdError:
         return None
-    if not isinstance(record, dict) or record.get("fingerprint") != run.fingerprint(system) \
-            or not {"model", "cost"} <= record.keys() or not path.is_file():
+    if record is None or not {"model", "cost"} <= record.keys() or not path.is_file():
         return None
     frame = pd.read_parquet(path).drop(columns=["severity"], errors="ignore")
     if len(frame) != test_texts:
@@ -260,7 +265,7 @@ def timed_student_probs(student: Any, rows: list[dict[str, Any]], batch_size: in
     return probs, per_text, total
 
 
-def prompt_search_block(recipe, data, info: dict[str, Any]) -> dict[str, Any]:
+def prompt_search_block(recipe: Recipe, data: PreparedData, info: dict[str, Any]) -> dict[str, Any]:
     """The search's effect for the report: seed scores of the hand-written and the chosen prompt, and both
     prompts' uncalibrated teacher on the test set (the hand-written one when it was labelled)."""
     from tailorkd.evaluation.metrics import classification_metrics
@@ -299,3 +304,8 @@ def prompt_search_block(recipe, data, info: dict[str, Any]) -> dict[str, Any]:
         "test": test,
         "test_note": "teacher without calibration or ensemble, so that only the prompt differs",
     }
+
+
+# Always runs (never current): its output is the point.
+register_stage(Stage("evaluate", lambda recipe, force: evaluate(recipe), requires=("distill",),
+                     command="tailorkd evaluate RECIPE", doc="every system on the test set -> report.{md,json}"))

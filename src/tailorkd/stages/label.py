@@ -30,7 +30,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,22 +40,40 @@ from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, stored_probs, text_hash
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, load_calibration
-from tailorkd.stages.ensemble import SeedClassifierLabeller, ensemble_probs, label_ensemble, member_teacher
+from tailorkd.stages.ensemble import (
+    SeedClassifierLabeller,
+    ensemble_probs,
+    ensemble_record,
+    label_ensemble,
+    member_teacher,
+)
 from tailorkd.stages.prepare import load_data
-from tailorkd.stages.prompt_search import resolve_prompt
-from tailorkd.stages.teacher_check import act_on, judge_teacher
+from tailorkd.stages.prompt_search import resolve_prompt, search_record
+from tailorkd.stages.registry import Stage, is_current, register_stage, run_requirements
+from tailorkd.stages.teacher_check import act_on, judge_teacher, load_teacher_check
 from tailorkd.teachers import add_reasons, hidden_key
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 
-def label(recipe, teacher: Any = None, engine: Any = None) -> dict[str, Any] | None:
+def label(recipe: Recipe, teacher: Any = None, engine: Any = None, force: bool = False) -> dict[str, Any] | None:
     """Label pool and test with the recipe's teacher (``teacher``: one already built; ``engine``: a
     ``tailorkd.ray_label.RayEngine`` to label them on Ray actors first); calibrate and combine as the recipe
-    says; write labels_summary.json. Returns the summary (None on a process other than the main one)."""
+    says; write labels_summary.json. Returns the summary (None on a process other than the main one).
+
+    Skipped when labels_summary.json (and the calibration, ensemble and teacher check the recipe asks for)
+    were made for this recipe, unless ``force``: then the check, calibration, ensemble and summary are made
+    again, and the teacher's stored distributions reused (they are keyed by teacher, prompt and text, so
+    scoring them again would give the same; delete labels.sqlite to score afresh)."""
+    run_requirements(recipe, "label")
+    if not force and is_current(recipe, "label"):
+        log.info("label: the teacher labels in %s are up to date", RunDir(recipe).root)
+        return labels_summary(resolve_prompt(recipe)) if distributed.is_main() else None
     base_recipe = recipe
-    with distributed.main_first():
-        recipe = resolve_prompt(recipe, tune=True)
+    recipe = resolve_prompt(recipe)
     data = load_data(recipe)
     teacher = teacher or member_teacher(recipe, data)
     t0 = time.perf_counter()
@@ -77,7 +95,7 @@ def label(recipe, teacher: Any = None, engine: Any = None) -> dict[str, Any] | N
     return _finish_labelling(base_recipe, recipe, data, teacher, t0, fallback)
 
 
-def _check(recipe, data: PreparedData, teacher: Any) -> dict[str, Any] | None:
+def _check(recipe: Recipe, data: PreparedData, teacher: Any) -> dict[str, Any] | None:
     """The teacher check by the main process (None when the recipe asks for none); its record on every process."""
     record = None
     with distributed.main_first() as main:
@@ -88,11 +106,12 @@ def _check(recipe, data: PreparedData, teacher: Any) -> dict[str, Any] | None:
 
 
 @distributed.on_main
-def check_teacher(recipe, teacher: Any = None) -> dict[str, Any]:
-    """The teacher check alone (`tailorkd check-teacher`): judge the recipe's teacher (after its prompt search,
-    run first when not done) on the seeds and a pool sample, write teacher_check.json; return its record.
-    Labels nothing else, and a failed check stops nothing."""
-    recipe = resolve_prompt(recipe, tune=True)
+def check_teacher(recipe: Recipe, teacher: Any = None) -> dict[str, Any]:
+    """The teacher check alone (`tailorkd check-teacher`): judge the recipe's teacher (after the stages the
+    label stage requires, run first when not current) on the seeds and a pool sample, write
+    teacher_check.json; return its record. Labels nothing else, and a failed check stops nothing."""
+    run_requirements(recipe, "label")
+    recipe = resolve_prompt(recipe)
     data = load_data(recipe)
     teacher = teacher or member_teacher(recipe, data)
     if recipe.teacher.check is None:  # asked for by name: judged with the default settings
@@ -104,15 +123,15 @@ def check_teacher(recipe, teacher: Any = None) -> dict[str, Any]:
         return judge_teacher(recipe, data, teacher, store)
 
 
-def _label_options(recipe) -> dict[str, Any]:
+def _label_options(recipe: Recipe) -> dict[str, Any]:
     hidden = recipe.teacher.hidden_states
     return {} if hidden is None else {"hidden_layers": hidden.layers, "pooling": hidden.pooling,
                                       "rows_per_shard": hidden.rows_per_shard}
 
 
 @distributed.on_main
-def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0: float, fallback: bool = False
-                      ) -> dict[str, Any]:
+def _finish_labelling(base_recipe: Recipe, recipe: Recipe, data: PreparedData, teacher: Any, t0: float,
+                      fallback: bool = False) -> dict[str, Any]:
     """Every text the processes did not label yet (all of them in one process), then reasons, calibration
     and the ensemble; labels_summary.json last. ``fallback``: the seed classifier labels, nothing else."""
     run = RunDir(recipe)
@@ -137,7 +156,6 @@ def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0:
                     "abstained": {"pool": pool.missing_ids(), "test": test.missing_ids()},
                     "pool_predicted_counts": dict(predicted.most_common())}
     summary = {
-        "recipe_hash": run.fingerprint("label"),
         "teacher": teacher.identity,
         "prompt": teacher.builder.describe(),
         **labelled,
@@ -154,11 +172,10 @@ def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0:
         del teacher  # one model in memory at a time
         summary["prompt_search"] = _label_with_base_prompt(base_recipe, recipe, data)
     summary["seconds"] = time.perf_counter() - t0
-    run.write_json(run.labels_summary, summary)
-    return summary
+    return run.write_stamp("label", summary)
 
 
-def _label_with_base_prompt(base_recipe, recipe, data: PreparedData) -> dict[str, Any]:
+def _label_with_base_prompt(base_recipe: Recipe, recipe: Recipe, data: PreparedData) -> dict[str, Any]:
     """With a prompt search: where the teacher's test labels under the hand-written prompt are (labelled
     now when ``prompt_search.evaluate_base_on_test``), so the report can set them beside the chosen prompt's."""
     base = base_recipe.model_copy(update={"prompt_search": None})
@@ -176,19 +193,37 @@ def _label_with_base_prompt(base_recipe, recipe, data: PreparedData) -> dict[str
     return info
 
 
-def labels_summary(recipe) -> dict[str, Any]:
+def labels_summary(recipe: Recipe) -> dict[str, Any]:
     """labels_summary.json of the run, checked to belong to the recipe's teacher, prompt and data."""
     run = RunDir(recipe)
     if not run.labels_summary.is_file():
         raise TailorkdError(f"{run.root}: no teacher labels yet; run `tailorkd label` first")
-    summary = run.read_json(run.labels_summary, "labels summary")
-    if summary.get("recipe_hash") != run.fingerprint("label"):
+    summary = run.stamp("label")
+    if summary is None:
         raise TailorkdError(f"{run.labels_summary}: the teacher labels were made with another teacher, prompt or "
                             "data than the recipe now asks for; run `tailorkd label` again")
     return summary
 
 
-def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = True, combined: bool = True
+def labels_are_current(recipe: Recipe) -> bool:
+    """Whether the label stage's files were made for this recipe: its summary, and the calibration, ensemble
+    and teacher check the recipe asks for (none of them after a fallback to the seed classifier)."""
+    if recipe.prompt_search is not None and search_record(recipe) is None:
+        return False
+    recipe = resolve_prompt(recipe)
+    run = RunDir(recipe)
+    summary = run.stamp("label")
+    if summary is None:
+        return False
+    if recipe.teacher.check is not None and load_teacher_check(recipe) is None:
+        return False
+    if summary.get("fallback"):
+        return True
+    return ((recipe.teacher.calibration is None or run.stamp("label", run.calibration) is not None)
+            and (recipe.teacher.ensemble is None or ensemble_record(recipe) is not None))
+
+
+def teacher_records(recipe: Recipe, data: PreparedData, split: str, calibrated: bool = True, combined: bool = True
                     ) -> tuple[Sequence[dict[str, Any]], np.ndarray, np.ndarray]:
     """The rows of ``split`` with the teacher's stored [N, M] probabilities (calibrated as the recipe asks,
     unless ``calibrated`` is False; the ensemble's combination when the recipe has one, unless ``combined``
@@ -225,7 +260,7 @@ def teacher_records(recipe, data: PreparedData, split: str, calibrated: bool = T
     return rows, probs, seconds
 
 
-def teacher_hidden_states(recipe, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+def teacher_hidden_states(recipe: Recipe, rows: list[dict[str, Any]]) -> dict[int, np.ndarray]:
     """The teacher's stored pooled hidden states of ``rows``, {layer: [N, H]}, for the hidden-state loss."""
     from tailorkd.hidden_states import HiddenStateReader
 
@@ -240,3 +275,8 @@ def teacher_hidden_states(recipe, rows: list[dict[str, Any]]) -> dict[int, np.nd
     with LabelStore(run.label_store) as store:
         reader = HiddenStateReader(store, stored["teacher_key"], summary["prompt"]["fingerprint"])
         return reader.get([text_hash(r["text"]) for r in rows], layers)
+
+
+register_stage(Stage("label", lambda recipe, force: label(recipe, force=force), requires=("prepare", "prompt_search"),
+                     is_current=labels_are_current, command="tailorkd label RECIPE",
+                     doc="teacher distributions -> labels.sqlite; calibrate, ensemble"))

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +24,11 @@ from tailorkd.labels import LabelStore, text_hash
 from tailorkd.prompts import fixed_shots, knn_selector, per_text_shots
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.prepare import load_data
+from tailorkd.stages.registry import Stage, register_stage, run_requirements
 from tailorkd.teachers import make_teacher
+
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +38,16 @@ log = logging.getLogger(__name__)
 SCORING_VERSION = 2
 
 
-def tune_prompt(recipe, force: bool = False) -> dict[str, Any]:
+def tune_prompt(recipe: Recipe, force: bool = False) -> dict[str, Any]:
     """Choose the prompt on the expert seeds; skipped when prompts/search.json was made for this recipe,
     unless ``force``. Returns the search's record (search.json). Under a launcher the main process searches
     and the others read its record."""
+    run_requirements(recipe, "prompt_search")
     with distributed.main_first() as main:
         return _tune_prompt(recipe, force and main)
 
 
-def _tune_prompt(recipe, force: bool) -> dict[str, Any]:
+def _tune_prompt(recipe: Recipe, force: bool) -> dict[str, Any]:
     from tailorkd.prompts.search import base_parts, greedy_search, search_space, to_prompt
 
     config = recipe.prompt_search
@@ -65,8 +70,6 @@ def _tune_prompt(recipe, force: bool) -> dict[str, Any]:
                            config, recipe.seed, _log_candidate(config))
     chosen = to_prompt(recipe.prompt, result.chosen.parts)
     record = {
-        "search_hash": run.fingerprint("prompt_search"),
-        "scoring_version": SCORING_VERSION,
         "metric": config.metric,
         "seeds": len(data.seed),
         "space": space,
@@ -78,14 +81,14 @@ def _tune_prompt(recipe, force: bool) -> dict[str, Any]:
         "teacher_calls": sum(item.teacher_calls for item in result.scored),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    _write_outputs(run, recipe, result, chosen, record)
+    record = _write_outputs(run, recipe, result, chosen, record)
     log.info("prompt search: %d candidates, %d teacher calls, %.0fs; seeds %s %.3f -> %.3f (%s)",
              len(result.scored), record["teacher_calls"], record["seconds"], config.metric,
              result.base.metrics[config.metric], result.chosen.metrics[config.metric], result.stopped_because)
     return record
 
 
-def resolve_prompt(recipe, tune: bool = False):
+def resolve_prompt(recipe: Recipe, tune: bool = False) -> Recipe:
     """The recipe every stage after the search works with: with ``prompt_search``, its prompt is the chosen
     one (the search runs first when ``tune``, else it must be done) and the search section is gone, so this
     is idempotent. A recipe without a search is returned as it is."""
@@ -103,12 +106,9 @@ def resolve_prompt(recipe, tune: bool = False):
     return recipe.model_copy(update={"prompt": chosen, "prompt_search": None})
 
 
-def search_record(recipe) -> dict[str, Any] | None:
+def search_record(recipe: Recipe) -> dict[str, Any] | None:
     """prompts/search.json when it was made for this recipe, else None."""
-    run = RunDir(recipe)
-    record = run.read_json_if_exists(run.search, "prompt search record")
-    return record if isinstance(record, dict) and record.get("search_hash") == run.fingerprint("prompt_search") \
-        and record.get("scoring_version", 1) == SCORING_VERSION else None
+    return RunDir(recipe).stamp("prompt_search", version=SCORING_VERSION)
 
 
 class SeedScorer:
@@ -203,8 +203,9 @@ def _entry(item: Any, rank: int | None = None) -> dict[str, Any]:
             "round": item.round, "teacher_calls": item.teacher_calls, "seconds": round(item.seconds, 2)}
 
 
-def _write_outputs(run: RunDir, recipe, result: Any, chosen, record: dict[str, Any]) -> None:
-    """The ranked table, the chosen prompt, the recipe with it, and search.json last."""
+def _write_outputs(run: RunDir, recipe: Recipe, result: Any, chosen: Any, record: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """The ranked table, the chosen prompt, the recipe with it, and search.json last (returned as stamped)."""
     import yaml
 
     from tailorkd.prompts.search import write_table
@@ -219,4 +220,10 @@ def _write_outputs(run: RunDir, recipe, result: Any, chosen, record: dict[str, A
             source["path"] = str((Path(recipe.base_dir) / source["path"]).resolve())
     run.write_text(run.tuned_recipe, "# The recipe with the prompt chosen by `tailorkd prompts tune`.\n"
                    + yaml.safe_dump(tuned, sort_keys=False, allow_unicode=True))
-    run.write_json(run.search, record)
+    return run.write_stamp("prompt_search", record, version=SCORING_VERSION)
+
+
+register_stage(Stage("prompt_search", lambda recipe, force: tune_prompt(recipe, force), requires=("prepare",),
+                     wanted=lambda recipe: recipe.prompt_search is not None,
+                     is_current=lambda recipe: search_record(recipe) is not None,
+                     command="tailorkd prompts tune RECIPE", doc="the teacher's prompt chosen on the seeds"))

@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,12 +38,15 @@ from tailorkd.labels import LabelStore, stored_probs
 from tailorkd.prompts import held_out_seeds
 from tailorkd.run_dir import RunDir
 
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
+
 log = logging.getLogger(__name__)
 
 GUARD_VERSION = 1
 
 
-def judge_student(recipe, data: PreparedData, system: str, shots: list[dict[str, Any]]) -> dict[str, Any]:
+def judge_student(recipe: Recipe, data: PreparedData, system: str, shots: list[dict[str, Any]]) -> dict[str, Any]:
     """The trained student ``system`` judged on the seeds it never saw, and the seed classifier's balanced-fold
     predictions on the same seeds: {"seeds": ids, "student": judgement, "seed_only": judgement}."""
     from tailorkd.confidence import apply_temperature
@@ -85,7 +88,7 @@ def is_worse(judged: dict[str, Any]) -> bool:
     return (student["macro_f1"], student["accuracy"]) < (seed_only["macro_f1"], seed_only["accuracy"])
 
 
-def guard(recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]], train: Any,
+def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]], train: Any,
           force: bool = False) -> dict[str, Any] | None:
     """Judge the adaptive-KD student and act as ``distill.seed_guard`` says; write seed_guard.json and return
     it (None when the recipe has no guard). ``rows``: the pool rows the students trained on; ``train(job,
@@ -122,20 +125,20 @@ def guard(recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: lis
 
 
 @distributed.on_main
-def _judge_on_main(recipe, data: PreparedData, shots: list[dict[str, Any]]) -> dict[str, Any]:
+def _judge_on_main(recipe: Recipe, data: PreparedData, shots: list[dict[str, Any]]) -> dict[str, Any]:
     judged = judge_student(recipe, data, "adaptive_kd", shots)
     return {"version": GUARD_VERSION, "on_worse": recipe.distill.seed_guard.on_worse,
             "adaptive_kd_student_file": judged.pop("student_file", None), **judged, "worse": is_worse(judged)}
 
 
 @distributed.on_main
-def _judge_self_trained(recipe, data: PreparedData, shots: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _judge_self_trained(recipe: Recipe, data: PreparedData, shots: list[dict[str, Any]]) -> dict[str, Any] | None:
     judged = judge_student(recipe, data, "self_trained", shots)
     return {"judgement": judged["student"], "note": "optimistic: its targets come from a classifier fitted on "
                                                     "these seeds, so it is not compared on them"}
 
 
-def seed_classifier_targets(recipe, data: PreparedData, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+def seed_classifier_targets(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """[N, M] distributions of the seed classifier (fitted on all the seeds) for ``rows``, stored in the label
     store under its own identity like a teacher's (so a rerun reads them back)."""
     from tailorkd.stages.ensemble import SeedClassifierLabeller
@@ -149,7 +152,7 @@ def seed_classifier_targets(recipe, data: PreparedData, rows: Sequence[dict[str,
     return probs
 
 
-def self_trained_fingerprint(recipe, distill_fingerprint: str) -> str:
+def self_trained_fingerprint(recipe: Recipe, distill_fingerprint: str) -> str:
     """What the self-trained student depends on: the adaptive-KD student's inputs and the seed set its
     targets' classifier was fitted on."""
     from tailorkd.stages.ensemble import seed_classifier_encoder, seed_classifier_key

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,13 +35,16 @@ from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, scored_seeds
 from tailorkd.stages.ensemble import seed_classifier_encoder
 
+if TYPE_CHECKING:
+    from tailorkd.recipe import Recipe
+
 log = logging.getLogger(__name__)
 
 # 1: first version (seed judgement with Wilson / bootstrap intervals, pool mix, verdict).
 CHECK_VERSION = 1
 
 
-def judge_teacher(recipe, data: PreparedData, teacher: Any, store: LabelStore) -> dict[str, Any]:
+def judge_teacher(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore) -> dict[str, Any]:
     """Judge ``teacher`` on the seeds and a pool sample (teacher calls go into ``store``), write
     teacher_check.json, log the verdict; return the record."""
     from tailorkd.calibration import fold_calibrated_predictions
@@ -70,8 +73,6 @@ def judge_teacher(recipe, data: PreparedData, teacher: Any, store: LabelStore) -
     verdict, reasons = judge(calibrated or raw, mixes.get("calibrated", mixes["raw"]), seed_only, truth, names,
                              config.collapse_share, config.seed_only_margin)
     record = {
-        "recipe_hash": run.fingerprint("label"),
-        "version": CHECK_VERSION,
         "teacher": teacher.identity,
         "prompt": teacher.prompt_fingerprint,
         "verdict": verdict,
@@ -85,7 +86,7 @@ def judge_teacher(recipe, data: PreparedData, teacher: Any, store: LabelStore) -
         "thresholds": {"collapse_share": config.collapse_share, "seed_only_margin": config.seed_only_margin},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    run.write_json(run.teacher_check, record)
+    record = run.write_stamp("label", record, run.teacher_check, version=CHECK_VERSION)
     _log(record, names)
     return record
 
@@ -96,7 +97,7 @@ def pool_sample(data: PreparedData, n: int, seed: int) -> list[dict[str, Any]]:
     return rows if n >= len(rows) else random.Random(seed).sample(rows, n)
 
 
-def seed_classifier_judgement(recipe, data: PreparedData) -> dict[str, Any] | None:
+def seed_classifier_judgement(recipe: Recipe, data: PreparedData) -> dict[str, Any] | None:
     """The seed classifier's seed accuracy on balanced folds, with the encoder the recipe fits it with (the
     ensemble member's, else the seed-only baseline's); None with seeds of fewer than two classes."""
     from tailorkd.evaluation.baselines import SentenceEmbedder, embedding_text
@@ -154,7 +155,7 @@ REMEDIES = [
 ]
 
 
-def act_on(recipe, record: dict[str, Any] | None) -> bool:
+def act_on(recipe: Recipe, record: dict[str, Any] | None) -> bool:
     """What the check's verdict does to the run: True when the seed classifier is to label in the teacher's
     place (``fallback``, and it did at least as well on the seeds); raises for ``stop``; else False."""
     if record is None or record["verdict"] == "ok":
@@ -177,14 +178,10 @@ def act_on(recipe, record: dict[str, Any] | None) -> bool:
     return False
 
 
-def load_teacher_check(recipe) -> dict[str, Any] | None:
+def load_teacher_check(recipe: Recipe) -> dict[str, Any] | None:
     """teacher_check.json of the run when it was made for the recipe as it is, else None."""
     run = RunDir(recipe)
-    record = run.read_json_if_exists(run.teacher_check, "teacher check")
-    if not isinstance(record, dict) or record.get("recipe_hash") != run.fingerprint("label") \
-            or record.get("version") != CHECK_VERSION:
-        return None
-    return record
+    return run.stamp("label", run.teacher_check, version=CHECK_VERSION)
 
 
 def _predicted(probs: np.ndarray, names: list[str]) -> np.ndarray:
