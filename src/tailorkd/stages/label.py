@@ -156,6 +156,7 @@ def _finish_labelling(base_recipe: Recipe, recipe: Recipe, data: PreparedData, t
                     "abstained": {"pool": pool.missing_ids(), "test": test.missing_ids()},
                     "pool_predicted_counts": dict(predicted.most_common())}
     summary = {
+        "teacher_weights": local_teacher_weights(recipe),
         "teacher": teacher.identity,
         "prompt": teacher.builder.describe(),
         **labelled,
@@ -205,6 +206,16 @@ def labels_summary(recipe: Recipe) -> dict[str, Any]:
     return summary
 
 
+def local_teacher_weights(recipe: Recipe) -> dict[str, str]:
+    """{model: fingerprint of its weights} of the recipe's local teachers (the main one and the ensemble's
+    members): the label fingerprint covers the recipe, not the weights a path holds."""
+    from tailorkd.models import weights_fingerprint
+
+    members = recipe.teacher.ensemble.members if recipe.teacher.ensemble is not None else []
+    return {config.model: weights_fingerprint(config.model) for config in (recipe.teacher, *members)
+            if config.server is None}
+
+
 def labels_are_current(recipe: Recipe) -> bool:
     """Whether the label stage's files were made for this recipe: its summary, and the calibration, ensemble
     and teacher check the recipe asks for (none of them after a fallback to the seed classifier)."""
@@ -217,6 +228,8 @@ def labels_are_current(recipe: Recipe) -> bool:
         return False
     if recipe.teacher.check is not None and load_teacher_check(recipe) is None:
         return False
+    if summary.get("teacher_weights") != local_teacher_weights(recipe):
+        return False  # new weights saved where a local teacher's were: its labels are made afresh
     if summary.get("fallback"):
         return True
     return ((recipe.teacher.calibration is None or run.stamp("label", run.calibration) is not None)

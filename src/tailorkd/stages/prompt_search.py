@@ -118,7 +118,7 @@ class SeedScorer:
     A seed is never scored by a prompt that shows it: fixed shots leave it out (``loo_shot_groups``), a
     per-text selector never picks a text's own seed."""
 
-    def __init__(self, recipe, data: PreparedData, calibrate: bool = True):
+    def __init__(self, recipe: Recipe, data: PreparedData, calibrate: bool = True):
         """``calibrate``: the metrics are those after a per-class bias fitted on balanced folds of the other
         seeds (``fold_calibrated``), with the raw ones under "raw"."""
         self.recipe = recipe
