@@ -15,6 +15,7 @@ import logging
 import re
 import select
 import socket
+import threading
 import time
 
 import httpx
@@ -26,7 +27,7 @@ from tailorkd.errors import TailorkdError
 from tailorkd.serve.app import DASHBOARD_COOKIE, ServeOptions, create_app
 from tailorkd.serve.server import check_options
 from test_dashboard import browser, fake_model, write_signals
-from test_serve import PATIENCE_S, running, wait_for
+from test_serve import PATIENCE_S, gated, running, wait_for
 
 TOKEN = "s3cret-T0ken_for-security"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -238,3 +239,30 @@ def test_errors_echo_only_a_bounded_excerpt_of_the_request(dashboard_app):
         assert r.status_code == 404 and len(r.content) < 500
         assert "(5001 characters): no such path" in r.json()["error"]["message"]
         assert client.post("/v1/classify", json={"texts": ["a"]}).status_code == 200  # and it goes on
+
+
+# -- overload ----------------------------------------------------------------------------------------------
+def test_an_overloaded_service_answers_503_with_retry_after_and_serves_the_queue():
+    served, gate = gated(fake_model())
+    options = ServeOptions(max_texts=2, max_queue=2, max_wait_ms=0)
+    app = create_app(served, options, token=TOKEN)
+    answers: dict[str, httpx.Response] = {}
+    with running(app, options) as (url, _):
+        def post(name: str, texts: list[str]) -> None:
+            answers[name] = httpx.post(f"{url}/v1/classify", json={"texts": texts}, headers=AUTH, timeout=PATIENCE_S)
+
+        held = threading.Thread(target=post, args=("held", ["a"]))
+        held.start()
+        wait_for(gate.entered.is_set, "the first request to hold the model")
+        queued = threading.Thread(target=post, args=("queued", ["b", "c"]))
+        queued.start()
+        wait_for(lambda: app.state.batcher.queued == 2, "the second request to fill the queue")
+        refused = httpx.post(f"{url}/v1/classify", json={"texts": ["d"]}, headers=AUTH, timeout=PATIENCE_S)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "overloaded"
+        assert httpx.get(f"{url}/healthz", timeout=PATIENCE_S).status_code == 200  # alive, only busy
+        gate.release.set()
+        for thread in (held, queued):
+            thread.join(PATIENCE_S)
+    assert answers["held"].status_code == answers["queued"].status_code == 200
+    assert len(answers["queued"].json()["results"]) == 2
