@@ -199,7 +199,7 @@ def test_cli_export_checks_an_encoder_student_on_given_texts(tiny_models, tmp_pa
     out = tmp_path / "export"
     assert main(["export", str(path), str(out), "--check-input", str(given)]) == 0
     printed = capsys.readouterr().out
-    assert f"-> {out}" in printed and "fp32 100.0%" in printed
+    assert f"-> {out}" in printed and "fp32 on all 15 texts" in printed
     about = json.loads((out / "tailorkd.json").read_text())
     assert about["onnx"]["checked_on"] == "15 texts (given texts)"
     bad = tmp_path / "bad.jsonl"

@@ -160,6 +160,12 @@ def test_slow_request_headers_get_a_408_and_the_connection_is_closed(model_free_
         assert httpx.get(f"{url}/healthz", timeout=PATIENCE_S).status_code == 200  # others were served all along
 
 
+def test_the_header_timeout_must_be_positive():
+    for seconds in (0, -1):
+        with pytest.raises(TailorkdError, match=f"--header-timeout: must be positive, got {seconds}"):
+            check_options(ServeOptions(header_timeout=seconds), environ={"TAILORKD_SERVE_TOKEN": TOKEN})
+
+
 @pytest.fixture
 def model_free_app():
     options = ServeOptions(header_timeout=0.5)
