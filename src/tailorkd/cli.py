@@ -301,8 +301,8 @@ def serve(recipe: str, overrides: list[str], host: str = "127.0.0.1", port: int 
         from tailorkd.serve.predictor import load_exported_model, load_served_model
         from tailorkd.serve.server import run_service
     except ImportError as exc:  # the web packages are dependencies, but a trimmed install may lack them
-        raise TailorkdError(f"tailorkd serve needs fastapi, uvicorn and prometheus-client ({exc.name} is missing): "
-                            "pip install fastapi uvicorn prometheus-client") from None
+        raise TailorkdError(f"tailorkd serve needs its web packages ({exc.name} is missing): pip install fastapi "
+                            "uvicorn prometheus-client swagger-ui-bundle-v2") from None
     from tailorkd.run_dir import RunDir
 
     options = ServeOptions(host=host, port=port, auth=not no_auth, token_env=token_env,

@@ -33,6 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from tailorkd.recipe import NO_ALERT
 from tailorkd.serve.batcher import BatcherClosed, BatchStats, DynamicBatcher, QueueFull
@@ -414,8 +415,6 @@ DOCS_ASSETS_PATH = "/docs/assets"
 def add_docs(app: FastAPI) -> None:
     """GET /docs: Swagger UI on /openapi.json, its script, style and icon from this server (DOCS_ASSETS_PATH),
     under a Content-Security-Policy that allows nothing else."""
-    from swagger_ui_bundle import swagger_ui_path
-
     folder = Path(str(swagger_ui_path))
     html = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
                                swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
