@@ -8,10 +8,20 @@ trained here on a few sentences.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests and the API fuzz (Hypothesis, Schemathesis) take their budget from a profile: "ci" (the
+# default) is small and derandomized, so a run is fast and repeatable; HYPOTHESIS_PROFILE=long (`make fuzz`)
+# searches far longer with fresh randomness.
+settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, database=None,
+                          print_blob=True)
+settings.register_profile("long", max_examples=1000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CORPUS = [
     "The company reported higher profits and its shares rose on the stock market.",

@@ -5,6 +5,7 @@ ONNX graphs check themselves against the PyTorch student, and the model card car
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from transformers import AutoTokenizer
 
 from conftest import TOPICS, topic_rows
 from tailorkd.errors import TailorkdError
@@ -90,6 +92,9 @@ def test_export_describes_temperature_onnx_checks_and_card(calibrated_export):
     assert onnx["checked_on"] == f"{len(ROWS)} texts (test rows)"
     assert onnx["check"]["fp32"]["agreement"] == 1.0 and onnx["check"]["fp32"]["max_abs_probability_difference"] < 1e-4
     assert onnx["check"]["int8"]["agreement"] >= MIN_AGREEMENT["int8"]
+    assert onnx["check"]["fp32"]["agreed"] == onnx["check"]["fp32"]["texts"] == len(ROWS)
+    assert onnx["check"]["int8"]["texts"] == len(ROWS)
+    assert onnx["check"]["int8"]["agreed"] == round(onnx["check"]["int8"]["agreement"] * len(ROWS))
     assert (out / "modules.json").is_file() and (out / "2_Dense").is_dir()
     card = (out / "README.md").read_text()
     assert card.startswith("---\n")
@@ -101,6 +106,32 @@ def test_export_describes_temperature_onnx_checks_and_card(calibrated_export):
     assert "## Labels" in body and all(f"| {name} |" in body for name in TOPICS)
     assert "SentenceTransformer(" in body and "onnx/classifier_int8.onnx" in body and "## Limitations" in body
     assert f"T = {TEMPERATURE:.4g}" in body
+    assert f"all {len(ROWS)} texts (fp32)" in body
+
+
+def test_the_check_reports_what_it_measured_not_every_text(calibrated_export, monkeypatch):
+    """A graph that disagrees on one text is reported as such, by count, in tailorkd.json's check and the card;
+    a share is rounded down, so only a check on which every text agreed reads as all of them."""
+    import tailorkd.onnx_student as onnx_student
+    from tailorkd.model_card import agreement_text, render
+
+    about, out, texts = calibrated_export["about"], calibrated_export["out"], calibrated_export["texts"]
+    reference = calibrated_export["expected"].copy()
+    reference[0] = np.roll(reference[0], 1)  # the reference's class for the first text is another one
+    assert reference[0].argmax() != calibrated_export["expected"][0].argmax()
+    monkeypatch.setitem(onnx_student.MIN_AGREEMENT, "fp32", 0.0)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    checks = onnx_student.check_export(out, {"fp32": onnx_student.ONNX_FP32}, tokenizer, about["max_length"],
+                                       texts, reference, 16)
+    n = len(texts)
+    assert checks["fp32"]["agreed"] == n - 1 and checks["fp32"]["texts"] == n
+    card = render({**about, "onnx": {**about["onnx"], "check": checks}},
+                  {"name": "tiny", "task": "topics", "task_description": "Topics.", "base_model": "tiny-bert",
+                   "teacher": "tiny-llama", "data": "test rows", "data_kind": "file", "report": None})
+    share = math.floor(1000 * (n - 1) / n) / 10
+    assert f"class on {n - 1} of {n} texts ({share:.1f}%) (fp32)." in card.replace("\n", " ")
+    assert agreement_text({"agreement": 2499 / 2500, "agreed": 2499, "texts": 2500}) == "2499 of 2500 texts (99.9%)"
+    assert agreement_text({"agreement": 1.0, "agreed": 200, "texts": 200}) == "all 200 texts"
 
 
 def test_onnx_classifier_sorts_by_length_and_restores_the_order(calibrated_export):
@@ -168,7 +199,7 @@ def test_cli_export_checks_an_encoder_student_on_given_texts(tiny_models, tmp_pa
     out = tmp_path / "export"
     assert main(["export", str(path), str(out), "--check-input", str(given)]) == 0
     printed = capsys.readouterr().out
-    assert f"-> {out}" in printed and "fp32 100.0%" in printed
+    assert f"-> {out}" in printed and "fp32 on all 15 texts" in printed
     about = json.loads((out / "tailorkd.json").read_text())
     assert about["onnx"]["checked_on"] == "15 texts (given texts)"
     bad = tmp_path / "bad.jsonl"

@@ -267,6 +267,7 @@ def export(recipe: str, out: str, overrides: list[str], check_input: str | None 
     merged into the base.
     """
     from tailorkd import pipeline
+    from tailorkd.model_card import agreement_text
 
     rows = _texts_from_jsonl(check_input) if check_input else None
     description = pipeline.export(_recipe(recipe, overrides), out, check_rows=rows)
@@ -274,7 +275,7 @@ def export(recipe: str, out: str, overrides: list[str], check_input: str | None 
         return
     checks = (description.get("onnx") or {}).get("check") or {}
     agreement = "; ONNX agrees with the PyTorch student: " + ", ".join(
-        f"{name} {100 * check['agreement']:.1f}%" for name, check in checks.items()) if checks else ""
+        f"{name} on {agreement_text(check)}" for name, check in checks.items()) if checks else ""
     print(f"{description['kind']} student ({description['adapter_method']}) -> {out}{agreement}")
 
 
@@ -282,7 +283,7 @@ def serve(recipe: str, overrides: list[str], host: str = "127.0.0.1", port: int 
           token_env: str = "TAILORKD_SERVE_TOKEN", max_batch_size: int = 32, max_wait_ms: float = 5.0,
           max_queue: int = 1024, max_texts: int = 64, max_chars: int = 10_000, max_body_bytes: int = 4 * 1024 * 1024,
           graceful_timeout: float = 30.0, access_log: bool = False, signals: str | None = None,
-          precision: str = "int8", body_timeout: float = 30.0) -> None:
+          precision: str = "int8", body_timeout: float = 30.0, header_timeout: float = 10.0) -> None:
     """Serve a trained student over HTTP until SIGTERM / SIGINT (FastAPI + uvicorn): RECIPE's run (the
     PyTorch student), or a `tailorkd export` folder (its ONNX graph in ONNX Runtime, --precision int8 or fp32:
     the fast way on CPUs).
@@ -303,15 +304,15 @@ def serve(recipe: str, overrides: list[str], host: str = "127.0.0.1", port: int 
         from tailorkd.serve.predictor import load_exported_model, load_served_model
         from tailorkd.serve.server import run_service
     except ImportError as exc:  # the web packages are dependencies, but a trimmed install may lack them
-        raise TailorkdError(f"tailorkd serve needs fastapi, uvicorn and prometheus-client ({exc.name} is missing): "
-                            "pip install fastapi uvicorn prometheus-client") from None
+        raise TailorkdError(f"tailorkd serve needs its web packages ({exc.name} is missing): pip install fastapi "
+                            "uvicorn prometheus-client swagger-ui-bundle-v2") from None
     from tailorkd.run_dir import RunDir
 
     options = ServeOptions(host=host, port=port, auth=not no_auth, token_env=token_env,
                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                            max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes,
                            graceful_timeout=graceful_timeout, access_log=access_log, body_timeout=body_timeout,
-                           signals_dir=Path(signals) if signals else None)
+                           header_timeout=header_timeout, signals_dir=Path(signals) if signals else None)
     if Path(recipe).is_dir():  # an export folder
         if overrides:
             raise TailorkdError(f"{recipe}: an export folder takes no recipe overrides ({overrides[0]})")
@@ -541,7 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds in-flight requests get to finish after SIGTERM / SIGINT (default: 30)")
     sv.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
                     help="seconds a request's body may take to arrive before a 408 (default: 30)")
-    sv.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    sv.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                    help="seconds a request's line and headers may take to arrive before a 408 (default: 10)")
+    sv.add_argument("--access-log", action="store_true",
+                    help="log every request (uvicorn's access log; the token is redacted)")
     sv.add_argument("--signals", metavar="DIR",
                     help="the signals folder GET /dashboard shows (default: <output_dir>/signals)")
     sv.add_argument("--precision", choices=["int8", "fp32"], default="int8",

@@ -3,6 +3,7 @@ then labels, how to load the model without tailorkd, how it was made and the run
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ HUB_IDS = {
 }
 REPORT_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("sensitivity", "sensitivity"),
                   ("specificity", "specificity"))
+
+
+def agreement_text(check: dict[str, Any]) -> str:
+    """What an export check measured, as counted: "199 of 200 texts (99.5%)", "all 200 texts"; the share is
+    rounded down, so that only a check on which every text agreed reads 100%."""
+    texts, agreed = check.get("texts"), check.get("agreed")
+    if texts is None or agreed is None:  # an export written before the counts were recorded
+        return f"{math.floor(1000 * check['agreement']) / 10:.1f}% of the texts"
+    if agreed == texts:
+        return f"all {texts} texts"
+    return f"{agreed} of {texts} texts ({math.floor(1000 * agreed / texts) / 10:.1f}%)"
 
 
 def hub_id(model: str) -> str | None:
@@ -114,9 +126,9 @@ def render(about: dict[str, Any], card: dict[str, Any]) -> str:
                       "folded into the head: every format gives the calibrated probabilities."]
         checks = onnx.get("check") or {}
         if checks:
-            lines += ["", f"Checked on {onnx['checked_on']}: the ONNX graphs predict the PyTorch student's class for "
-                      + ", ".join(f"{100 * v['agreement']:.1f}% ({k})" for k, v in checks.items() if k in
-                                  ("fp32", "int8")) + " of the texts."]
+            lines += ["", f"Checked on {onnx['checked_on']}: the ONNX graphs predict the PyTorch student's class on "
+                      + "; ".join(f"{agreement_text(v)} ({k})" for k, v in checks.items() if k in ("fp32", "int8"))
+                      + "."]
     else:
         lines += ["A causal LM that answers through its prompt (tailorkd.json `prompt_example`, with the text in "
                   "place of `<input text>`); a class's score is the log-likelihood of its answer tokens "

@@ -197,14 +197,16 @@ def check_export(folder: Path, files: dict[str, str], tokenizer: Any, max_length
                  expected_probs: np.ndarray, batch_size: int, shown_as: Path | None = None) -> dict[str, Any]:
     """Run each ONNX graph of the export in ``folder`` on ``texts`` and compare with the PyTorch student's
     probabilities; a TailorkdError naming the file when a graph agrees less than MIN_AGREEMENT. Returns per
-    precision its agreement and the largest probability difference."""
+    precision what was measured: the texts that agree (``agreed``) of those checked (``texts``), their share
+    (``agreement``) and the largest probability difference."""
     checks: dict[str, Any] = {}
     for precision, rel in files.items():
         probs = OnnxClassifier(folder / rel, tokenizer, max_length).probs(texts, batch_size)
         share = agreement(expected_probs, probs)
-        checks[precision] = {"agreement": share, "max_abs_probability_difference": float(
-            np.abs(probs - expected_probs).max())}
-        log.info("ONNX %s agrees with the PyTorch student on %.1f%% of %d texts", precision, 100 * share, len(texts))
+        checks[precision] = {"agreement": share, "agreed": int(round(share * len(texts))), "texts": len(texts),
+                             "max_abs_probability_difference": float(np.abs(probs - expected_probs).max())}
+        log.info("ONNX %s agrees with the PyTorch student on %d of %d texts", precision, checks[precision]["agreed"],
+                 len(texts))
         if share < MIN_AGREEMENT[precision]:
             raise TailorkdError(f"{(shown_as or folder) / rel}: predicts the PyTorch student's class for only "
                                 f"{share:.1%} of {len(texts)} texts (at least {MIN_AGREEMENT[precision]:.0%} needed); "

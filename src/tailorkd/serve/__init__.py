@@ -3,7 +3,9 @@
     predictor.py  Predictor (texts -> [N, M] probabilities) and ServedModel; the PyTorch student's predictor
     batcher.py    DynamicBatcher: texts of concurrent requests batched into one worker thread
     app.py        create_app: /v1/classify, /healthz, /metrics (Prometheus), /docs; auth and limits
-    server.py     ServeOptions, check_options, serve (uvicorn on a bound socket, graceful shutdown)
+    security.py   security headers, page CSPs, the token redacted from logs, bounded echoes (docs/security.md)
+    server.py     ServeOptions, check_options, serve (uvicorn on a bound socket, a header deadline, graceful
+                  shutdown)
 
 Only ``predictor`` and ``batcher`` import without FastAPI; the CLI imports the rest when ``serve`` runs.
 """

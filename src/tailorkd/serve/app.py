@@ -3,14 +3,15 @@
     POST /v1/classify  {"texts": [...]} -> per text label, confidence, severity, probabilities; model; latency
     GET  /healthz      200 while the batcher's worker runs (no token: for load balancers)
     GET  /metrics      Prometheus text format (token required when auth is on)
-    GET  /docs         the OpenAPI page (/openapi.json)
+    GET  /docs         the OpenAPI page (/openapi.json), Swagger UI served from here (no CDN)
     GET  /dashboard    the signals dashboard (tailorkd.dashboard) of ``ServeOptions.signals_dir``, when given
 
 Every refused request gets a 4xx (503 when overloaded or stopping, 500 when the model fails) and a JSON body
 ``{"error": {"type": ..., "message": ...}}`` whose one-line message names the field at fault. The body is
 read and parsed here rather than by a FastAPI body parameter: FastAPI answers a body that is not UTF-8 with a
 generic "error parsing the body", and the size limit must hold before anything is parsed. The request model
-is still pydantic's (validation, the OpenAPI schema).
+is still pydantic's (validation, the OpenAPI schema). What an answer, a page or a log line may show is
+guarded by tailorkd.serve.security (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from tailorkd.recipe import NO_ALERT
 from tailorkd.serve.batcher import BatcherClosed, BatchStats, DynamicBatcher, QueueFull
 from tailorkd.serve.predictor import ServedModel
+from tailorkd.serve.security import SecurityHeadersMiddleware, TokenRedactor, page_policy, shorten
 
 CLASSIFY_PATH = "/v1/classify"
 # The paths metrics are labelled with; any other path counts as "other" (a scan must not grow the label set).
@@ -58,6 +62,7 @@ class ServeOptions:
     max_chars: int = 10_000  # per text
     max_body_bytes: int = 4 * 1024 * 1024  # 64 texts x 10,000 characters of 4-byte UTF-8 fit
     body_timeout: float = 30.0  # seconds a request's body may take to arrive; then 408
+    header_timeout: float = 10.0  # seconds a request's line and headers may take to arrive; then 408 and close
     graceful_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM / SIGINT
     access_log: bool = False
     signals_dir: Path | None = None  # the `tailorkd signals` folder GET /dashboard shows; None: no dashboard
@@ -132,7 +137,8 @@ def validation_message(errors: list[dict[str, Any]], max_texts: int, max_chars: 
     errors = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")
     e = errors[0]
     loc = tuple(p for p in e.get("loc", ()) if p != "body")
-    field, kind, value = _field(loc), e.get("type", ""), e.get("input")
+    # The field's name is the client's (an unknown key of 3 MB): the message echoes a bounded excerpt of it.
+    field, kind, value = shorten(_field(loc)), e.get("type", ""), e.get("input")
     is_list = loc == ("texts",)
     messages = {
         "missing": f'{field}: missing; send {{"texts": ["..."]}}',
@@ -151,7 +157,7 @@ def validation_message(errors: list[dict[str, Any]], max_texts: int, max_chars: 
                             f"{max_chars} per text"),
         "value_error": f"{field}: {(e.get('ctx') or {}).get('error', e.get('msg'))}",
     }
-    message = messages.get(kind) or f"{field}: {e.get('msg')}"
+    message = messages.get(kind) or f"{field}: {shorten(e.get('msg'), 200)}"
     more = len(errors) - 1
     return message + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
 
@@ -267,6 +273,8 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
     options = options or ServeOptions()
     if token is not None and not token.strip():
         raise ValueError("token: empty; pass None to serve without auth")
+    if token is not None and token_flaw(token):
+        raise ValueError(f"token: {token_flaw(token)}")
     metrics = Metrics()
     batcher = DynamicBatcher(model.predict, max_batch_size=options.max_batch_size,
                              max_wait_s=options.max_wait_ms / 1000, max_queue=options.max_queue,
@@ -276,18 +284,26 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
     expected = token.encode("utf-8") if token is not None else None
     names = list(model.label_names)
     described = model.describe()
+    redactor = TokenRedactor(token)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        redactor.install()  # while this app serves, its request loggers never see the token
         batcher.start()
-        yield
-        # Uvicorn has let in-flight requests finish; the queue is empty unless the graceful timeout cut them.
-        await asyncio.to_thread(batcher.close, options.graceful_timeout)
+        try:
+            yield
+        finally:
+            # Uvicorn has let in-flight requests finish; the queue is empty unless the graceful timeout cut them.
+            await asyncio.to_thread(batcher.close, options.graceful_timeout)
+            redactor.uninstall()
 
-    app = FastAPI(title="tailorkd", lifespan=lifespan,
+    # No redirect to the same path with a slash added or removed: Starlette builds it from the Host header
+    # (any host a client names) and keeps the query string (a ?token= would travel on). Such a path is a 404.
+    app = FastAPI(title="tailorkd", lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False,
                   description=f"The trained student of recipe **{model.name}** (version {model.version}): "
                               f"classifies texts into {', '.join(names)}.")
     app.state.batcher, app.state.metrics, app.state.model = batcher, metrics, model
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     bearer = HTTPBearer(auto_error=False, description=f"the token in ${options.token_env} of the server")
 
@@ -309,8 +325,9 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = {404: f"{request.url.path}: no such path; see /docs",
-                   405: f"{request.method} {request.url.path}: method not allowed; see /docs"}.get(
+        path = shorten(request.url.path)
+        message = {404: f"{path}: no such path; see /docs",
+                   405: f"{request.method} {path}: method not allowed; see /docs"}.get(
             exc.status_code, str(exc.detail))
         metrics.errors.labels(type_).inc()
         return _error_response(exc.status_code, type_, message, getattr(exc, "headers", None))
@@ -373,9 +390,53 @@ def create_app(model: ServedModel, options: ServeOptions | None = None, token: s
         """Requests by path and status, latency, texts per batch, requests per batch, errors by type."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_docs(app)
     if options.signals_dir is not None:
         add_dashboard(app, options.signals_dir, expected, bearer)
     return app
+
+
+def token_flaw(token: str) -> str | None:
+    """Why no client could ever send ``token`` in an Authorization header, or None: HTTP strips a header
+    value's leading and trailing whitespace, and a control character cannot be sent at all."""
+    if token != token.strip():
+        return "has leading or trailing whitespace, which HTTP strips from a header: no client could send it"
+    if any(ord(c) < 32 or ord(c) == 127 for c in token):
+        return "holds a control character, which an HTTP header cannot carry: no client could send it"
+    return None
+
+
+# Swagger UI's files, served by this server from the swagger-ui-bundle package: /docs works offline.
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "favicon-32x32.png": "image/png"}
+DOCS_ASSETS_PATH = "/docs/assets"
+
+
+def add_docs(app: FastAPI) -> None:
+    """GET /docs: Swagger UI on /openapi.json, its script, style and icon from this server (DOCS_ASSETS_PATH),
+    under a Content-Security-Policy that allows nothing else."""
+    folder = Path(str(swagger_ui_path))
+    html = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
+                               swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon-32x32.png",
+                               oauth2_redirect_url=None).body.decode()
+    policy = page_policy(html, connect_self=True)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(html, headers={"Content-Security-Policy": policy})
+
+    for name, media_type in DOCS_ASSETS.items():
+        app.add_api_route(f"{DOCS_ASSETS_PATH}/{name}", _asset(folder / name, media_type), methods=["GET"],
+                          include_in_schema=False)
+
+
+def _asset(path: Path, media_type: str) -> Any:
+    """A route answering the one file ``path`` (a closure: the route takes no parameter from the client)."""
+    async def asset() -> FileResponse:
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": "max-age=86400"})
+    return asset
 
 
 def add_dashboard(app: FastAPI, folder: Path, expected: bytes | None, bearer: HTTPBearer) -> None:
@@ -395,20 +456,26 @@ def add_dashboard(app: FastAPI, folder: Path, expected: bytes | None, bearer: HT
         self-contained HTML page."""
         if expected is not None:
             # Query and cookie values arrive decoded as UTF-8, header values as latin-1: back to the bytes sent.
-            given = ((token or request.cookies.get(DASHBOARD_COOKIE) or "").encode("utf-8", "surrogateescape")
-                     or (credentials.credentials.encode("latin-1") if credentials else b""))
-            if not given:
+            query = (token or "").encode("utf-8", "surrogateescape")
+            sources = [query, (request.cookies.get(DASHBOARD_COOKIE) or "").encode("utf-8", "surrogateescape"),
+                       credentials.credentials.encode("latin-1") if credentials else b""]
+            if not any(sources):
                 raise ServeError(401, "unauthorized", "missing token: open /dashboard?token=<token> once, or send "
                                  '"Authorization: Bearer <token>"')
-            if not hmac.compare_digest(given, expected):
+            # A valid credential from any source lets in (a stale cookie must not lock out a good header);
+            # each is compared in constant time, all of them every time.
+            valid = [bool(given) and hmac.compare_digest(given, expected) for given in sources]
+            if not any(valid):
                 raise ServeError(401, "unauthorized", "invalid token")
             if token is not None:
+                # The token leaves the address bar at once; a relative address: no host the client named.
                 response = RedirectResponse("/dashboard", status_code=303)
-                response.set_cookie(DASHBOARD_COOKIE, token, httponly=True, samesite="strict", path="/dashboard",
-                                    secure=request.url.scheme == "https")
+                if valid[0]:
+                    response.set_cookie(DASHBOARD_COOKIE, token, httponly=True, samesite="strict",
+                                        path="/dashboard", secure=request.url.scheme == "https")
                 return response
         try:
             html = await asyncio.to_thread(page.get)
         except TailorkdError as exc:
             raise ServeError(404, "no_signals", str(exc)) from None
-        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Content-Security-Policy": page_policy(html)})
