@@ -82,17 +82,10 @@ DEFINITIONS = {
 
 
 def available_methods() -> list[str]:
-    """The adapter methods this tailorkd's recipe accepts, of those the benchmark knows ("none" trains nothing)."""
-    from pydantic import ValidationError
+    """The adapter methods registered in this tailorkd, of those the benchmark knows ("none" trains nothing)."""
+    from tailorkd.adapters import adapter_methods
 
-    from tailorkd.recipe import AdapterConfig
-
-    methods = []
-    for method in CANDIDATE_METHODS:
-        with contextlib.suppress(ValidationError):
-            AdapterConfig(method=method)
-            methods.append(method)
-    return methods
+    return [method for method in CANDIDATE_METHODS if method in adapter_methods()]
 
 
 # -- one method, in its own process ------------------------------------------------------------------

@@ -123,3 +123,13 @@ def topic_rows(n_per_class: int = 12) -> list[dict]:
             rows.append({"id": f"{label}-{i}", "text": f"News item {i} about {label}: the {label} story of the day.",
                          "label": label})
     return rows
+
+
+def training_adapter(method: str):
+    """The adapter settings the training tests use for ``method``: small and without dropout, each method's own
+    (a setting of another method is an error)."""
+    from tailorkd.adapters import adapter_config
+
+    settings = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "qlora": {"r": 8, "alpha": 16, "dropout": 0.0},
+                "bottleneck": {"dropout": 0.0, "reduction_factor": 4}}
+    return adapter_config(method, **settings.get(method, {}))

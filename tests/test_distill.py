@@ -7,9 +7,16 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, set_seed
 
-from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows
+from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows, training_adapter
+from tailorkd.adapters import (
+    BottleneckAdapterConfig,
+    FullAdapterConfig,
+    LoraAdapterConfig,
+    NoAdapterConfig,
+    QLoraAdapterConfig,
+)
 from tailorkd.distill import distill_student, soft_cross_entropy
-from tailorkd.recipe import AdapterConfig, DistillConfig, PromptConfig, StudentConfig, TaskConfig
+from tailorkd.recipe import DistillConfig, PromptConfig, StudentConfig, TaskConfig
 from tailorkd.students import CausalLMStudent, EncoderStudent, MeanPoolClassifier, load_student, predict_probs
 
 TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TOPICS])
@@ -80,7 +87,7 @@ def test_causal_students_learn_save_and_reload(tiny_models, tmp_path, family, me
     student = _causal_student(tiny_models[family])
     base_before = _base_weights(student.model)
     before = _cross_entropy(student, rows, probs)
-    adapter = AdapterConfig(method=method, r=8, alpha=16, dropout=0.0, reduction_factor=4)
+    adapter = training_adapter(method)
     lr = 2e-3 if method == "full" else 3e-2
     epochs = 2 if method == "bottleneck" else 10  # bottleneck: a few steps; the loss is not checked (below)
     config = DistillConfig(validation_fraction=0.0, epochs=epochs, learning_rate=lr, batch_size=10, warmup_ratio=0.0,
@@ -119,7 +126,7 @@ def test_encoder_student_learns_and_reloads(tiny_models, tmp_path, method):
     probs = teacher_targets(rows)
     before = _cross_entropy(student, rows, probs)
     summary = distill_student(student, rows, probs,
-                              AdapterConfig(method=method, r=8, alpha=16, dropout=0.0, reduction_factor=4),
+                              training_adapter(method),
                               DistillConfig(validation_fraction=0.0, epochs=20, learning_rate=5e-2, batch_size=10,
                                             warmup_ratio=0.0, max_grad_norm=1.0),
                               tmp_path / "enc", seed=0, info={"base_model": str(folder)})
@@ -141,7 +148,7 @@ def test_method_none_trains_nothing(tiny_models, tmp_path):
     student = _causal_student(tiny_models["llama"])
     rows = topic_rows(2)
     before = predict_probs(student, rows, 8)
-    summary = distill_student(student, rows, teacher_targets(rows), AdapterConfig(method="none"), DistillConfig(),
+    summary = distill_student(student, rows, teacher_targets(rows), NoAdapterConfig(), DistillConfig(),
                               tmp_path / "s", seed=0, info={})
     assert summary["parameters"]["trainable"] == 0 and summary["steps"] == 0
     np.testing.assert_allclose(predict_probs(student, rows, 8), before)
@@ -171,15 +178,15 @@ def test_adapter_methods_are_registered_and_attach_through_the_student_protocol(
     assert isinstance(causal, Student) and isinstance(encoder, Student)
     assert causal.transformer is causal.model and encoder.transformer is encoder.model.encoder
     # The adapter wraps what `transformer` names; the encoder's head, outside it, trains with it.
-    attach_adapter(encoder, AdapterConfig(method="lora", r=4))
+    attach_adapter(encoder, LoraAdapterConfig(r=4))
     assert type(encoder.model.encoder).__name__.startswith("PeftModel") and encoder.transformer is encoder.model.encoder
     assert {n.split(".")[0] for n in trainable(encoder)} == {"encoder", "head"}
     assert all("lora_" in n for n in trainable(encoder) if not n.startswith("head."))
-    attach_adapter(causal, AdapterConfig(method="lora", r=4))
+    attach_adapter(causal, LoraAdapterConfig(r=4))
     assert causal.model is causal.transformer and all("lora_" in n for n in trainable(causal))
     none, full = encoder_student(), encoder_student()
-    attach_adapter(none, AdapterConfig(method="none"))
-    attach_adapter(full, AdapterConfig(method="full"))
+    attach_adapter(none, NoAdapterConfig())
+    attach_adapter(full, FullAdapterConfig())
     assert trainable(none) == [] and len(trainable(full)) == len(list(full.model.parameters()))
 
 
@@ -196,7 +203,7 @@ def test_student_json_is_written_last_and_never_in_part(tiny_models, tmp_path, m
     folder = tiny_models["bert"]
     student = EncoderStudent(MeanPoolClassifier(AutoModel.from_pretrained(folder), len(TOPICS)),
                              AutoTokenizer.from_pretrained(folder), TASK, PROMPT, max_length=64)
-    attach_adapter(student, AdapterConfig(method="lora", r=4))
+    attach_adapter(student, LoraAdapterConfig(r=4))
     out = tmp_path / "student"
     marker = out / "student.json"
     save_student(student, "lora", out, {"run": 1})
@@ -335,12 +342,15 @@ def test_bottleneck_names_the_model_when_it_finds_no_targets(tiny_models):
 
 
 def test_bottleneck_recipe_fields_round_trip_and_are_checked():
-    bottleneck = AdapterConfig(method="bottleneck", bottleneck_size=8, bottleneck_placement="both")
+    from tailorkd.adapters import validate_adapter_section
+
+    bottleneck = BottleneckAdapterConfig(bottleneck_size=8, bottleneck_placement="both")
     dump = bottleneck.model_dump()
-    assert dump["bottleneck_size"] == 8 and dump["bottleneck_placement"] == "both"
-    assert AdapterConfig.model_validate(dump) == bottleneck
+    assert dump["method"] == "bottleneck" and dump["bottleneck_size"] == 8 and dump["bottleneck_placement"] == "both"
+    assert validate_adapter_section(dump) == bottleneck
+    assert "r" not in dump  # LoRA's settings are not the bottleneck method's
     with pytest.raises(ValueError):
-        AdapterConfig(method="bottleneck", bottleneck_placement="middle")
+        BottleneckAdapterConfig(bottleneck_placement="middle")
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +398,7 @@ def test_qlora_trains_on_a_4bit_base_and_reloads(qlora_models, tmp_path, family)
     transformer = student.model.encoder if family == "bert" else student.model
     assert any(type(m).__name__ == "Linear4bit" for m in transformer.modules())  # the base really is 4-bit
     lr = 5e-2 if family == "bert" else 3e-2
-    summary = distill_student(student, rows, probs, AdapterConfig(method="qlora", r=8, alpha=16, dropout=0.0),
+    summary = distill_student(student, rows, probs, training_adapter("qlora"),
                               DistillConfig(validation_fraction=0.0, epochs=20 if family == "bert" else 10,
                                             learning_rate=lr, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0),
                               tmp_path / "q", seed=0, info={"base_model": str(tiny_models[family])})
@@ -414,7 +424,7 @@ def test_qlora_refuses_a_student_already_repacked_for_cpu_inference(qlora_models
     if not packed:
         pytest.skip("this bitsandbytes does not repack 4-bit weights for CPU inference")
     with pytest.raises(TailorkdError, match="cannot train"):
-        distill_student(student, rows, teacher_targets(rows), AdapterConfig(method="qlora", r=8),
+        distill_student(student, rows, teacher_targets(rows), QLoraAdapterConfig(r=8),
                         DistillConfig(validation_fraction=0.0, epochs=1), tmp_path / "q", seed=0, info={})
 
 
@@ -436,7 +446,7 @@ def test_hard_label_term_mixes_with_the_soft_targets(tiny_models):
 def test_gradient_checkpointing_trains_to_the_same_weights(tiny_models, tmp_path, family):
     rows = topic_rows(4)
     probs = teacher_targets(rows)
-    adapter = AdapterConfig(method="lora", r=4, alpha=8, dropout=0.0)
+    adapter = LoraAdapterConfig(r=4, alpha=8, dropout=0.0)
     weights = {}
     for checkpointing in (False, True):
         set_seed(0)

@@ -12,11 +12,11 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, set_seed
 
-from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows, write_jsonl
+from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows, training_adapter, write_jsonl
 from tailorkd.distill import distill_student
 from tailorkd.errors import TailorkdError
 from tailorkd.prompts import fixed_shots
-from tailorkd.recipe import AdapterConfig, DistillConfig, StudentConfig
+from tailorkd.recipe import DistillConfig, StudentConfig
 from tailorkd.run_dir import RunDir
 from tailorkd.students import build_student, export_student, load_student, predict_probs
 from test_distill import PROMPT, TASK, qlora_models, teacher_targets  # noqa: F401  (qlora_models is a fixture)
@@ -30,8 +30,8 @@ def trained_student(folder, tmp_path, method, kind="auto", steps=FEW_STEPS):
     set_seed(0)
     config = StudentConfig(model=str(folder), kind=kind, max_length=256)
     student = build_student(config, TASK, PROMPT, [], adapter_method=method)
-    distill_student(student, ROWS, teacher_targets(ROWS), AdapterConfig(method=method, r=8, alpha=16, dropout=0.0,
-                    reduction_factor=4), steps, tmp_path / "student", seed=0, info={"base_model": str(folder)})
+    distill_student(student, ROWS, teacher_targets(ROWS), training_adapter(method), steps, tmp_path / "student",
+                    seed=0, info={"base_model": str(folder)})
     return tmp_path / "student", config
 
 

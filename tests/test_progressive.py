@@ -15,12 +15,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
 from conftest import TOPICS, topic_rows
+from tailorkd.adapters import LoraAdapterConfig, QLoraAdapterConfig
 from tailorkd.distill import distill_student, soft_cross_entropy
 from tailorkd.distill.losses import hidden_state_loss
 from tailorkd.distill.stages import filter_mask, group_matrix, validation_split
 from tailorkd.distill.trainer import PROJECTION_FILE
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe import AdapterConfig, DistillConfig, PromptConfig, StageFilter, TaskConfig, load_recipe
+from tailorkd.recipe import DistillConfig, PromptConfig, StageFilter, TaskConfig, load_recipe
 from tailorkd.students import EncoderStudent, MeanPoolClassifier, predict_probs
 from test_pipeline import make_recipe
 
@@ -28,7 +29,7 @@ TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TO
 PROMPT = PromptConfig(instruction="Topic?", shots=0, describe_labels=False)
 # business+tech vs the rest: a coarse two-class view of the five topics
 COARSE = {"economy": ["business", "tech"], "other": ["entertainment", "politics", "sport"]}
-LORA = AdapterConfig(method="lora", r=4, alpha=8, dropout=0.0)
+LORA = LoraAdapterConfig(r=4, alpha=8, dropout=0.0)
 
 
 def _encoder_student(folder, seed=0):
@@ -460,7 +461,7 @@ def test_qlora_student_evaluates_between_epochs_and_still_trains(tiny_models, tm
     student = build_student(StudentConfig(model=str(tiny_models["bert"]), max_length=64), TASK, PROMPT, [],
                             adapter_method="qlora")
     rows = topic_rows(3)
-    summary = distill_student(student, rows, _teacher(rows, [0.9] * len(rows)), AdapterConfig(method="qlora", r=4),
+    summary = distill_student(student, rows, _teacher(rows, [0.9] * len(rows)), QLoraAdapterConfig(r=4),
                               DistillConfig(epochs=2, batch_size=4, validation_fraction=0.2,
                                             hidden_state_loss={"weight": 0.2}),
                               tmp_path / "q", seed=0, info={}, teacher_states={-1: _topic_states(rows)})

@@ -118,7 +118,7 @@ SECTIONS = [name for name, field in Recipe.model_fields.items() if not field.exc
     ("seed=14", "seed"),
     # Settings that used to be left out of the dump (and so of the hash) while at or near their defaults:
     ("prompt.shot_encoder=other", "prompt"),
-    ("adapter.bottleneck_placement=both", "adapter"),
+    ("adapter.target_modules=[query]", "adapter"),
     ("teacher.calibration.seeds=all", "teacher"),
     ("distill.hard_label_weight=0.5", "distill"),
     ("evaluation.systems=[teacher]", "evaluation"),

@@ -1,4 +1,5 @@
-"""Adapters: what of the student trains. One module per method, each registering an ``AdapterMethod``.
+"""Adapters: what of the student trains. One module per method, each registering an ``AdapterMethod`` with the
+config class of its ``adapter:`` settings.
 
 - ``lora``: low-rank adapters on the attention projections (PEFT); the base stays frozen.
 - ``qlora``: the same adapters on a base loaded in 4-bit NF4 (bitsandbytes).
@@ -6,26 +7,35 @@
 - ``full``: every weight trains (the paper's standard-KD baseline).
 - ``none``: nothing trains (the untrained-student baseline).
 
-A method registers itself with ``register_adapter_method`` (as PEFT's ``register_peft_method`` does);
-``get_adapter_method(name)`` looks one up; ``attach_adapter`` prepares a student for training.
+A method registers itself and its config class with one ``register_adapter_method`` call (as PEFT's
+``register_peft_method`` does); ``get_adapter_method(name)`` looks one up; a recipe's ``adapter:`` section is
+validated as the config class of the method it names (``validate_adapter_section``); ``attach_adapter``
+prepares a student for training.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 # The method modules register themselves on import, so that importing tailorkd.adapters makes them all known.
-from tailorkd.adapters import full, none  # noqa: F401
-from tailorkd.adapters.bottleneck import attach_bottleneck, bottleneck_config, load_bottleneck, save_bottleneck
-from tailorkd.adapters.lora import attach_lora, attention_modules
-from tailorkd.adapters.qlora import attach_qlora, optimizer_name, quantization_config
+# They import torch, PEFT and bitsandbytes only when a method is used: validating a recipe needs none of them.
+from tailorkd.adapters.bottleneck import BottleneckAdapterConfig, bottleneck_config
+from tailorkd.adapters.full import FullAdapterConfig
+from tailorkd.adapters.lora import LoraAdapterConfig, attach_lora, attention_modules
+from tailorkd.adapters.none import NoAdapterConfig
+from tailorkd.adapters.qlora import QLoraAdapterConfig, attach_qlora, optimizer_name, quantization_config
 from tailorkd.adapters.registry import (
     ADAPTER_DIR,
     MODEL_DIR,
     AdapterMethod,
+    adapter_config,
     adapter_methods,
     get_adapter_method,
     register_adapter_method,
+    settings_owner,
+    unregister_adapter_method,
+    validate_adapter_section,
 )
 
 if TYPE_CHECKING:
@@ -39,11 +49,18 @@ def attach_adapter(student: Student, config: AdapterConfig) -> None:
     method = get_adapter_method(config.method)
     for param in student.model.parameters():
         param.requires_grad = False
-    student.transformer = method.attach(student.transformer, config, student.kind)
+    student.transformer = method.attach(student.transformer, validate_adapter_section(config), student.kind)
     adapted = {id(p) for p in student.transformer.parameters()}
     for param in student.model.parameters():
         if id(param) not in adapted:
             param.requires_grad = method.trains
+
+
+def __getattr__(name: str) -> Any:
+    # The bottleneck functions that need torch, from their module on first use.
+    if name in ("attach_bottleneck", "load_bottleneck", "save_bottleneck"):
+        return getattr(importlib.import_module("tailorkd.adapters.bottleneck.model"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def count_parameters(model: Any) -> dict[str, int]:
@@ -52,7 +69,9 @@ def count_parameters(model: Any) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-__all__ = ["ADAPTER_DIR", "MODEL_DIR", "AdapterMethod", "adapter_methods", "attach_adapter", "attach_bottleneck",
-           "attach_lora", "attach_qlora", "attention_modules", "bottleneck_config", "count_parameters",
-           "get_adapter_method", "load_bottleneck", "optimizer_name", "quantization_config", "register_adapter_method",
-           "save_bottleneck"]
+__all__ = ["ADAPTER_DIR", "MODEL_DIR", "AdapterMethod", "BottleneckAdapterConfig", "FullAdapterConfig",
+           "LoraAdapterConfig", "NoAdapterConfig", "QLoraAdapterConfig", "adapter_config", "adapter_methods",
+           "attach_adapter", "attach_bottleneck", "attach_lora", "attach_qlora", "attention_modules",
+           "bottleneck_config", "count_parameters", "get_adapter_method", "load_bottleneck", "optimizer_name",
+           "quantization_config", "register_adapter_method", "save_bottleneck", "settings_owner",
+           "unregister_adapter_method", "validate_adapter_section"]

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from tailorkd.adapters.registry import MODEL_DIR, AdapterMethod, register_adapter_method
 from tailorkd.recipe import AdapterConfig
 
 
-def attach_full(model: Any, config: AdapterConfig, kind: str) -> Any:
+class FullAdapterConfig(AdapterConfig):
+    """``adapter:`` settings of ``method: full``: none besides the method."""
+
+    method: Literal["full"] = Field(default="full", description="full: every weight trains.")
+
+
+def attach_full(model: Any, config: FullAdapterConfig, kind: str) -> Any:
     for param in model.parameters():
         param.requires_grad = True
     return model
@@ -22,4 +30,5 @@ def save_full(model: Any, tokenizer: Any, folder: Path) -> None:
 
 
 # Loading and exporting need nothing more: the base is built from model/, which holds the trained weights.
-register_adapter_method(AdapterMethod("full", attach=attach_full, saves=MODEL_DIR, save=save_full))
+register_adapter_method(AdapterMethod("full", config=FullAdapterConfig, attach=attach_full, saves=MODEL_DIR,
+                                      save=save_full))

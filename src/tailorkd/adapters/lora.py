@@ -5,13 +5,24 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
+from pydantic import Field
 
 from tailorkd.adapters.registry import ADAPTER_DIR, AdapterMethod, register_adapter_method
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import AdapterConfig
+
+
+class LoraAdapterConfig(AdapterConfig):
+    """``adapter:`` settings of ``method: lora`` (and, through QLoraAdapterConfig, of qlora)."""
+
+    method: Literal["lora"] = Field(default="lora", description="lora: LoRA adapters train; the base stays frozen.")
+    r: int = Field(default=16, ge=1, description="LoRA rank.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        default=None, description="Modules to adapt; default: the attention projections of the family.")
 
 # Attention projection names by family, most specific first: LLaMA/Gemma/Mistral, OPT, BERT, GPT-2.
 _ATTENTION_NAME_SETS = (
@@ -24,6 +35,8 @@ _ATTENTION_NAME_SETS = (
 
 def attention_modules(model: Any) -> list[str]:
     """The attention projection module names present in ``model`` (leaf names, as PEFT matches them)."""
+    import torch
+
     leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
     # A family's whole set first (OPT has q/k/v_proj but out_proj, not o_proj), else the largest partial one.
@@ -39,7 +52,7 @@ def attention_modules(model: Any) -> list[str]:
     )
 
 
-def attach_lora(model: Any, config: AdapterConfig, kind: str) -> Any:
+def attach_lora(model: Any, config: LoraAdapterConfig, kind: str) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = config.target_modules or attention_modules(model)
@@ -84,5 +97,5 @@ def merge_peft_adapter(base: Any, folder: Path) -> Any:
     return load_peft_adapter(base, folder).merge_and_unload()
 
 
-register_adapter_method(AdapterMethod("lora", attach=attach_lora, save=save_peft_adapter, load=load_peft_adapter,
-                                      merge=merge_peft_adapter))
+register_adapter_method(AdapterMethod("lora", config=LoraAdapterConfig, attach=attach_lora, save=save_peft_adapter,
+                                      load=load_peft_adapter, merge=merge_peft_adapter))

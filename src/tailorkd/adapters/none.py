@@ -3,14 +3,23 @@ untrained-student baseline."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from tailorkd.adapters.registry import AdapterMethod, register_adapter_method
 from tailorkd.recipe import AdapterConfig
 
 
-def attach_nothing(model: Any, config: AdapterConfig, kind: str) -> Any:
+class NoAdapterConfig(AdapterConfig):
+    """``adapter:`` settings of ``method: none``: none besides the method."""
+
+    method: Literal["none"] = Field(default="none", description="none: nothing trains (the untrained student).")
+
+
+def attach_nothing(model: Any, config: NoAdapterConfig, kind: str) -> Any:
     return model
 
 
-register_adapter_method(AdapterMethod("none", attach=attach_nothing, trains=False, saves=None))
+register_adapter_method(AdapterMethod("none", config=NoAdapterConfig, attach=attach_nothing, trains=False,
+                                      saves=None))

@@ -7,14 +7,22 @@ As in the paper: NF4 with double quantisation and bf16 compute; paged AdamW 32-b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+from pydantic import Field
 
-from tailorkd.adapters.lora import attach_lora, load_peft_adapter, save_peft_adapter
+from tailorkd.adapters.lora import LoraAdapterConfig, attach_lora, load_peft_adapter, save_peft_adapter
 from tailorkd.adapters.registry import AdapterMethod, register_adapter_method
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe import AdapterConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+class QLoraAdapterConfig(LoraAdapterConfig):
+    """``adapter:`` settings of ``method: qlora``: LoRA's, the base loaded in 4-bit NF4."""
+
+    method: Literal["qlora"] = Field(default="qlora", description="qlora: LoRA adapters on a 4-bit NF4 base.")
 
 
 def quantization_config() -> Any:
@@ -23,6 +31,7 @@ def quantization_config() -> Any:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise TailorkdError("adapter.method=qlora needs bitsandbytes: pip install 'bitsandbytes>=0.45'") from exc
+    import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -33,7 +42,7 @@ def quantization_config() -> Any:
     )
 
 
-def attach_qlora(model: Any, config: AdapterConfig, kind: str) -> Any:
+def attach_qlora(model: Any, config: QLoraAdapterConfig, kind: str) -> Any:
     """LoRA on a model that was loaded with ``quantization_config()``; casts norms to fp32 for stability."""
     from peft import prepare_model_for_kbit_training
 
@@ -65,5 +74,6 @@ def merge_into_dequantized(base: Any, folder: Path) -> Any:
     return load_peft_adapter(base, folder).merge_and_unload()
 
 
-register_adapter_method(AdapterMethod("qlora", attach=attach_qlora, save=save_peft_adapter, load=load_peft_adapter,
-                                      merge=merge_into_dequantized, quantization=quantization_config))
+register_adapter_method(AdapterMethod("qlora", config=QLoraAdapterConfig, attach=attach_qlora, save=save_peft_adapter,
+                                      load=load_peft_adapter, merge=merge_into_dequantized,
+                                      quantization=quantization_config))

@@ -3,6 +3,7 @@ one :class:`TailorkdError` that names the file and the key path."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from pydantic import ValidationError
 from tailorkd.data.config import SOURCE_KINDS
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe.schema import Recipe
+
+log = logging.getLogger(__name__)
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -82,6 +85,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise TailorkdError(f"{path}: a recipe is a mapping of sections (task, data, prompt, ...), "
                             f"got {type(raw).__name__}")
     raw = apply_overrides(raw, list(overrides or []))
+    _switch_adapter_method(raw, list(overrides or []))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -89,6 +93,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe.base_dir = path.resolve().parent
     check_files(recipe, str(path))
     return recipe
+
+
+def _switch_adapter_method(raw: dict[str, Any], overrides: list[str]) -> None:
+    """An override of ``adapter.method`` switches the method: the settings that belong to other methods (the
+    file's, or ones a sweep over methods gives every run, as in ``adapter.method=full adapter.r=8``) are dropped,
+    each named in a warning. Misspelt keys stay, for validation to report; in a file without that override, a
+    setting of another method is an error."""
+    if not any(_parse_override(text)[0] == ["adapter", "method"] for text in overrides):
+        return
+    section = raw.get("adapter")
+    if not isinstance(section, dict) or not isinstance(section.get("method"), str):
+        return
+    from tailorkd.adapters import settings_owner
+
+    method = section["method"]
+    dropped = [key for key in section if isinstance(key, str) and settings_owner(key, method)]
+    for key in dropped:
+        del section[key]
+    if dropped:
+        log.warning("adapter.method=%s: left out the settings of other methods: %s", method,
+                    ", ".join(f"adapter.{key}" for key in dropped))
 
 
 def check_files(recipe: Recipe, source: str) -> None:

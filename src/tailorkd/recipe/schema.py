@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from tailorkd.data.config import DataConfig
 from tailorkd.recipe.base import Section, readable_dump
@@ -39,7 +39,10 @@ class Recipe(Section):
     prompt: PromptConfig
     teacher: TeacherConfig
     student: StudentConfig
-    adapter: AdapterConfig = AdapterConfig()
+    # Validated as the config class of the method it names (see _adapter_of_its_method); dumped as that class.
+    adapter: SerializeAsAny[AdapterConfig] = Field(
+        default_factory=lambda: _adapter_section({}),
+        description="Which of the student's weights train: `method` and that method's own settings.")
     distill: DistillConfig = DistillConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     alerts: AlertsConfig | None = Field(default=None, description="Set: predictions carry a severity level.")
@@ -54,6 +57,11 @@ class Recipe(Section):
 
     # Where the recipe file lies; data paths are relative to it. Not part of the recipe's content.
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _adapter_of_its_method(cls, value: object) -> object:
+        return _adapter_section(value)
 
     @model_validator(mode="after")
     def _distill_fits_task_and_teacher(self) -> Recipe:
@@ -100,3 +108,11 @@ class Recipe(Section):
     def to_yaml(self) -> str:
         """The recipe as YAML for people to read (idle nulls left out); it loads back to an equal recipe."""
         return yaml.safe_dump(readable_dump(self), sort_keys=False, allow_unicode=True)
+
+
+def _adapter_section(value: object) -> object:
+    # Imported here, not at the top: the adapter methods import this package (for Section and AdapterConfig),
+    # and importing tailorkd.adapters registers the built-in methods.
+    from tailorkd.adapters import validate_adapter_section
+
+    return validate_adapter_section(value)

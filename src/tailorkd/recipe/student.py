@@ -1,4 +1,5 @@
-"""The ``student:`` section (the small model that learns) and ``adapter:`` (which of its weights train)."""
+"""The ``student:`` section (the small model that learns) and what every ``adapter:`` section (which of its
+weights train) shares; each adapter method's own settings live with the method, in ``tailorkd.adapters``."""
 
 from __future__ import annotations
 
@@ -19,29 +20,16 @@ class StudentConfig(Section):
     max_length: int = Field(default=256, ge=8, description="Token limit of one student input.")
 
 
+DEFAULT_ADAPTER_METHOD = "lora"
+
+
 class AdapterConfig(Section):
-    method: Literal["lora", "qlora", "bottleneck", "full", "none"] = Field(
-        default="lora",
-        description="lora: train adapters only; qlora: adapters on a 4-bit NF4 base; bottleneck: series "
-        "adapters after each block's feed-forward (and attention) output; full: all weights; none: untrained student.",
-    )
-    r: int = Field(default=16, ge=1, description="LoRA rank (lora, qlora).")
-    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (lora, qlora).")
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
-    target_modules: list[str] | None = Field(
-        default=None, description="lora/qlora: modules to adapt; default: the attention projections of the family. "
-        "bottleneck: modules (name suffixes) after whose output an adapter goes; default: by bottleneck_placement.",
-    )
-    bottleneck_size: int | None = Field(
-        default=None, ge=1, description="bottleneck: width of each adapter; default: hidden size / reduction_factor."
-    )
-    reduction_factor: int = Field(
-        default=16, ge=1, description="bottleneck: hidden size / adapter width, when bottleneck_size is not set."
-    )
-    bottleneck_placement: Literal["ffn", "both"] = Field(
-        default="ffn", description="bottleneck: ffn: after each feed-forward block (Pfeiffer); both: also after "
-        "each attention output projection (Houlsby).",
-    )
-    bottleneck_non_linearity: Literal["relu", "gelu", "silu", "tanh"] = Field(
-        default="relu", description="bottleneck: activation between the down and up projections."
+    """What every adapter method's settings share: the method's name. Each method registers its own subclass
+    with its settings (``tailorkd.adapters``: ``LoraAdapterConfig`` in adapters/lora.py, ...); a recipe's
+    ``adapter:`` section is validated as the subclass its ``method`` names."""
+
+    method: str = Field(
+        description="A registered adapter method (tailorkd.adapters.adapter_methods()). Built in: lora: train "
+        "adapters only; qlora: adapters on a 4-bit NF4 base; bottleneck: series adapters after each block's "
+        "feed-forward (and attention) output; full: all weights; none: untrained student.",
     )

@@ -147,16 +147,17 @@ def confidence_warning(fitted: dict[str, Any]) -> str | None:
 def student_jobs(recipe: Recipe) -> dict[str, Recipe]:
     """{student system: the recipe it is trained with}: adaptive KD is the recipe itself; the baselines are
     the recipe with their adapter and distillation settings."""
+    from tailorkd.adapters import adapter_config
+
     jobs = {"adaptive_kd": recipe}
     systems = recipe.evaluation.systems
     if "untrained_student" in systems:
-        jobs["untrained_student"] = recipe.model_copy(
-            update={"adapter": recipe.adapter.model_copy(update={"method": "none"})})
+        jobs["untrained_student"] = recipe.model_copy(update={"adapter": adapter_config("none")})
     if "standard_kd" in systems:
         plain = recipe.distill.model_copy(update={"stages": None, "progressive": None, "hidden_state_loss": None,
                                                   "learning_rate": recipe.distill.standard_kd_learning_rate})
         jobs["standard_kd"] = recipe.model_copy(
-            update={"adapter": recipe.adapter.model_copy(update={"method": "full"}), "distill": plain})
+            update={"adapter": adapter_config("full"), "distill": plain})
     return jobs
 
 

@@ -1,16 +1,17 @@
-"""BottleneckConfig: the shape and placement of series adapters, as written beside their weights."""
+"""The bottleneck method's ``adapter:`` settings (BottleneckAdapterConfig), and BottleneckConfig: the shape and
+placement of series adapters, as written beside their weights."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from tailorkd.errors import TailorkdError
-
-if TYPE_CHECKING:
-    from tailorkd.recipe import AdapterConfig
+from tailorkd.recipe import AdapterConfig
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck.safetensors"
@@ -74,7 +75,28 @@ class BottleneckConfig:
         return cls(**raw)
 
 
-def bottleneck_config(config: AdapterConfig) -> BottleneckConfig:
+class BottleneckAdapterConfig(AdapterConfig):
+    """``adapter:`` settings of ``method: bottleneck``."""
+
+    method: Literal["bottleneck"] = Field(
+        default="bottleneck", description="bottleneck: series adapters after each block's feed-forward (and "
+        "attention) output train; the base stays frozen.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        default=None, description="Modules (name suffixes) after whose output an adapter goes; default: by "
+        "bottleneck_placement.")
+    bottleneck_size: int | None = Field(
+        default=None, ge=1, description="Width of each adapter; default: hidden size / reduction_factor.")
+    reduction_factor: int = Field(
+        default=16, ge=1, description="Hidden size / adapter width, when bottleneck_size is not set.")
+    bottleneck_placement: Literal["ffn", "both"] = Field(
+        default="ffn", description="ffn: after each feed-forward block (Pfeiffer); both: also after each attention "
+        "output projection (Houlsby).")
+    bottleneck_non_linearity: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        default="relu", description="Activation between the down and up projections.")
+
+
+def bottleneck_config(config: BottleneckAdapterConfig) -> BottleneckConfig:
     """The recipe's adapter section as a BottleneckConfig (target modules are found when attaching)."""
     return BottleneckConfig(placement=config.bottleneck_placement, bottleneck_size=config.bottleneck_size,
                             reduction_factor=config.reduction_factor, non_linearity=config.bottleneck_non_linearity,

@@ -4,27 +4,31 @@ and refused for export."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-from tailorkd.adapters.bottleneck.config import bottleneck_config
-from tailorkd.adapters.bottleneck.model import attach_bottleneck, load_bottleneck, save_bottleneck
+from tailorkd.adapters.bottleneck.config import BottleneckAdapterConfig, bottleneck_config
 from tailorkd.adapters.registry import ADAPTER_DIR
 from tailorkd.errors import TailorkdError
 
-if TYPE_CHECKING:
-    from tailorkd.recipe import AdapterConfig
+# The torch modules (model, layer) are imported when used: a recipe is validated without torch.
 
 
-def attach_from_recipe(model: Any, config: AdapterConfig, kind: str) -> Any:
+def attach_from_recipe(model: Any, config: BottleneckAdapterConfig, kind: str) -> Any:
+    from tailorkd.adapters.bottleneck.model import attach_bottleneck
+
     # The adapters go into the module in place, so an encoder student keeps its encoder.
     return attach_bottleneck(model, bottleneck_config(config), config.target_modules)
 
 
 def save_adapters(model: Any, tokenizer: Any, folder: Path) -> None:
+    from tailorkd.adapters.bottleneck.model import save_bottleneck
+
     save_bottleneck(model, folder / ADAPTER_DIR)
 
 
 def load_adapters(base: Any, folder: Path) -> Any:
+    from tailorkd.adapters.bottleneck.model import load_bottleneck
+
     return load_bottleneck(base, folder / ADAPTER_DIR)
 
 
