@@ -40,11 +40,12 @@ from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, stored_probs, text_hash
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, load_calibration
-from tailorkd.stages.ensemble import SeedClassifierLabeller, ensemble_probs, label_ensemble, member_teacher
+from tailorkd.stages.ensemble import ensemble_probs, label_ensemble, member_teacher
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt
 from tailorkd.stages.teacher_check import act_on, judge_teacher
 from tailorkd.teachers import add_reasons, hidden_key
+from tailorkd.teachers.seed_classifier import SeedClassifierLabeller
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _finish_labelling(base_recipe, recipe, data: PreparedData, teacher: Any, t0:
     summary = {
         "recipe_hash": run.fingerprint("label"),
         "teacher": teacher.identity,
-        "prompt": teacher.builder.describe(),
+        "prompt": teacher.describe_prompt(),
         **labelled,
         "hidden_states": None if hidden is None or fallback else {
             "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),
