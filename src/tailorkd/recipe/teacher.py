@@ -5,7 +5,7 @@ bias is corrected and which other teachers join it in an ensemble. Teacher kinds
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -18,7 +18,15 @@ from pydantic import (
 
 from tailorkd.recipe.base import Device, Dtype, Section
 from tailorkd.recipe.prompt import PromptConfig
-from tailorkd.teachers.registry import AUTO, SEED_CLASSIFIER, TEACHER, get_teacher_kind, resolved_kind, teacher_kinds
+from tailorkd.teachers.registry import (
+    AUTO,
+    SEED_CLASSIFIER,
+    TEACHER,
+    get_teacher_kind,
+    implied_kind,
+    resolved_kind,
+    teacher_kinds,
+)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -138,6 +146,11 @@ class TeacherCheckConfig(Section):
 
 
 class TeacherConfig(Section):
+    # Left out of a dump while they hold what leaving them out implies (kind: local, or served with a server;
+    # no options), so a recipe that names no kind (every recipe written before teacher kinds) dumps, and so
+    # fingerprints and stamps its run folder, exactly as before, and one naming its implied kind alike.
+    IMPLIED_WHEN_LEFT_OUT: ClassVar[frozenset[str]] = frozenset({"kind", "options"})
+
     kind: str = Field(default=AUTO, min_length=1, description="Which kind of teacher (tailorkd.teachers.registry): "
                       "local (a Hugging Face causal LM loaded here), served (teacher.server), or one registered "
                       "with register_teacher_kind; auto: served when server is set, else local.")
@@ -195,6 +208,7 @@ class TeacherConfig(Section):
     @model_validator(mode="after")
     def _fits_its_kind(self) -> TeacherConfig:
         kind = get_teacher_kind(resolved_kind(self))
+        self.kind = kind.name  # auto resolved once: every reader sees the kind that labels
         if kind.server and self.server is None:
             raise ValueError(f"teacher kind {kind.name!r} needs server (base_url and the rest)")
         if not kind.server and self.server is not None:
@@ -206,6 +220,8 @@ class TeacherConfig(Section):
             where = ".".join(str(p) for p in first["loc"])
             raise ValueError(f"options{'.' + where if where else ''}: {first['msg']} (teacher kind {kind.name!r})"
                              ) from None
+        except ValueError as exc:
+            raise ValueError(f"options: {exc}") from None
         for name in ("hidden_states", "reasons"):
             if getattr(self, name) is not None and name not in kind.extras:
                 if kind.name == "served":
@@ -216,11 +232,9 @@ class TeacherConfig(Section):
         return self
 
     @model_serializer(mode="wrap")
-    def _dump_without_unset_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out at their defaults, so a recipe that names no kind (every recipe written before teacher kinds)
-        # dumps, and so fingerprints and stamps its run folder, exactly as before.
-        dumped = handler(self)
-        if self.kind == AUTO:
+    def _dump_without_implied(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = handler(self)  # see IMPLIED_WHEN_LEFT_OUT
+        if self.kind == implied_kind(self):
             dumped.pop("kind", None)
         if not self.options:
             dumped.pop("options", None)

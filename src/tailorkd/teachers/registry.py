@@ -108,11 +108,14 @@ def get_teacher_kind(name: str, role: Role = TEACHER, key: str = "teacher.kind")
     return kind
 
 
-def resolved_kind(config: TeacherConfig) -> str:
-    """The kind a teacher section names; ``auto``: served when it names a server, else local."""
-    if config.kind != AUTO:
-        return config.kind
+def implied_kind(config: TeacherConfig) -> str:
+    """What ``kind: auto`` means for a teacher section: served when it names a server, else local."""
     return "served" if config.server is not None else "local"
+
+
+def resolved_kind(config: TeacherConfig) -> str:
+    """The kind a teacher section names (``auto``: its ``implied_kind``)."""
+    return implied_kind(config) if config.kind == AUTO else config.kind
 
 
 def make_teacher(config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
