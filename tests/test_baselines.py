@@ -9,13 +9,8 @@ import pytest
 
 from conftest import TOPICS, topic_rows
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.baselines import (
-    embed_texts,
-    embedding_text,
-    fit_seed_classifier,
-    seed_only_baseline,
-)
-from tailorkd.evaluation.seed_judge import judge_seed_classifier
+from tailorkd.evaluation.baselines import fit_seed_classifier, judge_seed_classifier, seed_only_baseline
+from tailorkd.models.embedder import embed_texts, embedding_text
 
 
 def test_seed_only_baseline_learns_topics_from_a_few_seeds():

@@ -18,8 +18,8 @@ from tailorkd.corpus import build_corpus, iter_pool, read_stamp
 from tailorkd.data import BBCNewsSource, read_source
 from tailorkd.data.splits import frame_rows
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.baselines import embed_texts
 from tailorkd.evaluation.report import _corpus_section
+from tailorkd.models.embedder import embed_texts
 from tailorkd.recipe import load_recipe
 from tailorkd.recipe.corpus import CorpusConfig
 from tailorkd.run_dir import RunDir

@@ -177,8 +177,9 @@ def test_seed_classifier_joins_the_ensemble_as_a_member(tiny_models, tmp_path):
     rows, probs, _ = teacher_records(recipe, data, "pool")
     assert probs.shape == (len(rows), len(TOPICS)) and np.allclose(probs.sum(1), 1.0)
     # Its distributions are in the store like a teacher's: a second label run refits nothing.
-    from tailorkd.evaluation.baselines import SentenceEmbedder, classifier_probs, embedding_text, fit_seed_classifier
+    from tailorkd.evaluation.baselines import classifier_probs, fit_seed_classifier
     from tailorkd.labels import LabelStore
+    from tailorkd.models.embedder import SentenceEmbedder, embedding_text
 
     seeds = data.rows("seed")
     embed = SentenceEmbedder(str(tiny_models["bert"]))
@@ -204,8 +205,8 @@ def test_setfit_joins_the_ensemble_as_a_seed_classifier_member(tiny_models, tmp_
     """teacher.ensemble.seed_classifier.method: setfit: the encoder tuned on seed pairs labels pool and test
     like a teacher, keyed by its method, iterations and random seed; it is judged by SetFit refits on balanced
     folds, and weighted by that judgement."""
-    from tailorkd.evaluation.setfit_baseline import SetFitSeedModel
     from tailorkd.labels import LabelStore
+    from tailorkd.teachers.seed_classifier import SetFitSeedModel
 
     member = {"encoder": "minilm-l6", "method": "setfit", "setfit_iterations": 2}
     recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],

@@ -6,12 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tailorkd.evaluation.seed_judge import (
-    balanced_folds,
-    cross_validated_predictions,
-    judge_seed_classifier,
-    judgement,
-)
+from tailorkd.evaluation.baselines import judge_seed_classifier
+from tailorkd.evaluation.seed_judge import balanced_folds, cross_validated_predictions, judgement
 from tailorkd.teachers.ensemble import expected_skill, seed_weights
 
 CLASSES = ["a", "b", "c"]

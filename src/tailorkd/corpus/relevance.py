@@ -14,7 +14,7 @@ from tailorkd.recipe.corpus import CorpusConfig
 
 def references(config: CorpusConfig, seeds: Sequence[str] | None) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
     """(seed embeddings or None, topic name -> description embedding), L2-normalised rows."""
-    from tailorkd.evaluation.baselines import SentenceEmbedder
+    from tailorkd.models.embedder import SentenceEmbedder
 
     relevance = config.relevance
     assert relevance is not None

@@ -119,7 +119,7 @@ class BatchSteps:
                 import torch
 
                 torch.set_num_threads(settings.torch_threads)
-            from tailorkd.evaluation.baselines import SentenceEmbedder
+            from tailorkd.models.embedder import SentenceEmbedder
 
             self.embedder = SentenceEmbedder(config.relevance.encoder, config.relevance.batch_size,
                                              config.relevance.max_length)

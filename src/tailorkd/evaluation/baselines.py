@@ -9,49 +9,13 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from tailorkd.errors import TailorkdError
-
-
-class SentenceEmbedder:
-    """A sentence encoder loaded once: texts -> [N, H] L2-normalised mean-pooled embeddings (as
-    sentence-transformers computes them for MiniLM)."""
-
-    def __init__(self, encoder: str, batch_size: int = 32, max_length: int = 256):
-        from tailorkd.models import load_encoder
-
-        self.encoder = encoder
-        self.batch_size, self.max_length = batch_size, max_length
-        self.model, self.tokenizer = load_encoder(encoder)
-        self.model.eval()
-
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            weights = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-
-def embed_texts(texts: Sequence[str], encoder: str, batch_size: int = 32, max_length: int = 256) -> np.ndarray:
-    """[N, H] L2-normalised mean-pooled embeddings of ``texts`` by ``encoder`` (registry name, folder, hub id)."""
-    return SentenceEmbedder(encoder, batch_size, max_length)(texts)
-
-
-def embedding_text(row: dict[str, Any]) -> str:
-    """What is embedded of a data row: its title and text ("<title>. <text>"), or the text alone."""
-    title = row.get("title")
-    return f"{title}. {row['text']}" if title else str(row["text"])
-
+from tailorkd.evaluation.seed_judge import REPEATS, cross_validated_predictions, judge_by_refits
+from tailorkd.models.embedder import SentenceEmbedder, embedding_text
 
 
 def _current_cv_options() -> dict[str, Any]:
@@ -118,32 +82,23 @@ def seed_only_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str,
             "seeds": len(seeds)}
 
 
-def logistic_seed_classifier_identity(encoder: str) -> str:
-    """The logistic-regression seed classifier's identity in the label store."""
-    return f"seed-classifier|{encoder}|logistic-regression"
+def seed_classifier_predictions(x_seed: np.ndarray, labels: Sequence[str], seed: int, repeats: int = REPEATS
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """The seed classifier (``fit_seed_classifier``) refitted on balanced folds of the seeds
+    (``seed_judge.cross_validated_predictions``): [R, S] predictions and the judged mask."""
+    return cross_validated_predictions(_seed_classifier_refit(x_seed, labels, seed), labels, seed, repeats)
 
 
-class LogisticSeedModel:
-    """The logistic regression on frozen sentence embeddings of the seeds (the seed-only baseline's) as a
-    seed-classifier member (the protocol of ``stages.ensemble``): ``fit()`` gives a function from rows to
-    [N, M] probabilities, ``judge()`` the judgement from refits on balanced folds (``judge_seed_classifier``)."""
+def judge_seed_classifier(x_seed: np.ndarray, labels: Sequence[str], label_names: Sequence[str], seed: int,
+                          repeats: int = REPEATS) -> dict[str, Any]:
+    """The seed classifier's ``seed_judge.judgement`` from balanced-fold refits (seeds of single-seed classes
+    left out)."""
+    return judge_by_refits(_seed_classifier_refit(x_seed, labels, seed), labels, label_names, seed, repeats)
 
-    def __init__(self, seeds: Sequence[dict[str, Any]], encoder: str, label_names: Sequence[str], seed: int):
-        self.encoder, self.names, self.seed = encoder, list(label_names), seed
-        self.identity = logistic_seed_classifier_identity(encoder)
-        self.description = f"seed classifier: logistic regression on {encoder} embeddings of {len(seeds)} seeds"
-        self.labels = [str(r["label"]) for r in seeds]
-        self.embed = SentenceEmbedder(encoder)
-        self.x_seed = self.embed([embedding_text(r) for r in seeds])
-        from tailorkd.evaluation.seed_judge import REPEATS
 
-        self.judged_as = f"balanced folds {REPEATS}x, seed {seed}, labels {','.join(self.names)}"
-
-    def fit(self) -> Any:
-        model = fit_seed_classifier(self.x_seed, self.labels, self.seed)
-        return lambda rows: classifier_probs(model, self.embed([embedding_text(r) for r in rows]), self.names)
-
-    def judge(self) -> dict[str, Any]:
-        from tailorkd.evaluation.seed_judge import judge_seed_classifier
-
-        return judge_seed_classifier(self.x_seed, self.labels, self.names, self.seed)
+def _seed_classifier_refit(x_seed: np.ndarray, labels: Sequence[str], seed: int
+                           ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``fit_predict`` for ``seed_judge.cross_validated_predictions``: the seed classifier fitted on the train
+    seeds."""
+    y = np.asarray([str(label) for label in labels])
+    return lambda train, test: fit_seed_classifier(x_seed[train], y[train], seed).predict(x_seed[test])

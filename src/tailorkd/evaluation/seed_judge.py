@@ -73,22 +73,6 @@ def cross_validated_predictions(fit_predict: Callable[[np.ndarray, np.ndarray], 
     return predicted, mask
 
 
-def seed_classifier_predictions(x_seed: np.ndarray, labels: Sequence[str], seed: int, repeats: int = REPEATS
-                                ) -> tuple[np.ndarray, np.ndarray]:
-    """The seed classifier (``baselines.fit_seed_classifier``) refitted on balanced folds: [R, S] predictions
-    and the judged mask."""
-    return cross_validated_predictions(_seed_classifier_refit(x_seed, labels, seed), labels, seed, repeats)
-
-
-def _seed_classifier_refit(x_seed: np.ndarray, labels: Sequence[str], seed: int
-                           ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``fit_predict`` for ``cross_validated_predictions``: the seed classifier fitted on the train seeds."""
-    from tailorkd.evaluation.baselines import fit_seed_classifier
-
-    y = np.asarray([str(label) for label in labels])
-    return lambda train, test: fit_seed_classifier(x_seed[train], y[train], seed).predict(x_seed[test])
-
-
 def judgement(truth: Sequence[str], predicted: np.ndarray | Sequence[str], label_names: Sequence[str], seed: int,
               resamples: int = BOOTSTRAP_RESAMPLES, level: float = LEVEL) -> dict[str, Any]:
     """Accuracy and macro-F1 of ``predicted`` ([S] or [R, S] label names: R repeated judgements of the same S
@@ -138,9 +122,3 @@ def judge_by_refits(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
     kept = [t for t, keep in zip(truth, mask) if keep]
     return {**judgement(kept, predicted[:, mask], label_names, seed), "method": f"stratified {repeats}x k-fold, "
             f"one seed of every class held out per fold{refit}"}
-
-
-def judge_seed_classifier(x_seed: np.ndarray, labels: Sequence[str], label_names: Sequence[str], seed: int,
-                          repeats: int = REPEATS) -> dict[str, Any]:
-    """The seed classifier's ``judgement`` from balanced-fold refits (seeds of single-seed classes left out)."""
-    return judge_by_refits(_seed_classifier_refit(x_seed, labels, seed), labels, label_names, seed, repeats)

@@ -9,8 +9,8 @@ optional dependency (``pip install 'tailorkd[setfit]'``), imported only here.
 Measured against the logistic regression on frozen MiniLM embeddings (test macro-F1): 36.2 vs 31.1 on a task
 no one here tuned to (21 seeds, economy news tone; issue 14), 87.4 vs 81.9 on BBC News, 54.4 vs 61.4 on
 CrisisLexT26 tweets (the quality suite, docs/recipes.md): better on long texts, not everywhere, so opt-in.
-``SetFitSeedModel`` is the same model as a teacher-ensemble member (``teacher.ensemble.seed_classifier.method:
-setfit``), judged by refits on balanced folds of the seeds like the logistic-regression member.
+``teachers.seed_classifier.SetFitSeedModel`` is the same model as a teacher-ensemble member
+(``teacher.ensemble.seed_classifier.method: setfit``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.baselines import embedding_text
+from tailorkd.models.embedder import embedding_text
 
 SETFIT_PIP = "pip install 'tailorkd[setfit]'"
 
@@ -101,40 +101,3 @@ def setfit_baseline(seeds: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
     probs = setfit_probs(model, [embedding_text(r) for r in rows], label_names)
     return {"probs": probs, "seconds_per_text": (time.perf_counter() - t1) / max(len(rows), 1),
             "train_seconds": t1 - t0, "seeds": len(seeds), "iterations": iterations}
-
-
-#: Balanced-fold partitions a SetFit member is judged on: one (each fold is a SetFit training, ~7 per partition
-#: with 21 seeds of three classes), where the logistic regression, fitted in milliseconds, takes five.
-JUDGE_REPEATS = 1
-
-
-class SetFitSeedModel:
-    """SetFit on the seeds as a seed-classifier member (the protocol of ``stages.ensemble``): ``fit()`` gives a
-    function from rows to [N, M] probabilities, ``judge()`` the judgement from refits on balanced folds."""
-
-    def __init__(self, seeds: Sequence[dict[str, Any]], encoder: str, label_names: Sequence[str], seed: int,
-                 iterations: int = 20):
-        self.seeds, self.encoder, self.names = list(seeds), encoder, list(label_names)
-        self.seed, self.iterations = seed, iterations
-        # Its fit depends on the random seed (pairs, head), unlike the logistic regression's.
-        self.identity = f"seed-classifier|{encoder}|setfit|iterations={iterations}|seed={seed}"
-        self.description = (f"seed classifier: SetFit on {encoder} tuned on pairs of {len(self.seeds)} seeds "
-                            f"({iterations} per seed), logistic-regression head")
-        self.judged_as = f"balanced folds {JUDGE_REPEATS}x, seed {seed}, labels {','.join(self.names)}"
-
-    def _predictor(self, seeds: Sequence[dict[str, Any]]) -> Any:
-        model = fit_setfit(seeds, self.names, self.encoder, self.seed, self.iterations)
-        return lambda rows: setfit_probs(model, [embedding_text(r) for r in rows], self.names)
-
-    def fit(self) -> Any:
-        return self._predictor(self.seeds)
-
-    def judge(self) -> dict[str, Any]:
-        from tailorkd.evaluation.seed_judge import judge_by_refits
-
-        def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-            probs = self._predictor([self.seeds[i] for i in train])([self.seeds[i] for i in test])
-            return np.asarray(self.names, dtype=object)[probs.argmax(axis=1)]
-
-        return judge_by_refits(fit_predict, [str(r["label"]) for r in self.seeds], self.names, self.seed,
-                               JUDGE_REPEATS, one_thread=False, refit=", SetFit trained anew per fold")

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tailorkd.evaluation.baselines import embedding_text
 from tailorkd.labels import text_hash
+from tailorkd.models.embedder import embedding_text
 
 #: Texts whose embeddings the selector keeps (``prepare`` embeds a window of rows just before ``select`` asks
 #: for them; an unbounded cache would hold the whole pool's embeddings, 1.5 KB a text for MiniLM).
@@ -38,7 +38,7 @@ class KnnShotSelector:
         self.encoder = encoder
         self.label_names = list(label_names)
         if embed is None:
-            from tailorkd.evaluation.baselines import SentenceEmbedder
+            from tailorkd.models.embedder import SentenceEmbedder
 
             embed = SentenceEmbedder(encoder)
         self._embed_fn = embed  # texts -> [N, H] unit vectors

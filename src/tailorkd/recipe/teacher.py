@@ -1,15 +1,32 @@
 """The ``teacher:`` section: the LLM that labels the pool, where it runs, what else it records, how its label
-bias is corrected and which other teachers join it in an ensemble."""
+bias is corrected and which other teachers join it in an ensemble. Teacher kinds are checked against
+``tailorkd.teachers.registry`` (which imports nothing of the recipe)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tailorkd.recipe.base import Device, Dtype, Section
 from tailorkd.recipe.prompt import PromptConfig
+from tailorkd.teachers.registry import (
+    AUTO,
+    SEED_CLASSIFIER,
+    TEACHER,
+    get_teacher_kind,
+    implied_kind,
+    resolved_kind,
+    teacher_kinds,
+)
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -129,8 +146,18 @@ class TeacherCheckConfig(Section):
 
 
 class TeacherConfig(Section):
+    # Left out of a dump while they hold what leaving them out implies (kind: local, or served with a server;
+    # no options), so a recipe that names no kind (every recipe written before teacher kinds) dumps, and so
+    # fingerprints and stamps its run folder, exactly as before, and one naming its implied kind alike.
+    IMPLIED_WHEN_LEFT_OUT: ClassVar[frozenset[str]] = frozenset({"kind", "options"})
+
+    kind: str = Field(default=AUTO, min_length=1, description="Which kind of teacher (tailorkd.teachers.registry): "
+                      "local (a Hugging Face causal LM loaded here), served (teacher.server), or one registered "
+                      "with register_teacher_kind; auto: served when server is set, else local.")
     model: str = Field(min_length=1, description="Registry name, local folder or hub id (with server: the "
                        "default served model name).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Settings of a teacher kind that takes "
+                                    "any, checked against its options class; local and served take none.")
     dtype: Dtype = Field(default="float32", description="Local teacher only; ignored with server.")
     device: Device = Field(default="auto", description="Local teacher only; ignored with server.")
     batch_size: int = Field(default=8, ge=1, description="Local teacher only; ignored with server.")
@@ -171,15 +198,47 @@ class TeacherConfig(Section):
                                  "(calibration applies to every member)")
         return self
 
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        if kind != AUTO and kind not in teacher_kinds(TEACHER):
+            raise ValueError(f"unknown teacher kind {kind!r} (known: {', '.join([AUTO, *teacher_kinds(TEACHER)])})")
+        return kind
+
     @model_validator(mode="after")
-    def _local_only_options(self) -> TeacherConfig:
-        if self.server is not None:
-            for name in ("hidden_states", "reasons"):
-                if getattr(self, name) is not None:
+    def _fits_its_kind(self) -> TeacherConfig:
+        kind = get_teacher_kind(resolved_kind(self))
+        self.kind = kind.name  # auto resolved once: every reader sees the kind that labels
+        if kind.server and self.server is None:
+            raise ValueError(f"teacher kind {kind.name!r} needs server (base_url and the rest)")
+        if not kind.server and self.server is not None:
+            raise ValueError(f"server: teacher kind {kind.name!r} takes no server (kind served or auto does)")
+        try:
+            kind.parsed_options(self.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"options{'.' + where if where else ''}: {first['msg']} (teacher kind {kind.name!r})"
+                             ) from None
+        except ValueError as exc:
+            raise ValueError(f"options: {exc}") from None
+        for name in ("hidden_states", "reasons"):
+            if getattr(self, name) is not None and name not in kind.extras:
+                if kind.name == "served":
                     raise ValueError(f"{name} needs a local teacher: a served model's internals are not reachable"
                                      + (" (a served teacher in json mode records reasons itself)" if name == "reasons"
                                         else ""))
+                raise ValueError(f"{name}: teacher kind {kind.name!r} does not support it (local does)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_without_implied(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped = handler(self)  # see IMPLIED_WHEN_LEFT_OUT
+        if self.kind == implied_kind(self):
+            dumped.pop("kind", None)
+        if not self.options:
+            dumped.pop("options", None)
+        return dumped
 
 
 class EnsembleMemberConfig(TeacherConfig):
@@ -230,14 +289,23 @@ class SeedClassifierConfig(Section):
     teacher knows and 20 labels know are different errors; the ensemble can use both."""
 
     encoder: str = Field(default="minilm-l6", min_length=1, description="Sentence encoder (registry name, folder).")
-    method: Literal["logistic_regression", "setfit"] = Field(
-        default="logistic_regression", description="logistic_regression: on the frozen encoder's embeddings of "
+    method: str = Field(
+        default="logistic_regression", description="A seed-classifier teacher kind (tailorkd.teachers.registry). "
+        "logistic_regression: on the frozen encoder's embeddings of "
         "the seeds, as the seed-only baseline (seconds); setfit: the encoder first tuned contrastively on pairs "
         "of seeds (SetFit, `tailorkd[setfit]`), stronger on long texts (test macro-F1 +5.5 on BBC News, +9.1 on "
         "financial tone, -7.0 on crisis tweets against logistic regression), and minutes on a CPU: it is fitted "
         "once for the pool and once per fold of the seeds to be judged.")
     setfit_iterations: int = Field(default=20, ge=1, description="method setfit: pairs drawn per seed (SetFit's "
                                    "num_iterations).")
+
+    @field_validator("method")
+    @classmethod
+    def _registered_method(cls, method: str) -> str:
+        if method not in teacher_kinds(SEED_CLASSIFIER):
+            known = ", ".join(teacher_kinds(SEED_CLASSIFIER))
+            raise ValueError(f"unknown seed-classifier kind {method!r} (known: {known})")
+        return method
 
 
 # TeacherConfig and EnsembleMemberConfig name classes defined after them: resolve those names now.

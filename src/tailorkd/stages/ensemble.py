@@ -5,8 +5,8 @@ same texts, each is calibrated like the main one, and their distributions are co
 Each member labels under its own identity in the store (with the recipe's prompt, or one of its own) and is
 judged on every seed, none by a prompt that shows it (``member_judgement``: a shown seed is scored with its
 shot swapped; a seed-fitted calibration refitted on balanced folds); the seed classifier
-(``ensemble.seed_classifier``: logistic regression on frozen embeddings, or SetFit) joins as one more member,
-judged by refits on balanced folds rather than leave-one-out (``evaluation.seed_judge``). Weights follow
+(``ensemble.seed_classifier``: a seed-classifier teacher kind, ``teachers.seed_classifier``) joins as one more
+member, judged by refits on balanced folds rather than leave-one-out (``evaluation.seed_judge``). Weights follow
 each member's expected skill above chance given how many seeds judged it (``teachers.ensemble.seed_weights``);
 each member's temperature puts it on one scale with the others (its mean top probability over the pool set to
 its seed accuracy, ``teachers.ensemble.matched_temperature``). ensemble.json records members, their seed
@@ -17,26 +17,24 @@ judgements with intervals, calibrations, weights and temperatures;
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
-import time
 from collections.abc import Sequence
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tailorkd.calibration import Calibration
 from tailorkd.data import PreparedData
-from tailorkd.data.pool_rows import take_rows, windows
+from tailorkd.data.pool_rows import take_rows
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelStore, StoredLabels, make_record, stored_probs, text_hash, unlabelled_rows
+from tailorkd.labels import LabelStore, stored_probs
 from tailorkd.prompts import fixed_shots, knn_selector
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, scored_seeds
-from tailorkd.teachers import make_teacher
+from tailorkd.teachers import make_seed_model, make_teacher
+from tailorkd.teachers.base import SeedModel
 from tailorkd.teachers.ensemble import WEIGHTING_VERSION, combine, matched_temperature, seed_weights, tempered
+from tailorkd.teachers.seed_classifier import label_with_seed_model, seeds_fingerprint
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
@@ -140,51 +138,25 @@ def member_judgement(recipe, data: PreparedData, teacher: Any, store: LabelStore
     return judgement(truth, predicted, names, recipe.seed)
 
 
-def seed_classifier_member(recipe, data: PreparedData) -> Any:
-    """The recipe's ``teacher.ensemble.seed_classifier`` as a member: logistic regression on frozen embeddings
-    (``baselines.LogisticSeedModel``) or SetFit (``setfit_baseline.SetFitSeedModel``). Both give ``identity``,
-    ``description``, ``fit()`` (a function from rows to [N, M] probabilities), ``judge()`` (the judgement
-    from refits on balanced folds of the seeds) and ``judged_as`` (what else that judgement depends on)."""
-    config = recipe.teacher.ensemble.seed_classifier
-    seeds, names = data.rows("seed"), recipe.task.label_names
-    if config.method == "setfit":
-        from tailorkd.evaluation.setfit_baseline import SetFitSeedModel
-
-        return SetFitSeedModel(seeds, config.encoder, names, recipe.seed, config.setfit_iterations)
-    from tailorkd.evaluation.baselines import LogisticSeedModel
-
-    return LogisticSeedModel(seeds, config.encoder, names, recipe.seed)
+def seed_classifier_member(recipe, data: PreparedData) -> SeedModel:
+    """The recipe's ``teacher.ensemble.seed_classifier`` as a member: the seed-classifier teacher kind its
+    ``method`` names (``teachers.seed_classifier``: logistic regression on frozen embeddings, or SetFit)."""
+    return make_seed_model(recipe.teacher.ensemble.seed_classifier, data.rows("seed"), recipe.task.label_names,
+                           recipe.seed)
 
 
-def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, model: Any,
-                               *row_sets: Sequence[dict[str, Any]], judge: bool = True,
-                               earlier: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """A seed-classifier ``model`` (see ``seed_classifier_member``) as an ensemble member: fitted on all the
-    seeds (once, and only if a row lacks its label), its distributions for the rows of every one of
-    ``row_sets`` (e.g. pool and test, a window at a time) go into the store like a teacher's (keyed by its
-    identity and by the seed set, so other seeds refit it); its weight comes from its accuracy when refitted on
+def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, model: SeedModel,
+                               *row_sets: Sequence[dict[str, Any]], earlier: Sequence[dict[str, Any]] = ()
+                               ) -> dict[str, Any]:
+    """A seed-classifier ``model`` (see ``seed_classifier_member``) as an ensemble member: its distributions for
+    the rows of every one of ``row_sets`` (e.g. pool and test) go into the store like a teacher's
+    (``teachers.seed_classifier.label_with_seed_model``); its weight comes from its accuracy when refitted on
     balanced folds of the seeds (``model.judge()``), or from its record among the ``earlier`` members (the
     last ensemble.json's) when that was judged alike (same identity, seeds and ``model.judged_as``: a SetFit
-    judgement is minutes of training). ``judge``: False to label only (no judgement, no member record)."""
-    names = recipe.task.label_names
-    identity, fingerprint = model.identity, seeds_fingerprint(data.rows("seed"))
-    predict, labelled = None, 0
-    for window in chain.from_iterable(windows(rows) for rows in row_sets):
-        todo = unlabelled_rows(store, (identity, fingerprint), window)
-        if not todo:
-            continue
-        if predict is None:
-            predict = model.fit()
-        t0 = time.perf_counter()
-        probs = predict(todo)
-        per_text = (time.perf_counter() - t0) / len(todo)
-        store.put_batch(identity, fingerprint, names,
-                        [make_record(r["id"], r["text"], p, names, per_text) for r, p in zip(todo, probs)])
-        labelled += len(todo)
-    if labelled:
-        log.info("ensemble: %s labelled %d texts", model.description, labelled)
-    if not judge:
-        return {"identity": identity, "prompt": fingerprint}
+    judgement is minutes of training)."""
+    seeds = data.rows("seed")
+    identity, fingerprint = model.identity, seeds_fingerprint(seeds)
+    label_with_seed_model(model, seeds, recipe.task.label_names, store, *row_sets)
     same = [m for m in earlier if (m.get("identity"), m.get("prompt"), m.get("judged_as")) ==
             (identity, fingerprint, model.judged_as) and m.get("seed_judgement")]
     judged = same[0]["seed_judgement"] if same else model.judge()
@@ -192,51 +164,6 @@ def label_with_seed_classifier(recipe, data: PreparedData, store: LabelStore, mo
               "judged_as": model.judged_as, **_judged(judged)}
     log.info("ensemble: %s: seed %s (balanced folds)", model.description, _shown(member))
     return member
-
-
-def seed_classifier_encoder(recipe) -> str:
-    """The sentence encoder the recipe's seed classifier uses: the ensemble member's, else the seed-only
-    baseline's."""
-    ensemble = recipe.teacher.ensemble
-    if ensemble is not None and ensemble.seed_classifier is not None:
-        return ensemble.seed_classifier.encoder
-    return recipe.evaluation.seed_only_encoder
-
-
-class SeedClassifierLabeller:
-    """The seed classifier (logistic regression, the seed-only baseline's, with ``seed_classifier_encoder``)
-    labelling in the teacher's place (the teacher check's fallback, the seed guard's self-training targets):
-    ``label`` stores its distributions like a teacher's (``label_with_seed_classifier``) and returns them."""
-
-    def __init__(self, recipe, data: PreparedData):
-        from tailorkd.evaluation.baselines import LogisticSeedModel
-
-        self.recipe, self.data = recipe, data
-        self.model = LogisticSeedModel(data.rows("seed"), seed_classifier_encoder(recipe), recipe.task.label_names,
-                                       recipe.seed)
-        self.identity, self.prompt_fingerprint = self.model.identity, seeds_fingerprint(data.rows("seed"))
-
-    def label(self, rows: Sequence[dict[str, Any]], store: LabelStore, desc: str = "", **options: Any
-              ) -> StoredLabels:
-        label_with_seed_classifier(self.recipe, self.data, store, self.model, rows, judge=False)
-        return StoredLabels(store, self.identity, self.prompt_fingerprint, rows, self.recipe.task.label_names)
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.model.description, "identity": self.identity, "prompt": self.prompt_fingerprint}
-
-
-def seeds_fingerprint(seeds: list[dict[str, Any]]) -> str:
-    """The seed set a seed classifier is fitted on, as its "prompt" fingerprint in the label store."""
-    return "seeds-" + hashlib.sha256(json.dumps(
-        sorted([str(r["id"]), str(r["label"]), text_hash(r["text"])] for r in seeds)).encode()).hexdigest()[:16]
-
-
-def seed_classifier_key(seeds: list[dict[str, Any]], encoder: str) -> tuple[str, str]:
-    """The logistic-regression seed classifier's (identity, "prompt" fingerprint) in the label store: its
-    encoder, and the seed set it is fitted on (so other seeds refit it)."""
-    from tailorkd.evaluation.baselines import logistic_seed_classifier_identity
-
-    return logistic_seed_classifier_identity(encoder), seeds_fingerprint(seeds)
 
 
 def ensemble_probs(recipe, rows: list[dict[str, Any]], store: LabelStore, calibrated: bool = True

@@ -40,18 +40,13 @@ from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, stored_probs, text_hash
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, load_calibration
-from tailorkd.stages.ensemble import (
-    SeedClassifierLabeller,
-    ensemble_probs,
-    ensemble_record,
-    label_ensemble,
-    member_teacher,
-)
+from tailorkd.stages.ensemble import ensemble_probs, ensemble_record, label_ensemble, member_teacher
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt, search_record
 from tailorkd.stages.registry import Stage, is_current, register_stage, run_requirements
 from tailorkd.stages.teacher_check import act_on, judge_teacher, load_teacher_check
 from tailorkd.teachers import add_reasons, hidden_key
+from tailorkd.teachers.seed_classifier import SeedClassifierLabeller
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
@@ -158,7 +153,7 @@ def _finish_labelling(base_recipe: Recipe, recipe: Recipe, data: PreparedData, t
     summary = {
         "teacher_weights": local_teacher_weights(recipe),
         "teacher": teacher.identity,
-        "prompt": teacher.builder.describe(),
+        "prompt": teacher.describe_prompt(),
         **labelled,
         "hidden_states": None if hidden is None or fallback else {
             "teacher_key": hidden_key(teacher.identity, hidden.layers, hidden.pooling),

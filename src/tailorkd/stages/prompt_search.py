@@ -131,7 +131,7 @@ class SeedScorer:
 
     def selector(self, prompt) -> Any:
         """The per-text shot selector of ``prompt`` (None for fixed shots), shared between prompts."""
-        from tailorkd.evaluation.baselines import SentenceEmbedder
+        from tailorkd.models.embedder import SentenceEmbedder
 
         if not per_text_shots(prompt):
             return None

@@ -50,10 +50,11 @@ def judge_student(recipe: Recipe, data: PreparedData, system: str, shots: list[d
     """The trained student ``system`` judged on the seeds it never saw, and the seed classifier's balanced-fold
     predictions on the same seeds: {"seeds": ids, "student": judgement, "seed_only": judgement}."""
     from tailorkd.confidence import apply_temperature
-    from tailorkd.evaluation.baselines import SentenceEmbedder, embedding_text
-    from tailorkd.evaluation.seed_judge import judgement, seed_classifier_predictions
-    from tailorkd.stages.ensemble import seed_classifier_encoder
+    from tailorkd.evaluation.baselines import seed_classifier_predictions
+    from tailorkd.evaluation.seed_judge import judgement
+    from tailorkd.models.embedder import SentenceEmbedder, embedding_text
     from tailorkd.students import load_student, predict_probs, student_file_hash, student_temperature
+    from tailorkd.teachers.seed_classifier import seed_classifier_encoder
 
     names = recipe.task.label_names
     folder = RunDir(recipe).student_dir(system)
@@ -141,7 +142,7 @@ def _judge_self_trained(recipe: Recipe, data: PreparedData, shots: list[dict[str
 def seed_classifier_targets(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """[N, M] distributions of the seed classifier (fitted on all the seeds) for ``rows``, stored in the label
     store under its own identity like a teacher's (so a rerun reads them back)."""
-    from tailorkd.stages.ensemble import SeedClassifierLabeller
+    from tailorkd.teachers.seed_classifier import SeedClassifierLabeller
 
     labeller = SeedClassifierLabeller(recipe, data)
     with LabelStore(RunDir(recipe).label_store) as store:
@@ -155,8 +156,8 @@ def seed_classifier_targets(recipe: Recipe, data: PreparedData, rows: Sequence[d
 def self_trained_fingerprint(recipe: Recipe, distill_fingerprint: str) -> str:
     """What the self-trained student depends on: the adaptive-KD student's inputs and the seed set its
     targets' classifier was fitted on."""
-    from tailorkd.stages.ensemble import seed_classifier_encoder, seed_classifier_key
     from tailorkd.stages.prepare import load_split
+    from tailorkd.teachers.seed_classifier import seed_classifier_encoder, seed_classifier_key
 
     seeds = load_split(recipe, "seed").to_dict("records")
     key = seed_classifier_key(seeds, seed_classifier_encoder(recipe))

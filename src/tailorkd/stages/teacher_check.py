@@ -33,7 +33,7 @@ from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.calibrate import fit_calibration, scored_seeds
-from tailorkd.stages.ensemble import seed_classifier_encoder
+from tailorkd.teachers.seed_classifier import seed_classifier_encoder
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
@@ -100,8 +100,8 @@ def pool_sample(data: PreparedData, n: int, seed: int) -> list[dict[str, Any]]:
 def seed_classifier_judgement(recipe: Recipe, data: PreparedData) -> dict[str, Any] | None:
     """The seed classifier's seed accuracy on balanced folds, with the encoder the recipe fits it with (the
     ensemble member's, else the seed-only baseline's); None with seeds of fewer than two classes."""
-    from tailorkd.evaluation.baselines import SentenceEmbedder, embedding_text
-    from tailorkd.evaluation.seed_judge import judge_seed_classifier
+    from tailorkd.evaluation.baselines import judge_seed_classifier
+    from tailorkd.models.embedder import SentenceEmbedder, embedding_text
 
     encoder = seed_classifier_encoder(recipe)
     seeds = data.rows("seed")

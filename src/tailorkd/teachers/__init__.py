@@ -1,21 +1,35 @@
-"""Teachers: models that give a class distribution for each unlabelled text (see ``base.Teacher``)."""
+"""Teachers: models that give a class distribution for each unlabelled text (see ``base.Teacher``), one
+registry of their kinds (``registry``).
+
+The registry is imported eagerly (the recipe checks kind names against it); the kinds' modules, which load
+model libraries, only when one of their names is asked for.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from tailorkd.teachers.base import Teacher
-from tailorkd.teachers.local import LocalTeacher, add_reasons, hidden_key, label_rows
-from tailorkd.teachers.served import ServedTeacher, label_served_rows
+from tailorkd.teachers.registry import (
+    TeacherKind,
+    get_teacher_kind,
+    make_seed_model,
+    make_teacher,
+    register_teacher_kind,
+    teacher_kinds,
+    unregister_teacher_kind,
+)
+
+_LAZY = {"Teacher": "base", "SeedModel": "base", "LocalTeacher": "local", "add_reasons": "local",
+         "hidden_key": "local", "label_rows": "local", "ServedTeacher": "served", "label_served_rows": "served"}
 
 
-def make_teacher(config: Any, task: Any, prompt: Any, shots: list[dict[str, Any]], selector: Any = None) -> Teacher:
-    """The teacher a recipe's teacher section (or an ensemble member's) describes: served when it names a
-    server, else a local model loaded now."""
-    if config.server is not None:
-        return ServedTeacher(config, task, prompt, shots, selector)
-    return LocalTeacher(config, task, prompt, shots, selector=selector)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"tailorkd.teachers.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LocalTeacher", "ServedTeacher", "Teacher", "add_reasons", "hidden_key", "label_rows",
-           "label_served_rows", "make_teacher"]
+__all__ = ["LocalTeacher", "SeedModel", "ServedTeacher", "Teacher", "TeacherKind", "add_reasons",
+           "get_teacher_kind", "hidden_key", "label_rows", "label_served_rows", "make_seed_model", "make_teacher",
+           "register_teacher_kind", "teacher_kinds", "unregister_teacher_kind"]

@@ -20,7 +20,7 @@ from tailorkd.devices import resolve_device, resolve_dtype
 from tailorkd.hidden_states import HiddenStateWriter
 from tailorkd.labels import LabelRecord, LabelStore, StoredLabels, make_record, text_hash, unlabelled_rows
 from tailorkd.models import load_causal_lm, weights_fingerprint
-from tailorkd.prompts import PromptBuilder, PromptEncoder
+from tailorkd.prompts import KnnShotSelector, PromptBuilder, PromptEncoder
 from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
 from tailorkd.scoring import LabelScorer
 
@@ -31,7 +31,8 @@ class LocalTeacher:
     """A Hugging Face causal LM as teacher (implements ``tailorkd.teachers.base.Teacher``)."""
 
     def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
-                 model: Any = None, tokenizer: Any = None, selector: Any = None, weights: str | None = None):
+                 model: Any = None, tokenizer: Any = None, selector: KnnShotSelector | None = None,
+                 weights: str | None = None):
         """``shots``: the fixed few-shot examples; ``selector`` (a KnnShotSelector): per-text ones instead.
         ``model``/``tokenizer``: an already loaded teacher (several prompts can share one model); ``weights``:
         its weights' fingerprint when already known."""
@@ -63,7 +64,11 @@ class LocalTeacher:
     def prompt_fingerprint(self) -> str:
         return self.builder.fingerprint()
 
-    def with_prompt(self, prompt: PromptConfig, shots: list[dict[str, Any]], selector: Any = None) -> LocalTeacher:
+    def describe_prompt(self) -> dict[str, Any]:
+        return self.builder.describe()
+
+    def with_prompt(self, prompt: PromptConfig, shots: list[dict[str, Any]], selector: KnnShotSelector | None = None
+                    ) -> LocalTeacher:
         """This teacher under another prompt or other shots, sharing the loaded model."""
         return LocalTeacher(self.config, self.task, prompt, shots, self.model, self.tokenizer, selector, self.weights)
 

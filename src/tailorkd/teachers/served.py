@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from tailorkd.data.pool_rows import windows
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, StoredLabels, make_record, unlabelled_rows
-from tailorkd.prompts import PromptBuilder
+from tailorkd.prompts import KnnShotSelector, PromptBuilder
 from tailorkd.recipe import PromptConfig, ServerConfig, TaskConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ class ServedPromptBuilder(PromptBuilder):
     """The prompt parts as chat messages (:meth:`PromptBuilder.messages`); the server applies its own chat
     template, so there is no tokenizer here and ``prompt.template`` does not apply."""
 
-    def __init__(self, task: TaskConfig, config: PromptConfig, shots: list[dict[str, Any]], selector: Any = None):
+    def __init__(self, task: TaskConfig, config: PromptConfig, shots: list[dict[str, Any]],
+                 selector: KnnShotSelector | None = None):
         super().__init__(task, config, None, shots, selector)
 
     def __post_init__(self) -> None:
@@ -163,7 +164,7 @@ class ServedTeacher:
     """A teacher behind an OpenAI-compatible server (implements ``tailorkd.teachers.base.Teacher``)."""
 
     def __init__(self, config: TeacherConfig, task: TaskConfig, prompt: PromptConfig, shots: list[dict[str, Any]],
-                 selector: Any = None):
+                 selector: KnnShotSelector | None = None):
         if config.server is None:
             raise ValueError("ServedTeacher needs teacher.server")
         import openai
@@ -208,7 +209,11 @@ class ServedTeacher:
     def prompt_fingerprint(self) -> str:
         return self.builder.fingerprint()
 
-    def with_prompt(self, prompt: PromptConfig, shots: list[dict[str, Any]], selector: Any = None) -> ServedTeacher:
+    def describe_prompt(self) -> dict[str, Any]:
+        return self.builder.describe()
+
+    def with_prompt(self, prompt: PromptConfig, shots: list[dict[str, Any]], selector: KnnShotSelector | None = None
+                    ) -> ServedTeacher:
         """This teacher (same server and model) under another prompt or other shots."""
         return ServedTeacher(self.config, self.task, prompt, shots, selector)
 
