@@ -17,6 +17,7 @@ from tailorkd.cli import main
 from tailorkd.evaluation import classification_metrics
 from tailorkd.evaluation.metrics import system_metrics
 from tailorkd.recipe import load_recipe
+from tailorkd.run_dir import RunDir
 from tailorkd.stages.label import teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import SeedScorer
@@ -205,7 +206,7 @@ def test_calibrated_teacher_feeds_student_and_report(tiny_models, tmp_path, caps
     data = load_data(recipe)
     _, calibrated, _ = teacher_records(recipe, data, "pool")
     _, raw, _ = teacher_records(recipe, data, "pool", calibrated=False)
-    fitted.pop("recipe_hash")
+    assert fitted.pop("fingerprint") == RunDir(recipe).fingerprint("label")
     np.testing.assert_allclose(calibrated, Calibration.from_dict(fitted).apply(raw))
     frame = pd.read_parquet(run / "predictions" / "teacher.parquet")
     recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)

@@ -208,7 +208,7 @@ def local_teacher_weights(recipe: Recipe) -> dict[str, str]:
 
     members = recipe.teacher.ensemble.members if recipe.teacher.ensemble is not None else []
     return {config.model: weights_fingerprint(config.model) for config in (recipe.teacher, *members)
-            if config.server is None}
+            if config.kind == "local"}
 
 
 def labels_are_current(recipe: Recipe) -> bool:
