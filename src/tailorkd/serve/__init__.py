@@ -1,5 +1,6 @@
 """``tailorkd serve``: the run's trained student behind an HTTP API (FastAPI + uvicorn).
 
+    command.py    the `tailorkd serve` command and its options (added to the CLI by add_serve_command)
     predictor.py  Predictor (texts -> [N, M] probabilities) and ServedModel; the PyTorch student's predictor
     batcher.py    DynamicBatcher: texts of concurrent requests batched into one worker thread
     app.py        create_app: /v1/classify, /healthz, /metrics (Prometheus), /docs; auth and limits
