@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import TOPICS, topic_rows
+from helpers import TOPICS, topic_rows
 from tailorkd.errors import TailorkdError
 from tailorkd.evaluation.baselines import (
     embed_texts,

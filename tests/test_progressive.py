@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
-from conftest import TOPICS, topic_rows
+from helpers import TOPICS, make_recipe, topic_rows
 from tailorkd.distill import distill_student, soft_cross_entropy
 from tailorkd.distill.losses import hidden_state_loss
 from tailorkd.distill.stages import filter_mask, group_matrix, validation_split
@@ -22,7 +22,6 @@ from tailorkd.distill.trainer import PROJECTION_FILE
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import AdapterConfig, DistillConfig, PromptConfig, StageFilter, TaskConfig, load_recipe
 from tailorkd.students import EncoderStudent, MeanPoolClassifier, predict_probs
-from test_pipeline import make_recipe
 
 TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TOPICS])
 PROMPT = PromptConfig(instruction="Topic?", shots=0, describe_labels=False)
