@@ -138,9 +138,10 @@ def test_no_src_module_is_over_the_line_limit():
 
 
 def test_tests_import_no_private_name_and_no_other_test_module():
-    """Tests use tailorkd's public names only, and share helpers through tests/helpers.py and conftest.py's
-    fixtures, never by importing another test module."""
-    offenders = [offender for path in sorted(TESTS.glob("*.py"))
+    """Tests (and the benchmarks) use tailorkd's public names only, and share helpers through tests/helpers.py
+    and conftest.py's fixtures, never by importing another test module."""
+    paths = sorted(TESTS.glob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py"))
+    offenders = [offender for path in paths
                  for offender in import_offenders(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
     assert not offenders, "\n".join(offenders)
 
