@@ -2,18 +2,20 @@
 
 The models are built from configs in the test session (no download): LLaMA (with a chat template),
 OPT, GPT-2 and Gemma-3 causal LMs and a BERT encoder, all sharing a small byte-level BPE tokenizer
-trained here on a few sentences.
+(helpers.make_tokenizer) trained on a few sentences; and tiny models sized for bitsandbytes' 4-bit kernel.
+Plain helper functions are in helpers.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+
+from helpers import make_tokenizer
 
 # Property tests and the API fuzz (Hypothesis, Schemathesis) take their budget from a profile: "ci" (the
 # default) is small and derandomized, so a run is fast and repeatable; HYPOTHESIS_PROFILE=long (`make fuzz`)
@@ -22,42 +24,6 @@ settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None
                           print_blob=True)
 settings.register_profile("long", max_examples=1000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-CORPUS = [
-    "The company reported higher profits and its shares rose on the stock market.",
-    "The film won an award and the actor thanked the director at the ceremony.",
-    "The minister said the government will hold an election next year.",
-    "The team won the match after a late goal in the second half.",
-    "The new phone has a faster chip and better software for users.",
-    "Floods forced people to leave their homes; officials warned of more rain.",
-    "Stay indoors and keep water ready, the agency advised residents.",
-    "Labels: business entertainment politics sport tech risk caution safe Answer: Text:",
-]
-
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
-
-
-def make_tokenizer(chat: bool):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(CORPUS * 3, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
-    if chat:
-        fast.chat_template = CHATML
-    return fast
 
 
 def _configs(vocab: int):
@@ -107,29 +73,27 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
-CAUSAL_FAMILIES = ["llama", "opt", "gpt2", "gemma3"]
+@pytest.fixture(scope="session")
+def qlora_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny models whose every projection is a multiple of 32 wide: bitsandbytes' CPU 4-bit kernel packs
+    weights in blocks of 32 rows (the real models' sizes all are)."""
+    from transformers import AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, OPTConfig
 
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def topic_rows(n_per_class: int = 12) -> list[dict]:
-    """Short synthetic texts whose topic word appears in them, so a model can learn it quickly."""
-    rows = []
-    for label in TOPICS:
-        for i in range(n_per_class):
-            rows.append({"id": f"{label}-{i}", "text": f"News item {i} about {label}: the {label} story of the day.",
-                         "label": label})
-    return rows
-
-
-def training_adapter(method: str):
-    """The adapter settings the training tests use for ``method``: small and without dropout, each method's own
-    (a setting of another method is an error)."""
-    from tailorkd.adapters import adapter_config
-
-    settings = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "qlora": {"r": 8, "alpha": 16, "dropout": 0.0},
-                "bottleneck": {"dropout": 0.0, "reduction_factor": 4}}
-    return adapter_config(method, **settings.get(method, {}))
+    vocab = len(make_tokenizer(chat=False))
+    configs = {
+        "llama": LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=0,
+                             pad_token_id=0),
+        "opt": OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                         word_embed_proj_dim=64, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+        "bert": BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=128, pad_token_id=0),
+    }
+    folders = {}
+    torch.manual_seed(0)
+    for family, config in configs.items():
+        folder = tmp_path_factory.mktemp(f"qlora_{family}")
+        (BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)).save_pretrained(folder)
+        make_tokenizer(chat=False).save_pretrained(folder)
+        folders[family] = folder
+    return folders

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import TOPICS, topic_rows
+from helpers import TOPICS, topic_rows
 from tailorkd.errors import TailorkdError
 from tailorkd.evaluation.baselines import fit_seed_classifier, judge_seed_classifier, seed_only_baseline
 from tailorkd.models.embedder import embed_texts, embedding_text

@@ -59,7 +59,7 @@ def test_train_memory_refuses_unknown_method(tmp_path):
 def test_prompt_search_benchmark_tiny_llama(tiny_models, tmp_path):
     """benchmarks/prompt_search.py end to end on a tiny LLaMA teacher: search, then four prompts on seeds
     and test, with the hand-written prompt as the baseline of every ratio."""
-    from test_pipeline import make_recipe
+    from helpers import make_recipe
 
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                          prompt_search={"max_candidates": 3, "builtin_instructions": False})
@@ -80,7 +80,7 @@ def test_teacher_combination_benchmark_tiny_llama(tiny_models, tmp_path):
     """benchmarks/teacher_combination.py on a tiny LLaMA + seed-classifier ensemble: the pool's human labels
     come back from the source as a development set; dev-chosen weights are the best grid point on dev, the
     test ceiling is at least every weighting's test score, and seed-only is the baseline of every ratio."""
-    from test_pipeline import make_recipe
+    from helpers import make_recipe
 
     encoder = str(tiny_models["bert"])
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
@@ -111,8 +111,8 @@ def test_teacher_combination_benchmark_tiny_llama(tiny_models, tmp_path):
 def test_student_confidence_benchmark_tiny(tiny_models, tmp_path):
     """benchmarks/student_confidence.py on a tiny run: each student's temperature is the one distill fitted,
     and it changes no answer."""
+    from helpers import make_recipe
     from tailorkd.cli import main
-    from test_pipeline import make_recipe
 
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                          evaluation={"systems": ["teacher", "untrained_student", "adaptive_kd"]})
@@ -138,7 +138,7 @@ def test_crisis_signals_days_come_from_tweet_ids():
 def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     """benchmarks/quality_suite.py end to end on a tiny task, two random seeds: every system's test metrics as
     the runs' reports have them, the shipped student, the majority class, the per-task means and the table."""
-    from test_pipeline import make_recipe
+    from helpers import make_recipe
 
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"])
     bench = _load_script("quality_suite")

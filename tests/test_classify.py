@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TOPICS
+from helpers import TOPICS, make_recipe
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import NO_ALERT, AlertsConfig, load_recipe
 from tailorkd.run_dir import STAGE_INPUTS, RunDir
-from test_pipeline import make_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CRISIS = REPO / "recipes" / "crisis-signals" / "smollm2-135m-instruct_to_minilm-l6_lora.yaml"

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from helpers import make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.confidence import apply_temperature, fit_temperature
 from tailorkd.evaluation.metrics import expected_calibration_error
 from tailorkd.recipe import load_recipe
 from tailorkd.students import CONFIDENCE_FILE, student_temperature
-from test_pipeline import make_recipe
 
 
 def _softmax(z):

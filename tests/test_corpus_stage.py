@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from fake_report import fake_report
 from tailorkd.cli import main
 from tailorkd.corpus import build_corpus, iter_pool, read_stamp
 from tailorkd.data import BBCNewsSource, read_source
 from tailorkd.data.splits import frame_rows
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.report import _corpus_section
+from tailorkd.evaluation.report import write_report
 from tailorkd.models.embedder import embed_texts
 from tailorkd.recipe import load_recipe
 from tailorkd.recipe.corpus import CorpusConfig
@@ -207,18 +208,18 @@ def test_report_has_a_corpus_section(tmp_path):
                                                           "b": {"read": 6, "cleaned": 5, "relevance": 3}},
               "per_language": {"en": {"read": 10, "cleaned": 9, "relevance": 6}},
               "relevance": {"threshold": 0.25, "chosen_by": "fixed in the recipe"}}
-    text = "\n".join(_corpus_section(funnel))
-    assert text.startswith("## Corpus") and "6 of 10 texts kept (60.0%)" in text and "threshold 0.250" in text
-    assert "| step | all | a | b |" in text and "| relevance | 6 | 3 | 3 |" in text and "| step | all | en |" in text
-    assert _corpus_section(None) == []
     # write_report finds the run's funnel when the recipe has a corpus section.
-    from fake_report import fake_report
-    from tailorkd.evaluation.report import write_report
-
     recipe = load_recipe(write_recipe(tmp_path, {"inputs": [{"path": "raw.jsonl"}]}))
     RunDir(recipe).funnel.parent.mkdir(parents=True)
     RunDir(recipe).funnel.write_text(json.dumps(funnel))
     report = write_report(fake_report(), recipe, RunDir(recipe).root)
-    assert report["corpus"]["kept"] == 6 and "## Corpus" in RunDir(recipe).report_md.read_text()
+    assert report["corpus"]["kept"] == 6
+    text = RunDir(recipe).report_md.read_text()
+    section = text[text.index("## Corpus"):]
+    section = section[:section.index("\n## ", 1)]
+    assert "6 of 10 texts kept (60.0%)" in section and "threshold 0.250" in section
+    assert "| step | all | a | b |" in section and "| relevance | 6 | 3 | 3 |" in section
+    assert "| step | all | en |" in section
     plain = load_recipe(write_recipe(tmp_path, None))
     assert "corpus" not in write_report(fake_report(), plain, RunDir(plain).root)  # a stale funnel is not shown
+    assert "## Corpus" not in RunDir(plain).report_md.read_text()

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import PATIENCE_S, running, wait_for
 from tailorkd.dashboard import read_signals_folder, render_dashboard, topic_table, write_dashboard
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import SignalRule
 from tailorkd.serve.app import DASHBOARD_COOKIE, ServeOptions, create_app
 from tailorkd.serve.predictor import ServedModel
 from tailorkd.signals import daily_signals, find_alerts
-from test_serve import PATIENCE_S, running, wait_for
 
 LABELS = ["risk", "caution", "safe"]
 WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}

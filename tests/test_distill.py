@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, set_seed
 
-from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows, training_adapter
+from helpers import CAUSAL_FAMILIES, PROMPT, TASK, TOPICS, teacher_targets, topic_rows, training_adapter
 from tailorkd.adapters import (
     BottleneckAdapterConfig,
     FullAdapterConfig,
@@ -16,11 +16,8 @@ from tailorkd.adapters import (
     QLoraAdapterConfig,
 )
 from tailorkd.distill import distill_student, soft_cross_entropy
-from tailorkd.recipe import DistillConfig, PromptConfig, StudentConfig, TaskConfig
+from tailorkd.recipe import DistillConfig, StudentConfig
 from tailorkd.students import CausalLMStudent, EncoderStudent, MeanPoolClassifier, load_student, predict_probs
-
-TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TOPICS])
-PROMPT = PromptConfig(instruction="Topic?", shots=0, describe_labels=False)
 
 
 def test_soft_cross_entropy_is_minimal_at_the_teacher_and_scales_with_t():
@@ -36,14 +33,6 @@ def test_soft_cross_entropy_is_minimal_at_the_teacher_and_scales_with_t():
     assert torch.allclose(logits.grad, torch.zeros_like(logits.grad), atol=1e-6)
     with pytest.raises(ValueError):
         soft_cross_entropy(torch.zeros(1, 2), teacher)
-
-
-def teacher_targets(rows, sharp=0.9):
-    """A teacher that knows the topic: `sharp` on the right class, the rest spread evenly."""
-    probs = np.full((len(rows), len(TOPICS)), (1 - sharp) / (len(TOPICS) - 1))
-    for i, r in enumerate(rows):
-        probs[i, TOPICS.index(r["label"])] = sharp
-    return probs
 
 
 def _causal_student(folder):
@@ -351,34 +340,6 @@ def test_bottleneck_recipe_fields_round_trip_and_are_checked():
     assert "r" not in dump  # LoRA's settings are not the bottleneck method's
     with pytest.raises(ValueError):
         BottleneckAdapterConfig(bottleneck_placement="middle")
-
-
-@pytest.fixture(scope="module")
-def qlora_models(tmp_path_factory):
-    """Tiny models whose every projection is a multiple of 32 wide: bitsandbytes' CPU 4-bit kernel packs
-    weights in blocks of 32 rows (the real models' sizes all are)."""
-    from transformers import BertConfig, BertModel, LlamaConfig, OPTConfig
-
-    from conftest import make_tokenizer
-
-    vocab = len(make_tokenizer(chat=False))
-    configs = {
-        "llama": LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=0,
-                             pad_token_id=0),
-        "opt": OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                         word_embed_proj_dim=64, bos_token_id=0, eos_token_id=0, pad_token_id=0),
-        "bert": BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, pad_token_id=0),
-    }
-    folders = {}
-    torch.manual_seed(0)
-    for family, config in configs.items():
-        folder = tmp_path_factory.mktemp(f"qlora_{family}")
-        (BertModel(config) if family == "bert" else AutoModelForCausalLM.from_config(config)).save_pretrained(folder)
-        make_tokenizer(chat=False).save_pretrained(folder)
-        folders[family] = folder
-    return folders
 
 
 @pytest.mark.parametrize("family", ["llama", "opt", "bert"])

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TOPICS, topic_rows, write_jsonl
+from helpers import TOPICS, topic_rows, write_jsonl
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.labels import LabelStore, text_hash

@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import TOPICS
+from helpers import TOPICS, make_recipe
 from tailorkd.calibration import Calibration, softmax_rows
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
@@ -20,7 +20,6 @@ from tailorkd.stages.ensemble import ensemble_probs
 from tailorkd.stages.label import teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.teachers.ensemble import combine, disagreement, matched_temperature, seed_weights, tempered
-from test_pipeline import make_recipe
 
 
 def noisy_teacher(y: np.ndarray, signal: float, seed: int, blind_to: int | None = None) -> np.ndarray:

@@ -10,29 +10,25 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CAUSAL_FAMILIES, TOPICS, topic_rows, training_adapter, write_jsonl
+from helpers import (
+    CAUSAL_FAMILIES,
+    FEW_STEPS,
+    PROMPT,
+    ROWS,
+    TASK,
+    TOPICS,
+    teacher_targets,
+    topic_rows,
+    trained_student,
+    write_jsonl,
+)
 from tailorkd.distill import distill_student
 from tailorkd.errors import TailorkdError
 from tailorkd.prompts import fixed_shots
-from tailorkd.recipe import DistillConfig, StudentConfig
 from tailorkd.run_dir import RunDir
 from tailorkd.students import build_student, export_student, load_student, predict_probs
-from test_distill import PROMPT, TASK, qlora_models, teacher_targets  # noqa: F401  (qlora_models is a fixture)
-
-ROWS = topic_rows(2)
-FEW_STEPS = DistillConfig(epochs=3, learning_rate=3e-2, batch_size=10, warmup_ratio=0.0, max_grad_norm=1.0)
-
-
-def trained_student(folder, tmp_path, method, kind="auto", steps=FEW_STEPS):
-    """A student of ``method`` trained a few steps and saved; returns (student folder, its StudentConfig)."""
-    set_seed(0)
-    config = StudentConfig(model=str(folder), kind=kind, max_length=256)
-    student = build_student(config, TASK, PROMPT, [], adapter_method=method)
-    distill_student(student, ROWS, teacher_targets(ROWS), training_adapter(method), steps, tmp_path / "student",
-                    seed=0, info={"base_model": str(folder)})
-    return tmp_path / "student", config
 
 
 def _causal_probs_from_export(out, rows) -> np.ndarray:

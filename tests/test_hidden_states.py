@@ -185,7 +185,7 @@ def test_orphan_shards_are_ignored_then_removed_and_failed_writes_leave_none(tmp
         def failing_fsync(folder):
             raise OSError("disk gone")
 
-        monkeypatch.setattr(hidden_states, "_fsync_dir", failing_fsync)
+        monkeypatch.setattr(hidden_states, "fsync_dir", failing_fsync)
         intruder.add(hashes_of(range(14, 18)), states_of(range(14, 18)))
         with pytest.raises(OSError, match="disk gone"):
             intruder.flush()

@@ -38,7 +38,7 @@ SEED = 20240611
 
 # -- the labelling job (run in a forked child) -------------------------------------------------------
 def teacher_and_rows(model_dir: str, per_topic: int = ROWS_PER_TOPIC):
-    from conftest import TOPICS, topic_rows
+    from helpers import TOPICS, topic_rows
     from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig
     from tailorkd.teachers import LocalTeacher
 
@@ -243,7 +243,7 @@ class Zygote:
 
 
 def test_killed_labelling_keeps_whole_batches_and_resumes_to_the_uninterrupted_result(tiny_models, tmp_path):
-    from conftest import TOPICS, topic_rows
+    from helpers import TOPICS, topic_rows
     from tailorkd.labels import text_hash
 
     rng = random.Random(SEED)
@@ -314,7 +314,7 @@ def test_two_labelling_processes_on_one_store_store_each_text_once(tiny_models, 
     """Two label_rows processes (with hidden states) on the same rows and store both finish, and each text
     is stored once, with its label and hidden state. Each process is held at its first chunk, after it has
     read what is done, until the test lets it go: the overlap does not depend on timing."""
-    from conftest import TOPICS, topic_rows
+    from helpers import TOPICS, topic_rows
     from tailorkd.hidden_states import shard_folder_key
     from tailorkd.labels import text_hash
 

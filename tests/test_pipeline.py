@@ -9,9 +9,8 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import TOPICS, topic_rows, write_jsonl
+from helpers import TOPICS, labels_in_store, make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.evaluation import classification_metrics
@@ -21,33 +20,6 @@ from tailorkd.run_dir import RunDir
 from tailorkd.stages.label import teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import SeedScorer
-
-
-def make_recipe(tmp_path, teacher, student, **extra) -> str:
-    """A tiny recipe; ``extra`` sections replace the defaults (teacher and student through
-    ``teacher_section={...}`` and ``student_section={...}``)."""
-    write_jsonl(tmp_path / "news.jsonl", topic_rows(12))
-    raw = {
-        "name": "tiny", "seed": 3, "output_dir": str(tmp_path / "run"),
-        "task": {"name": "topic", "description": "The topic of a news item.",
-                 "labels": [{"name": t, "description": f"{t} news"} for t in TOPICS]},
-        "data": {"sources": [{"path": "news.jsonl", "columns": {"id": "id"}}],
-                 "splits": {"seed_per_class": 2, "test_size": 20}},
-        "prompt": {"instruction": "Which topic?", "shots": 3, "max_text_chars": 120},
-        "teacher": extra.pop("teacher_section", None) or {"model": str(teacher), "batch_size": 4},
-        "student": extra.pop("student_section", None) or {"model": str(student), "max_length": 256},
-        "adapter": {"method": "lora", "r": 4, "alpha": 8},
-        "distill": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
-        **extra,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return str(path)
-
-
-def labels_in_store(run_dir) -> int:
-    with sqlite3.connect(run_dir / "labels.sqlite") as conn:
-        return conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 
 
 @pytest.mark.parametrize("teacher,student", [("llama", "gpt2"), ("opt", "bert"), ("gemma3", "llama")])

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TOPICS, topic_rows, write_jsonl
+from helpers import TOPICS, topic_rows, write_jsonl
 from tailorkd.data.pool_rows import PoolRows, take_rows, windows, write_pool
 from tailorkd.data.splits import frame_rows
 from tailorkd.labels import LabelStore, StoredLabels, make_record, stored_probs, text_hash

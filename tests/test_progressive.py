@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, TrainerCallback, set_seed
 
-from conftest import TOPICS, topic_rows
+from helpers import TOPICS, make_recipe, topic_rows
 from tailorkd.adapters import LoraAdapterConfig, QLoraAdapterConfig
 from tailorkd.distill import distill_student, soft_cross_entropy
 from tailorkd.distill.losses import hidden_state_loss
@@ -23,7 +23,6 @@ from tailorkd.distill.trainer import PROJECTION_FILE
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import DistillConfig, PromptConfig, StageFilter, TaskConfig, load_recipe
 from tailorkd.students import EncoderStudent, MeanPoolClassifier, predict_probs
-from test_pipeline import make_recipe
 
 TASK = TaskConfig(name="topic", description="d", labels=[{"name": t} for t in TOPICS])
 PROMPT = PromptConfig(instruction="Topic?", shots=0, describe_labels=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TOPICS, make_tokenizer
+from helpers import TOPICS, make_recipe, make_tokenizer
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.labels import LabelStore, text_hash
@@ -25,7 +25,6 @@ from tailorkd.stages.evaluate import prompt_search_block
 from tailorkd.stages.label import teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.teachers import LocalTeacher, label_rows
-from test_pipeline import make_recipe
 
 TASK = TaskConfig(name="topic", description="The topic of a news item.",
                   labels=[{"name": t, "description": f"{t} news"} for t in TOPICS])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from conftest import TOPICS
+from helpers import TOPICS
 from tailorkd.prompts import PromptBuilder, choose_shots, clip_text
 from tailorkd.recipe import PromptConfig, TaskConfig
 

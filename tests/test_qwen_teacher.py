@@ -57,7 +57,7 @@ def qwen(tmp_path_factory):
         gguf = root / "model.gguf"
         parts = [models.registry.package_dir(module, models.REGISTRY[QWEN]) / name
                  for module, name in convert.QWEN_CODER_PARTS]
-        convert._join_parts(parts, gguf, convert.QWEN_CODER_SIZE, convert.QWEN_CODER_SHA256, models.REGISTRY[QWEN])
+        convert.join_parts(parts, gguf, convert.QWEN_CODER_SIZE, convert.QWEN_CODER_SHA256, models.REGISTRY[QWEN])
         yield folder, gguf
 
 
@@ -150,11 +150,11 @@ def test_logits_agree_with_llama_cpp(qwen):
     not os.environ.get("TAILORKD_SLOW_TESTS"), reason="about 60 s and 6 GB on 2 cores; set TAILORKD_SLOW_TESTS=1"
 )
 def test_matches_the_transformers_gguf_loader(qwen):
-    from test_models import _assert_same_as_reference, _gguf_reference
+    from helpers import assert_same_as_reference, gguf_reference
 
     folder, gguf = qwen
-    reference, reference_tokenizer = _gguf_reference(gguf.parent, gguf.name)
-    _assert_same_as_reference(folder, reference, reference_tokenizer)
+    reference, reference_tokenizer = gguf_reference(gguf.parent, gguf.name)
+    assert_same_as_reference(folder, reference, reference_tokenizer)
 
 
 def test_teacher_labels_obvious_texts(qwen):

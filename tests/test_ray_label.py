@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import make_recipe
 from tailorkd import pipeline, ray_label
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
@@ -18,7 +19,6 @@ from tailorkd.ray_label import RayEngine, actor_recipe
 from tailorkd.recipe import load_recipe
 from tailorkd.recipe.teacher import ServerConfig
 from tailorkd.run_dir import RunDir
-from test_pipeline import make_recipe
 
 ray = pytest.importorskip("ray")
 

@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TOPICS
+from helpers import TOPICS, make_recipe
 from tailorkd.cli import main
 from tailorkd.evaluation.metrics import agreement, system_metrics
 from tailorkd.recipe import load_recipe
-from test_pipeline import make_recipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALERTS = {"severity": {"business": [[0.5, "high"], [0.0, "low"]], "sport": [[0.3, "medium"]]}}

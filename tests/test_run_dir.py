@@ -12,13 +12,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from helpers import labels_in_store, make_recipe
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.files import atomic_write, read_json
 from tailorkd.recipe import load_recipe
 from tailorkd.run_dir import STAGE_INPUTS, RunDir
 from tailorkd.stages.prepare import load_data, prepare
-from test_pipeline import labels_in_store, make_recipe
 
 
 def test_each_stage_fingerprint_follows_its_sections_only(tiny_models, tmp_path):

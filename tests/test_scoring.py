@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CAUSAL_FAMILIES
+from helpers import CAUSAL_FAMILIES
 from tailorkd.errors import TailorkdError
 from tailorkd.scoring import LabelScorer, answer_tree, continuation_token_ids, shared_prefix
 

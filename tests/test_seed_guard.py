@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from helpers import make_recipe, scripted
 from tailorkd.errors import TailorkdError
 from tailorkd.recipe import load_recipe
 from tailorkd.run_dir import RunDir
@@ -15,8 +16,6 @@ from tailorkd.stages.label import label
 from tailorkd.stages.prepare import prepare
 from tailorkd.stages.seed_guard import is_worse
 from tailorkd.students import read_student_info
-from test_pipeline import make_recipe
-from test_teacher_check import scripted
 
 
 def collapsed_run(tmp_path, tiny_models, on_worse: str):

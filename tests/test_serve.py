@@ -7,7 +7,6 @@ queued, the worker inside the model, new connections refused), never for a fixed
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -25,30 +23,19 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TOPICS
+from helpers import PATIENCE_S, TOPICS, make_recipe, running, wait_for
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.recipe import load_recipe
 from tailorkd.run_dir import RunDir
 from tailorkd.serve.app import ServeError, ServeOptions, create_app, parse_request, request_model
 from tailorkd.serve.predictor import ServedModel, load_served_model
-from tailorkd.serve.server import bind, check_options, is_loopback, make_server, url_of
+from tailorkd.serve.server import check_options, is_loopback
 from tailorkd.students import CONFIDENCE_FILE
-from test_pipeline import make_recipe
 
 TOKEN = "tiny-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PATIENCE_S = 300  # how long a wait for a condition may last before the test fails: a safety net, not a timing
 TEMPERATURE = 2.0  # written into the run, so that the calibrated path is the one compared
-
-
-def wait_for(condition, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after PATIENCE_S (a broken service, not a slow machine)."""
-    deadline = time.monotonic() + PATIENCE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +63,6 @@ def expected(trained):
     _, recipe, texts = trained
     rows = pipeline.classify(recipe, [{"id": i, "text": t} for i, t in enumerate(texts)])
     return {t: r for t, r in zip(texts, rows)}
-
-
-@contextlib.contextmanager
-def running(app, options: ServeOptions | None = None):
-    """Uvicorn serving ``app`` from a thread on a free loopback port: yields (base url, server)."""
-    sock = bind("127.0.0.1", 0)
-    server = make_server(app, options or ServeOptions())
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), "the server to start")
-        assert server.started, "the server did not start"
-        yield url_of(sock), server
-    finally:
-        server.should_exit = True  # what uvicorn's SIGTERM / SIGINT handler does
-        thread.join(PATIENCE_S)
-        sock.close()
-    assert not thread.is_alive()
 
 
 def assert_matches(result: dict, want: dict) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TOPICS, make_tokenizer, topic_rows, write_jsonl
+from helpers import TOPICS, make_tokenizer, topic_rows, write_jsonl
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore

@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TOPICS, topic_rows, write_jsonl
+from helpers import TOPICS, make_recipe, topic_rows, write_jsonl
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.recipe import SignalRule, load_recipe
 from tailorkd.signals import daily_signals, find_alerts, wilson_interval
-from test_pipeline import make_recipe
 
 WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}
 

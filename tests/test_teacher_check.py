@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TOPICS
+from helpers import TOPICS, make_recipe, scripted
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, text_hash
@@ -17,37 +17,6 @@ from tailorkd.stages.evaluate import evaluate
 from tailorkd.stages.label import label, labels_summary, teacher_records
 from tailorkd.stages.prepare import load_data, prepare
 from tailorkd.stages.teacher_check import judge
-from tailorkd.teachers import LocalTeacher
-from test_pipeline import make_recipe
-
-
-class ScriptedTeacher(LocalTeacher):
-    """A tiny local teacher whose answers are scripted: ``answer(text)`` names the class it gives (0.9)."""
-
-    answer = staticmethod(lambda text: "sport")
-
-    def score_states(self, rows, bar=None, hidden_layers=(), pooling="last"):
-        probs = np.full((len(rows), len(TOPICS)), 0.1 / (len(TOPICS) - 1))
-        for i, row in enumerate(rows):
-            probs[i, TOPICS.index(self.answer(row["text"]))] = 0.9
-        if bar is not None:
-            bar.update(len(rows))
-        return probs, np.full(len(rows), 1e-3), {}
-
-    def with_prompt(self, prompt, shots, selector=None):
-        other = type(self)(self.config, self.task, prompt, shots, self.model, self.tokenizer, selector, self.weights)
-        other.answer = self.answer
-        return other
-
-
-def scripted(recipe, answer) -> ScriptedTeacher:
-    from tailorkd.prompts import fixed_shots
-
-    data = load_data(recipe)
-    teacher = ScriptedTeacher(recipe.teacher, recipe.task, recipe.prompt,
-                              fixed_shots(recipe.prompt, data.rows("seed"), TOPICS, recipe.seed))
-    teacher.answer = answer
-    return teacher
 
 
 def the_topic(text: str) -> str:

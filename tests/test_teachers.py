@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TOPICS, topic_rows
+from helpers import TOPICS, topic_rows
 from tailorkd.hidden_states import HiddenStateReader
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.recipe import PromptConfig, TaskConfig, TeacherConfig

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from tailorkd.errors import TailorkdError
+from tailorkd.files import fsync_dir
 from tailorkd.labels import LabelStore, first_column_among
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,6 @@ def _indexed_hashes(store: LabelStore, teacher: str, prompt: str, among: Sequenc
         return set()
     return first_column_among(store.conn, "SELECT text_hash FROM hidden_index WHERE teacher=? AND prompt=?",
                               [teacher, prompt], "text_hash", among)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -229,7 +222,7 @@ class HiddenStateWriter:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, final)
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
                 relative = (self.relative_folder / name).as_posix()
                 conn.executemany("INSERT INTO hidden_index VALUES (?,?,?,?,?)",
                                  [(self.teacher, self.prompt, h, relative, row) for row, h in enumerate(hashes)])

