@@ -8,6 +8,7 @@ Plain helper functions are in helpers.py.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from helpers import make_tokenizer
+from helpers import SERVE_TEMPERATURE, make_recipe, make_tokenizer
 
 # Property tests and the API fuzz (Hypothesis, Schemathesis) take their budget from a profile: "ci" (the
 # default) is small and derandomized, so a run is fast and repeatable; HYPOTHESIS_PROFILE=long (`make fuzz`)
@@ -97,3 +98,34 @@ def qlora_models(tmp_path_factory) -> dict[str, Path]:
         make_tokenizer(chat=False).save_pretrained(folder)
         folders[family] = folder
     return folders
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models, tmp_path_factory):
+    """A tiny finished run to serve: (recipe path, recipe, texts to ask about), its student's confidence
+    temperature set to SERVE_TEMPERATURE so that the calibrated path is the one compared."""
+    import pandas as pd
+
+    from tailorkd.cli import main
+    from tailorkd.recipe import load_recipe
+    from tailorkd.run_dir import RunDir
+    from tailorkd.students import CONFIDENCE_FILE
+
+    tmp_path = tmp_path_factory.mktemp("serve")
+    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                              evaluation={"systems": ["teacher", "adaptive_kd"]},
+                              alerts={"severity": {"business": [[0.3, "high"], [0.0, "low"]], "tech": [[0.0, "low"]]}})
+    assert main(["run", recipe_path]) == 0
+    recipe = load_recipe(recipe_path)
+    (RunDir(recipe).student_dir() / CONFIDENCE_FILE).write_text(json.dumps({"temperature": SERVE_TEMPERATURE}))
+    texts = pd.read_parquet(tmp_path / "run" / "data" / "test.parquet")["text"].tolist()
+    texts += ["Shares rose on the market.", "The team won.", "ünïcödé news ✓ about tech", "x" * 300]
+    return recipe_path, recipe, texts
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    """The trained run's student as the service loads it."""
+    from tailorkd.serve.predictor import load_served_model
+
+    return load_served_model(trained[1])

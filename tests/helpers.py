@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -248,3 +250,94 @@ def training_adapter(method: str):
     settings = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "qlora": {"r": 8, "alpha": 16, "dropout": 0.0},
                 "bottleneck": {"dropout": 0.0, "reduction_factor": 4}}
     return adapter_config(method, **settings.get(method, {}))
+
+
+# -- the service and its dashboard -----------------------------------------------------------------------------
+SERVE_TEMPERATURE = 2.0  # the served run's confidence temperature, so that the calibrated path is the one compared
+SIGNAL_LABELS = ["risk", "caution", "safe"]
+SEVERITY_WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}
+SIGNAL_SEVERITY = {"risk": "high", "caution": "low", "safe": "none"}
+# An article text that would run script if the page did not escape it.
+HOSTILE_TEXT = 'Storm <img src=x onerror="window.pwned=1"> & <b>flood</b> warning'
+
+
+class GatedPredictor:
+    """The real predictor, held at the gate until ``release`` is set: ``entered`` tells that a call waits."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, texts):
+        self.entered.set()
+        if not self.release.wait(PATIENCE_S):
+            raise RuntimeError("the test never opened the gate")
+        return self.inner(texts)
+
+
+def gated(model):
+    """``model`` with its predictor behind a GatedPredictor: (the gated ServedModel, the gate)."""
+    from tailorkd.serve.predictor import ServedModel
+
+    gate = GatedPredictor(model.predict)
+    return ServedModel(gate, model.label_names, model.name, model.version, model.info, model.alerts), gate
+
+
+def write_signals(folder: Path, seed: int = 0) -> Path:
+    """A signals folder like `tailorkd signals` writes: three topics over ten days, one of them turning risky
+    in its last days (so both rules fire there), one topic quiet, one with a single day."""
+    import pandas as pd
+
+    from tailorkd.recipe import SignalRule
+    from tailorkd.signals import daily_signals, find_alerts
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for topic, days, risky_from in (("floods", 10, 7), ("wildfire <east>", 10, 99), ("port strike", 1, 99)):
+        for day in range(1, days + 1):
+            p_risk = 0.7 if day >= risky_from else 0.1
+            for k in range(int(rng.integers(12, 20))):
+                label = rng.choice(SIGNAL_LABELS, p=[p_risk, (1 - p_risk) / 2, (1 - p_risk) / 2])
+                rows.append({"key": f"{topic}-{day}-{k}", "id": f"{topic[:4]}-{day}-{k}", "topic": topic,
+                             "day": f"2024-05-{day:02d}", "label": label, "severity": SIGNAL_SEVERITY[label],
+                             "confidence": float(rng.uniform(0.4, 1.0)), "source": "wire",
+                             "text": HOSTILE_TEXT if k == 0 else f"{topic} report {day}.{k}"})
+    frame = pd.DataFrame(rows)
+    daily = daily_signals(frame, SIGNAL_LABELS, ["risk"], SEVERITY_WEIGHTS, baseline_days=5)
+    rules = [SignalRule(name="high risk share", kind="share_above", threshold=0.5),
+             SignalRule(name="risk rising", kind="rise_over_baseline", threshold=2.0, baseline_days=5)]
+    alerts = find_alerts(daily, frame, rules, ["risk"], top_articles=3)
+    folder.mkdir(parents=True, exist_ok=True)
+    daily.to_parquet(folder / "daily.parquet", index=False)
+    (folder / "alerts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in alerts), encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps({"title": "floods: crisis signals", "labels": SIGNAL_LABELS,
+                                                     "risk_labels": ["risk"], "model": "abc123-T0.5"}))
+    return folder
+
+
+def fake_model():
+    """A served model that answers every text with equal probabilities (the dashboard needs no real one)."""
+    from tailorkd.serve.predictor import ServedModel
+
+    return ServedModel(predict=lambda texts: np.full((len(texts), 3), 1 / 3), label_names=SIGNAL_LABELS, name="floods",
+                       version="v1", info={"base_model": "none", "runtime": "test"})
+
+
+def browser():
+    """Headless Chromium driven by its own ChromeDriver; skipped where they are not installed, except where
+    $TAILORKD_REQUIRE_BROWSER is set (CI installs them: a missing browser there is a failure)."""
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("TAILORKD_REQUIRE_BROWSER"):
+            pytest.fail("Chromium and ChromeDriver are required here (apt-get install chromium chromium-driver)")
+        pytest.skip("no Chromium / ChromeDriver (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1600", "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)

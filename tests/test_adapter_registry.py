@@ -16,7 +16,7 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, set_seed
 
-from conftest import TOPICS, topic_rows
+from helpers import TOPICS, topic_rows
 from tailorkd.adapters import (
     ADAPTER_DIR,
     AdapterMethod,

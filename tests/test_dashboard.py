@@ -8,65 +8,32 @@ browser test saves a screenshot under $TAILORKD_TEST_ARTIFACTS (default: test-ar
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import PATIENCE_S, running, wait_for
+from helpers import (
+    HOSTILE_TEXT,
+    PATIENCE_S,
+    SEVERITY_WEIGHTS,
+    SIGNAL_LABELS,
+    SIGNAL_SEVERITY,
+    browser,
+    fake_model,
+    running,
+    wait_for,
+    write_signals,
+)
 from tailorkd.dashboard import read_signals_folder, render_dashboard, topic_table, write_dashboard
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe import SignalRule
 from tailorkd.serve.app import DASHBOARD_COOKIE, ServeOptions, create_app
-from tailorkd.serve.predictor import ServedModel
-from tailorkd.signals import daily_signals, find_alerts
 
-LABELS = ["risk", "caution", "safe"]
-WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}
-SEVERITY = {"risk": "high", "caution": "low", "safe": "none"}
+LABELS, WEIGHTS, SEVERITY, HOSTILE = SIGNAL_LABELS, SEVERITY_WEIGHTS, SIGNAL_SEVERITY, HOSTILE_TEXT
 TOKEN = "dashboard-s3cret"
-# An article text that would run script if the page did not escape it.
-HOSTILE = 'Storm <img src=x onerror="window.pwned=1"> & <b>flood</b> warning'
-
-
-def write_signals(folder: Path, seed: int = 0) -> Path:
-    """A signals folder like `tailorkd signals` writes: three topics over ten days, one of them turning risky
-    in its last days (so both rules fire there), one topic quiet, one with a single day."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for topic, days, risky_from in (("floods", 10, 7), ("wildfire <east>", 10, 99), ("port strike", 1, 99)):
-        for day in range(1, days + 1):
-            p_risk = 0.7 if day >= risky_from else 0.1
-            for k in range(int(rng.integers(12, 20))):
-                label = rng.choice(LABELS, p=[p_risk, (1 - p_risk) / 2, (1 - p_risk) / 2])
-                rows.append({"key": f"{topic}-{day}-{k}", "id": f"{topic[:4]}-{day}-{k}", "topic": topic,
-                             "day": f"2024-05-{day:02d}", "label": label, "severity": SEVERITY[label],
-                             "confidence": float(rng.uniform(0.4, 1.0)), "source": "wire",
-                             "text": HOSTILE if k == 0 else f"{topic} report {day}.{k}"})
-    frame = pd.DataFrame(rows)
-    daily = daily_signals(frame, LABELS, ["risk"], WEIGHTS, baseline_days=5)
-    rules = [SignalRule(name="high risk share", kind="share_above", threshold=0.5),
-             SignalRule(name="risk rising", kind="rise_over_baseline", threshold=2.0, baseline_days=5)]
-    alerts = find_alerts(daily, frame, rules, ["risk"], top_articles=3)
-    folder.mkdir(parents=True, exist_ok=True)
-    daily.to_parquet(folder / "daily.parquet", index=False)
-    (folder / "alerts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in alerts), encoding="utf-8")
-    (folder / "summary.json").write_text(json.dumps({"title": "floods: crisis signals", "labels": LABELS,
-                                                     "risk_labels": ["risk"], "model": "abc123-T0.5"}))
-    return folder
-
-
-def fake_model() -> ServedModel:
-    return ServedModel(predict=lambda texts: np.full((len(texts), 3), 1 / 3), label_names=LABELS, name="floods",
-                       version="v1", info={"base_model": "none", "runtime": "test"})
-
-
 def test_the_page_escapes_texts_needs_no_network_and_counts_what_the_files_hold(tmp_path):
     folder = write_signals(tmp_path / "signals")
     page = render_dashboard(folder)
@@ -129,25 +96,6 @@ def test_the_service_guards_the_page_with_the_token_and_follows_new_signals(tmp_
 
 
 # -- in a real browser ---------------------------------------------------------------------------------------
-def browser():
-    """Headless Chromium driven by its own ChromeDriver; skipped where they are not installed, except where
-    $TAILORKD_REQUIRE_BROWSER is set (CI installs them: a missing browser there is a failure)."""
-    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("TAILORKD_REQUIRE_BROWSER"):
-            pytest.fail("Chromium and ChromeDriver are required here (apt-get install chromium chromium-driver)")
-        pytest.skip("no Chromium / ChromeDriver (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1600", "--no-first-run", "--disable-extensions"):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def test_the_dashboard_renders_in_chromium_with_the_numbers_of_the_files(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select

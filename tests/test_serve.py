@@ -19,42 +19,20 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import PATIENCE_S, TOPICS, make_recipe, running, wait_for
+from helpers import PATIENCE_S, SERVE_TEMPERATURE, TOPICS, gated, running, wait_for
 from tailorkd import pipeline
 from tailorkd.cli import main
-from tailorkd.recipe import load_recipe
 from tailorkd.run_dir import RunDir
 from tailorkd.serve.app import ServeError, ServeOptions, create_app, parse_request, request_model
-from tailorkd.serve.predictor import ServedModel, load_served_model
+from tailorkd.serve.predictor import ServedModel
 from tailorkd.serve.server import check_options, is_loopback
-from tailorkd.students import CONFIDENCE_FILE
 
 TOKEN = "tiny-s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TEMPERATURE = 2.0  # written into the run, so that the calibrated path is the one compared
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_models, tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("serve")
-    recipe_path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
-                              evaluation={"systems": ["teacher", "adaptive_kd"]},
-                              alerts={"severity": {"business": [[0.3, "high"], [0.0, "low"]], "tech": [[0.0, "low"]]}})
-    assert main(["run", recipe_path]) == 0
-    recipe = load_recipe(recipe_path)
-    (RunDir(recipe).student_dir() / CONFIDENCE_FILE).write_text(json.dumps({"temperature": TEMPERATURE}))
-    texts = pd.read_parquet(tmp_path / "run" / "data" / "test.parquet")["text"].tolist()
-    texts += ["Shares rose on the market.", "The team won.", "ünïcödé news ✓ about tech", "x" * 300]
-    return recipe_path, recipe, texts
-
-
-@pytest.fixture(scope="module")
-def model(trained) -> ServedModel:
-    return load_served_model(trained[1])
+TEMPERATURE = SERVE_TEMPERATURE
 
 
 @pytest.fixture(scope="module")
@@ -83,26 +61,6 @@ def metric(metrics_text: str, name: str, **labels) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
-
-
-class GatedPredictor:
-    """The real predictor, held at the gate until ``release`` is set: ``entered`` tells that a call waits."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, texts):
-        self.entered.set()
-        if not self.release.wait(PATIENCE_S):
-            raise RuntimeError("the test never opened the gate")
-        return self.inner(texts)
-
-
-def gated(model: ServedModel) -> tuple[ServedModel, GatedPredictor]:
-    gate = GatedPredictor(model.predict)
-    return ServedModel(gate, model.label_names, model.name, model.version, model.info, model.alerts), gate
 
 
 # -- answers ----------------------------------------------------------------------------------------------

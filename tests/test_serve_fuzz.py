@@ -18,9 +18,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from helpers import write_signals
 from tailorkd.serve.app import ServeOptions, create_app
-from test_dashboard import write_signals
-from test_serve import model, trained  # noqa: F401  (fixtures: the tiny trained student)
 
 TOKEN = "fuzz-s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -22,12 +22,11 @@ import httpx
 import pytest
 from uvicorn.logging import AccessFormatter
 
+from helpers import PATIENCE_S, browser, fake_model, gated, running, wait_for, write_signals
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.serve.app import DASHBOARD_COOKIE, ServeOptions, create_app
 from tailorkd.serve.server import check_options
-from test_dashboard import browser, fake_model, write_signals
-from test_serve import PATIENCE_S, gated, running, wait_for
 
 TOKEN = "s3cret-T0ken_for-security"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from helpers import make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.recipe import load_recipe
@@ -16,7 +17,6 @@ from tailorkd.stages import Stage, get_stage, register_stage, stage_order, unreg
 from tailorkd.stages.label import labels_summary, teacher_records
 from tailorkd.stages.prepare import load_data
 from tailorkd.stages.registry import is_current
-from test_pipeline import make_recipe
 
 BUILT_IN = ["corpus", "prepare", "prompt_search", "label", "distill", "evaluate"]
 

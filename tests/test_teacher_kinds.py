@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from conftest import TOPICS
+from helpers import TOPICS, make_recipe
 from tailorkd.data.pool_rows import windows
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import LabelStore, StoredLabels, make_record, unlabelled_rows
@@ -29,7 +29,6 @@ from tailorkd.teachers import (
     unregister_teacher_kind,
 )
 from tailorkd.teachers.base import Teacher
-from test_pipeline import make_recipe
 
 
 class KeywordOptions(BaseModel):

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from tailorkd.adapters.registry import ADAPTER_DIR, AdapterMethod, register_adapter_method
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe import AdapterConfig
+from tailorkd.recipe.student import AdapterConfig
 
 
 class LoraAdapterConfig(AdapterConfig):

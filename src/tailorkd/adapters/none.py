@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tailorkd.adapters.registry import AdapterMethod, register_adapter_method
-from tailorkd.recipe import AdapterConfig
+from tailorkd.recipe.student import AdapterConfig
 
 
 class NoAdapterConfig(AdapterConfig):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe import AdapterConfig
+from tailorkd.recipe.student import AdapterConfig
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck.safetensors"
