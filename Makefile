@@ -21,7 +21,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # The dashboard's browser test (tests/test_dashboard.py) drives Debian's Chromium through its ChromeDriver.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
-.PHONY: install install-dev browser demo test clean
+.PHONY: install install-dev browser demo test fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ demo: install
 test: install-dev browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The property tests with a far larger budget than `make test` gives them (the profiles: tests/conftest.py).
+fuzz: install-dev
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_fuzz_readers.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

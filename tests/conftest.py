@@ -8,10 +8,20 @@ trained here on a few sentences.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests (Hypothesis): "ci", the default, is small, derandomized and without deadlines, so a run is
+# bounded and repeatable on a busy machine; HYPOTHESIS_PROFILE=long (`make fuzz`) searches far longer.
+settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CORPUS = [
     "The company reported higher profits and its shares rose on the stock market.",
