@@ -286,3 +286,23 @@ def test_a_damaged_student_file_is_named_not_its_calibration(trained_run, tmp_pa
         assert "confidence" not in error
     finally:
         marker.write_bytes(whole)
+
+
+def test_a_store_of_an_older_tailorkd_takes_over_the_rejects_and_files_it_left_in_files(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "signals.sqlite"
+    with sqlite3.connect(path) as db:  # schema 1: no rejects or files in the store
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("labels", json.dumps(TOPICS))])
+    db.close()
+    old_rejects = [{"file": "a.jsonl", "line": 3, "reason": "empty 'text'"}, "not a reject",
+                   {"file": "b.jsonl", "line": 1, "reason": "'date' is not a date: 'x'"}]
+    with SignalStore(path, TOPICS) as store:
+        assert store.upgraded
+        store.adopt(old_rejects, ["a.jsonl", "b.jsonl", 7])
+        assert store.files() == ["a.jsonl", "b.jsonl"]
+        assert [(r["file"], r["line"], r["position"]) for r in store.rejects()] == [("a.jsonl", 3, "line"),
+                                                                                    ("b.jsonl", 1, "line")]
+    with SignalStore(path, TOPICS) as store:
+        assert not store.upgraded  # taken over once

@@ -4,10 +4,12 @@ A signal is one article's label, calibrated confidence and severity level (``sta
 with the run's student). Here:
 
 - ``read_feed``: articles from JSONL / JSONL.gz / Parquet / CSV files, in bounded batches, each with the file
-  and line it came from; a row without text or with a date that does not parse is rejected with its place.
+  and line it came from, read by the corpus stage's reader (one reading rule: a bad row is a reject with its
+  file and line, a file that cannot be read a one-line error); ``feed_days``: the one rule for dates.
 - ``SignalStore``: SQLite, one row per article key, the model that scored it with it; rescoring with another
   model replaces the row, rescoring with the same one is skipped, so a rerun adds nothing twice and a new
-  day's file adds only its rows. Each batch is one transaction: a killed run keeps what it stored.
+  day's file adds only its rows. It keeps the rejects of every file read (a file read again replaces its
+  own) and the files in the order first read. Each batch is one transaction: a killed run keeps what it stored.
 - ``daily_signals``: per topic and day, the article count, counts per label, the risk share with its Wilson
   interval, the severity index (mean severity weight) with its normal interval, and the topic's trailing
   risk share over the days before.
