@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tailorkd.corpus.read import read_shard
@@ -147,12 +147,13 @@ def test_corpus_and_signals_readers_survive_any_bytes(suffix, fmt, choice, cut, 
         check_lines(found[0] + found[1], data, file=path)
 
 
-@given(data=st.binary(max_size=600))
-@example(data=b"")
-@example(data=b"id,text\n")
+@given(choice=st.data())
 @pytest.mark.parametrize("suffix, fmt", [(".jsonl", "jsonl"), (".csv", "csv"), (".tsv", "tsv"), (".txt", "lines"),
                                          (".parquet", "parquet")])
-def test_data_readers_survive_any_bytes(suffix, fmt, data):
+def test_data_readers_survive_any_bytes(suffix, fmt, choice):
+    base = {"tsv": "csv", "lines": "csv"}.get(fmt, fmt)
+    data = choice.draw(st.one_of(st.binary(max_size=600), mutated(base), st.sampled_from([b"", b"id,text\n"])),
+                       label="data")
     found = attempt(path := written(suffix, data), lambda: data_rows(path, fmt))
     if found is not None and fmt != "parquet":
         check_lines(found[1], data, file=path)
@@ -172,8 +173,8 @@ RECORDS = st.lists(st.one_of(
     st.tuples(st.just("good"), WORDS, DAYS),
     st.tuples(st.just("empty"), st.sampled_from(["", "  ", "\t"]), DAYS),
     st.tuples(st.just("blank"), st.sampled_from(["", "   ", "\r"]), st.none()),
-    st.tuples(st.just("malformed"), st.sampled_from(["{not json", '{"text": "open', "[1, 2]", "42", "nul"]),
-              st.none()),
+    st.tuples(st.just("malformed"), st.sampled_from(["{not json", '{"text": "open', "[1, 2]", "42", "nul",
+                                                     "[" * 5000, '{"a":' * 5000]), st.none()),
 ), max_size=15)
 
 

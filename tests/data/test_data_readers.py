@@ -111,6 +111,15 @@ def test_jsonl_rejects_with_lines(tmp_path):
     assert rejects[7]["raw"] == '{"text": "odd label", "label": "weird"}'
 
 
+def test_json_nested_too_deeply_is_a_reject_not_a_traceback(tmp_path):
+    rows = [json.dumps({"text": "first"}), "[" * 100_000, '{"a":' * 50_000, json.dumps({"text": "last"})]
+    write(tmp_path / "deep.jsonl", "\n".join(rows) + "\n")
+    res = read({"path": "deep.jsonl", "columns": {"label": None}}, tmp_path)
+    assert [r["text"] for r in res.rows] == ["first", "last"]
+    assert [(r["line"], r["reason"]) for r in res.rejects] == [(2, "malformed JSON: nested too deeply"),
+                                                              (3, "malformed JSON: nested too deeply")]
+
+
 def test_raw_is_cut_to_200_chars(tmp_path):
     write(tmp_path / "long.jsonl", json.dumps({"text": "", "pad": "x" * 500}) + "\n" + '{"text": "ok"}\n')
     res = read({"path": "long.jsonl", "columns": {"label": None}}, tmp_path)

@@ -280,6 +280,8 @@ def json_object(line: str) -> tuple[dict[str, Any] | None, str | None]:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return None, f"malformed JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        return None, "malformed JSON: nested too deeply"
     if not isinstance(obj, dict):
         return None, f"not a JSON object but a {type(obj).__name__}"
     return obj, None
@@ -366,18 +368,24 @@ def _iter_csv(path: Path, encoding: str, delimiter: str, what: str) -> Iterator[
 def _iter_parquet(path: Path, columns: Collection[str], what: str) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
+    def first_line(exc: Exception) -> str:
+        return _raw((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+
     try:
         pfile = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise TailorkdError(f"{what}: cannot read {path} as Parquet: {exc}") from None
+        raise TailorkdError(f"{what}: cannot read {path} as Parquet: {first_line(exc)}") from None
     names = list(pfile.schema_arrow.names)
     yield names
     wanted = [c for c in dict.fromkeys(columns) if c in names]
     index = 0
-    for batch in pfile.iter_batches(batch_size=8192, columns=wanted):
-        for row in batch.to_pylist():
-            index += 1
-            yield index, row, None, _raw_fields(row)
+    try:
+        for batch in pfile.iter_batches(batch_size=8192, columns=wanted):
+            for row in batch.to_pylist():
+                index += 1
+                yield index, row, None, _raw_fields(row)
+    except (OSError, ValueError) as exc:  # a page damaged past the footer (pyarrow's errors are both)
+        raise TailorkdError(f"{what}: cannot read {path} as Parquet after {index} rows: {first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
