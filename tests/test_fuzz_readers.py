@@ -341,6 +341,35 @@ def prepared(tmp_path_factory) -> Path:
     return base / "data"
 
 
+# Any JSON value in any field, lone surrogates (escaped, as JSON allows) included.
+ANY_TEXT = st.text(st.characters(), max_size=20) | st.text(st.characters(categories=["Cs", "Ll"]), max_size=6)
+ANY_VALUE = st.one_of(st.none(), ANY_TEXT, st.integers(), st.floats(), st.booleans(),
+                      st.lists(st.integers(), max_size=2), st.dictionaries(ANY_TEXT, st.integers(), max_size=2))
+
+
+@given(rows=st.lists(st.fixed_dictionaries({
+    "id": ANY_VALUE, "text": ANY_VALUE | WORDS, "title": ANY_VALUE, "date": ANY_VALUE, "language": ANY_VALUE,
+    "label": st.sampled_from(["risk", "safe", "", "other"]) | ANY_VALUE}), max_size=12))
+def test_prepared_splits_take_any_json_values_and_read_back_the_same(rows):
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    try:
+        anchors = [{"id": f"anchor-{label}", "text": f"a {label} story", "label": label} for label in ("risk", "safe")]
+        (folder / "news.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*anchors, *rows]), encoding="ascii")
+        cfg = DataConfig.model_validate({"sources": [{"path": "news.jsonl", "columns": {
+            "id": "id", "title": "title", "date": "date", "language": "language"}}], "max_reject_fraction": 1.0,
+            "splits": {"seed_per_class": 1, "test_size": 0}})
+        try:
+            made = prepare_data(cfg, ["risk", "safe"], folder / "data", seed=1, base_dir=folder)
+        except TailorkdError as exc:
+            assert "\n" not in str(exc)
+            return
+        back = load_prepared(folder / "data")
+        assert back.pool.to_pandas().equals(made.pool.to_pandas()) and back.rejects == made.rejects
+        assert all(r["file"] == str(folder / "news.jsonl") for r in made.rejects)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @given(name=st.sampled_from(["pool.arrow", "seed.parquet", "test.parquet", "rejects.jsonl", "stats.json"]),
        cut=st.integers(0, 100_000), junk=st.binary(max_size=16))
 def test_damaged_prepared_splits_are_named_errors(prepared, name, cut, junk):

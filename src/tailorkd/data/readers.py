@@ -46,7 +46,8 @@ from tailorkd.errors import TailorkdError
 RECORD_FIELDS: tuple[str, ...] = ("id", "text", "title", "language", "date", "label", "source", "origin")
 
 RAW_LIMIT = 200
-_SURROGATES = re.compile("[\udc80-\udcff]")
+_SURROGATES = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by errors="surrogateescape"
+_LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 _CSV_FIELD_LIMIT = 2**31 - 1
 
 
@@ -101,7 +102,7 @@ def _optional_text(value: Any) -> str | None:
 
 
 def _raw(text: str) -> str:
-    text = _SURROGATES.sub("\ufffd", text)
+    text = _LONE_SURROGATES.sub("\ufffd", text)
     return text if len(text) <= RAW_LIMIT else text[: RAW_LIMIT - 1] + "\u2026"
 
 
@@ -508,7 +509,7 @@ class ResultBuilder:
         if not text:
             self.reject(line, f"empty text (column {cols.text!r})", raw, path)
             return
-        if _SURROGATES.search(text):  # e.g. a JSON string with an escaped lone surrogate
+        if _LONE_SURROGATES.search(text):  # e.g. a JSON string with an escaped lone surrogate
             self.reject(line, "text holds a lone surrogate (not valid Unicode)", raw, path)
             return
         raw_id: str | None = None
@@ -516,6 +517,9 @@ class ResultBuilder:
             raw_id = _optional_text(fields.get(cols.id))
             if raw_id is None:
                 self.reject(line, f"missing id (column {cols.id!r})", raw, path)
+                return
+            if _LONE_SURROGATES.search(raw_id):
+                self.reject(line, f"id (column {cols.id!r}) holds a lone surrogate (not valid Unicode)", raw, path)
                 return
         kind, value = self.labeler(fields)
         if kind == "reject":
@@ -535,6 +539,8 @@ class ResultBuilder:
         for name in ("title", "language", "date"):
             column = getattr(cols, name)
             value_text = _optional_text(fields.get(column)) if column is not None else None
+            if value_text is not None:  # a lone surrogate (escaped in JSON) cannot be written: shown as U+FFFD
+                value_text = _LONE_SURROGATES.sub("\ufffd", value_text)
             row[name] = value_text if value_text is not None else self.constants.get(name)
         row["label"] = value if kind == "label" else None
         row["source"] = self.constants.get("source") or self.source_name
