@@ -117,6 +117,15 @@ def test_a_damaged_temperature_is_a_one_line_error(tmp_path):
     assert student_temperature(tmp_path) == 0.5
 
 
+def test_a_cut_student_file_is_named_rather_than_its_calibration(tmp_path):
+    from tailorkd.errors import TailorkdError
+
+    (tmp_path / "student.json").write_text('{"kind": "encoder", "label_na')  # cut short
+    (tmp_path / CONFIDENCE_FILE).write_text(json.dumps({"temperature": 0.5, "student_file": "0123456789abcdef"}))
+    with pytest.raises(TailorkdError, match=r"student.json: this student file is not valid JSON"):
+        student_temperature(tmp_path)
+
+
 def test_a_fit_the_seeds_cannot_support_is_flagged():
     from tailorkd.stages.distill import confidence_warning
 

@@ -26,7 +26,7 @@ from tailorkd.corpus.read import corpus_files, read_shard
 from tailorkd.data import BBCNewsSource, read_source
 from tailorkd.data.sources import CRISISLEX_SUBDIR, ENV_CRISISLEX_DIR, dataset_dir
 from tailorkd.errors import TailorkdError
-from tailorkd.recipe.corpus import CleaningConfig, CorpusConfig
+from tailorkd.recipe.corpus import CleaningConfig, CorpusConfig, CorpusInput
 
 NEWS = [
     {"id": "a1", "text": "Bushfire smoke covers Sydney as crews fight blazes across New South Wales tonight.",
@@ -186,6 +186,23 @@ def test_bad_rows_are_counted_rejects_naming_file_and_line(tmp_path):
     assert rejects[0]["reason"].startswith("malformed JSON") and "missing text" in rejects[1]["reason"]
     assert "not a JSON object" in rejects[2]["reason"] and "is a int" in rejects[3]["reason"]
     assert "wrong number of fields" in rejects[4]["reason"] and rejects[4]["raw"].startswith("2,too")
+
+
+def test_undecodable_bytes_and_lone_surrogates_are_rejects_not_tracebacks(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "bad \\ud800 text"}\n\n'
+                                      '{"id": "2", "text": "Fine text", "topic": "t \\udc00"}\n', encoding="utf-8")
+    (tmp_path / "b.csv").write_bytes(b"id,text\n1,caf\xe9 au lait\n2,Fine text too\n")
+    rows = {}
+    for name, fmt in (("a.jsonl", "jsonl"), ("b.csv", "csv")):
+        spec = CorpusInput(path=name, columns={"id": "id", "topic": "topic"})
+        rows[name] = [r for t in read_shard(0, tmp_path / name, fmt, spec, 10) for r in t.to_pylist()]
+    bad, good = rows["a.jsonl"]
+    assert (bad["row"], bad["reject"]) == (1, "text (column 'text') holds a lone surrogate (not valid Unicode)")
+    assert (good["row"], good["text"], good["topic"]) == (3, "Fine text", "t \ufffd")  # the rest of the row kept
+    undecodable, fine = rows["b.csv"]
+    assert (undecodable["row"], undecodable["reject"], undecodable["raw"]) == (
+        2, "undecodable bytes for encoding utf-8", "1,caf\ufffd au lait")
+    assert (fine["row"], fine["text"]) == (3, "Fine text too")
 
 
 @pytest.mark.parametrize("make, message", [

@@ -8,6 +8,7 @@ browser test saves a screenshot under $TAILORKD_TEST_ARTIFACTS (default: test-ar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -64,6 +65,24 @@ def test_a_folder_without_signals_or_with_a_damaged_file_is_a_one_line_error(tmp
     with pytest.raises(TailorkdError, match=rf"alerts.jsonl, line {lines}: not JSON"):
         write_dashboard(folder)
     assert not (folder / "dashboard.html").exists()
+
+
+def test_topic_and_label_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    folder = write_signals(tmp_path / "signals")
+    daily = pd.read_parquet(folder / "daily.parquet")
+    daily["topic"] = daily["topic"].replace({"floods": "Say $\\foo$ now", "port strike": "cost $5 or $6"})
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "labels": ["$risk$", "caution", "safe"]}))
+    daily.rename(columns={"n_risk": "n_$risk$"}).to_parquet(folder / "daily.parquet", index=False)  # read as math
+    page = render_dashboard(folder)
+    assert ">Say $\\foo$ now</text>" in page and ">cost $5 or $6</text>" in page and ">$risk$</text>" in page
+
+
+def test_a_damaged_daily_table_is_a_one_line_error(tmp_path):
+    folder = write_signals(tmp_path / "signals")
+    (folder / "daily.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(TailorkdError, match=r"daily.parquet: not a Parquet file .*run `tailorkd signals` again"):
+        render_dashboard(folder)
 
 
 def test_the_service_guards_the_page_with_the_token_and_follows_new_signals(tmp_path):

@@ -12,7 +12,7 @@ from helpers import TOPICS, make_recipe, topic_rows, write_jsonl
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.recipe import SignalRule, load_recipe
-from tailorkd.signals import daily_signals, find_alerts, wilson_interval
+from tailorkd.signals import SignalStore, daily_signals, find_alerts, wilson_interval
 
 WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}
 
@@ -162,10 +162,146 @@ def test_bad_feeds_and_settings_are_one_line_errors(trained_run, tmp_path, capsy
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"body": "no text column", "date": "2024-01-01"}])
     assert main(["signals", recipe_path, str(bad), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == f"error: {bad}: no column 'text' (signals.columns.text); it has ['body', 'date']"
+    assert error == (f"error: signals ({bad}): none of its 1 rows could be read (first: line 1: missing text "
+                     "(column 'text')); the lines have the keys body, date; check signals.columns and format")
+    no_date = tmp_path / "no_date.csv"
+    no_date.write_text("id,text\n1,Storm warning\n", encoding="utf-8")
+    assert main(["signals", recipe_path, str(no_date), "--out", str(tmp_path / "o")]) == 2
+    assert "column 'date' (signals.columns.date) is not in the CSV header" in capsys.readouterr().err
     assert main(["signals", recipe_path, str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: no feed file there" in capsys.readouterr().err
     assert main(["signals", recipe_path, str(bad), "--set", "signals.risk_labels=[nope]"]) == 2
     assert "signals.risk_labels names labels the task does not have: ['nope']" in capsys.readouterr().err
     assert main(["signals", recipe_path, str(bad), "--set", "signals.severity_weights={low: 1}"]) == 2
     assert "no weight for the severity levels ['high']" in capsys.readouterr().err
+
+
+def _rejects(folder):
+    return [json.loads(line) for line in (folder / "rejects.jsonl").read_text().splitlines()]
+
+
+def test_bad_rows_are_rejects_at_their_physical_line_and_never_stop_the_run(trained_run, tmp_path):
+    folder, recipe_path = trained_run
+    good = [{"id": f"m-{i}", "text": f"News item {i} about business", "topic": "busi"} for i in range(4)]
+    lines = [json.dumps({**good[0], "date": "2024-03-01"}), "",  # a blank line does not shift the count
+             "{not json at all",
+             json.dumps({**good[1], "date": 1709251200}),  # Unix seconds, a JSON number: 2024-03-01
+             json.dumps({**good[2], "date": "1709337600"}),  # the same rule for a text of digits: 2024-03-02
+             json.dumps({**good[3], "date": 1709337600000}),  # milliseconds: beyond 2100 as seconds, a reject
+             json.dumps({"id": "m-x", "text": "No date here", "topic": "busi"})]
+    day1 = tmp_path / "day1.jsonl"
+    day1.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    day2 = tmp_path / "day2.csv"  # a record over two lines: the next starts on line 4, not record 3
+    day2.write_text('id,text,date,topic\nc-1,"A story told\nover two lines",2024-03-02,poli\n'
+                    'c-2,,2024-03-02,poli\nc-3,"Fine, again",2024-03-02,poli\n', encoding="utf-8")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    out = tmp_path / "signals"
+    assert main(["signals", recipe_path, str(day1), str(day2), str(empty), "--out", str(out)]) == 0
+    rejects = _rejects(out)
+    assert [(r["file"], r["line"]) for r in rejects] == [(str(day1), 3), (str(day1), 6), (str(day1), 7),
+                                                         (str(day2), 4)]
+    assert rejects[0]["reason"].startswith("malformed JSON") and rejects[0]["raw"] == "{not json at all"
+    assert rejects[1]["reason"] == ("'date' is not a date: '1709337600000' (a number is Unix time in seconds, "
+                                    "1980 to 2100)")
+    assert rejects[2]["reason"] == "no 'date'" and rejects[3]["reason"] == "empty text (column 'text')"
+    stored = pd.read_parquet(out / "signals.parquet").set_index("id")
+    assert stored.loc[["m-0", "m-1", "m-2"], "day"].tolist() == ["2024-03-01", "2024-03-01", "2024-03-02"]
+    assert stored.loc[["m-0", "m-1", "m-2", "c-1", "c-3"], "line"].tolist() == [1, 4, 5, 2, 5]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["articles_stored"], summary["rejected"], summary["rejected_now"]) == (5, 4, 4)
+    assert summary["files"] == [str(day1), str(day2), str(empty)]
+
+
+def test_a_new_day_keeps_the_earlier_rejects_and_files_and_a_file_read_again_replaces_its_own(trained_run,
+                                                                                              tmp_path):
+    folder, recipe_path = trained_run
+    day1 = _feed(tmp_path, "day1", "2024-03-01", 3)
+    with day1.open("a") as f:
+        f.write("{broken\n")
+        f.write(json.dumps({"id": "x", "text": "Storm", "date": "soon"}) + "\n")
+    out = tmp_path / "signals"
+    assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0
+    assert [(r["file"], r["line"]) for r in _rejects(out)] == [(str(day1), 4), (str(day1), 5)]
+    day2 = _feed(tmp_path, "day2", "2024-03-02", 3, start=3)
+    with day2.open("a") as f:
+        f.write("[1, 2]\n")
+    assert main(["signals", recipe_path, str(day2), "--out", str(out)]) == 0  # the new day's file alone
+    assert [(r["file"], r["line"]) for r in _rejects(out)] == [(str(day1), 4), (str(day1), 5), (str(day2), 4)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"] == [str(day1), str(day2)] and summary["files_now"] == [str(day2)]
+    assert (summary["rejected"], summary["rejected_now"], summary["articles_stored"]) == (3, 1, 6)
+    # day1 read again, its broken line mended: its rejects are this reading's, none twice, day2's kept
+    day1.write_text("".join(line + "\n" for line in day1.read_text().splitlines() if line != "{broken"))
+    assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0
+    assert [(r["file"], r["line"]) for r in _rejects(out)] == [(str(day1), 4), (str(day2), 4)]
+    assert json.loads((out / "summary.json").read_text())["files"] == [str(day1), str(day2)]
+
+
+def test_a_cut_gzip_feed_is_a_one_line_error_that_keeps_what_was_stored(trained_run, tmp_path, capsys):
+    import gzip
+
+    folder, recipe_path = trained_run
+    day1 = _feed(tmp_path, "day1", "2024-03-01", 4)
+    out = tmp_path / "signals"
+    assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0
+    before = pd.read_parquet(out / "signals.parquet")
+    rows = "".join(json.dumps({"id": f"z{i}", "text": f"Story {i}", "date": "2024-03-02"}) + "\n" for i in range(50))
+    packed = gzip.compress(rows.encode())
+    cut = tmp_path / "day2.jsonl.gz"
+    cut.write_bytes(packed[: len(packed) // 2])
+    assert main(["signals", recipe_path, str(day1), str(cut), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars of the first file
+    assert error.startswith(f"error: signals ({cut}): not a readable gzip file after ")
+    with SignalStore(out / "signals.sqlite", TOPICS) as store:
+        assert set(before["key"]) <= set(store.frame()["key"])
+    assert main(["signals", recipe_path, str(day1), "--out", str(out)]) == 0  # the outputs, as they were
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "signals.parquet"), before)
+
+
+def test_a_topic_with_dollar_signs_is_drawn_as_written(trained_run, tmp_path):
+    folder, recipe_path = trained_run
+    topic = "Say $\\foo$ now"
+    feed = write_jsonl(tmp_path / "day.jsonl", [{"id": f"t{i}", "text": f"Storm story {i}", "date": "2024-03-01",
+                                                 "topic": topic} for i in range(3)])
+    out = tmp_path / "signals"
+    assert main(["signals", recipe_path, str(feed), "--out", str(out)]) == 0
+    page = (out / "dashboard.html").read_text()
+    assert f">{topic}</text>" in page  # the class-mix chart's tick label, as text in the SVG
+
+
+def test_a_damaged_student_file_is_named_not_its_calibration(trained_run, tmp_path, capsys):
+    folder, recipe_path = trained_run
+    student = folder / "run" / "students" / "adaptive_kd"
+    marker = student / "student.json"
+    assert (student / "confidence.json").is_file()
+    feed = _feed(tmp_path, "day", "2024-03-01", 2)
+    whole = marker.read_bytes()
+    try:
+        marker.write_bytes(whole[: len(whole) // 2])
+        assert main(["signals", recipe_path, str(feed), "--out", str(tmp_path / "o")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith(f"error: {marker}: this student file is not valid JSON") and "\n" not in error
+        assert "confidence" not in error
+    finally:
+        marker.write_bytes(whole)
+
+
+def test_a_store_of_an_older_tailorkd_takes_over_the_rejects_and_files_it_left_in_files(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "signals.sqlite"
+    with sqlite3.connect(path) as db:  # schema 1: no rejects or files in the store
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("labels", json.dumps(TOPICS))])
+    db.close()
+    old_rejects = [{"file": "a.jsonl", "line": 3, "reason": "empty 'text'"}, "not a reject",
+                   {"file": "b.jsonl", "line": 1, "reason": "'date' is not a date: 'x'"}]
+    with SignalStore(path, TOPICS) as store:
+        assert store.upgraded
+        store.adopt(old_rejects, ["a.jsonl", "b.jsonl", 7])
+        assert store.files() == ["a.jsonl", "b.jsonl"]
+        assert [(r["file"], r["line"], r["position"]) for r in store.rejects()] == [("a.jsonl", 3, "line"),
+                                                                                    ("b.jsonl", 1, "line")]
+    with SignalStore(path, TOPICS) as store:
+        assert not store.upgraded  # taken over once

@@ -105,3 +105,18 @@ def test_compare_shows_paper_names_and_reads_an_old_report(tmp_path):
     assert [line.split(" | ")[:2] for line in table[2:]] == [["| new", n] for n in PAPER_NAMES] + [
         ["| old", n] for n in PAPER_NAMES]
     assert "student |" not in "\n".join(table).replace("untrained student |", "")
+
+
+def test_names_with_dollar_signs_are_drawn_as_written_not_as_math(tmp_path):
+    report = json.loads(json.dumps(fake_report("adaptive_kd")))
+    systems = report["systems"]
+    systems["my $\\foo$ system"] = systems.pop("standard_kd")  # a system key or label matplotlib reads as math
+    for system in systems.values():
+        matrix = system["metrics"]["confusion_matrix"]
+        matrix["labels"] = [f"${name}$ \\bar" for name in matrix["labels"]]
+    made = write_figures(report, tmp_path)
+    assert (tmp_path / made["confusion_matrix"]["my $\\foo$ system"]).is_file()
+    fig = cost_quality_plot(systems)
+    fig.canvas.draw()
+    entries = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(e.startswith("my \\$\\foo\\$ system:") for e in entries)  # $ escaped: shown, not parsed

@@ -7,6 +7,9 @@ marked), the alerts with their top articles, and the class mix per topic. Charts
 in the page, its style and its one small script (the topic filter) are inline too: the page needs nothing
 from the network, so it opens from disk, behind a firewall, or from ``tailorkd serve`` (GET /dashboard).
 
+Topic and label names are drawn literally (``evaluation.figures.literal``: a topic such as 'Say $\\foo$ now'
+is not read as math), without TeX.
+
 Each chart's elements carry ids (``severity-<i>``, ``risk-<i>``, ``alerts-<i>``, ``mix-bar-<i>-<j>``: topic i,
 label j, in the page's order) and the numbers are also in tables, so a browser test can check what is drawn.
 ``signals`` writes the page after every run; ``serve`` renders it again when the folder's files change.
@@ -25,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from tailorkd.errors import TailorkdError
+from tailorkd.evaluation.figures import literal, plain_text
 
 FILES = ("daily.parquet", "alerts.jsonl", "summary.json")
 PAGE = "dashboard.html"
@@ -40,19 +44,30 @@ def read_signals_folder(folder: Path) -> tuple[pd.DataFrame, list[dict[str, Any]
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise TailorkdError(f"{folder}: no signals there (missing {', '.join(missing)}); run `tailorkd signals`")
-    daily = pd.read_parquet(folder / "daily.parquet")
+    rerun = "; run `tailorkd signals` again to rewrite it from the store"
+    try:
+        daily = pd.read_parquet(folder / "daily.parquet")
+    except (OSError, ValueError) as exc:  # pyarrow's errors for a damaged file are both
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TailorkdError(f"{folder / 'daily.parquet'}: not a Parquet file ({detail}){rerun}") from None
     alerts = []
-    with open(folder / "alerts.jsonl", encoding="utf-8") as lines:
+    with open(folder / "alerts.jsonl", encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 try:
-                    alerts.append(json.loads(line))
+                    alert = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise TailorkdError(f"{folder / 'alerts.jsonl'}, line {number}: not JSON ({exc.msg})") from None
+                    raise TailorkdError(f"{folder / 'alerts.jsonl'}, line {number}: not JSON ({exc.msg}){rerun}"
+                                        ) from None
+                if not isinstance(alert, dict) or not {"topic", "day"} <= set(alert):
+                    raise TailorkdError(f"{folder / 'alerts.jsonl'}, line {number}: not an alert{rerun}")
+                alerts.append(alert)
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as exc:
-        raise TailorkdError(f"{folder / 'summary.json'}: not JSON ({exc.msg})") from None
+        raise TailorkdError(f"{folder / 'summary.json'}: not JSON ({exc.msg}){rerun}") from None
+    if not isinstance(summary, dict):
+        raise TailorkdError(f"{folder / 'summary.json'}: not a JSON object{rerun}")
     return daily, alerts, summary
 
 
@@ -164,6 +179,7 @@ def _figure(width: float, height: float):
         return figure, figure.subplots()
 
 
+@plain_text
 def topic_chart(days: pd.DataFrame, index: int, alert_days: set[tuple[str, str]]) -> str:
     """One topic's severity index (with its interval) and risk share per day, alert days marked."""
     import matplotlib.dates as mdates
@@ -195,6 +211,7 @@ def topic_chart(days: pd.DataFrame, index: int, alert_days: set[tuple[str, str]]
     return _svg(figure)
 
 
+@plain_text
 def class_mix_chart(topics: pd.DataFrame, names: list[str]) -> str:
     """Per topic, the share of each label among its articles: stacked horizontal bars."""
     figure, axis = _figure(7.5, 0.6 + 0.24 * len(topics))
@@ -202,11 +219,11 @@ def class_mix_chart(topics: pd.DataFrame, names: list[str]) -> str:
     left = [0.0] * len(topics)
     positions = list(range(len(topics)))[::-1]  # the biggest topic on top, as in the table
     for j, (name, colour) in enumerate(zip(names, _colours(len(names)))):
-        bars = axis.barh(positions, shares[:, j], left=left, color=colour, label=name, height=0.7)
+        bars = axis.barh(positions, shares[:, j], left=left, color=colour, label=literal(name), height=0.7)
         for i, bar in enumerate(bars):
             bar.set_gid(f"mix-bar-{i}-{j}")
         left = [a + b for a, b in zip(left, shares[:, j])]
-    axis.set_yticks(positions, [str(t) for t in topics["topic"]])
+    axis.set_yticks(positions, [literal(t) for t in topics["topic"]])
     axis.set_xlim(0, 1)
     axis.xaxis.set_major_formatter(lambda value, _: f"{100 * value:.0f}%")
     axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(names), fontsize=7, frameon=False)

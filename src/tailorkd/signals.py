@@ -4,10 +4,12 @@ A signal is one article's label, calibrated confidence and severity level (``sta
 with the run's student). Here:
 
 - ``read_feed``: articles from JSONL / JSONL.gz / Parquet / CSV files, in bounded batches, each with the file
-  and line it came from; a row without text or with a date that does not parse is rejected with its place.
+  and line it came from, read by the corpus stage's reader (one reading rule: a bad row is a reject with its
+  file and line, a file that cannot be read a one-line error); ``feed_days``: the one rule for dates.
 - ``SignalStore``: SQLite, one row per article key, the model that scored it with it; rescoring with another
   model replaces the row, rescoring with the same one is skipped, so a rerun adds nothing twice and a new
-  day's file adds only its rows. Each batch is one transaction: a killed run keeps what it stored.
+  day's file adds only its rows. It keeps the rejects of every file read (a file read again replaces its
+  own) and the files in the order first read. Each batch is one transaction: a killed run keeps what it stored.
 - ``daily_signals``: per topic and day, the article count, counts per label, the risk share with its Wilson
   interval, the severity index (mean severity weight) with its normal interval, and the topic's trailing
   risk share over the days before.
@@ -20,8 +22,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
+import re
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,8 +34,8 @@ import pandas as pd
 from tailorkd.errors import TailorkdError
 from tailorkd.labels import first_column_among
 
-FEED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
-SCHEMA_VERSION = 1
+FEED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
+SCHEMA_VERSION = 2  # 2: the store keeps the rejects and the files read
 
 
 # -- reading the feed ---------------------------------------------------------------------------------------
@@ -53,66 +56,108 @@ def feed_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _chunks(path: Path, batch_size: int) -> Iterator[pd.DataFrame]:
-    name = path.name
-    try:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
+def feed_format(path: Path) -> str:
+    """jsonl, csv or parquet, from the file's suffix (the corpus stage's suffixes); JSON lines otherwise."""
+    from tailorkd.corpus.read import file_format
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-                yield batch.to_pandas()
-        elif name.endswith(".csv"):
-            yield from pd.read_csv(path, chunksize=batch_size, dtype=str, keep_default_na=False)
-        else:  # JSON lines, gzipped or not
-            yield from pd.read_json(path, lines=True, chunksize=batch_size, dtype=False,
-                                    compression="infer")
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise TailorkdError(f"{path}: cannot be read as a feed file ({str(exc).splitlines()[0]})") from exc
+    return file_format(path, None) or "jsonl"
+
+
+# Unix time in seconds is read only in [1980, 2100): below, a number of eight digits or fewer is a date text
+# (YYYYMMDD, a year), so the two readings never meet; milliseconds (13 digits) are beyond 2100 and rejected.
+UNIX_SECONDS = (315532800, 4102444800)
+FIRST_DAY, LAST_DAY = "1900-01-01", "2099-12-31"
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+_RELATIVE = {"now", "today"}  # pandas reads these against the clock: not a date the feed gave
+
+
+def feed_days(values: Sequence[str | None]) -> list[str | None]:
+    """The UTC day (YYYY-MM-DD) of each date value of a feed, None where it is not a date. A number (a JSON
+    number, or a text of digits with an optional fraction) between ``UNIX_SECONDS`` is Unix time in seconds;
+    any other value is a date text pandas parses (ISO 8601 with or without a time and an offset, 20240301,
+    'March 1, 2024', ...), taken to UTC (a value without an offset is UTC); a day outside
+    [``FIRST_DAY``, ``LAST_DAY``] is not a date."""
+    days: list[str | None] = [None] * len(values)
+    texts: dict[int, str] = {}
+    for i, value in enumerate(values):
+        text = (value or "").strip()
+        if not text or text.lower() in _RELATIVE:
+            continue
+        if _NUMBER.fullmatch(text) and UNIX_SECONDS[0] <= float(text) < UNIX_SECONDS[1]:
+            days[i] = datetime.fromtimestamp(float(text), timezone.utc).strftime("%Y-%m-%d")
+        else:
+            texts[i] = text
+    if texts:
+        parsed = pd.to_datetime(pd.Series(list(texts.values()), dtype=object), errors="coerce", utc=True,
+                                format="mixed")
+        for i, stamp in zip(texts, parsed):
+            day = None if pd.isna(stamp) else f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d}"
+            days[i] = day if day is not None and FIRST_DAY <= day <= LAST_DAY else None
+    return days
 
 
 def read_feed(files: Sequence[Path], columns: Any, batch_size: int
-              ) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
-    """(articles, rejects) batch by batch. An article: key, id, text, day (YYYY-MM-DD), topic, source, file,
-    line. A reject: file, line, reason. ``columns``: the recipe's ``signals.columns``."""
+              ) -> Iterator[tuple[Path, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """(file, articles, rejects) batch by batch, at least one batch per file (an empty file gives empty lists).
+    An article: key, id, text, day (YYYY-MM-DD, ``feed_days``), topic, source, file, line. A reject: file, line
+    (the 1-based line the record starts on; the row for Parquet), position, reason, raw. ``columns``: the
+    recipe's ``signals.columns``.
+
+    The rows are read by the corpus stage's reader (``corpus.read.read_shard``), so a feed row is rejected and
+    numbered as a corpus row is: a row that cannot be read (malformed JSON or CSV, undecodable bytes, no text)
+    is a reject and the run goes on; so is a row whose date is missing or not a date. A file that cannot be
+    read at all (not gzip, a gzip stream cut short, not Parquet, the text or date column missing from a CSV
+    header or Parquet schema, no row readable, no row with a date) is a one-line TailorkdError naming it."""
+    from tailorkd.corpus.read import read_shard
+    from tailorkd.data.readers import make_reject
+    from tailorkd.recipe.corpus import CorpusColumns, CorpusInput
+
+    spec = CorpusInput(path=".", source="", columns=CorpusColumns(
+        text=columns.text, date=columns.date, topic=columns.topic, source=columns.source, id=columns.id))
     for path in files:
-        line = 0
-        for chunk in _chunks(path, batch_size):
-            if columns.text not in chunk.columns:
-                raise TailorkdError(f"{path}: no column '{columns.text}' (signals.columns.text); it has "
-                                    f"{list(chunk.columns)[:10]}")
-            if columns.date not in chunk.columns:
-                raise TailorkdError(f"{path}: no column '{columns.date}' (signals.columns.date); it has "
-                                    f"{list(chunk.columns)[:10]}")
-            days = pd.to_datetime(chunk[columns.date], errors="coerce", utc=True, format="mixed")
-
-            def field(name: str | None, i: int) -> str:
-                value = chunk[name].iloc[i] if name and name in chunk.columns else None
-                return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
+        readable = dated = 0
+        batches = 0
+        for table in read_shard(0, path, feed_format(path), spec, batch_size, key="signals",
+                                required=("text", "date")):
+            rows = table.to_pylist()
+            days = iter(feed_days([row["date"] for row in rows if row["reject"] is None]))
             articles, rejects = [], []
-            for i in range(len(chunk)):
-                line += 1
-                text = field(columns.text, i).strip()
-                if not text:
-                    rejects.append({"file": str(path), "line": line, "reason": f"empty '{columns.text}'"})
+            for row in rows:
+                where = (path, row["row"])
+                if row["reject"] is not None:
+                    rejects.append(make_reject(*where, row["reject"], row["raw"] or "", row["position"]))
                     continue
-                if pd.isna(days.iloc[i]):
-                    rejects.append({"file": str(path), "line": line,
-                                    "reason": f"'{columns.date}' is not a date: {field(columns.date, i)[:40]!r}"})
+                readable += 1
+                day = next(days)
+                text = row["text"].strip()
+                if day is None:
+                    dated += row["date"] is not None
+                    given = row["date"] or ""
+                    reason = f"'{columns.date}' is not a date: {given[:40]!r}" if given else f"no '{columns.date}'"
+                    if _NUMBER.fullmatch(given):
+                        reason += " (a number is Unix time in seconds, 1980 to 2100)"
+                    rejects.append(make_reject(*where, reason, json.dumps({columns.text: text, columns.date: given},
+                                                                          ensure_ascii=False), row["position"]))
                     continue
-                day = days.iloc[i].strftime("%Y-%m-%d")
-                topic, source = field(columns.topic, i) or "all", field(columns.source, i)
-                given_id = field(columns.id, i)
+                dated += 1
+                topic, source, given_id = row["topic"] or "all", row["source"] or "", row["doc_id"] or ""
                 key = hashlib.sha256(("id\0" + given_id if given_id else
                                       "\0".join(("text", text, day, topic, source))).encode()).hexdigest()[:32]
                 articles.append({"key": key, "id": given_id or key[:12], "text": text, "day": day, "topic": topic,
-                                 "source": source, "file": str(path), "line": line})
-            yield articles, rejects
+                                 "source": source, "file": str(path), "line": row["row"]})
+            batches += 1
+            yield path, articles, rejects
+        if readable and not dated:
+            raise TailorkdError(f"signals ({path}): none of its {readable} rows has a '{columns.date}' "
+                                f"(signals.columns.date)")
+        if not batches:
+            yield path, [], []
 
 
 # -- the store of scored articles -----------------------------------------------------------------------------
 class SignalStore:
-    """Scored articles in SQLite (``signals.sqlite``), keyed by article; see the module docstring."""
+    """Scored articles in SQLite (``signals.sqlite``), keyed by article, with the rejects of every file read
+    into it and the files in the order first read; see the module docstring."""
 
     def __init__(self, path: Path, label_names: Sequence[str]):
         self.path = Path(path)
@@ -127,6 +172,12 @@ class SignalStore:
             probabilities TEXT NOT NULL, file TEXT, line INTEGER)""")
         self.db.execute("CREATE INDEX IF NOT EXISTS signals_topic_day ON signals (topic, day)")
         stored = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        #: A store of schema 1 kept its rejects and files only in rejects.jsonl and summary.json: the stage
+        #: takes them over (``adopt``) once.
+        self.upgraded = "schema_version" in stored and int(stored["schema_version"]) < 2
+        self.db.execute("CREATE TABLE IF NOT EXISTS files (file TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+        self.db.execute("""CREATE TABLE IF NOT EXISTS rejects (file TEXT NOT NULL, position TEXT NOT NULL,
+            line INTEGER NOT NULL, reason TEXT NOT NULL, raw TEXT, PRIMARY KEY (file, position, line, reason))""")
         labels = json.dumps(self.label_names)
         if stored.get("labels", labels) != labels:
             raise TailorkdError(f"{self.path}: holds signals for the labels {stored['labels']}, not {labels}; "
@@ -145,14 +196,49 @@ class SignalStore:
         """The keys among ``keys`` already scored by ``model``."""
         return first_column_among(self.db, "SELECT key FROM signals WHERE model = ?", [model], "key", keys)
 
-    def put(self, articles: Sequence[dict[str, Any]], model: str) -> None:
-        """Store scored articles (each with label, confidence, severity, probabilities) in one transaction."""
+    def put(self, articles: Sequence[dict[str, Any]], model: str, rejects: Sequence[dict[str, Any]] = (),
+            file: str | Path | None = None, first: bool = False) -> None:
+        """Store scored articles (each with label, confidence, severity, probabilities) and rejects (file, line,
+        position, reason, raw) of ``file`` in one transaction. ``first``: the batch starts reading ``file``
+        (again): its earlier rejects are replaced by this reading's, so a row fixed since is no longer one."""
         with self.db:
+            if file is not None:
+                self._add_files([str(file)])
+                if first:
+                    self.db.execute("DELETE FROM rejects WHERE file = ?", [str(file)])
+            self._add_files([*(str(a["file"]) for a in articles), *(str(r["file"]) for r in rejects)])
+            self.db.executemany("INSERT OR REPLACE INTO rejects VALUES (?, ?, ?, ?, ?)",
+                                [(str(r["file"]), r.get("position") or "line", int(r["line"]), str(r["reason"]),
+                                  r.get("raw")) for r in rejects])
             self.db.executemany(
                 "INSERT OR REPLACE INTO signals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(a["key"], model, a["id"], a["day"], a["topic"], a["source"], a["text"], a["label"],
                   float(a["confidence"]), a["severity"], json.dumps(a["probabilities"]), a["file"], a["line"])
                  for a in articles])
+
+    def _add_files(self, files: Sequence[str]) -> None:
+        for file in dict.fromkeys(files):
+            self.db.execute("INSERT OR IGNORE INTO files VALUES (?, (SELECT COALESCE(MAX(seq), -1) + 1 FROM files))",
+                            [file])
+
+    def adopt(self, rejects: Sequence[Any], files: Sequence[Any]) -> None:
+        """Take over the rejects and files a store of schema 1 left in rejects.jsonl and summary.json (what is
+        not a reject or a file name is left out)."""
+        kept = [r for r in rejects if isinstance(r, dict) and {"file", "line", "reason"} <= set(r)
+                and isinstance(r["line"], int)]
+        with self.db:
+            self._add_files([str(f) for f in files if isinstance(f, str)])
+        self.put([], "", kept)
+
+    def files(self) -> list[str]:
+        """Every file read into this store, in the order first read."""
+        return [row[0] for row in self.db.execute("SELECT file FROM files ORDER BY seq")]
+
+    def rejects(self) -> list[dict[str, Any]]:
+        """Every reject of the files read into this store, by file (in the order first read) and line."""
+        query = ("SELECT r.file, r.line, r.position, r.reason, r.raw FROM rejects r LEFT JOIN files f "
+                 "ON f.file = r.file ORDER BY f.seq, r.file, r.position, r.line, r.reason")
+        return [dict(zip(("file", "line", "position", "reason", "raw"), row)) for row in self.db.execute(query)]
 
     def frame(self, model: str | None = None) -> pd.DataFrame:
         """Every stored signal (of ``model`` only, when given), one row per article, probabilities as p_<label>."""

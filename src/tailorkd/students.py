@@ -353,6 +353,7 @@ def student_temperature(folder: str | Path) -> float:
         raise TailorkdError(f"{path}: temperature must be a positive number, got {value!r}; delete the file or run "
                             "`tailorkd distill` again")
     if "student_file" in fitted and fitted["student_file"] != student_file_hash(folder):
+        read_json(Path(folder) / STUDENT_FILE, "student file")  # a damaged one is to blame, not the calibration
         raise TailorkdError(f"{path}: fitted for a student that has been retrained since; run `tailorkd distill` "
                             "again to refit it")
     return float(value)

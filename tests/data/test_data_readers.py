@@ -111,6 +111,26 @@ def test_jsonl_rejects_with_lines(tmp_path):
     assert rejects[7]["raw"] == '{"text": "odd label", "label": "weird"}'
 
 
+def test_json_nested_too_deeply_is_a_reject_not_a_traceback(tmp_path):
+    rows = [json.dumps({"text": "first"}), "[" * 100_000, '{"a":' * 50_000, json.dumps({"text": "last"})]
+    write(tmp_path / "deep.jsonl", "\n".join(rows) + "\n")
+    res = read({"path": "deep.jsonl", "columns": {"label": None}}, tmp_path)
+    assert [r["text"] for r in res.rows] == ["first", "last"]
+    assert [(r["line"], r["reason"]) for r in res.rejects] == [(2, "malformed JSON: nested too deeply"),
+                                                              (3, "malformed JSON: nested too deeply")]
+
+
+def test_lone_surrogates_reject_their_row_or_are_shown_as_replacement_characters(tmp_path):
+    rows = ['{"id": "a\\ud800", "text": "Id with a lone surrogate"}', '{"id": "b", "text": "Text \\ud800 here"}',
+            '{"id": "c", "text": "Fine", "title": "t\\udc00", "date": "2024\\ud83d"}']
+    write(tmp_path / "s.jsonl", "\n".join(rows) + "\n")
+    res = read({"path": "s.jsonl", "columns": {"id": "id", "title": "title", "date": "date", "label": None}}, tmp_path)
+    assert [(r["line"], r["reason"]) for r in res.rejects] == [
+        (1, "id (column 'id') holds a lone surrogate (not valid Unicode)"),
+        (2, "text holds a lone surrogate (not valid Unicode)")]
+    assert [(r["id"], r["title"], r["date"]) for r in res.rows] == [("c", "t\ufffd", "2024\ufffd")]
+
+
 def test_raw_is_cut_to_200_chars(tmp_path):
     write(tmp_path / "long.jsonl", json.dumps({"text": "", "pad": "x" * 500}) + "\n" + '{"text": "ok"}\n')
     res = read({"path": "long.jsonl", "columns": {"label": None}}, tmp_path)

@@ -278,6 +278,38 @@ def test_load_prepared_errors(tmp_path):
         load_prepared(out)
 
 
+@pytest.mark.parametrize("name, kind", [("pool.arrow", "an Arrow file"), ("seed.parquet", "a Parquet file"),
+                                        ("test.parquet", "a Parquet file"), ("rejects.jsonl", "JSON lines")])
+def test_a_damaged_split_is_a_one_line_error_naming_it_and_the_way_out(tmp_path, name, kind):
+    cfg = DataConfig.model_validate(write_sources(tmp_path))
+    out = tmp_path / "out"
+    prepare_data(cfg, TASK, out, seed=1, base_dir=tmp_path)
+    whole = (out / name).read_bytes()
+    (out / name).write_bytes(whole[: len(whole) // 2] + b"{cut")
+    with pytest.raises(TailorkdError) as info:
+        load_prepared(out)
+    message = str(info.value)
+    assert message.startswith(f"{out / name}: not {kind}") and "\n" not in message
+    assert message.endswith("run `tailorkd prepare RECIPE --force` to make the splits again from the sources")
+
+
+def test_prepare_names_a_damaged_pool_and_force_makes_it_again(tmp_path, capsys):
+    from tailorkd.cli import main
+    from test_pipeline import make_recipe
+
+    recipe = make_recipe(tmp_path, "unused-teacher", "unused-student")
+    assert main(["prepare", recipe]) == 0
+    pool = tmp_path / "run" / "data" / "pool.arrow"
+    whole = pool.read_bytes()
+    pool.write_bytes(b"not an arrow file")
+    capsys.readouterr()
+    assert main(["prepare", recipe]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {pool}: not an Arrow file (") and "--force" in error and "\n" not in error
+    assert main(["prepare", recipe, "--force"]) == 0
+    assert pool.read_bytes() == whole  # the same splits: made again from the same sources
+
+
 def test_no_usable_rows(tmp_path):
     (tmp_path / "x.txt").write_text("a@gone\nb@gone\n", encoding="utf-8")
     cfg = DataConfig.model_validate({"sources": [{"path": "x.txt", "labels": {"gone": None}}]})

@@ -10,8 +10,12 @@ CSV field may span lines and ``row`` is the line the record starts on; the 1-bas
 ``position`` says which). A row that cannot be read (malformed JSON, not an object, undecodable bytes, a
 missing or non-text text field, a CSV row with the wrong number of fields) is kept as a *reject*: ``reject``
 holds the reason and ``raw`` the start of the line, and the funnel counts it. Whole-file problems (a file
-that is not gzip or Parquet, a text column missing from the CSV header or Parquet schema, a file none of
-whose rows can be read) are a one-line TailorkdError naming the file and the recipe key.
+that is not gzip or Parquet, a gzip stream cut short, a file that cannot be opened, a text column missing
+from the CSV header or Parquet schema, a file none of whose rows can be read) are a one-line TailorkdError
+naming the file and the recipe key. An empty file, or one of blank lines only, has no rows and is no error.
+
+`tailorkd signals` reads its feed files with ``read_shard`` too (``key="signals"``), so a feed row and a
+corpus row are read, rejected and numbered by one rule.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +92,11 @@ def corpus_files(inputs: list[CorpusInput], base_dir: Path) -> list[tuple[int, P
     return out
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _cut(text: str) -> str:
+    text = _SURROGATE.sub("\ufffd", text)  # undecodable bytes kept as surrogates (Arrow strings are UTF-8)
     return text if len(text) <= RAW_LIMIT else text[: RAW_LIMIT - 1] + "\u2026"
 
 
@@ -126,12 +134,16 @@ class _Batch:
                 reject = f"text (column {text_column!r}) is a {type(value).__name__}, not a string"
             elif not value.strip():
                 reject = f"empty text (column {text_column!r})"
+            elif _SURROGATE.search(value):  # e.g. an escaped lone surrogate in JSON: not valid Unicode
+                reject = f"text (column {text_column!r}) holds a lone surrogate (not valid Unicode)"
             else:
                 text = value
             for field in _FIELDS:
                 column = getattr(columns, _COLUMN_OF[field])
                 if column is not None:
                     values[field] = _cell(fields.get(column))
+                    if values[field] is not None and _SURROGATE.search(values[field]):
+                        values[field] = _SURROGATE.sub("\ufffd", values[field])
         c = self.columns
         c["file"].append(self.file)
         c["position"].append(self.position)
@@ -163,6 +175,7 @@ def _binary_lines(path: Path) -> Iterator[bytes]:
 
 def _iter_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
     for number, data in enumerate(_binary_lines(path), start=1):
+        data = data.rstrip(b"\n").rstrip(b"\r")  # the line end is not part of the record (nor of its raw)
         try:
             line = data.decode(encoding)
         except UnicodeDecodeError:
@@ -176,10 +189,11 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]
         yield number, obj, problem, line
 
 
-def _iter_csv(path: Path, spec: CorpusInput, key: str
+def _iter_csv(path: Path, spec: CorpusInput, key: str, required: Collection[str]
               ) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding=spec.encoding, errors="surrogateescape", newline="") as stream:  # type: ignore
+    # Lines end at \n, as in JSONL and the data readers (a \r before it is part of the line end).
+    with opener(path, "rt", encoding=spec.encoding, errors="surrogateescape", newline="\n") as stream:  # type: ignore
         header: list[str] | None = None
         for start, cells, error in csv_records(stream, spec.separator):
             if cells is None:
@@ -190,7 +204,7 @@ def _iter_csv(path: Path, spec: CorpusInput, key: str
             raw = spec.separator.join(cells)
             if header is None:
                 header = [name.strip() for name in cells]
-                _check_columns(header, spec, path, key, "CSV header")
+                _check_columns(header, spec, path, key, "CSV header", required)
                 continue
             if any("\udc80" <= ch <= "\udcff" for ch in raw):
                 yield start, None, f"undecodable bytes for encoding {spec.encoding}", raw
@@ -201,26 +215,28 @@ def _iter_csv(path: Path, spec: CorpusInput, key: str
             yield start, dict(zip(header, cells, strict=True)), None, raw
 
 
-def _check_columns(present: list[str], spec: CorpusInput, path: Path, key: str, where: str) -> None:
-    mapped = {f"columns.{name}": column for name, column in spec.columns.model_dump().items() if column is not None}
-    for setting, column in mapped.items():
+def _check_columns(present: list[str], spec: CorpusInput, path: Path, key: str, where: str,
+                   required: Collection[str]) -> None:
+    mapped = {name: column for name, column in spec.columns.model_dump().items() if column is not None}
+    for name, column in mapped.items():
+        setting = f"columns.{name}"
         if column not in present:
-            if setting != "columns.text":
+            if name not in required:
                 continue  # an optional field the file lacks: None on every row
             raise TailorkdError(f"{key} ({path}): column {column!r} ({key}.{setting}) is not in the {where}; "
                                 f"it has {', '.join(repr(c) for c in present[:20]) or 'no columns'}")
 
 
-def _iter_parquet(path: Path, spec: CorpusInput, key: str, batch_size: int
+def _iter_parquet(path: Path, spec: CorpusInput, key: str, batch_size: int, required: Collection[str]
                   ) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str]]:
     import pyarrow.parquet as pq
 
     try:
         pfile = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise TailorkdError(f"{key} ({path}): cannot read it as Parquet: {str(exc).splitlines()[0]}") from None
+        raise TailorkdError(f"{key} ({path}): cannot read it as Parquet: {_first_line(exc)}") from None
     names = list(pfile.schema_arrow.names)
-    _check_columns(names, spec, path, key, "Parquet schema")
+    _check_columns(names, spec, path, key, "Parquet schema", required)
     wanted = [c for c in dict.fromkeys(v for v in spec.columns.model_dump().values() if v) if c in names]
     index = 0
     for batch in pfile.iter_batches(batch_size=batch_size, columns=wanted):
@@ -229,18 +245,21 @@ def _iter_parquet(path: Path, spec: CorpusInput, key: str, batch_size: int
             yield index, fields, None, ""  # the raw row is written out only for a reject
 
 
-def read_shard(index: int, path: Path, fmt: str, spec: CorpusInput, batch_size: int) -> Iterator[pa.Table]:
+def read_shard(index: int, path: Path, fmt: str, spec: CorpusInput, batch_size: int, *, key: str | None = None,
+               required: Collection[str] = ("text",)) -> Iterator[pa.Table]:
     """The rows of one corpus file (of ``corpus.inputs.<index>``) as tables of at most ``batch_size`` rows
-    with the columns of :data:`RAW_SCHEMA`."""
-    key = f"corpus.inputs.{index}"
-    source = spec.source or _stem(path)
+    with the columns of :data:`RAW_SCHEMA`. ``key``: the recipe key errors name (default
+    ``corpus.inputs.<index>``); ``required``: the fields (of ``spec.columns``) whose column a CSV header or
+    Parquet schema must have (the others are None on every row of a file without them)."""
+    key = key or f"corpus.inputs.{index}"
+    source = spec.source if spec.source is not None else _stem(path)
     batch = _Batch(str(path), "row" if fmt == "parquet" else "line", source, batch_size)
     if fmt == "jsonl":
         items = _iter_jsonl(path, spec.encoding)
     elif fmt == "csv":
-        items = _iter_csv(path, spec, key)
+        items = _iter_csv(path, spec, key, required)
     else:
-        items = _iter_parquet(path, spec, key, batch_size)
+        items = _iter_parquet(path, spec, key, batch_size, required)
     seen_keys: set[str] = set()
     rows = readable = 0
     first_reject = None
@@ -258,14 +277,19 @@ def read_shard(index: int, path: Path, fmt: str, spec: CorpusInput, batch_size: 
                 yield batch.flush()
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise TailorkdError(f"{key} ({path}): not a readable gzip file after {rows} rows ({exc})") from None
-    except UnicodeDecodeError as exc:  # pragma: no cover - decoding is per line above
-        raise TailorkdError(f"{key} ({path}): {exc}") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:  # unreadable, or damaged past its footer
+        raise TailorkdError(f"{key} ({path}): cannot be read after {rows} rows "
+                            f"({type(exc).__name__}: {_first_line(exc)})") from None
     if len(batch):
         yield batch.flush()
     if rows and not readable:
         hint = (f"; the lines have the keys {', '.join(sorted(seen_keys)[:12])}" if seen_keys else "")
         raise TailorkdError(f"{key} ({path}): none of its {rows} rows could be read (first: {first_reject})"
-                            f"{hint}; check corpus.inputs.{index}.columns and format")
+                            f"{hint}; check {key}.columns and format")
+
+
+def _first_line(exc: BaseException) -> str:
+    return _cut((str(exc).strip().splitlines() or [""])[0])
 
 
 def _stem(path: Path) -> str:

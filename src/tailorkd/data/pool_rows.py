@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.feather as feather
 
+from tailorkd.errors import TailorkdError
 from tailorkd.files import atomic_write
 
 #: Rows turned into dicts at a time when the pool is walked.
@@ -36,8 +37,13 @@ class PoolRows(Sequence[dict[str, Any]]):
 
     @classmethod
     def open(cls, path: Path) -> PoolRows:
-        """The rows of a pool file written by :func:`write_pool`, memory-mapped (nothing read yet)."""
-        return cls(feather.read_table(str(path), memory_map=True), path=Path(path))
+        """The rows of a pool file written by :func:`write_pool`, memory-mapped (nothing read yet); a file that
+        is not one (cut short, overwritten) is a one-line TailorkdError naming it and what to do."""
+        try:
+            table = feather.read_table(str(path), memory_map=True)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise damaged_split(Path(path), "an Arrow file", exc) from None
+        return cls(table, path=Path(path))
 
     def __reduce__(self):
         # Pickled (to a Ray actor, a spawned process) as its file and index, not as the mapped table: Arrow
@@ -101,6 +107,14 @@ class PoolRows(Sequence[dict[str, Any]]):
 
     def __repr__(self) -> str:
         return f"PoolRows({len(self)} rows, columns {self.columns})"
+
+
+def damaged_split(path: Path, kind: str, exc: BaseException) -> TailorkdError:
+    """The error for a split file of the prepare stage that cannot be read: the splits are made from the
+    sources again, deterministically, so nothing is lost by preparing again."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return TailorkdError(f"{path}: not {kind} ({detail}); the prepared data is damaged: run `tailorkd prepare "
+                         "RECIPE --force` to make the splits again from the sources")
 
 
 def _reopen(path: Path, index: np.ndarray | None) -> PoolRows:

@@ -46,7 +46,8 @@ from tailorkd.errors import TailorkdError
 RECORD_FIELDS: tuple[str, ...] = ("id", "text", "title", "language", "date", "label", "source", "origin")
 
 RAW_LIMIT = 200
-_SURROGATES = re.compile("[\udc80-\udcff]")
+_SURROGATES = re.compile("[\udc80-\udcff]")  # undecodable bytes, kept by errors="surrogateescape"
+_LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 _CSV_FIELD_LIMIT = 2**31 - 1
 
 
@@ -101,7 +102,7 @@ def _optional_text(value: Any) -> str | None:
 
 
 def _raw(text: str) -> str:
-    text = _SURROGATES.sub("\ufffd", text)
+    text = _LONE_SURROGATES.sub("\ufffd", text)
     return text if len(text) <= RAW_LIMIT else text[: RAW_LIMIT - 1] + "\u2026"
 
 
@@ -280,6 +281,8 @@ def json_object(line: str) -> tuple[dict[str, Any] | None, str | None]:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return None, f"malformed JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        return None, "malformed JSON: nested too deeply"
     if not isinstance(obj, dict):
         return None, f"not a JSON object but a {type(obj).__name__}"
     return obj, None
@@ -366,18 +369,24 @@ def _iter_csv(path: Path, encoding: str, delimiter: str, what: str) -> Iterator[
 def _iter_parquet(path: Path, columns: Collection[str], what: str) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
+    def first_line(exc: Exception) -> str:
+        return _raw((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+
     try:
         pfile = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise TailorkdError(f"{what}: cannot read {path} as Parquet: {exc}") from None
+        raise TailorkdError(f"{what}: cannot read {path} as Parquet: {first_line(exc)}") from None
     names = list(pfile.schema_arrow.names)
     yield names
     wanted = [c for c in dict.fromkeys(columns) if c in names]
     index = 0
-    for batch in pfile.iter_batches(batch_size=8192, columns=wanted):
-        for row in batch.to_pylist():
-            index += 1
-            yield index, row, None, _raw_fields(row)
+    try:
+        for batch in pfile.iter_batches(batch_size=8192, columns=wanted):
+            for row in batch.to_pylist():
+                index += 1
+                yield index, row, None, _raw_fields(row)
+    except (OSError, ValueError) as exc:  # a page damaged past the footer (pyarrow's errors are both)
+        raise TailorkdError(f"{what}: cannot read {path} as Parquet after {index} rows: {first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -500,7 +509,7 @@ class ResultBuilder:
         if not text:
             self.reject(line, f"empty text (column {cols.text!r})", raw, path)
             return
-        if _SURROGATES.search(text):  # e.g. a JSON string with an escaped lone surrogate
+        if _LONE_SURROGATES.search(text):  # e.g. a JSON string with an escaped lone surrogate
             self.reject(line, "text holds a lone surrogate (not valid Unicode)", raw, path)
             return
         raw_id: str | None = None
@@ -508,6 +517,9 @@ class ResultBuilder:
             raw_id = _optional_text(fields.get(cols.id))
             if raw_id is None:
                 self.reject(line, f"missing id (column {cols.id!r})", raw, path)
+                return
+            if _LONE_SURROGATES.search(raw_id):
+                self.reject(line, f"id (column {cols.id!r}) holds a lone surrogate (not valid Unicode)", raw, path)
                 return
         kind, value = self.labeler(fields)
         if kind == "reject":
@@ -527,6 +539,8 @@ class ResultBuilder:
         for name in ("title", "language", "date"):
             column = getattr(cols, name)
             value_text = _optional_text(fields.get(column)) if column is not None else None
+            if value_text is not None:  # a lone surrogate (escaped in JSON) cannot be written: shown as U+FFFD
+                value_text = _LONE_SURROGATES.sub("\ufffd", value_text)
             row[name] = value_text if value_text is not None else self.constants.get(name)
         row["label"] = value if kind == "label" else None
         row["source"] = self.constants.get("source") or self.source_name

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tailorkd.data.config import DataConfig, FileSource, SplitConfig
-from tailorkd.data.pool_rows import PoolRows, text_table, write_pool
+from tailorkd.data.pool_rows import PoolRows, damaged_split, text_table, write_pool
 from tailorkd.data.readers import RECORD_FIELDS, make_reject
 from tailorkd.data.sources import read_source, source_display_name
 from tailorkd.errors import TailorkdError
@@ -405,13 +405,23 @@ def load_prepared(out_dir: Path) -> PreparedData:
     """Read back what :func:`prepare_data` wrote to ``out_dir``."""
     out_dir = Path(out_dir)
     stats = _prepared_stats(out_dir)
-    rejects = [
-        json.loads(line)
-        for line in (out_dir / FILES["rejects"]).read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    return PreparedData(seed=pd.read_parquet(out_dir / FILES["seed"]), pool=PoolRows.open(out_dir / FILES["pool"]),
-                        test=pd.read_parquet(out_dir / FILES["test"]), rejects=rejects, stats=stats)
+    rejects = []
+    path = out_dir / FILES["rejects"]
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                rejects.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise damaged_split(path, f"JSON lines (line {number})", exc) from None
+    return PreparedData(seed=_read_split(out_dir / FILES["seed"]), pool=PoolRows.open(out_dir / FILES["pool"]),
+                        test=_read_split(out_dir / FILES["test"]), rejects=rejects, stats=stats)
+
+
+def _read_split(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise damaged_split(path, "a Parquet file", exc) from None
 
 
 def load_split(out_dir: Path, split: str) -> pd.DataFrame:
@@ -422,7 +432,7 @@ def load_split(out_dir: Path, split: str) -> pd.DataFrame:
     _prepared_stats(Path(out_dir))
     if split == "pool":
         return PoolRows.open(Path(out_dir) / FILES[split]).to_pandas()
-    return pd.read_parquet(Path(out_dir) / FILES[split])
+    return _read_split(Path(out_dir) / FILES[split])
 
 
 def is_prepared(out_dir: Path) -> bool:
@@ -442,9 +452,11 @@ def _prepared_stats(out_dir: Path) -> dict[str, Any]:
             f"{out_dir}: the prepared data is missing or incomplete (no {', '.join(missing)}); run the data step again"
         )
     try:
-        stats = json.loads((out_dir / FILES["stats"]).read_text(encoding="utf-8"))
+        stats = json.loads((out_dir / FILES["stats"]).read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as exc:
         raise TailorkdError(f"{out_dir / FILES['stats']}: not valid JSON ({exc}); run the data step again") from None
+    if not isinstance(stats, dict):
+        raise TailorkdError(f"{out_dir / FILES['stats']}: not a JSON object; run the data step again")
     if stats.get("schema_version") != SCHEMA_VERSION:
         raise TailorkdError(
             f"{out_dir / FILES['stats']}: schema_version {stats.get('schema_version')!r} is not "

@@ -5,13 +5,18 @@ quality (texts per second on a log axis against macro-F1, one point per system).
 Systems are shown by the paper's names (systems.py); file names keep the keys. Each system has one colour and
 marker in every figure.
 
-matplotlib's object API with the Agg canvas: no pyplot state and no display are touched.
+matplotlib's object API with the Agg canvas: no pyplot state and no display are touched. Text from a recipe
+or a feed (label names, system names; topics in the dashboard) is drawn literally: matplotlib would read text
+between two $ as math (and fail on what is not), so ``literal`` escapes $, and ``plain_text`` draws without
+TeX whatever the user's matplotlibrc says.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +28,27 @@ _DPI = 120
 _LOOKS = {"teacher": ("tab:blue", "s"), "untrained_student": ("tab:gray", "v"), "standard_kd": ("tab:orange", "^"),
           "adaptive_kd": ("tab:green", "o"), "seed_only": ("tab:purple", "D")}
 _SPARE_LOOKS = (("tab:red", "P"), ("tab:brown", "X"), ("tab:pink", "*"), ("tab:olive", "h"), ("tab:cyan", "p"))
+
+
+_Drawing = TypeVar("_Drawing", bound=Callable[..., Any])
+
+
+def literal(text: Any) -> str:
+    """``text`` as matplotlib shows it as given: each $ escaped, so nothing is read as math."""
+    return str(text).replace("$", r"\$")
+
+
+def plain_text(draw: _Drawing) -> _Drawing:
+    """``draw`` run with matplotlib's own text rendering (no TeX, which would read the text as markup)."""
+
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return drawn  # type: ignore[return-value]
 
 
 def system_looks(names: list[str]) -> dict[str, tuple[str, str]]:
@@ -61,11 +87,11 @@ def confusion_matrix_figure(name: str, metrics: dict[str, Any], path: Path) -> N
         for j in range(len(labels)):
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
                     color="white" if share[i, j] > 0.6 else "black", fontsize=9)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(range(len(labels)), [literal(x) for x in labels], rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), [literal(x) for x in labels])
     ax.set_xlabel("predicted")
     ax.set_ylabel("human label")
-    ax.set_title(f"{label(name)}: accuracy {100 * metrics['accuracy']:.1f}%, "
+    ax.set_title(f"{literal(label(name))}: accuracy {100 * metrics['accuracy']:.1f}%, "
                  f"macro-F1 {100 * metrics['macro_f1']:.1f}%")
     fig.tight_layout()
     _save(fig, path)
@@ -89,7 +115,7 @@ def reliability_figure(systems: dict[str, dict[str, Any]], path: Path) -> bool:
         y = [b["accuracy"] for b in used]
         area = [20 + 200 * b["count"] / cal["n"] for b in used]
         ax.plot(x, y, color=colour, marker=marker, markersize=4, linewidth=1.5,
-                label=f"{label(name)} (ECE {100 * cal['ece']:.1f}%)")
+                label=f"{literal(label(name))} (ECE {100 * cal['ece']:.1f}%)")
         ax.scatter(x, y, s=area, color=colour, marker=marker, alpha=0.5, edgecolors="none")
     ax.set_xlim(-0.02, 1.02)  # a margin, so points on the edges are drawn whole
     ax.set_ylim(-0.02, 1.02)
@@ -106,6 +132,7 @@ def _speed(texts_per_second: float) -> str:
     return f"{texts_per_second:,.0f}" if texts_per_second >= 100 else f"{texts_per_second:.3g}"
 
 
+@plain_text
 def cost_quality_plot(systems: dict[str, dict[str, Any]]) -> Any:
     """The cost-vs-quality figure (not saved): texts per second (log axis) against macro-F1 with its bootstrap
     interval, one point per system, or None when no system has a measured throughput.
@@ -127,7 +154,7 @@ def cost_quality_plot(systems: dict[str, dict[str, Any]]) -> Any:
         # Open markers: a point drawn over another nearly at its place leaves the other's outline visible.
         ax.errorbar([speed], [100 * m["macro_f1"]], yerr=yerr, fmt=marker, color=colour, capsize=4, markersize=9,
                     markerfacecolor="none", markeredgewidth=1.8,
-                    label=f"{label(name)}: {100 * m['macro_f1']:.1f}%, {_speed(speed)}/s")
+                    label=f"{literal(label(name))}: {100 * m['macro_f1']:.1f}%, {_speed(speed)}/s")
     ax.set_xscale("log")
     speeds = [s["cost"]["texts_per_second"] for s in points.values()]
     ax.set_xlim(min(speeds) / 3, max(speeds) * 3)
@@ -150,6 +177,7 @@ def cost_quality_figure(systems: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
+@plain_text
 def write_figures(report: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Draw the figures into ``<out_dir>/figures/``; return their paths relative to ``out_dir``:
     {"confusion_matrix": {system: path}, "reliability": path or None, "cost_quality": path or None}."""

@@ -15,7 +15,8 @@ class SignalColumns(Section):
     """Where each field of an article is in the input files (JSONL, JSONL.gz, Parquet, CSV)."""
 
     text: str = "text"
-    date: str = Field(default="date", description="Any date or timestamp pandas parses; the day is what counts.")
+    date: str = Field(default="date", description="A date or timestamp pandas parses (taken to UTC), or Unix time "
+                      "in seconds (a number or digits, 1980 to 2100); the day is what counts.")
     topic: str | None = Field(default="topic", description="None, or a missing column: every article in 'all'.")
     source: str | None = Field(default="source", description="None, or a missing column: no source.")
     id: str | None = Field(default="id", description="An article seen twice (in any file) under one id counts "

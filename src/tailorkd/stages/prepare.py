@@ -95,7 +95,7 @@ def _changed_inputs(run: RunDir) -> list[str] | None:
         return ["splits' format (made by an older tailorkd, or incomplete)"]
     if run.stamp("prepare") is not None:
         # The splits are those of this data, task and seed, so their seed split is the corpus's seeds.
-        seeds = seed_split_texts(pd.read_parquet(run.data_dir / "seed.parquet")) \
+        seeds = seed_split_texts(read_split(run.data_dir, "seed")) \
             if uses_seeds(run.recipe) and (run.data_dir / "seed.parquet").is_file() else None
         if run.recipe.corpus is not None and stamp.get("corpus") != corpus_fingerprint(run.recipe, seeds):
             return ["corpus (its input files or seeds)"]
