@@ -142,8 +142,8 @@ def test_a_later_stage_run_alone_runs_what_it_requires(tiny_models, tmp_path, ca
 
 
 def test_stamps_written_before_run_dir_owned_them_stay_current(tiny_models, tmp_path):
-    """A finished run's labels_summary.json of an older tailorkd (its fingerprint under "recipe_hash") is read
-    as current, so upgrading does not redo finished stages."""
+    """A stamp whose fingerprint stands under the key older tailorkd wrote ("recipe_hash") is read like one
+    under "fingerprint": current when it matches, stale when it does not."""
     recipe = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"]))
     pipeline.label(recipe)
     run = RunDir(recipe)
