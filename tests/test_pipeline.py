@@ -13,6 +13,7 @@ import pytest
 from helpers import TOPICS, labels_in_store, make_recipe
 from tailorkd import pipeline
 from tailorkd.cli import main
+from tailorkd.errors import TailorkdError
 from tailorkd.evaluation import classification_metrics
 from tailorkd.evaluation.metrics import system_metrics
 from tailorkd.recipe import load_recipe
@@ -184,9 +185,14 @@ def test_calibrated_teacher_feeds_student_and_report(tiny_models, tmp_path, caps
     recomputed = classification_metrics(frame["label"].tolist(), frame["predicted"].tolist(), TOPICS)
     assert teacher["metrics"]["accuracy"] == pytest.approx(recomputed["accuracy"])
 
-    # A calibration fitted for another recipe is refused rather than silently applied.
-    assert main(["evaluate", recipe_path, "teacher.calibration.method=contextual"]) == 2
-    assert "run `tailorkd label` again" in capsys.readouterr().err
+    # A calibration fitted for another recipe is refused rather than silently applied; `evaluate` run alone
+    # for that recipe labels first (the stages' one rule), which fits the calibration it asks for.
+    other = load_recipe(recipe_path, ["teacher.calibration.method=contextual"])
+    with pytest.raises(TailorkdError, match="run `tailorkd label` again"):
+        teacher_records(other, load_data(other), "pool")
+    assert main(["evaluate", recipe_path, "teacher.calibration.method=contextual"]) == 0
+    refitted = json.loads((run / "calibration.json").read_text())
+    assert refitted["method"] == "contextual" and refitted["fingerprint"] == RunDir(other).fingerprint("label")
 
 
 def test_calibration_on_all_seeds_with_leave_one_out_shots(tiny_models, tmp_path):
