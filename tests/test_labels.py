@@ -259,3 +259,25 @@ def test_cli_labels_export_and_stats(tmp_path, capsys):
     (tmp_path / "run" / "labels_summary.json").unlink()  # label stage never finished: say what to do
     assert main(["labels", "export", recipe, str(out)]) == 2
     assert "--teacher / --prompt, or export them --all" in capsys.readouterr().err
+
+
+def _open_store(path: str) -> str:
+    from tailorkd.labels import LabelStore
+
+    try:
+        with LabelStore(path):
+            return "ok"
+    except Exception as exc:  # reported to the test rather than lost in the pool
+        return f"{type(exc).__name__}: {exc}"
+
+
+def test_processes_opening_a_new_store_at_once_all_open_it(tmp_path):
+    """Bug: two labelling processes opening a new store at the same moment raced to switch it to WAL, and the
+    loser failed at once with "database is locked" (SQLite does not wait through its busy handler there)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        for round_ in range(12):
+            paths = [str(tmp_path / f"round-{round_}" / "labels.sqlite")] * 8
+            assert pool.map(_open_store, paths) == ["ok"] * 8

@@ -94,8 +94,11 @@ def test_each_text_labelled_once_by_two_actors_as_one_process_would(local_ray, t
     assert {h for _, _, h in stored} == texts
     _same_as_one_process(stored, one_process)
 
-    # Again, through the command line: everything is in the store, no actor is started, nothing changes.
+    # Again, through the command line: the stage is current, so no engine starts; forced, the engine finds
+    # everything in the store: no actor is started, nothing changes.
     assert main(["label", path, "--engine", "ray", "--workers", "2"]) == 0
+    assert len(spy) == 1
+    assert main(["label", path, "--engine", "ray", "--workers", "2", "--force"]) == 0
     assert spy[1]["texts"] == 0 and spy[1]["actors"] == 0
     assert _stored(path) == stored
 

@@ -494,7 +494,9 @@ def test_cli_run_with_a_served_teacher_end_to_end(tiny_models, tmp_path, monkeyp
                                          api_key_env="TAILORKD_TEST_KEY", concurrency=3)
         assert main(["run", recipe_path]) == 0
         asked = len(stub.requests)
-        assert main(["run", recipe_path]) == 0  # the rerun asks again only for the abstentions
+        assert main(["run", recipe_path]) == 0  # every stage is current: the server is asked nothing
+        assert len(stub.requests) == asked
+        assert main(["label", recipe_path, "--force"]) == 0  # labelling again asks only for the abstentions
         asked_again = len(stub.requests) - asked
     run = tmp_path / "run"
     recipe = load_recipe(recipe_path)

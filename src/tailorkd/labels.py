@@ -196,24 +196,43 @@ def stored_probs(store: LabelStore, teacher: str, prompt: str, rows: Sequence[di
     return probs, seconds
 
 
+# How long a process waits for another that holds the store (SQLite's busy timeout, and the open's retries).
+_BUSY_SECONDS = 30
+
+
 class LabelStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: every write goes through ``transaction()`` (BEGIN IMMEDIATE ... COMMIT), so what is
         # one transaction is explicit, schema changes included (Python's implicit transactions skip DDL).
-        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn = sqlite3.connect(self.path, timeout=_BUSY_SECONDS, isolation_level=None)
         self.closed = False
         try:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self._open_schema()
+            self._open_when_unlocked()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise TailorkdError(f"{self.path}: not a tailorkd label store ({exc})") from None
         except BaseException:
             self.conn.close()
             raise
+
+    def _open_when_unlocked(self) -> None:
+        """WAL mode and the schema, retried while another process holds the store: two processes that open a
+        new store at once race to switch it to WAL, and SQLite answers the loser "database is locked" at once
+        rather than through its busy handler."""
+        deadline, pause = time.monotonic() + _BUSY_SECONDS, 0.05
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self._open_schema()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
 
     def _schema_version(self) -> int | None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
