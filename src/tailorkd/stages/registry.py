@@ -40,7 +40,8 @@ class Stage:
     ``requires``: the stages whose output it reads; ``wanted(recipe)``: whether the recipe asks for it (an
     unwanted requirement is passed over); ``is_current(recipe)``: whether its output in the run folder was
     made for this recipe (default: its stamp file carries the recipe's fingerprint; without one the stage
-    always runs, as the evaluation does); ``command``: how a user runs it alone.
+    always runs, as the evaluation does); ``command``: how a user runs it alone, and ``doc`` what it makes
+    (both named in the log when another stage runs it first).
 
     A stage that tailorkd does not ship names what ``RunDir`` needs to stamp it: ``inputs``, the recipe
     sections its fingerprint covers ({section: fields left out}, as ``run_dir.STAGE_INPUTS``), and
@@ -119,7 +120,8 @@ def run_requirements(recipe: Recipe, name: str) -> None:
     for required in _requirements(name):
         stage = get_stage(required)
         if stage.wanted(recipe) and not is_current(recipe, required):
-            log.info("%s needs %s first: running it", name, required)
+            log.info("%s needs %s first (%s): running it, as `%s` would", name, required, stage.doc or "not current",
+                     stage.command or f"tailorkd {required} RECIPE")
             stage.run(recipe, False)
 
 
