@@ -154,3 +154,15 @@ def test_stamps_written_before_run_dir_owned_them_stay_current(tiny_models, tmp_
     summary["recipe_hash"] = "0" * 16
     run.write_json(run.labels_summary, summary)
     assert not is_current(recipe, "label")
+
+
+def test_splits_made_again_make_the_labels_stale(tiny_models, tmp_path):
+    """The label fingerprint covers the recipe's sections; splits made again from other corpus inputs (the same
+    sections) hold new pool texts, so the label stage must run again rather than be skipped."""
+    recipe = load_recipe(make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"]))
+    pipeline.label(recipe)
+    assert is_current(recipe, "label")
+    run = RunDir(recipe)
+    stamp = json.loads(run.prepare_stamp.read_text())
+    run.write_json(run.prepare_stamp, {**stamp, "corpus": "another-corpus-build"})
+    assert not is_current(recipe, "label")

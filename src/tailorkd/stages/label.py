@@ -25,6 +25,7 @@ ray`` the pool and test texts are scored by one teacher per Ray actor and writte
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import math
 import time
@@ -151,6 +152,7 @@ def _finish_labelling(base_recipe: Recipe, recipe: Recipe, data: PreparedData, t
                     "abstained": {"pool": pool.missing_ids(), "test": test.missing_ids()},
                     "pool_predicted_counts": dict(predicted.most_common())}
     summary = {
+        "splits": splits_made(run),
         "teacher_weights": local_teacher_weights(recipe),
         "teacher": teacher.identity,
         "prompt": teacher.describe_prompt(),
@@ -201,6 +203,13 @@ def labels_summary(recipe: Recipe) -> dict[str, Any]:
     return summary
 
 
+def splits_made(run: RunDir) -> str | None:
+    """Which making of the splits the run folder holds (a hash of the prepare stamp, which records the corpus's
+    fingerprint too): the label fingerprint covers the recipe's sections, not the corpus's input files."""
+    stamp = run.prepare_stamp
+    return hashlib.sha256(stamp.read_bytes()).hexdigest()[:16] if stamp.is_file() else None
+
+
 def local_teacher_weights(recipe: Recipe) -> dict[str, str]:
     """{model: fingerprint of its weights} of the recipe's local teachers (the main one and the ensemble's
     members): the label fingerprint covers the recipe, not the weights a path holds."""
@@ -223,6 +232,8 @@ def labels_are_current(recipe: Recipe) -> bool:
         return False
     if recipe.teacher.check is not None and load_teacher_check(recipe) is None:
         return False
+    if summary.get("splits") != splits_made(run):
+        return False  # the splits were made again (e.g. a corpus input added): new pool texts to label
     if summary.get("teacher_weights") != local_teacher_weights(recipe):
         return False  # new weights saved where a local teacher's were: its labels are made afresh
     if summary.get("fallback"):
