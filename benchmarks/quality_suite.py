@@ -14,11 +14,18 @@ as shipped: prompt search, calibration, ensemble, teacher check, seed guard. One
 
 Reported per run, per task (mean over random seeds) and on average over the tasks, test macro-F1 and accuracy
 of: the teacher (as the recipe combines it), adaptive KD (the adaptive-KD student), the shipped student (what
-the seed guard let ship: adaptive KD, or its self-trained replacement), standard KD, the untrained student,
+the seed guard chose among its candidates, measured as it ships), standard KD, the untrained student,
 seed-only (logistic regression on MiniLM embeddings of the seeds), SetFit, and the majority class of the test
-set. Also per run: the teacher check's verdict, the seed guard's decision, and whether the shipped student's
-macro-F1 is at least seed-only's within its 95% interval (its interval's upper bound reaches seed-only's
-macro-F1) and at its point estimate.
+set. Also per run: the teacher check's verdict; the seed guard's choice, its one-line reason, each candidate's
+cross-fitted seed judgement and collapse check; the guard's regret (the best candidate's test macro-F1 minus
+the shipped student's, the candidates adaptive KD, standard KD, seed-only and SetFit: negative when what ships
+beats them all); and whether the shipped student's macro-F1 is at least seed-only's within its 95% interval
+(its interval's upper bound reaches seed-only's macro-F1) and at its point estimate. Summarised: the average and
+largest regret, runs with a regret above 5 points, runs that shipped a collapsed candidate.
+
+``--replay`` scores another choice rule on finished runs without training anything: the candidates' recorded
+cross-fitted predictions on the seeds are judged again with another preference order or switch probability
+(``tailorkd.evaluation.guard_stats.choose``), and the regret is read from their test scores.
 
     .venv/bin/python benchmarks/quality_suite.py --seeds 13,14 --work runs/quality
 
@@ -47,6 +54,8 @@ TASKS = {
     "financial-tone": "recipes/financial-tone/gemma3-270m_to_minilm-l6_lora.yaml",
 }
 SYSTEMS = ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only", "setfit"]
+# What the guard's regret is measured against: the best of these on the test set.
+REGRET_CANDIDATES = ["adaptive_kd", "standard_kd", "seed_only", "setfit"]
 # Rows of the table: the report's systems, the student that shipped, and the majority class.
 ROWS = ["teacher", "adaptive_kd", "shipped", "standard_kd", "untrained_student", "seed_only", "setfit", "majority"]
 ROW_LABELS = {"teacher": "teacher", "adaptive_kd": "adaptive KD", "shipped": "shipped student (seed guard)",
@@ -70,20 +79,34 @@ def run_one(task: str, recipe: str, seed: int, args: argparse.Namespace) -> dict
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         return {"task": task, "seed": seed, "failed": True, "seconds": seconds, "log": str(log), "tail": tail}
     report = json.loads((out / "report.json").read_text())
+    return {"task": task, "seed": seed, "seconds": round(seconds, 1), "output_dir": str(out),
+            **measured(report, out)}
+
+
+def measured(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A finished run's rows, teacher check, seed guard and regret (see the module text) from its report."""
     systems = report["systems"]
     rows = {name: _metrics(systems[name]["metrics"]) for name in SYSTEMS if name in systems}
     guard = report.get("seed_guard") or {}
     shipped = guard.get("shipped", "adaptive_kd")
-    rows["shipped"] = rows[shipped] if shipped in rows else _metrics(systems[shipped]["metrics"])
+    rows["shipped"] = _metrics(systems["shipped"]["metrics"]) if "shipped" in systems else rows[shipped]
     rows["majority"] = _majority(out)
     seed_only, ship = rows["seed_only"], rows["shipped"]
+    best = max((c for c in REGRET_CANDIDATES if c in rows), key=lambda c: rows[c]["macro_f1"])
+    candidates = guard.get("candidates") or {}
     return {
-        "task": task, "seed": seed, "seconds": round(seconds, 1), "output_dir": str(out),
         "rows": rows,
         "teacher_check": (report.get("teacher_check") or {}).get("verdict"),
-        "seed_guard": {"shipped": shipped, "worse": guard.get("worse"),
-                       "student_seed_macro_f1": (guard.get("student") or {}).get("macro_f1"),
-                       "seed_only_seed_macro_f1": (guard.get("seed_only") or {}).get("macro_f1")},
+        "seed_guard": {"shipped": shipped, "why": guard.get("why"), "reason": guard.get("reason"),
+                       "seconds": guard.get("seconds"),
+                       "collapsed": {n: c.get("collapsed") for n, c in candidates.items()},
+                       "cross_fitted_macro_f1": {n: (c.get("judgement") or {}).get("macro_f1")
+                                                 for n, c in candidates.items()},
+                       "teacher_worth": guard.get("teacher_worth"),
+                       "seed_predictions": {n: c.get("predicted") for n, c in candidates.items()},
+                       "seed_labels": guard.get("seed_labels")},
+        "regret": {"best": best, "macro_f1": round(rows[best]["macro_f1"] - ship["macro_f1"], 4),
+                   "shipped_collapsed": bool((candidates.get(shipped) or {}).get("collapsed"))},
         "shipped_vs_seed_only": {
             "difference": round(ship["macro_f1"] - seed_only["macro_f1"], 4),
             "at_least_point": ship["macro_f1"] >= seed_only["macro_f1"],
@@ -126,7 +149,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             per_task[task]["adaptive_kd"]["macro_f1"] - per_task[task]["seed_only"]["macro_f1"], 4)
     average = {row: {key: round(float(np.mean([per_task[t][row][key] for t in per_task])), 4)
                      for key in ("macro_f1", "accuracy")} for row in ROWS if per_task}
-    return {"per_task": per_task, "average_over_tasks": average}
+    return {"per_task": per_task, "average_over_tasks": average, "guard": guard_summary(ok)}
+
+
+def guard_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The seed guard over the runs: average and largest regret (test macro-F1 points), runs above 5, runs that
+    shipped a collapsed candidate or fell below seed-only beyond the shipped student's interval."""
+    scored = [r for r in runs if "regret" in r]
+    if not scored:
+        return None
+    regret = [100 * r["regret"]["macro_f1"] for r in scored]
+    return {"runs": len(scored), "average_regret": round(float(np.mean(regret)), 2),
+            "max_regret": round(float(np.max(regret)), 2),
+            "runs_above_5": [f"{r['task']}/{r['seed']}" for r, g in zip(scored, regret) if g > 5],
+            "shipped_collapsed": [f"{r['task']}/{r['seed']}" for r in scored if r["regret"]["shipped_collapsed"]],
+            "below_seed_only_beyond_interval": [f"{r['task']}/{r['seed']}" for r in scored
+                                                if not r["shipped_vs_seed_only"]["at_least_within_interval"]]}
 
 
 def _mean(runs: list[dict[str, Any]], row: str) -> dict[str, Any]:
@@ -134,6 +172,53 @@ def _mean(runs: list[dict[str, Any]], row: str) -> dict[str, Any]:
     acc = [r["rows"][row]["accuracy"] for r in runs if row in r["rows"]]
     return {"macro_f1": round(float(np.mean(f1)), 4), "accuracy": round(float(np.mean(acc)), 4),
             "macro_f1_sd": round(float(np.std(f1)), 4) if len(f1) > 1 else None}
+
+
+def replay(runs: list[dict[str, Any]], preference: list[str], probability: float, seed: int = 0) -> dict[str, Any]:
+    """Another choice rule on finished runs: their recorded cross-fitted seed predictions judged again
+    (``guard_stats.choose`` with ``preference`` and ``probability``); the regret read from the test rows (a
+    seeds-only candidate's row is its evaluation baseline, the model the guard would write as a student)."""
+    from tailorkd.evaluation import classification_metrics
+    from tailorkd.evaluation.guard_stats import choose, paired_comparison
+
+    out = []
+    for run in runs:
+        guard = run.get("seed_guard") or {}
+        predictions, labels = guard.get("seed_predictions") or {}, guard.get("seed_labels")
+        names = [n for n in preference if predictions.get(n) and n in run["rows"]]
+        if not names or not labels:
+            continue
+        ids = [i for i in labels if all(predictions[n].get(i) is not None for n in names)]
+        truth = [labels[i] for i in ids]
+        classes = sorted(set(truth) | {predictions[n][i] for n in names for i in ids})
+        collapsed = {n: guard["collapsed"].get(n) or [] for n in names}
+        usable = [n for n in names if not collapsed[n]]
+        if not usable:
+            continue
+        estimates = {n: classification_metrics(truth, [predictions[n][i] for i in ids], classes) for n in names}
+        comparisons = {n: paired_comparison(truth, [predictions[n][i] for i in ids],
+                                            [predictions[usable[0]][i] for i in ids], classes, seed)
+                       for n in usable[1:]}
+        choice, _ = choose(estimates, comparisons, collapsed, names, probability)
+        best = max((c for c in REGRET_CANDIDATES if c in run["rows"]), key=lambda c: run["rows"][c]["macro_f1"])
+        out.append({"task": run["task"], "seed": run["seed"], "choice": choice,
+                    "regret": round(100 * (run["rows"][best]["macro_f1"] - run["rows"][choice]["macro_f1"]), 2)})
+    regret = [r["regret"] for r in out]
+    return {"preference": preference, "switch_probability": probability, "runs": out,
+            "average_regret": round(float(np.mean(regret)), 2) if regret else None,
+            "max_regret": round(float(np.max(regret)), 2) if regret else None}
+
+
+def guard_markdown(runs: list[dict[str, Any]]) -> str:
+    """One row per run: what the seed guard shipped, its regret and its one-line reason."""
+    lines = ["| task | seed | shipped | best on test | regret (macro-F1) | reason |", "|---|---:|---|---|---:|---|"]
+    for r in runs:
+        if r.get("failed") or "regret" not in r:
+            continue
+        g = r["seed_guard"]
+        lines.append(f"| {r['task']} | {r['seed']} | {g['shipped']} | {r['regret']['best']} | "
+                     f"{100 * r['regret']['macro_f1']:+.1f} | {g.get('reason') or '-'} |")
+    return "\n".join(lines)
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -162,6 +247,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "quality_suite.json")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS",
                    help="combine these results files (earlier pieces of the suite) into --output; runs nothing")
+    p.add_argument("--replay", type=Path, default=None, metavar="RESULTS",
+                   help="score another seed-guard choice rule (--preference, --switch-probability) on the runs of "
+                        "this results file; trains nothing, prints the regret as JSON")
+    p.add_argument("--preference", default=",".join(REGRET_CANDIDATES), help="--replay: candidates, first preferred")
+    p.add_argument("--switch-probability", type=float, default=0.9, help="--replay: see distill.seed_guard")
     return p.parse_args(argv)
 
 
@@ -187,16 +277,23 @@ def merge(pieces: list[Path]) -> dict[str, Any]:
     merged["runs"] = sorted(runs.values(), key=lambda r: (r["seed"], r["task"]))
     merged["summary"] = summarise(merged["runs"])
     merged["table_markdown"] = markdown(merged["summary"]) if merged["summary"]["per_task"] else ""
+    merged["guard_table_markdown"] = guard_markdown(merged["runs"])
     return merged
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.replay:
+        runs = [r for r in json.loads(args.replay.read_text())["runs"] if not r.get("failed")]
+        replayed = replay(runs, args.preference.split(","), args.switch_probability)
+        print(json.dumps(replayed, indent=1))
+        return replayed
     if args.merge:
         results = merge(args.merge)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=1) + "\n")
         print(results["table_markdown"])
+        print(results["guard_table_markdown"])
         return results
     from tailorkd.resources import describe_machine
 
@@ -229,9 +326,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"SetFit {100 * r['setfit']['macro_f1']:.1f} macro-F1 ({run['seconds']:.0f}s)", flush=True)
             results["summary"] = summarise(results["runs"])
             results["table_markdown"] = markdown(results["summary"]) if results["summary"]["per_task"] else ""
+            results["guard_table_markdown"] = guard_markdown(results["runs"])
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(results, indent=1) + "\n")  # after every run: a partial one counts
     print(results.get("table_markdown", ""))
+    print(results.get("guard_table_markdown", ""))
     return results
 
 

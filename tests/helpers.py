@@ -78,6 +78,14 @@ def topic_rows(n_per_class: int = 12) -> list[dict]:
 # ---- a tiny recipe and its run ----------------------------------------------------------------------------
 
 
+TEST_GUARD_CANDIDATES = ["adaptive_kd", "standard_kd", "seed_only"]
+
+
+def shipped_systems(guard: dict) -> list[str]:
+    """The report's extra system for what the seed guard shipped when it is none of the distilled students."""
+    return ["shipped"] if guard["shipped"] not in ("adaptive_kd", "standard_kd", "untrained_student") else []
+
+
 def make_recipe(tmp_path, teacher, student, **extra) -> str:
     """A tiny recipe; ``extra`` sections replace the defaults (teacher and student through
     ``teacher_section={...}`` and ``student_section={...}``)."""
@@ -95,6 +103,10 @@ def make_recipe(tmp_path, teacher, student, **extra) -> str:
         "distill": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
         **extra,
     }
+    if isinstance(raw["distill"], dict):
+        # SetFit, a default candidate of the seed guard, trains for minutes; tests/test_seed_students.py and
+        # tests/test_seed_guard.py cover it.
+        raw["distill"].setdefault("seed_guard", {"candidates": TEST_GUARD_CANDIDATES})
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return str(path)

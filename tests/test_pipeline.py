@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import TOPICS, labels_in_store, make_recipe
+from helpers import TEST_GUARD_CANDIDATES, TOPICS, labels_in_store, make_recipe, shipped_systems
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
@@ -32,11 +32,11 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     assert report["schema_version"] == 3
-    # The seed guard judged the adaptive-KD student on the seeds it never saw: when below the seeds alone, the
-    # student trained on the seed classifier's pool distributions ships in its place and is reported too.
+    # The seed guard chose what ships among its candidates by cross-fitting on the seeds, and said why; a
+    # seeds-only student that ships is reported too, as it ships.
     guard = report["seed_guard"]
-    added = ["self_trained"] if guard["worse"] else []
-    assert guard["shipped"] == (added or ["adaptive_kd"])[0]
+    added = shipped_systems(guard)
+    assert guard["shipped"] in TEST_GUARD_CANDIDATES and guard["reason"].split(" ships: ")[1]
     assert list(report["systems"]) == ["teacher", "untrained_student", "standard_kd", "adaptive_kd", *added,
                                        "seed_only"]
     assert set(report["timings_seconds"]) >= {"prepare", "label", "distill", "evaluate", "total"}

@@ -1,75 +1,136 @@
-"""The seed guard: a student the seeds judge worse than the seeds alone does not ship."""
+"""The seed guard: the run ships the best of its candidates judged by cross-fitting on the seeds, never a
+collapsed one, and says why in one line."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from helpers import make_recipe, scripted
+from helpers import TOPICS, ScriptedTeacher, make_recipe, scripted
+from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
+from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison
 from tailorkd.recipe import load_recipe
+from tailorkd.recipe.distill import SeedGuardConfig
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.distill import distill
 from tailorkd.stages.evaluate import evaluate
 from tailorkd.stages.label import label
 from tailorkd.stages.prepare import prepare
-from tailorkd.stages.seed_guard import is_worse
-from tailorkd.students import read_student_info
+from tailorkd.students import load_student, predict_probs, read_student_info
+
+# Another topic for each: a teacher that knows the topics and names them all wrong.
+SHIFTED = {t: TOPICS[(i + 1) % len(TOPICS)] for i, t in enumerate(TOPICS)}
 
 
-def collapsed_run(tmp_path, tiny_models, on_worse: str):
-    """A tiny run whose teacher calls every text 'sport' (the teacher check warns and goes on), labelled."""
+def guarded_run(tmp_path, tiny_models, teacher, on_worse="choose", distill_settings=None):
+    """A tiny run labelled by ``teacher(recipe)``, whose guard weighs the adaptive-KD student against the seed-only
+    classifier (SetFit is left to its own tests: minutes of training)."""
     path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                        teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
                                         "check": {"pool_sample": 4, "on_failure": "warn"}},
-                       distill={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3,
-                                "seed_guard": {"on_worse": on_worse}},
+                       distill={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, **(distill_settings or {}),
+                                "seed_guard": {"on_worse": on_worse, "candidates": ["adaptive_kd", "seed_only"]}},
                        evaluation={"systems": ["teacher", "adaptive_kd", "seed_only"]})
     recipe = load_recipe(path)
     prepare(recipe)
-    label(recipe, teacher=scripted(recipe, lambda text: "sport"))
+    label(recipe, teacher=teacher(recipe))
     return recipe
 
 
-def test_a_student_that_learned_a_collapse_is_replaced_by_a_self_trained_one(tmp_path, tiny_models, caplog):
-    recipe = collapsed_run(tmp_path, tiny_models, "self_train")
+def wrong_teacher(recipe):
+    return scripted(recipe, lambda text: next(SHIFTED[t] for t in TOPICS if t in text))
+
+
+class UniformTeacher(ScriptedTeacher):
+    """Every class equally likely for every text: a teacher that knows nothing."""
+
+    def score_states(self, rows, bar=None, hidden_layers=(), pooling="last"):
+        if bar is not None:
+            bar.update(len(rows))
+        return np.full((len(rows), len(TOPICS)), 1 / len(TOPICS)), np.full(len(rows), 1e-3), {}
+
+
+def uniform_teacher(recipe):
+    from tailorkd.prompts import fixed_shots
+    from tailorkd.stages.prepare import load_data
+
+    shots = fixed_shots(recipe.prompt, load_data(recipe).rows("seed"), TOPICS, recipe.seed)
+    return UniformTeacher(recipe.teacher, recipe.task, recipe.prompt, shots)
+
+
+def test_a_student_taught_wrong_labels_loses_to_the_seeds_clearly_and_the_seed_only_student_ships(
+        tmp_path, tiny_models, capsys):
+    recipe = guarded_run(tmp_path, tiny_models, wrong_teacher)
     run = RunDir(recipe)
     shipped = distill(recipe)
     guard = json.loads(run.seed_guard.read_text())
-    # The collapsed student answers 'sport' to the seeds; the seed classifier, refitted without each seed, knows.
-    assert guard["worse"] and guard["shipped"] == "self_trained" and shipped == run.student_dir("self_trained")
-    assert guard["student"]["predicted_counts"]["sport"] >= guard["student"]["n"] - 1
-    assert guard["seed_only"]["macro_f1"] > guard["student"]["macro_f1"]
-    assert len(guard["seeds"]) == guard["student"]["n"] == guard["seed_only"]["n"] == 10  # all, for an encoder
-    assert "seed guard: on 10 seeds it never saw" in caplog.text
+    assert guard["shipped"] == guard["choice"] == "seed_only" and guard["why"] == "clear_win"
+    assert shipped == run.student_dir("seed_only") == run.student_dir()  # classify, export, serve, signals
+    # Judged by cross-fitting: every seed by models refitted without it, paired on the same seeds.
+    assert guard["folds"]["k"] == 2 and guard["folds"]["judged_seeds"] == 10
+    adaptive, seed_only = guard["candidates"]["adaptive_kd"], guard["candidates"]["seed_only"]
+    assert seed_only["judgement"]["macro_f1"] > adaptive["judgement"]["macro_f1"]
+    assert guard["comparisons"]["seed_only"]["probability_better"] >= 0.9
+    assert set(adaptive["predicted"]) == set(guard["seed_labels"]) and not adaptive["collapsed"]
+    assert guard["teacher_worth"]["with_teacher"] == "adaptive_kd" and guard["teacher_worth"]["macro_f1_difference"] < 0
+    assert guard["reason"].startswith("The seed-only classifier (logistic regression on your seeds) ships: "
+                                      "cross-fitted on 10 seeds")
+    assert "the teacher did not help" in guard["reason"] or "the teacher's worth is unclear" in guard["reason"]
+    # The shipped seeds-only model is an ordinary student: it loads and answers; its confidence was fitted on
+    # its cross-fitted predictions.
     info = read_student_info(shipped)
-    assert info["system"] == "self_trained" and guard["self_trained"]["judgement"]["n"] == 10
-    assert run.student_dir() == shipped  # classify, export, serve and signals take this one
-    # The shipped student is the guard's choice only for the adaptive-KD student it judged.
+    assert info["system"] == "seed_only" and info["adapter_method"] == "full"
+    student = load_student(shipped, recipe.task, recipe.prompt, [], recipe.student)
+    probs = predict_probs(student, [{"text": "News item 3 about politics: the politics story of the day."}], 4)
+    assert probs.shape == (1, len(TOPICS)) and np.isclose(probs.sum(), 1)
+    confidence = json.loads((shipped / "confidence.json").read_text())
+    assert confidence["n"] == 10 and "cross-fitted" in confidence["fitted_on"]
+    # The guard's choice is tied to the adaptive-KD student it judged.
     adaptive_file = run.student_dir("adaptive_kd") / "student.json"
     adaptive_file.write_text(adaptive_file.read_text() + " ")
     assert run.student_dir() == run.student_dir("adaptive_kd") and run.seed_guard_record() is None
     adaptive_file.write_text(adaptive_file.read_text()[:-1])
-    # A rerun trains nothing and decides the same.
-    assert distill(recipe) == shipped and json.loads(run.seed_guard.read_text())["shipped"] == "self_trained"
+    # The report measures what ships and gives the reason in one line.
     report = evaluate(recipe)
-    assert list(report["systems"]) == ["teacher", "adaptive_kd", "self_trained", "seed_only"]
-    assert report["seed_guard"]["shipped"] == "self_trained"
+    assert list(report["systems"]) == ["teacher", "adaptive_kd", "shipped", "seed_only"]
+    assert report["seed_guard"]["reason"] == guard["reason"]
     text = run.report_md.read_text()
-    assert "## Seed guard" in text and "Shipped: **self-trained student**." in text
-    assert "| adaptive KD student |" in text and "| seed-only classifier (balanced folds) |" in text
+    assert "## Seed guard" in text and f"**{guard['reason']}.**" in text
+    assert "| the seed-only classifier (logistic regression on your seeds) (shipped) | seeds |" in text
+    # The end of `tailorkd distill` says it too; a rerun trains nothing and decides the same.
+    assert main(["distill", str(tmp_path / "recipe.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("students/seed_only")
+    assert f"seed guard: {guard['reason']}" in captured.err
 
 
-def test_stop_ends_the_run_with_the_numbers_and_warn_ships_the_student(tmp_path, tiny_models, caplog):
-    recipe = collapsed_run(tmp_path, tiny_models, "stop")
-    with pytest.raises(TailorkdError, match=r"seed_guard.json: on 10 seeds it never saw the adaptive-KD student "
-                                            r"scores macro-F1 .* below the seed-only classifier's .*on_worse: stop"):
+def test_a_collapsed_student_never_ships_even_when_preferred(tmp_path, tiny_models):
+    recipe = guarded_run(tmp_path, tiny_models, uniform_teacher,
+                         distill_settings={"epochs": 6, "learning_rate": 1e-2, "warmup_ratio": 0.0})
+    run = RunDir(recipe)
+    assert distill(recipe) == run.student_dir("seed_only")
+    guard = json.loads(run.seed_guard.read_text())
+    collapsed = guard["candidates"]["adaptive_kd"]["collapsed"]
+    assert any(reason.startswith("near-uniform outputs") for reason in collapsed), collapsed
+    assert guard["shipped"] == "seed_only" and guard["why"] == "default"
+    assert "adaptive_kd collapsed (near-uniform outputs" in guard["reason"]
+    # warn ships the adaptive-KD student only when it did not collapse.
+    warned = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
+        "seed_guard": recipe.distill.seed_guard.model_copy(update={"on_worse": "warn"})})})
+    assert distill(warned) == run.student_dir("seed_only")
+
+
+def test_stop_ends_the_run_with_the_reason_and_warn_ships_the_student(tmp_path, tiny_models, caplog):
+    recipe = guarded_run(tmp_path, tiny_models, wrong_teacher, on_worse="stop")
+    with pytest.raises(TailorkdError, match=r"seed_guard.json: The seed-only classifier .* ships: cross-fitted on "
+                                            r"10 seeds .*; the run stops \(distill.seed_guard.on_worse: stop\)"):
         distill(recipe)
     run = RunDir(recipe)
-    assert not run.student_dir("self_trained").exists()
     stopped = json.loads(run.seed_guard.read_text())
-    assert stopped["worse"] and stopped["shipped"] is None and run.seed_guard_record() is None
+    assert stopped["choice"] == "seed_only" and stopped["shipped"] is None and run.seed_guard_record() is None
     warned = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
         "seed_guard": recipe.distill.seed_guard.model_copy(update={"on_worse": "warn"})})})
     assert distill(warned) == run.student_dir("adaptive_kd")  # trained already: only the guard runs again
@@ -80,16 +141,68 @@ def test_stop_ends_the_run_with_the_numbers_and_warn_ships_the_student(tmp_path,
     assert distill(unguarded) == run.student_dir("adaptive_kd") and not run.seed_guard.exists()
 
 
-def judged(f1: float, accuracy: float) -> dict:
-    return {"macro_f1": f1, "accuracy": accuracy}
+def test_the_guard_settings_are_checked_and_the_old_self_train_means_choose():
+    assert SeedGuardConfig(on_worse="self_train").on_worse == "choose"
+    assert SeedGuardConfig().candidates == ["adaptive_kd", "standard_kd", "setfit", "seed_only"]
+    with pytest.raises(ValueError, match=r"unknown candidates \['self_trained'\]"):
+        SeedGuardConfig(candidates=["adaptive_kd", "self_trained"])
+    with pytest.raises(ValueError, match="listed twice"):
+        SeedGuardConfig(candidates=["seed_only", "seed_only"])
 
 
-@pytest.mark.parametrize("student,seed_only,worse", [
-    (judged(0.5, 0.6), judged(0.6, 0.5), True),   # macro-F1 decides
-    (judged(0.6, 0.5), judged(0.5, 0.6), False),
-    (judged(0.5, 0.5), judged(0.5, 0.6), True),   # a tie in macro-F1: accuracy decides
-    (judged(0.5, 0.6), judged(0.5, 0.6), False),  # equal: the student ships
-    (None, judged(0.5, 0.6), False),              # nothing could judge: no verdict against the student
-])
-def test_worse_means_below_the_seed_only_classifier(student, seed_only, worse):
-    assert is_worse({"student": student, "seed_only": seed_only}) is worse
+# -- the statistics it decides with --------------------------------------------------------------------------
+
+def test_collapse_reasons_name_each_sign_and_pass_a_model_that_learned():
+    rng = np.random.default_rng(0)
+    learned = rng.dirichlet([0.3] * 3, size=200)
+    assert collapse_reasons(learned, train_loss=0.4) == []
+    flat = np.full((200, 3), 1 / 3) + rng.normal(0, 0.002, size=(200, 3))
+    flat /= flat.sum(axis=1, keepdims=True)
+    assert collapse_reasons(flat)[0].startswith("near-uniform outputs (mean top probability 0.33")
+    one_class = np.tile([0.1, 0.8, 0.1], (200, 1))
+    assert collapse_reasons(one_class) == ["one class for 200 of 200 texts"]
+    assert collapse_reasons(learned, train_loss=float(np.log(3)) + 1e-4)[0].startswith("training loss 1.0987 at ln 3")
+    assert collapse_reasons(learned, temperature_at_bound=20.0) == [
+        "confidence temperature at the bound of its search (20)"]
+    assert collapse_reasons(one_class[:10]) == []  # too few texts to call it
+
+
+def test_choose_keeps_the_first_choice_unless_another_wins_clearly_and_never_a_collapsed_one():
+    estimates = {"a": {"macro_f1": 0.6}, "b": {"macro_f1": 0.7}, "c": {"macro_f1": 0.9}}
+    close = {"b": {"probability_better": 0.7}, "c": {"probability_better": 0.8}}
+    assert choose(estimates, close, {}, ["a", "b", "c"], 0.9) == ("a", "default")
+    clear = {"b": {"probability_better": 0.95}, "c": {"probability_better": 0.99}}
+    assert choose(estimates, clear, {}, ["a", "b", "c"], 0.9) == ("c", "clear_win")
+    # The best estimate collapsed: never chosen, whatever its numbers.
+    assert choose(estimates, clear, {"c": ["near-uniform outputs"]}, ["a", "b", "c"], 0.9) == ("b", "clear_win")
+    assert choose(estimates, {}, {"a": ["one class"]}, ["a", "b", "c"], 0.9) == ("b", "default")
+    with pytest.raises(ValueError, match="every candidate collapsed"):
+        choose(estimates, {}, {n: ["x"] for n in "abc"}, ["a", "b", "c"], 0.9)
+
+
+def test_paired_comparison_draws_the_same_seeds_for_both():
+    truth = ["x", "y", "z"] * 6
+    same = paired_comparison(truth, truth, truth, ["x", "y", "z"], seed=0)
+    assert same["macro_f1_difference"] == 0 and same["probability_better"] == 0.5
+    wrong = ["y", "z", "x"] * 6
+    better = paired_comparison(truth, truth, wrong, ["x", "y", "z"], seed=0)
+    assert better["macro_f1_difference"] == 1.0 and better["probability_better"] == 1.0
+    assert better["interval"]["low"] > 0.9 and better["accuracy_difference"] == 1.0
+    one_off = truth[:-1] + ["x"]
+    small = paired_comparison(truth, truth, one_off, ["x", "y", "z"], seed=0)
+    assert 0 < small["macro_f1_difference"] < 0.1 and 0.5 < small["probability_better"] < 0.9
+    with pytest.raises(ValueError, match="the same seeds"):
+        paired_comparison(truth, truth[:-1], truth, ["x", "y", "z"], seed=0)
+
+
+def test_guard_folds_are_stratified_and_never_judge_a_single_seed_class():
+    labels = ["a"] * 7 + ["b"] * 7 + ["c"] * 7 + ["d"]
+    folds = guard_folds(labels, 3, seed=1)
+    assert len(folds) == 3
+    tested = np.concatenate([test for _, test in folds])
+    assert sorted(tested) == list(range(21))  # every seed of a class with two or more, once; never the lone "d"
+    for train, test in folds:
+        assert 21 in train and not set(train) & set(test)
+        assert sorted(labels[i] for i in test).count("a") in (2, 3)
+    assert len(guard_folds(["a", "a", "b", "b"], 3, seed=1)) == 2  # no more folds than the smallest class has seeds
+    assert guard_folds(["a", "a", "b"], 3, seed=1) == []

@@ -57,6 +57,9 @@ def print_summary(report: dict[str, Any], console: Any = None) -> None:
         legend.add_row(f"{systems.short(name)}:", f"{systems.label(name)}, {sys_['model']}")
     console.print(table)
     console.print(legend)
+    guard = report.get("seed_guard")
+    if guard and guard.get("reason"):
+        console.print(f"seed guard: {guard['reason']}", soft_wrap=True)
 
 
 def run(recipe: str, overrides: list[str], force: bool = False) -> None:
@@ -155,10 +158,19 @@ def check_teacher(recipe: str, overrides: list[str]) -> None:
 
 
 def distill(recipe: str, overrides: list[str], force: bool = False) -> None:
-    """Train RECIPE's student on the teacher's labels."""
+    """Train RECIPE's student on the teacher's labels; the seed guard then chooses what ships. Prints its folder
+    and the guard's reason."""
     from tailorkd import pipeline
+    from tailorkd.run_dir import RunDir
 
-    print(pipeline.distill(_recipe(recipe, overrides), force=force))
+    r = _recipe(recipe, overrides)
+    shipped = pipeline.distill(r, force=force)
+    if shipped is None:  # a process other than the main one under a launcher
+        return
+    print(shipped)
+    guard = RunDir(r).seed_guard_record()
+    if guard and guard.get("reason"):
+        print(f"seed guard: {guard['reason']}", file=sys.stderr)
 
 
 def evaluate(recipe: str, overrides: list[str]) -> None:

@@ -119,7 +119,7 @@ def _inputs(stage: str, recipe: Any) -> dict[str, frozenset[str]]:
 
 # Where each student system is trained to.
 STUDENT_FOLDERS = {"adaptive_kd": "adaptive_kd", "untrained_student": "untrained", "standard_kd": "standard_kd",
-                   "self_trained": "self_trained"}
+                   "setfit": "setfit", "seed_only": "seed_only"}
 SEED_GUARD_FILE = "seed_guard.json"
 
 
@@ -259,18 +259,21 @@ class RunDir:
         return self.root / "ensemble.json"
 
     def student_dir(self, system: str | None = None) -> Path:
-        """The folder of student system ``system`` (adaptive_kd, untrained_student, standard_kd, self_trained);
-        None: the student that ships, the adaptive-KD one unless the seed guard chose another."""
+        """The folder of student system ``system`` (adaptive_kd, untrained_student, standard_kd, or a seed-guard
+        candidate: setfit, seed_only, one registered; ``tailorkd.candidates``); None: the student that ships, the
+        adaptive-KD one unless the seed guard chose another."""
         if system is None:
             guard = self.seed_guard_record()
             system = guard["shipped"] if guard is not None else "adaptive_kd"
-        return self.root / "students" / STUDENT_FOLDERS[system]
+        return self.root / "students" / STUDENT_FOLDERS.get(system, system)
 
     def seed_guard_record(self) -> dict[str, Any] | None:
         """students/seed_guard.json when it judged the adaptive-KD student there now (not one trained since)."""
         guard = self.read_json_if_exists(self.seed_guard, "seed guard")
         adaptive = self.root / "students" / STUDENT_FOLDERS["adaptive_kd"] / "student.json"
-        if not isinstance(guard, dict) or guard.get("shipped") not in STUDENT_FOLDERS or not adaptive.is_file():
+        shipped = guard.get("shipped") if isinstance(guard, dict) else None
+        if (not isinstance(shipped, str) or not shipped.isidentifier() or not adaptive.is_file()
+                or not (self.student_dir(shipped) / "student.json").is_file()):
             return None
         current = hashlib.sha256(adaptive.read_bytes()).hexdigest()[:16]
         return guard if guard.get("adaptive_kd_student_file") == current else None

@@ -121,36 +121,34 @@ def _teacher_check_section(check: dict[str, Any] | None) -> list[str]:
 
 
 def _seed_guard_section(guard: dict[str, Any] | None) -> list[str]:
-    """The trained student judged against the seeds alone before it ships (students/seed_guard.json)."""
-    if not guard:
+    """What the seed guard chose to ship among the run's candidates, and why (students/seed_guard.json)."""
+    if not guard or guard.get("version", 1) < 2:
         return []
-    if guard.get("student") is None:
-        return ["## Seed guard", "", f"Not judged: {guard.get('why_not_judged', 'no seeds')}; "
-                f"{label(guard['shipped'])} ships.", ""]
-
-    def judged(j: dict[str, Any]) -> tuple[str, str]:
-        a, f = j["accuracy_interval"], j["macro_f1_interval"]
-        return (f"{_pct(j['accuracy'])} [{100 * a['low']:.2f}, {100 * a['high']:.2f}]",
-                f"{_pct(j['macro_f1'])} [{100 * f['low']:.2f}, {100 * f['high']:.2f}]")
-
-    rows = [("adaptive KD student", guard["student"]), ("seed-only classifier (balanced folds)", guard["seed_only"])]
-    lines = ["## Seed guard", "",
-             f"Before it ships, the adaptive-KD student is judged on the {len(guard['seeds'])} expert seeds it never "
-             "saw, against the seed-only classifier on the same seeds (each seed judged by a refit without it). "
-             "Percent; brackets: 95% interval.", "", "| judged | accuracy | macro-F1 |", "|---|---|---|"]
-    lines += [f"| {name} | {' | '.join(judged(j))} |" for name, j in rows]
-    if guard["worse"]:
-        action = {"self_train": "so the student was trained again on the seed classifier's distributions over "
-                                "the pool (self-training) and that one ships",
-                  "warn": "and it ships anyway (on_worse: warn)", "stop": "and the run stopped"}[guard["on_worse"]]
-        lines += ["", f"The seeds judge the adaptive-KD student worse than the seeds alone, {action}."]
-        trained = (guard.get("self_trained") or {}).get("judgement")
-        if trained:
-            lines.append(f"The self-trained student on the same seeds: accuracy {judged(trained)[0]}, macro-F1 "
-                         f"{judged(trained)[1]} (optimistic: its targets were fitted on these seeds).")
-    else:
-        lines += ["", "The adaptive-KD student is not below the seeds alone on the seeds; it ships."]
-    return lines + [f"Shipped: **{label(guard['shipped'])}**.", ""]
+    lines = ["## Seed guard", "", f"**{guard['reason']}.**", ""]
+    folds = guard["folds"]
+    lines += [f"Each candidate was judged on the seeds by cross-fitting: {folds['k']} folds, each seed predicted by "
+              f"models refitted without it ({folds['refitted']}; not refitted: {folds['not_refitted']}); "
+              f"{folds['judged_seeds']} of {folds['of']} seeds judged by every candidate. A candidate replaces the "
+              f"first choice only when it scores higher in at least {100 * guard['switch_probability']:.0f}% of the "
+              "paired bootstrap draws. Percent; brackets: 95% interval.", "",
+              "| candidate | learns from | cross-fitted macro-F1 | accuracy | vs first choice (P higher) | collapsed |",
+              "|---|---|---|---|---|---|"]
+    for name, entry in guard["candidates"].items():
+        j = entry.get("judgement")
+        f1 = (f"{_pct(j['macro_f1'])} [{100 * j['macro_f1_interval']['low']:.1f}, "
+              f"{100 * j['macro_f1_interval']['high']:.1f}]") if j else "-"
+        accuracy = _pct(j["accuracy"]) if j else "-"
+        c = guard.get("comparisons", {}).get(name)
+        versus = f"{100 * c['macro_f1_difference']:+.1f} ({100 * c['probability_better']:.0f}%)" if c else "-"
+        shipped = " (shipped)" if name == guard.get("shipped") else ""
+        lines.append(f"| {entry['label']}{shipped} | {'teacher' if entry['uses_teacher'] else 'seeds'} | {f1} | "
+                     f"{accuracy} | {versus} | {'; '.join(entry['collapsed']) or 'no'} |")
+    for name, why in (guard.get("left_out") or {}).items():
+        lines.append(f"| {name} | - | - | - | - | left out: {why} |")
+    seconds = guard.get("seconds") or {}
+    if seconds:
+        lines += ["", f"The guard took {seconds['total']:.0f} s ({seconds['cross_fitting']:.0f} s cross-fitting)."]
+    return lines + [""]
 
 
 def _markdown(report: dict[str, Any], recipe_yaml: str) -> str:

@@ -39,12 +39,11 @@ OPT_IN_SYSTEMS: dict[str, System] = {s.key: s for s in (
 # The student systems, each trained by the distill stage into its own folder.
 STUDENT_SYSTEMS = ("untrained_student", "standard_kd", "adaptive_kd")
 
-# Systems a run may add on its own, not chosen in ``evaluation.systems``: the seed guard's self-trained student
-# (stages.seed_guard), trained only when the seeds judge the adaptive-KD student worse than the seeds alone.
+# Systems a run may add on its own, not chosen in ``evaluation.systems``: the student the seed guard shipped
+# (stages.seed_guard) when it is none of the student systems evaluated, e.g. SetFit written as a student.
 ADDED_SYSTEMS: dict[str, System] = {s.key: s for s in (
-    System("self_trained", "self-trained student", "self-tr", "the adaptive-KD student trained on the seed "
-           "classifier's distributions instead of the teacher's: the seed guard trains and ships it when the "
-           "seeds judge the adaptive-KD student worse than the seed-only baseline"),
+    System("shipped", "shipped student", "shipped", "the student the seed guard chose to ship, measured as it "
+           "ships (e.g. SetFit on the seeds written as an encoder student)"),
 )}
 KNOWN_SYSTEMS: dict[str, System] = {**SYSTEMS, **OPT_IN_SYSTEMS, **ADDED_SYSTEMS}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -92,18 +92,50 @@ class HiddenStateLossConfig(Section):
                                "embeddings, -1 = last layer). An encoder uses its mean-pooled last state.")
 
 
+# What may ship, in the order each ships by default (stages.guard_candidates): the first one not collapsed
+# ships unless another beats it clearly under cross-fitting.
+DEFAULT_GUARD_CANDIDATES = ["adaptive_kd", "standard_kd", "setfit", "seed_only"]
+
+
 class SeedGuardConfig(Section):
-    """Never ship a student that the expert seeds judge worse than the seed-only baseline.
+    """Ship the best model the run made: the candidates (the distilled students, and SetFit and the seed-only
+    classifier on the seeds, each a student folder) are judged on the seeds by cross-fitting (each fold's
+    seed-fitted parts of the teacher and every candidate refitted without the fold), a collapsed one never
+    ships, and the first in ``candidates`` ships unless another beats it in at least ``switch_probability``
+    of the paired bootstrap draws (``stages.seed_guard``)."""
 
-    After training, the adaptive-KD student is judged on the seeds it never saw (all of them for an encoder;
-    those no prompt shows for a causal LM) and the seed-only classifier on the same seeds by refits on
-    balanced folds (``evaluation.seed_judge``). When the student's seed macro-F1 is below the classifier's:
-    ``self_train`` trains the same student, adapter and stages on the seed classifier's distributions over
-    the pool instead of the teacher's (``students/self_trained``) and ships that one; ``warn`` ships the
-    adaptive-KD student with a warning; ``stop`` stops the run."""
+    candidates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_GUARD_CANDIDATES), min_length=1,
+        description="Candidates in order of preference (stages.guard_candidates): adaptive_kd, standard_kd, setfit "
+        "(needs `tailorkd[setfit]`; left out with a note when it is not installed), seed_only.")
+    folds: int = Field(default=3, ge=2, le=10, description="Cross-fitting folds of the seeds (stratified; fewer when "
+                       "a class has fewer seeds). Each costs a training of every distilled candidate.")
+    switch_probability: float = Field(
+        default=0.9, gt=0.5, lt=1.0, description="How sure the paired comparison must be that a candidate beats the "
+        "preferred one before it ships instead (share of bootstrap draws of the seeds in which it scores higher).")
+    on_worse: Literal["choose", "warn", "stop"] = Field(
+        default="choose", description="When the choice is not the adaptive-KD student: choose ships the choice; "
+        "warn ships the adaptive-KD student with a warning (unless it collapsed); stop stops the run with the "
+        "numbers.")
 
-    on_worse: Literal["self_train", "warn", "stop"] = Field(
-        default="self_train", description="What a student worse than the seeds alone leads to (see above).")
+    @field_validator("on_worse", mode="before")
+    @classmethod
+    def _self_train_is_choose(cls, value: Any) -> Any:
+        # self_train (a student trained on the seed classifier's labels) was the one action before candidates;
+        # it shipped a student that had learned nothing, so it is gone: the guard chooses among real candidates.
+        return "choose" if value == "self_train" else value
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, names: list[str]) -> list[str]:
+        from tailorkd.candidates import candidate_names
+
+        unknown = [n for n in names if n not in candidate_names()]
+        if unknown:
+            raise ValueError(f"unknown candidates {unknown} (known: {', '.join(candidate_names())})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a candidate is listed twice: {names}")
+        return names
 
 
 class DistillConfig(Section):
@@ -152,8 +184,8 @@ class DistillConfig(Section):
         "lower than an adapter's).",
     )
     seed_guard: SeedGuardConfig | None = Field(
-        default_factory=SeedGuardConfig, description="Judge the trained student against the seed-only baseline "
-        "on the seeds before it ships (null: no judgement).")
+        default_factory=SeedGuardConfig, description="Choose what ships among the run's candidates by "
+        "cross-fitting on the seeds (null: the adaptive-KD student ships unjudged).")
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:

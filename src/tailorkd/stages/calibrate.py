@@ -40,39 +40,58 @@ def fit_calibration(recipe: Recipe, data: PreparedData, teacher: Any, store: Lab
     calibration.json with the pool's predicted-label counts before and after."""
     config = recipe.teacher.calibration
     names = recipe.task.label_names
-
-    def probs_of(rows: list[dict[str, Any]], desc: str, by: Any = teacher) -> tuple[list[dict[str, Any]], np.ndarray]:
-        found = by.label(rows, store, desc=desc) if rows else {}
-        kept = [r for r in rows if text_hash(r["text"]) in found]  # a served teacher may abstain
-        return kept, np.array([found[text_hash(r["text"])].probs for r in kept]).reshape(len(kept), len(names))
-
-    _, content_free = probs_of([{"id": f"content-free-{i}", "text": t} for i, t in enumerate(config.content_free)],
-                               "teacher: content-free")
-    try:
-        pool_texts = [r["text"] for r in take_rows(data.rows("pool"), range(min(len(data.pool), DOMAIN_TEXTS)))]
-        domain_texts = domain_inputs(pool_texts, config.domain_samples, recipe.seed, config.domain_words)
-    except ValueError as e:
-        raise TailorkdError(f"teacher.calibration: {e}") from None
-    _, domain = probs_of([{"id": f"domain-{i}", "text": t} for i, t in enumerate(domain_texts)],
-                         "teacher: in-domain random")
-    judged_by_all = config.seeds == "all" or per_text_shots(recipe.prompt)
-    held_out, seed_probs = scored_seeds(recipe, data, teacher, store, every_seed=config.seeds == "all")
-    try:
-        calibration = calibrate(config.method, names, content_free=content_free, domain=domain,
-                                seed_probs=seed_probs, seed_labels=[r["label"] for r in held_out], seed=recipe.seed)
-    except ValueError as e:
-        raise TailorkdError(f"teacher.calibration: {e}") from None
+    inputs = calibration_inputs(recipe, data, teacher, store)
+    calibration = fit_on(recipe, inputs)
     pool_probs = np.array([rec.probs for rec in pool.values()]).reshape(-1, len(names))
     counts = {"before": _predicted_counts(pool_probs, names),
               "after": _predicted_counts(calibration.apply(pool_probs), names)}
     calibration.details["pool_predicted_counts"] = counts
-    calibration.details["seeds"] = "all" if judged_by_all else "not_shown"
+    calibration.details["seeds"] = "all" if config.seeds == "all" or per_text_shots(recipe.prompt) else "not_shown"
     if write:
         run = RunDir(recipe)
         run.write_stamp("label", calibration.to_dict(), run.calibration)
     log.info("calibration: %s (%s); pool predictions %s -> %s", calibration.method,
              calibration.details["chosen_because"], counts["before"], counts["after"])
     return calibration
+
+
+def calibration_inputs(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore) -> dict[str, Any]:
+    """What the recipe's calibration is fitted on, scored by ``teacher`` (read back from the store when it was
+    scored before): {"content_free": [K, M], "domain": [D, M], "seeds": the seeds that may judge it,
+    "seed_probs": [S, M]}, all raw."""
+    config = recipe.teacher.calibration
+    names = recipe.task.label_names
+
+    def probs_of(rows: list[dict[str, Any]], desc: str) -> np.ndarray:
+        found = teacher.label(rows, store, desc=desc) if rows else {}
+        kept = [r for r in rows if text_hash(r["text"]) in found]  # a served teacher may abstain
+        return np.array([found[text_hash(r["text"])].probs for r in kept]).reshape(len(kept), len(names))
+
+    content_free = probs_of([{"id": f"content-free-{i}", "text": t} for i, t in enumerate(config.content_free)],
+                            "teacher: content-free")
+    try:
+        pool_texts = [r["text"] for r in take_rows(data.rows("pool"), range(min(len(data.pool), DOMAIN_TEXTS)))]
+        domain_texts = domain_inputs(pool_texts, config.domain_samples, recipe.seed, config.domain_words)
+    except ValueError as e:
+        raise TailorkdError(f"teacher.calibration: {e}") from None
+    domain = probs_of([{"id": f"domain-{i}", "text": t} for i, t in enumerate(domain_texts)],
+                      "teacher: in-domain random")
+    seeds, seed_probs = scored_seeds(recipe, data, teacher, store, every_seed=config.seeds == "all")
+    return {"content_free": content_free, "domain": domain, "seeds": seeds, "seed_probs": seed_probs}
+
+
+def fit_on(recipe: Recipe, inputs: Mapping[str, Any], keep: np.ndarray | None = None) -> Calibration:
+    """The recipe's calibration fitted on ``calibration_inputs`` (``keep``: a mask of their seeds to fit on,
+    e.g. a fold of them; default all)."""
+    seeds, seed_probs = inputs["seeds"], inputs["seed_probs"]
+    if keep is not None:
+        seeds, seed_probs = [r for r, k in zip(seeds, keep) if k], seed_probs[np.asarray(keep, dtype=bool)]
+    try:
+        return calibrate(recipe.teacher.calibration.method, recipe.task.label_names,
+                         content_free=inputs["content_free"], domain=inputs["domain"], seed_probs=seed_probs,
+                         seed_labels=[r["label"] for r in seeds], seed=recipe.seed)
+    except ValueError as e:
+        raise TailorkdError(f"teacher.calibration: {e}") from None
 
 
 def scored_seeds(recipe: Recipe, data: PreparedData, teacher: Any, store: LabelStore, every_seed: bool = True

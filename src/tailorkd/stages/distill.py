@@ -1,8 +1,9 @@
 """Stage 3, distill: the student learns the teacher's distributions over the pool (``tailorkd.distill``).
 
 Three student systems, each in its own folder of the run: adaptive KD (the recipe's adapter, stages and
-losses), and, when the recipe evaluates them, the paper's baselines on the same targets: the untrained
-student (method none) and standard KD (every weight trains, one stage, soft targets only). A student is
+losses), and, when the recipe evaluates them or its seed guard may ship them, the paper's baselines on the same
+targets: the untrained student (method none) and standard KD (every weight trains, one stage, soft targets
+only). The seed guard (``stages.seed_guard``) then chooses what ships. A student is
 skipped when its student.json records the fingerprint of the recipe it was trained for; an interrupted
 one resumes from its last checkpoint unless ``force``. Under a launcher every process trains (data-parallel,
 see tailorkd.distill.trainer) and the main process decides what is up to date.
@@ -11,6 +12,7 @@ see tailorkd.distill.trainer) and the main process decides what is up to date.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,6 @@ from tailorkd.stages.prepare import load_data
 from tailorkd.stages.prompt_search import resolve_prompt, search_record
 from tailorkd.stages.registry import Stage, register_stage, run_requirements
 from tailorkd.stages.seed_guard import guard as seed_guard
-from tailorkd.stages.seed_guard import self_trained_fingerprint
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
@@ -36,14 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def distill(recipe: Recipe, force: bool = False) -> Path:
-    """Train every student system the recipe evaluates, then let the seed guard judge the adaptive-KD one
-    (``stages.seed_guard``: it may train a self-trained student in its place); return the folder of the
-    student that ships."""
-    from transformers import set_seed
-
-    from tailorkd.distill import distill_student
-    from tailorkd.students import build_student
-
+    """Train every student system the recipe evaluates or its seed guard may ship, then let the guard choose
+    what ships (``stages.seed_guard``); return the folder of the student that ships."""
     engine = distributed.sharding_engine()
     if engine is not None:
         # Checkpoints, stage records and the saved student read whole parameters; sharded ones are not gathered.
@@ -63,32 +58,36 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
         rows, probs = take_rows(rows, np.flatnonzero(answered)), probs[answered]
     shots = fixed_shots(recipe.prompt, data.rows("seed"), recipe.task.label_names, recipe.seed)
 
-    def train(job, system: str, targets: np.ndarray) -> None:
-        """Train student ``system`` on ``targets`` for ``rows`` (skipped when up to date), then fit its
-        confidence."""
-        out = run.student_dir(system)
-        fingerprint = run.fingerprint("distill", job)
-        if system == "self_trained":
-            fingerprint = self_trained_fingerprint(job, fingerprint)
-        if not force and distributed.from_main(is_trained(out, fingerprint)):
-            log.info("distill: %s in %s is up to date", system, out)
-        else:
-            states = teacher_hidden_states(job, rows) if job.distill.hidden_state_loss is not None else None
-            set_seed(recipe.seed)
-            student = build_student(job.student, job.task, job.prompt, shots, job.adapter.method)
-            summary = distill_student(student, rows, targets, job.adapter, job.distill, out, recipe.seed,
-                                      info={"recipe_hash": fingerprint, "base_model": job.student.model,
-                                            "system": system},
-                                      teacher_states=states, resume=not force)
-            log.info("distill: %s, %d steps in %.1fs, final loss %s -> %s", system, summary["steps"],
-                     summary["train_seconds"], summary["train_loss"], out)
-            del student
-        calibrate_confidence(job, data, out, shots)
-
     for system, job in student_jobs(recipe).items():
-        train(job, system, probs)
-    record = seed_guard(recipe, data, rows, shots, train)  # every process has the main one's record
+        out = run.student_dir(system)
+        train_student(job, system, rows, probs, out, run.fingerprint("distill", job), shots, force=force)
+        calibrate_confidence(job, data, out, shots)
+    record = seed_guard(recipe, data, rows, shots, train_student, force=force)  # every process gets main's record
     return run.student_dir(record["shipped"] if record else "adaptive_kd")
+
+
+def train_student(job: Recipe, system: str, rows: Sequence[dict[str, Any]], targets: np.ndarray, out: Path,
+                  fingerprint: str, shots: list[dict[str, Any]], force: bool = False) -> bool:
+    """Train student ``system`` as ``job`` describes (adapter, stages, losses) on [N, M] ``targets`` for ``rows`` into
+    ``out``, unless ``out`` holds one trained for ``fingerprint``; an interrupted one resumes from its last
+    checkpoint unless ``force``. Every process of a launch calls it. Returns whether it trained."""
+    from transformers import set_seed
+
+    from tailorkd.distill import distill_student
+    from tailorkd.students import build_student
+
+    if not force and distributed.from_main(is_trained(out, fingerprint)):
+        log.info("distill: %s in %s is up to date", system, out)
+        return False
+    states = teacher_hidden_states(job, rows) if job.distill.hidden_state_loss is not None else None
+    set_seed(job.seed)
+    student = build_student(job.student, job.task, job.prompt, shots, job.adapter.method)
+    summary = distill_student(student, rows, targets, job.adapter, job.distill, out, job.seed,
+                              info={"recipe_hash": fingerprint, "base_model": job.student.model, "system": system},
+                              teacher_states=states, resume=not force)
+    log.info("distill: %s, %d steps in %.1fs, final loss %s -> %s", system, summary["steps"],
+             summary["train_seconds"], summary["train_loss"], out)
+    return True
 
 
 @distributed.on_main
@@ -150,7 +149,8 @@ def student_jobs(recipe: Recipe) -> dict[str, Recipe]:
     from tailorkd.adapters import adapter_config
 
     jobs = {"adaptive_kd": recipe}
-    systems = recipe.evaluation.systems
+    guard = recipe.distill.seed_guard
+    systems = [*recipe.evaluation.systems, *(guard.candidates if guard is not None else [])]
     if "untrained_student" in systems:
         jobs["untrained_student"] = recipe.model_copy(update={"adapter": adapter_config("none")})
     if "standard_kd" in systems:
@@ -179,8 +179,9 @@ def is_trained(folder: Path, fingerprint: str) -> bool:
 
 def students_are_current(recipe: Recipe) -> bool:
     """Whether every student system the recipe trains is trained for it (its confidence fitted), and the seed
-    guard, when the recipe has one, judged the adaptive-KD student there now. The seed guard's own student,
-    trained only when the guard asks, is judged by the guard's record."""
+    guard, when the recipe has one, chose among them as the recipe's guard settings say (its own candidates'
+    folders are judged by its record)."""
+    from tailorkd.stages.seed_guard import guard_is_current
     from tailorkd.students import CONFIDENCE_FILE, student_file_hash
 
     if recipe.prompt_search is not None and search_record(recipe) is None:
@@ -194,10 +195,9 @@ def students_are_current(recipe: Recipe) -> bool:
         confidence = run.read_json_if_exists(folder / CONFIDENCE_FILE, "student confidence calibration")
         if not isinstance(confidence, dict) or confidence.get("student_file") != student_file_hash(folder):
             return False
-    guard = run.seed_guard_record()
     if recipe.distill.seed_guard is None:
         return not run.seed_guard.is_file()
-    return guard is not None and guard.get("on_worse") == recipe.distill.seed_guard.on_worse
+    return guard_is_current(recipe)
 
 
 register_stage(Stage("distill", lambda recipe, force: distill(recipe, force), requires=("label",),

@@ -70,8 +70,8 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
         if system in wanted:
             frames[system], systems[system] = student_system(recipe, data, system)
     guard = run.seed_guard_record()
-    if guard is not None and guard.get("shipped") == "self_trained":
-        frames["self_trained"], systems["self_trained"] = student_system(recipe, data, "self_trained")
+    if guard is not None and guard["shipped"] not in frames:  # e.g. SetFit as a student: what ships is measured
+        frames["shipped"], systems["shipped"] = student_system(recipe, data, guard["shipped"])
     fitted: set[str] = set()
     for name, fit in BASELINES.items():
         if name in wanted:

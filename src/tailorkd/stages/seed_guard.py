@@ -1,177 +1,275 @@
-"""Stage 3b, seed guard (run by the distill stage, ``distill.seed_guard``): never ship a student that the
-expert seeds judge worse than the seed-only baseline.
+"""Stage 3b, seed guard (run by the distill stage, ``distill.seed_guard``): ship the best model the run made,
+never one that learned nothing, and say why in one line.
 
-A weak or collapsed teacher teaches its collapse: a crisis student that calls every article a risk is worse
-than none, and the test set that would show it is not there in production. The seeds are. So after training:
+1. Every candidate (``distill.seed_guard.candidates``: the adaptive-KD and standard-KD students, SetFit and the
+   seed-only classifier on the seeds; ``stages.guard_candidates``) is trained in the run into a student folder.
+2. The collapse check (``evaluation.guard_stats.collapse_reasons``): near-uniform outputs on the pool, one
+   class for every pool text, a training loss at ln K, a confidence temperature at the top of its search. A
+   collapsed candidate never ships.
+3. Cross-fitting: the seeds are cut into stratified folds; for each fold every candidate is refitted without
+   it, everything the seeds' labels fitted refitted too (the teacher's calibration, ensemble weights and
+   temperatures and seed classifier: ``stages.cross_fit``), and predicts the fold. So each seed is judged by
+   models that never fitted on it. Not refitted: the prompt (see ``stages.cross_fit``).
+4. The choice (``evaluation.guard_stats.choose``): ~20 seeds judge within wide intervals, so the first candidate
+   not collapsed ships unless another beats it in at least ``switch_probability`` of the paired bootstrap draws.
+   The teacher's worth is stated either way: the best candidate that learns from the teacher against the best
+   that learns from the seeds alone, paired on the same seeds.
+5. ``on_worse`` when the choice is not the adaptive-KD student: ``choose`` ships it; ``warn`` ships the
+   adaptive-KD student with a warning (not a collapsed one); ``stop`` stops the run.
 
-1. the adaptive-KD student is judged on the seeds it never saw (an encoder: all of them, since the students
-   train on the pool only; a causal LM: those its prompt does not show), and the seed classifier
-   (``seed_only``) on the same seeds by refits on balanced folds (``evaluation.seed_judge``: each seed judged
-   by a classifier fitted without it, the class mix kept). Both are honest estimates on the same texts;
-2. when the student's seed macro-F1 is not below the classifier's, it ships;
-3. else, as ``on_worse`` says: ``self_train`` trains the same student (adapter, stages, losses) on the seed
-   classifier's distributions over the pool instead of the teacher's, into ``students/self_trained``, and
-   ships it (self-training: the seeds' signal spread over the pool, in the student's form); ``warn`` ships
-   the adaptive-KD student with a warning; ``stop`` stops the run with the numbers.
-
-The self-trained student's own seed scores are recorded but are no fair judge: its targets come from a
-classifier fitted on those very seeds. The choice is made on the two honest estimates only; the test set
-(``evaluate``) then shows all three. ``students/seed_guard.json`` records the judgements and which student
-ships (``RunDir.student_dir()``, read by classify, export, serve and signals), tied to the adaptive-KD student
-it judged.
+``students/seed_guard.json`` records every candidate's collapse check, cross-fitted judgement and predictions,
+the paired comparisons, the time the guard took, the choice and its one-line reason; ``RunDir.student_dir()``
+(read by classify, export, serve and signals) follows its ``shipped``. It is tied to the adaptive-KD student it
+judged.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from tailorkd import distributed
+from tailorkd.candidates import get_candidate
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
-from tailorkd.labels import LabelStore, stored_probs
-from tailorkd.prompts import held_out_seeds
+from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison
 from tailorkd.run_dir import RunDir
+from tailorkd.stages.guard_candidates import GuardContext
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-GUARD_VERSION = 1
+GUARD_VERSION = 2
+COLLAPSE_SAMPLE = 256  # pool texts the collapse check reads each candidate's outputs on
 
 
-def judge_student(recipe: Recipe, data: PreparedData, system: str, shots: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trained student ``system`` judged on the seeds it never saw, and the seed classifier's balanced-fold
-    predictions on the same seeds: {"seeds": ids, "student": judgement, "seed_only": judgement}."""
-    from tailorkd.confidence import apply_temperature
-    from tailorkd.evaluation.baselines import seed_classifier_predictions
-    from tailorkd.evaluation.seed_judge import judgement
-    from tailorkd.models.embedder import SentenceEmbedder, embedding_text
-    from tailorkd.students import load_student, predict_probs, student_file_hash, student_temperature
-    from tailorkd.teachers.seed_classifier import seed_classifier_encoder
-
-    names = recipe.task.label_names
-    folder = RunDir(recipe).student_dir(system)
-    student = load_student(folder, recipe.task, recipe.prompt, shots, recipe.student)
-    seeds = data.rows("seed")
-    unseen = {r["id"] for r in (seeds if student.kind == "encoder" else held_out_seeds(recipe.prompt, seeds, names,
-                                                                                        recipe.seed))}
-    labels = [str(r["label"]) for r in seeds]
-    encoder = seed_classifier_encoder(recipe)
-    x_seed = SentenceEmbedder(encoder)([embedding_text(r) for r in seeds])
-    classifier, judged = seed_classifier_predictions(x_seed, labels, recipe.seed)
-    keep = np.array([r["id"] in unseen for r in seeds]) & judged
-    chosen = [r for r, k in zip(seeds, keep) if k]
-    if len({str(r["label"]) for r in chosen}) < 2:
-        return {"seeds": [r["id"] for r in chosen], "student_file": student_file_hash(folder), "student": None,
-                "seed_only": None,
-                "why_not_judged": f"{len(chosen)} seeds of fewer than two classes can judge the student"}
-    probs = apply_temperature(predict_probs(student, chosen, recipe.evaluation.batch_size, desc="student: seeds"),
-                              student_temperature(folder))
-    truth = [str(r["label"]) for r in chosen]
-    return {"seeds": [r["id"] for r in chosen], "student_file": student_file_hash(folder),
-            "student": judgement(truth, [names[i] for i in probs.argmax(axis=1)], names, recipe.seed),
-            "seed_only": {**judgement(truth, classifier[:, keep], names, recipe.seed), "encoder": encoder,
-                          "method": "refits on balanced folds: each seed judged by a classifier fitted without it"}}
-
-
-def is_worse(judged: dict[str, Any]) -> bool:
-    """Whether the seeds judge the student below the seed-only classifier (macro-F1, then accuracy on a tie)."""
-    student, seed_only = judged["student"], judged["seed_only"]
-    if student is None or seed_only is None:
-        return False
-    return (student["macro_f1"], student["accuracy"]) < (seed_only["macro_f1"], seed_only["accuracy"])
-
-
-def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]], train: Any,
-          force: bool = False) -> dict[str, Any] | None:
-    """Judge the adaptive-KD student and act as ``distill.seed_guard`` says; write seed_guard.json and return
-    it (None when the recipe has no guard). ``rows``: the pool rows the students trained on; ``train(job,
-    system, probs)``: trains a student system on [N, M] targets for ``rows`` (the distill stage's own)."""
+def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]],
+          train: Callable[..., bool], force: bool = False) -> dict[str, Any] | None:
+    """Choose what ships as ``distill.seed_guard`` says; write seed_guard.json and return it (None when the
+    recipe has no guard). ``rows``: the pool rows the students trained on; ``train``: the distill stage's
+    ``train_student``."""
     run = RunDir(recipe)
     config = recipe.distill.seed_guard
     if config is None:
         if distributed.is_main():
             run.seed_guard.unlink(missing_ok=True)  # an earlier guard's choice no longer applies
         return None
-    record = distributed.from_main(_judge_on_main(recipe, data, shots))
-    shipped = "adaptive_kd"
-    if record["worse"]:
-        message = _worse_message(record)
-        if config.on_worse == "stop":
-            if distributed.is_main():
-                run.write_json(run.seed_guard, {**record, "shipped": None})  # what stopped it, for the record
-            raise TailorkdError(f"{run.seed_guard}: {message}; the run stops (distill.seed_guard.on_worse: stop)")
-        if config.on_worse == "warn":
-            log.warning("seed guard: %s; the adaptive-KD student ships anyway (distill.seed_guard.on_worse: warn)",
-                        message)
+    t0 = time.perf_counter()
+    ctx = GuardContext(recipe, data, rows, shots, train, force)
+    names = recipe.task.label_names
+    kinds = [get_candidate(name) for name in config.candidates]
+    left_out = {k.name: f"not installed ({k.install})" for k in kinds if not k.available()}
+    candidates = {k.name: k.build() for k in kinds if k.available()}
+    for name, why in left_out.items():
+        log.warning("seed guard: candidate %s left out: %s", name, why)
+    folders = {name: c.ship(ctx) for name, c in candidates.items()}
+
+    seeds = ctx.seeds
+    truth = [str(r["label"]) for r in seeds]
+    folds = guard_folds(truth, config.folds, recipe.seed)
+    probs = {name: np.full((len(seeds), len(names)), np.nan) for name in candidates}
+    t_folds = time.perf_counter()
+    for k, (train_index, test_index) in enumerate(folds):
+        keep = np.zeros(len(seeds), dtype=bool)
+        keep[train_index] = True
+        fold_rows = [seeds[i] for i in test_index]
+        for name, candidate in candidates.items():
+            probs[name][test_index] = candidate.fold_probs(ctx, k, keep, fold_rows)
+    fold_seconds = time.perf_counter() - t_folds
+    judged = np.ones(len(seeds), dtype=bool) if folds else np.zeros(len(seeds), dtype=bool)
+    for p in probs.values():
+        judged &= ~np.isnan(p).any(axis=1)
+    for name, candidate in candidates.items():
+        ok = ~np.isnan(probs[name]).any(axis=1)
+        candidate.fit_confidence(ctx, folders[name], probs[name][ok], [t for t, o in zip(truth, ok) if o])
+
+    record = distributed.from_main(_decide_on_main(ctx, candidates, folders, probs, judged, folds))
+    record.update(left_out=left_out, seconds={"total": round(time.perf_counter() - t0, 1),
+                                              "cross_fitting": round(fold_seconds, 1)})
+    shipped = record["choice"]
+    if shipped != "adaptive_kd" and config.on_worse == "stop":
+        if distributed.is_main():
+            run.write_json(run.seed_guard, {**record, "shipped": None})  # what stopped it, for the record
+        raise TailorkdError(f"{run.seed_guard}: {record['reason']}; the run stops (distill.seed_guard.on_worse: stop)")
+    if shipped != "adaptive_kd" and config.on_worse == "warn":
+        if record["candidates"].get("adaptive_kd", {}).get("collapsed"):
+            log.warning("seed guard: on_worse is warn, but the adaptive-KD student collapsed; %s ships", shipped)
         else:
-            log.warning("seed guard: %s; training the student on the seed classifier's distributions instead",
-                        message)
-            train(recipe, "self_trained", seed_classifier_targets(recipe, data, rows))
-            shipped = "self_trained"
-            record["self_trained"] = distributed.from_main(_judge_self_trained(recipe, data, shots))
+            log.warning("seed guard: %s; the adaptive-KD student ships anyway (distill.seed_guard.on_worse: warn)",
+                        record["reason"])
+            shipped = "adaptive_kd"
+            record["reason"] = f"the adaptive-KD student ships (on_worse: warn), though {record['reason']}"
     record["shipped"] = shipped
     if distributed.is_main():
         run.write_json(run.seed_guard, record)
-    log.info("seed guard: %s ships (student seed macro-F1 %s, seed-only %s, on %d seeds)", shipped,
-             _f1(record["student"]), _f1(record["seed_only"]), len(record["seeds"]))
+    log.info("seed guard: %s", record["reason"])
     return record
 
 
 @distributed.on_main
-def _judge_on_main(recipe: Recipe, data: PreparedData, shots: list[dict[str, Any]]) -> dict[str, Any]:
-    judged = judge_student(recipe, data, "adaptive_kd", shots)
-    return {"version": GUARD_VERSION, "on_worse": recipe.distill.seed_guard.on_worse,
-            "adaptive_kd_student_file": judged.pop("student_file", None), **judged, "worse": is_worse(judged)}
+def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict[str, Path],
+                    probs: dict[str, np.ndarray], judged: np.ndarray, folds: list[Any]) -> dict[str, Any]:
+    from tailorkd.evaluation.seed_judge import judgement
+    from tailorkd.students import read_student_info
+
+    recipe, config = ctx.recipe, ctx.recipe.distill.seed_guard
+    names = recipe.task.label_names
+    seeds = ctx.seeds
+    truth = [str(r["label"]) for r in seeds]
+    sample = _collapse_sample(ctx)
+    entries: dict[str, dict[str, Any]] = {}
+    for name, folder in folders.items():
+        info = read_student_info(folder)
+        reasons = collapse_reasons(_raw_probs(ctx, folder, sample), train_loss=(info.get("summary") or {}).get(
+            "train_loss"), temperature_at_bound=_temperature_at_top(folder))
+        predicted = [names[int(i)] if ok else None for i, ok in zip(np.nan_to_num(probs[name]).argmax(axis=1),
+                                                                      ~np.isnan(probs[name]).any(axis=1))]
+        entries[name] = {"label": get_candidate(name).label, "uses_teacher": get_candidate(name).uses_teacher,
+                         "folder": str(folder), "collapsed": reasons,
+                         "predicted": {str(r["id"]): p for r, p in zip(seeds, predicted)}}
+    record: dict[str, Any] = {"version": GUARD_VERSION, "on_worse": config.on_worse,
+                              "settings": config.model_dump(mode="json"),
+                              "adaptive_kd_student_file": _student_file(RunDir(recipe).student_dir("adaptive_kd")),
+                              "candidates": entries, "preference": list(candidates),
+                              "seed_labels": {str(r["id"]): str(r["label"]) for r in seeds},
+                              "switch_probability": config.switch_probability,
+                              "folds": {"k": len(folds), "judged_seeds": int(judged.sum()), "of": len(seeds),
+                                        "refitted": "each fold: every candidate and the teacher's seed-fitted parts",
+                                        "not_refitted": _not_refitted(ctx)}}
+    collapsed = {n: e["collapsed"] for n, e in entries.items()}
+    usable = [n for n in candidates if not collapsed[n]]
+    if not usable:
+        raise TailorkdError(f"{RunDir(recipe).seed_guard}: every candidate collapsed ("
+                            + "; ".join(f"{n}: {', '.join(r)}" for n, r in collapsed.items())
+                            + "); nothing is fit to ship: see the teacher check and the seeds")
+    kept_truth = [t for t, j in zip(truth, judged) if j]
+    if len(set(kept_truth)) < 2:
+        choice = usable[0]
+        record.update(choice=choice, why="not_judged", comparisons={}, teacher_worth=None,
+                      reason=f"{_label(choice)} ships unjudged: {int(judged.sum())} seeds of fewer than two classes "
+                             "can be judged by cross-fitting" + _collapsed_note(collapsed))
+        return record
+    predicted = {n: [names[int(i)] for i in probs[n][judged].argmax(axis=1)] for n in candidates}
+    for name in candidates:
+        entries[name]["judgement"] = judgement(kept_truth, predicted[name], names, recipe.seed)
+    default = usable[0]
+    comparisons = {n: paired_comparison(kept_truth, predicted[n], predicted[default], names, recipe.seed)
+                   for n in usable if n != default}
+    choice, why = choose({n: entries[n]["judgement"] for n in candidates}, comparisons, collapsed, list(candidates),
+                         config.switch_probability)
+    worth = _teacher_worth(entries, predicted, kept_truth, names, recipe.seed)
+    record.update(choice=choice, why=why, default=default, comparisons=comparisons, teacher_worth=worth,
+                  reason=_reason(choice, why, default, entries, comparisons, worth, collapsed, len(kept_truth)))
+    return record
 
 
-@distributed.on_main
-def _judge_self_trained(recipe: Recipe, data: PreparedData, shots: list[dict[str, Any]]) -> dict[str, Any] | None:
-    judged = judge_student(recipe, data, "self_trained", shots)
-    return {"judgement": judged["student"], "note": "optimistic: its targets come from a classifier fitted on "
-                                                    "these seeds, so it is not compared on them"}
+def _collapse_sample(ctx: GuardContext) -> list[dict[str, Any]]:
+    from tailorkd.data.pool_rows import take_rows
+
+    n = len(ctx.rows)
+    index = np.sort(np.random.default_rng(ctx.recipe.seed).choice(n, min(n, COLLAPSE_SAMPLE), replace=False))
+    return list(take_rows(ctx.rows, index))
 
 
-def seed_classifier_targets(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-    """[N, M] distributions of the seed classifier (fitted on all the seeds) for ``rows``, stored in the label
-    store under its own identity like a teacher's (so a rerun reads them back)."""
-    from tailorkd.teachers.seed_classifier import SeedClassifierLabeller
+def _raw_probs(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
+    from tailorkd.students import load_student, predict_probs
 
-    labeller = SeedClassifierLabeller(recipe, data)
-    with LabelStore(RunDir(recipe).label_store) as store:
-        with distributed.main_first() as main:
-            if main:
-                labeller.label(rows, store, desc="seed classifier: pool")
-        probs, _ = stored_probs(store, labeller.identity, labeller.prompt_fingerprint, rows, recipe.task.label_names)
-    return probs
+    recipe = ctx.recipe
+    student = load_student(folder, recipe.task, recipe.prompt, ctx.shots, recipe.student)
+    return predict_probs(student, rows, recipe.evaluation.batch_size, desc=f"seed guard: {folder.name} on the pool")
 
 
-def self_trained_fingerprint(recipe: Recipe, distill_fingerprint: str) -> str:
-    """What the self-trained student depends on: the adaptive-KD student's inputs and the seed set its
-    targets' classifier was fitted on."""
-    from tailorkd.stages.prepare import load_split
-    from tailorkd.teachers.seed_classifier import seed_classifier_encoder, seed_classifier_key
+def _temperature_at_top(folder: Path) -> float | None:
+    """The fitted confidence temperature when it hit the top of its search (the seeds asked to flatten its
+    answers as far as allowed: they are noise to it), else None. The bottom is no sign of collapse: a model
+    right on every seed sharpens."""
+    from tailorkd.confidence import T_BOUNDS
+    from tailorkd.files import read_json
+    from tailorkd.students import CONFIDENCE_FILE
 
-    seeds = load_split(recipe, "seed").to_dict("records")
-    key = seed_classifier_key(seeds, seed_classifier_encoder(recipe))
-    return hashlib.sha256(json.dumps([distill_fingerprint, "self_trained", *key]).encode()).hexdigest()[:16]
+    path = folder / CONFIDENCE_FILE
+    fitted = read_json(path, "student confidence calibration") if path.is_file() else None
+    value = fitted.get("temperature") if isinstance(fitted, dict) else None
+    if isinstance(value, (int, float)) and abs(value - T_BOUNDS[1]) / T_BOUNDS[1] < 1e-3:
+        return float(value)
+    return None
 
 
-def _f1(judged: dict[str, Any] | None) -> str:
-    return "-" if not judged else f"{100 * judged['macro_f1']:.1f}"
+def _student_file(folder: Path) -> str | None:
+    from tailorkd.students import STUDENT_FILE, student_file_hash
+
+    return student_file_hash(folder) if (folder / STUDENT_FILE).is_file() else None
 
 
-def _worse_message(record: dict[str, Any]) -> str:
-    s, o = record["student"], record["seed_only"]
-    return (f"on {len(record['seeds'])} seeds it never saw the adaptive-KD student scores macro-F1 "
-            f"{_f1(s)} [{100 * s['macro_f1_interval']['low']:.0f}, {100 * s['macro_f1_interval']['high']:.0f}], "
-            f"accuracy {100 * s['accuracy']:.0f}%, below the seed-only classifier's {_f1(o)} "
-            f"[{100 * o['macro_f1_interval']['low']:.0f}, {100 * o['macro_f1_interval']['high']:.0f}], "
-            f"{100 * o['accuracy']:.0f}% (the teacher may be weak or collapsed: see the teacher check)")
+def _not_refitted(ctx: GuardContext) -> str:
+    from tailorkd.stages.cross_fit import NOT_REFITTED
+
+    return NOT_REFITTED
+
+
+def _teacher_worth(entries: dict[str, dict[str, Any]], predicted: dict[str, list[str]], truth: list[str],
+                   names: list[str], seed: int) -> dict[str, Any] | None:
+    """The best candidate that learns from the teacher against the best that learns from the seeds alone (by
+    cross-fitted macro-F1; collapsed ones left out), paired on the same seeds."""
+    usable = {n: e for n, e in entries.items() if not e["collapsed"] and "judgement" in e}
+    taught = [n for n, e in usable.items() if e["uses_teacher"]]
+    alone = [n for n, e in usable.items() if not e["uses_teacher"]]
+    if not taught or not alone:
+        return None
+    best_taught = max(taught, key=lambda n: usable[n]["judgement"]["macro_f1"])
+    best_alone = max(alone, key=lambda n: usable[n]["judgement"]["macro_f1"])
+    return {"with_teacher": best_taught, "seeds_alone": best_alone,
+            **paired_comparison(truth, predicted[best_taught], predicted[best_alone], names, seed)}
+
+
+def _label(name: str) -> str:
+    label = get_candidate(name).label
+    return label[0].upper() + label[1:]
+
+
+def _f1(entries: dict[str, dict[str, Any]], name: str) -> str:
+    return f"{100 * entries[name]['judgement']['macro_f1']:.1f}"
+
+
+def _collapsed_note(collapsed: dict[str, Sequence[str]]) -> str:
+    bad = [f"{n} collapsed ({r[0]})" for n, r in collapsed.items() if r]
+    return f"; {'; '.join(bad)}" if bad else ""
+
+
+def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, Any]],
+            comparisons: dict[str, dict[str, Any]], worth: dict[str, Any] | None,
+            collapsed: dict[str, Sequence[str]], n: int) -> str:
+    """What ships and why, in one line, with the teacher's worth on the task."""
+    if why == "clear_win":
+        c = comparisons[choice]
+        because = (f"cross-fitted on {n} seeds it scores macro-F1 {_f1(entries, choice)} against "
+                   f"{_f1(entries, default)} for {get_candidate(default).label}, higher in "
+                   f"{100 * c['probability_better']:.0f}% of paired draws")
+    else:
+        rivals = [f"{n_} {_f1(entries, n_)}" for n_ in comparisons]
+        because = (f"the first choice not collapsed, and no other beats it clearly (cross-fitted macro-F1 on {n} "
+                   f"seeds: {_f1(entries, choice)}" + (f"; {', '.join(rivals)}" if rivals else "") + ")")
+    line = f"{_label(choice)} ships: {because}"
+    if worth is not None:
+        d, ci = worth["macro_f1_difference"], worth["interval"]
+        verdict = ("the teacher helped" if ci["low"] > 0 else "the teacher did not help" if ci["high"] < 0
+                   else "the teacher's worth is unclear")
+        line += (f"; on this task {verdict} ({worth['with_teacher']} minus {worth['seeds_alone']}: "
+                 f"{100 * d:+.1f} macro-F1, {100 * ci['level']:.0f}% interval [{100 * ci['low']:+.1f}, "
+                 f"{100 * ci['high']:+.1f}])")
+    return line + _collapsed_note(collapsed)
+
+
+def guard_is_current(recipe: Recipe) -> bool:
+    """Whether seed_guard.json was written by this guard version for the recipe's guard settings."""
+    record = RunDir(recipe).seed_guard_record()
+    config = recipe.distill.seed_guard
+    return (record is not None and config is not None and record.get("version") == GUARD_VERSION
+            and record.get("settings") == config.model_dump(mode="json"))

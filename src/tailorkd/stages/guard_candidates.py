@@ -1,0 +1,257 @@
+"""The seed guard's candidates (``tailorkd.candidates`` names them): each trains the model it would ship into a
+student folder of the run, and refits itself without a fold of the seeds to predict that fold.
+
+- ``DistilledCandidate`` (adaptive_kd, standard_kd): the distill stage trains it on the teacher's targets. A
+  fold's student trains the same way on the targets the teacher would have given without the fold's seeds
+  (``stages.cross_fit``); when nothing of the targets was fitted on the seeds, the run's own student is that
+  student, and predicts the fold as it is.
+- ``SetFitCandidate`` and ``SeedOnlyCandidate``: fitted on the seeds alone (SetFit; logistic regression on the
+  frozen encoder), then written as an ordinary encoder student (``tailorkd.seed_students``), so classify, serve,
+  export and signals read them like any student. Their confidence temperature is fitted on their cross-fitted
+  predictions, the only ones on seeds they did not train on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
+
+from tailorkd import distributed
+from tailorkd.data import PreparedData
+from tailorkd.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from tailorkd.candidates import CandidateKind
+    from tailorkd.recipe import Recipe
+    from tailorkd.stages.cross_fit import TeacherRefit
+
+log = logging.getLogger(__name__)
+
+# Bumped when what a candidate's fold predictions or seeds-only student depend on changes.
+CANDIDATE_VERSION = 1
+
+
+@dataclass
+class GuardContext:
+    """What every candidate needs: the run, its seeds, the pool rows the students train on, the students'
+    shots, the distill stage's ``train(job, system, rows, targets, out, fingerprint, shots, force=)``."""
+
+    recipe: Recipe
+    data: PreparedData
+    rows: Any
+    shots: list[dict[str, Any]]
+    train: Callable[..., bool]
+    force: bool = False
+    _refit: TeacherRefit | None = field(default=None, repr=False)
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.recipe)
+
+    @property
+    def seeds(self) -> list[dict[str, Any]]:
+        return self.data.rows("seed")
+
+    @property
+    def refit(self) -> TeacherRefit:
+        """The teacher's targets refitted without a fold (``stages.cross_fit``), read once, on the main process."""
+        if self._refit is None:
+            from tailorkd.stages.cross_fit import TeacherRefit
+
+            self._refit = TeacherRefit(self.recipe, self.data, self.rows)
+        return self._refit
+
+
+class Candidate(Protocol):
+    """What the guard asks of a candidate."""
+
+    name: str
+
+    def ship(self, ctx: GuardContext) -> Path:
+        """The folder of the model it would ship (trained now unless it is there for this run); every process."""
+
+    def fold_probs(self, ctx: GuardContext, fold: int, keep: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+        """[T, M] probabilities for ``rows`` (a fold of the seeds) of the candidate refitted on the seeds where
+        ``keep``; NaN rows for seeds it cannot be judged on (shown to it as examples). Every process."""
+
+    def fit_confidence(self, ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
+        """Fit its confidence temperature given its cross-fitted ``probs`` on seeds of ``labels`` (or keep the
+        one it has)."""
+
+
+def key_of(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([CANDIDATE_VERSION, *parts], sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+def kept_ids(ctx: GuardContext, keep: np.ndarray) -> list[str]:
+    return sorted(str(r["id"]) for r, k in zip(ctx.seeds, keep) if k)
+
+
+class DistilledCandidate:
+    def __init__(self, kind: CandidateKind):
+        self.kind, self.name = kind, kind.name
+
+    def job(self, ctx: GuardContext) -> Recipe:
+        from tailorkd.stages.distill import student_jobs
+
+        return student_jobs(ctx.recipe)[self.name]
+
+    def ship(self, ctx: GuardContext) -> Path:
+        return ctx.run.student_dir(self.name)  # trained by the distill stage before the guard
+
+    def fold_probs(self, ctx: GuardContext, fold: int, keep: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+        if not distributed.from_main(_seeds_fitted(ctx)):
+            return distributed.from_main(_predict(ctx, ctx.run.student_dir(self.name), rows))
+        job = self.job(ctx)
+        targets = distributed.from_main(_fold_targets(ctx, keep))
+        out = ctx.run.root / "students" / "guard" / f"{self.name}-fold{fold + 1}"
+        fingerprint = key_of(ctx.run.fingerprint("distill", job), kept_ids(ctx, keep))
+        ctx.train(job, self.name, ctx.rows, targets, out, fingerprint, ctx.shots, force=ctx.force)
+        probs = distributed.from_main(_predict(ctx, out, rows))
+        if distributed.is_main():
+            shutil.rmtree(out, ignore_errors=True)  # its predictions are what the guard keeps
+        return probs
+
+    def fit_confidence(self, ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
+        return None  # fitted by the distill stage on the seeds it never saw
+
+
+@distributed.on_main
+def _seeds_fitted(ctx: GuardContext) -> bool:
+    return ctx.refit.seeds_fitted
+
+
+@distributed.on_main
+def _fold_targets(ctx: GuardContext, keep: np.ndarray) -> np.ndarray:
+    return ctx.refit.targets(keep)
+
+
+@distributed.on_main
+def _predict(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Raw probabilities of the student in ``folder`` for ``rows``; NaN for the seeds a causal-LM student shows
+    as examples."""
+    from tailorkd.students import load_student, predict_probs
+
+    recipe = ctx.recipe
+    student = load_student(folder, recipe.task, recipe.prompt, ctx.shots, recipe.student)
+    probs = predict_probs(student, rows, recipe.evaluation.batch_size, desc="seed guard: fold") if rows else \
+        np.zeros((0, len(recipe.task.labels)))
+    if student.kind != "encoder":
+        shown = {str(s["id"]) for s in ctx.shots}
+        probs[[str(r["id"]) in shown for r in rows]] = np.nan
+    return probs
+
+
+class _SeedsOnlyCandidate:
+    """A classifier fitted on the seeds alone, shipped as an encoder student (method full)."""
+
+    system_label = ""
+
+    def __init__(self, kind: CandidateKind):
+        self.kind, self.name = kind, kind.name
+
+    def settings(self, ctx: GuardContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
+        """An EncoderStudent fitted on ``seeds``."""
+        raise NotImplementedError
+
+    def ship(self, ctx: GuardContext) -> Path:
+        distributed.on_main(self._ship)(ctx)
+        distributed.barrier()
+        return ctx.run.student_dir(self.name)
+
+    def _ship(self, ctx: GuardContext) -> None:
+        from tailorkd.distill.trainer import TRAINING_FORMAT
+        from tailorkd.stages.distill import is_trained
+        from tailorkd.students import save_student
+
+        folder = ctx.run.student_dir(self.name)
+        key = key_of(self.settings(ctx), sorted(str(r["id"]) for r in ctx.seeds))
+        if not ctx.force and is_trained(folder, key):
+            log.info("seed guard: %s in %s is up to date", self.name, folder)
+            return
+        t0 = time.perf_counter()
+        student = self.fit_student(ctx, ctx.seeds)
+        summary = {"train_seconds": time.perf_counter() - t0, "train_loss": None, "steps": 0,
+                   "training_format": TRAINING_FORMAT, "trained_on": f"{len(ctx.seeds)} expert seeds",
+                   "settings": self.settings(ctx)}
+        save_student(student, "full", folder, {"recipe_hash": key, "base_model": self.settings(ctx)["encoder"],
+                                               "system": self.name, "summary": summary,
+                                               "max_length": student.max_length})
+        log.info("seed guard: %s fitted on %d seeds in %.1fs -> %s", self.name, len(ctx.seeds),
+                 summary["train_seconds"], folder)
+
+    def fold_probs(self, ctx: GuardContext, fold: int, keep: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+        return distributed.from_main(distributed.on_main(self._fold_probs)(ctx, keep, rows))
+
+    def _fold_probs(self, ctx: GuardContext, keep: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
+        from tailorkd.students import predict_probs
+
+        student = self.fit_student(ctx, [r for r, k in zip(ctx.seeds, keep) if k])
+        return predict_probs(student, rows, ctx.recipe.evaluation.batch_size, desc=f"seed guard: {self.name} fold")
+
+    def fit_confidence(self, ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
+        distributed.on_main(_fit_confidence_on)(ctx, folder, probs, labels)
+
+
+def _fit_confidence_on(ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
+    from tailorkd.confidence import fit_temperature
+    from tailorkd.stages.distill import confidence_warning
+    from tailorkd.students import CONFIDENCE_FILE, student_file_hash
+
+    names = ctx.recipe.task.label_names
+    record: dict[str, Any] = {"student_file": student_file_hash(folder), "method": "temperature scaling, "
+                              "Laplace-smoothed targets",
+                              "fitted_on": "its cross-fitted predictions on the seeds (each by a refit without it)"}
+    if len(labels) < len(names):
+        record.update(temperature=1.0, n=len(labels), reason=f"fewer judged seeds than classes ({len(labels)})")
+    else:
+        record.update(fit_temperature(probs, np.array([names.index(label) for label in labels])))
+        warning = confidence_warning(record)
+        if warning:
+            record["warning"] = warning
+    ctx.run.write_json(folder / CONFIDENCE_FILE, record)
+
+
+class SetFitCandidate(_SeedsOnlyCandidate):
+    def settings(self, ctx: GuardContext) -> dict[str, Any]:
+        e = ctx.recipe.evaluation
+        return {"method": "setfit", "encoder": e.seed_only_encoder, "iterations": e.setfit_iterations,
+                "seed": ctx.recipe.seed, "labels": ctx.recipe.task.label_names,
+                "max_text_chars": ctx.recipe.prompt.max_text_chars}
+
+    def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
+        from tailorkd.evaluation.setfit_baseline import fit_setfit
+        from tailorkd.seed_students import setfit_student
+
+        s = self.settings(ctx)
+        model = fit_setfit(seeds, s["labels"], s["encoder"], s["seed"], s["iterations"])
+        return setfit_student(model, ctx.recipe.task, ctx.recipe.prompt)
+
+
+class SeedOnlyCandidate(_SeedsOnlyCandidate):
+    def settings(self, ctx: GuardContext) -> dict[str, Any]:
+        return {"method": "logistic_regression", "encoder": ctx.recipe.evaluation.seed_only_encoder,
+                "seed": ctx.recipe.seed, "labels": ctx.recipe.task.label_names,
+                "max_text_chars": ctx.recipe.prompt.max_text_chars}
+
+    def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
+        from tailorkd.evaluation.baselines import fit_seed_classifier
+        from tailorkd.models.embedder import SentenceEmbedder, embedding_text
+        from tailorkd.seed_students import logistic_student
+
+        s = self.settings(ctx)
+        x = SentenceEmbedder(s["encoder"])([embedding_text(r) for r in seeds])
+        classifier = fit_seed_classifier(x, [str(r["label"]) for r in seeds], s["seed"])
+        return logistic_student(s["encoder"], classifier, ctx.recipe.task, ctx.recipe.prompt)
