@@ -106,12 +106,14 @@ def render(about: dict[str, Any], card: dict[str, Any]) -> str:
     if encoder:
         onnx = about["onnx"]
         lines += [
-            "With [sentence-transformers](https://sbert.net) (Transformer, mean Pooling, a Dense head with identity "
+            "With [sentence-transformers](https://sbert.net) (Transformer, mean Pooling, "
+            f"{'Normalize, ' if about.get('head', {}).get('normalize') else ''}a Dense head with identity "
             "activation; its outputs are the class logits):", "", "```python",
             "from sentence_transformers import SentenceTransformer",
             "probs = SentenceTransformer(\"OUT\").encode(texts, convert_to_tensor=True).softmax(-1)",
             "```", "",
-            "With [ONNX Runtime](https://onnxruntime.ai) alone (mean pooling and head are inside the graph; "
+            "With [ONNX Runtime](https://onnxruntime.ai) alone (mean pooling"
+            f"{', L2 normalisation' if about.get('head', {}).get('normalize') else ''} and head are inside the graph; "
             f"`{onnx['files']['int8']}` is the int8 copy, `{onnx['files']['fp32']}` the fp32 graph):", "", "```python",
             "import onnxruntime, transformers",
             "logits = onnxruntime.InferenceSession(\"OUT/" + onnx["files"]["int8"] + "\").run([\"logits\"], dict("

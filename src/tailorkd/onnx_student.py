@@ -2,8 +2,9 @@
 
 The graph takes the tokenizer's outputs (``input_ids``, ``attention_mask`` and, where the tokenizer gives
 them, ``token_type_ids``; int64, [batch, sequence]) and returns ``logits`` [batch, M]: the encoder, the mean
-over the tokens where attention_mask is 1 and the linear head, all inside the graph, so softmax(logits) are
-the student's class probabilities in label order (with any fitted temperature already folded into the head).
+over the tokens where attention_mask is 1 (L2-normalised when the head reads normalised means: head.json) and
+the linear head, all inside the graph, so softmax(logits) are the student's class probabilities in label order
+(with any fitted temperature already folded into the head).
 
 ``export_onnx`` writes the fp32 graph (``torch.onnx.export``) and a copy with int8 weights
 (``onnxruntime.quantization.quantize_dynamic``, weights per output channel: per-tensor scales flipped 3% of

@@ -7,7 +7,7 @@
 Both follow the ``Student`` protocol, so that one trainer, one predictor and one folder format serve both.
 A trained student is a folder: what its adapter method saves (``adapter/``: PEFT's files for lora/qlora,
 ``bottleneck.safetensors`` + ``bottleneck_config.json`` for bottleneck; ``model/``: all weights for full),
-the student's extras (an encoder's ``head.safetensors``) and, written last, ``student.json``.
+the student's extras (an encoder's ``head.safetensors`` and ``head.json``) and, written last, ``student.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STUDENT_FILE = "student.json"
 HEAD_FILE = "head.safetensors"
+# How the encoder's head reads the pooled states ({"normalize": bool}); a folder without it predates it: False.
+HEAD_CONFIG_FILE = "head.json"
 # The temperature that calibrates a trained student's confidence, fitted after training (stages.distill).
 CONFIDENCE_FILE = "confidence.json"
 
@@ -168,20 +170,25 @@ class MeanPoolClassifier(torch.nn.Module):
 
     Mean pooling is how sentence encoders such as all-MiniLM-L6-v2 were trained, so the head starts from
     good text features (their [CLS] pooler is untrained); the LoRA adapter then tunes the encoder.
+    ``normalize``: the mean is L2-normalised before the head, as a sentence-transformers model with a Normalize
+    module embeds (what a SetFit or seed-classifier head was fitted on: ``seed_students``).
     """
 
-    def __init__(self, encoder: Any, num_labels: int, dropout: float = 0.1):
+    def __init__(self, encoder: Any, num_labels: int, dropout: float = 0.1, normalize: bool = False):
         super().__init__()
         self.encoder = encoder
+        self.normalize = normalize
         self.dropout = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
         self.head.to(device=next(encoder.parameters()).device)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """[B, H] the mean of the last hidden states over the real tokens: what the head reads."""
+        """[B, H] the mean of the last hidden states over the real tokens (L2-normalised when ``normalize``): what
+        the head reads."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         weights = attention_mask.unsqueeze(-1).to(states.dtype)
-        return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        mean = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return torch.nn.functional.normalize(mean, dim=-1) if self.normalize else mean
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pooled.to(self.head.weight.dtype)))
@@ -243,28 +250,39 @@ class EncoderStudent:
     def save_extras(self, folder: Path) -> None:
         # The head trains under every method but none, and even then is saved so the baseline is reproducible.
         save_file({k: v.contiguous() for k, v in self.model.head.state_dict().items()}, str(folder / HEAD_FILE))
+        write_json_atomic(folder / HEAD_CONFIG_FILE, {"normalize": bool(self.model.normalize)})
 
     def load_extras(self, folder: Path) -> None:
         path = folder / HEAD_FILE
         if not path.is_file():
             raise TailorkdError(f"{folder}: no {HEAD_FILE}, the encoder student's head; run `tailorkd distill` again")
         self.model.head.load_state_dict(load_file(str(path), device=str(next(self.model.parameters()).device)))
+        config = folder / HEAD_CONFIG_FILE
+        settings = read_json(config, "encoder head settings") if config.is_file() else {"normalize": False}
+        normalize = settings.get("normalize") if isinstance(settings, dict) else settings
+        if not isinstance(normalize, bool):
+            raise TailorkdError(f"{config}: normalize must be true or false, got {normalize!r}; run `tailorkd "
+                                "distill` again")
+        self.model.normalize = normalize
 
     def export_description(self) -> dict[str, Any]:
-        head = self.model.head
+        head, normalize = self.model.head, self.model.normalize
+        pooled = "mean-pooled last_hidden_state"
         return {
             "head": {"file": HEAD_FILE, "in_features": head.in_features, "out_features": head.out_features,
-                     "pooling": "mean of last_hidden_state over the tokens where attention_mask is 1"},
+                     "pooling": "mean of last_hidden_state over the tokens where attention_mask is 1"
+                                + (", then L2-normalised" if normalize else ""), "normalize": normalize},
             "input": {"max_chars": self.max_chars,
                       "text": "title + '. ' + text when there is a title, whitespace collapsed, cut to max_chars "
                               "characters at a word boundary (marked '...'); the tokenizer cuts to max_length tokens"},
             "how_to_load": (
                 "SentenceTransformer(folder).encode(texts, convert_to_tensor=True) gives the class logits "
-                "(Transformer, mean Pooling, Dense head with identity activation: modules.json); softmax for the "
-                "probabilities. Or by hand: encoder = AutoModel.from_pretrained(folder); head = "
-                "torch.nn.Linear(in_features, out_features) with load_state_dict(safetensors.torch.load_file("
-                "folder/head.safetensors)); class logits = head(mean-pooled last_hidden_state), in label_names order. "
-                "Any fitted temperature is already folded into the head"
+                f"(Transformer, mean Pooling,{' Normalize,' if normalize else ''} Dense head with identity activation: "
+                "modules.json); softmax for the probabilities. Or by hand: encoder = AutoModel.from_pretrained("
+                "folder); head = torch.nn.Linear(in_features, out_features) with load_state_dict("
+                "safetensors.torch.load_file(folder/head.safetensors)); class logits = "
+                f"head({f'torch.nn.functional.normalize({pooled}, dim=-1)' if normalize else pooled}), in label_names "
+                "order. Any fitted temperature is already folded into the head"
             ),
         }
 
@@ -313,7 +331,8 @@ def predict_probs(student: Student, rows: Sequence[dict[str, Any]], batch_size: 
 def save_student(student: Student, method: str, folder: Path, info: dict[str, Any],
                  extra_tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
     """Write what adapter ``method`` saves, the student's extras, ``extra_tensors`` ({file name: tensors}, e.g.
-    the hidden-state projection) and, last, ``student.json``.
+    the hidden-state projection) and, last, ``student.json`` (``info`` with the student's kind, labels, adapter
+    method and max_length, which a reload keeps whatever the recipe's student says).
 
     student.json marks the folder finished: it is removed before anything else is written and written (atomically)
     only after everything it vouches for, so a kill at any moment never leaves it beside a half-written student.
@@ -329,7 +348,8 @@ def save_student(student: Student, method: str, folder: Path, info: dict[str, An
     student.save_extras(folder)
     for name, tensors in (extra_tensors or {}).items():
         atomic_write(folder / name, lambda tmp, tensors=tensors: save_file(dict(tensors), str(tmp)))
-    payload = {**info, "kind": student.kind, "label_names": student.task.label_names, "adapter_method": method}
+    payload = {**info, "kind": student.kind, "label_names": student.task.label_names, "adapter_method": method,
+               "max_length": student.max_length}
     write_json_atomic(marker, payload)
 
 
@@ -381,6 +401,11 @@ def _base_student(folder: Path, info: dict[str, Any], task: TaskConfig, prompt: 
                             f"the recipe has {task.label_names}")
     method = get_adapter_method(info["adapter_method"])
     update = {"kind": info["kind"]}
+    if "max_length" in info:  # the token limit it was trained (or converted) at; older folders: the recipe's
+        value = info["max_length"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TailorkdError(f"{folder / STUDENT_FILE}: max_length must be a positive integer, got {value!r}")
+        update["max_length"] = value
     if method.saves == MODEL_DIR:  # all weights were saved: they are the base
         update["model"] = str(folder / MODEL_DIR)
     return build_student(config.model_copy(update=update), task, prompt, shots, adapter_method=method.name), method
@@ -493,7 +518,7 @@ def _export_encoder(student: EncoderStudent, staging: Path, temperature: float, 
     """The encoder student into ``staging`` as a sentence-transformers model (which is also the plain Hugging Face
     folder), head.safetensors and ONNX graphs checked on ``rows``; returns its part of tailorkd.json."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     from tailorkd import onnx_student
 
@@ -512,8 +537,11 @@ def _export_encoder(student: EncoderStudent, staging: Path, temperature: float, 
     student.tokenizer.save_pretrained(str(plain))
     dense = Dense(head.in_features, head.out_features, bias=True, activation_function=torch.nn.Identity())
     dense.linear.load_state_dict({k: v.detach().float().cpu() for k, v in head.state_dict().items()})
-    modules = [Transformer(str(plain), max_seq_length=student.max_length), Pooling(head.in_features, "mean"), dense]
-    SentenceTransformer(modules=modules, device="cpu").save(str(staging))
+    modules = [Transformer(str(plain), max_seq_length=student.max_length), Pooling(head.in_features, "mean")]
+    normalize = student.model.normalize
+    if normalize:  # the head reads the L2-normalised mean (a seed classifier's, see seed_students)
+        modules.append(Normalize())
+    SentenceTransformer(modules=[*modules, dense], device="cpu").save(str(staging))
     shutil.rmtree(plain)
     student.save_extras(staging)
     names = onnx_student.input_names(student.tokenizer)
@@ -523,7 +551,8 @@ def _export_encoder(student: EncoderStudent, staging: Path, temperature: float, 
                                        batch_size, shown_as=out)
     return {
         "sentence_transformers": {
-            "modules": "modules.json: Transformer (this folder), Pooling (mean), Dense (2_Dense: the head, identity "
+            "modules": f"modules.json: Transformer (this folder), Pooling (mean), "
+                       f"{'Normalize (L2), ' if normalize else ''}Dense ({len(modules)}_Dense: the head, identity "
                        "activation)",
             "how_to_load": "SentenceTransformer(folder).encode(texts, convert_to_tensor=True).softmax(-1): the class "
                            "probabilities, in label_names order",
@@ -533,8 +562,8 @@ def _export_encoder(student: EncoderStudent, staging: Path, temperature: float, 
             "inputs": names,
             "output": onnx_student.OUTPUT_NAME,
             "opset": onnx_student.OPSET,
-            "graph": "encoder, mean pooling over attention_mask and head inside: logits [batch, classes]; softmax "
-                     "gives the probabilities",
+            "graph": f"encoder, mean pooling over attention_mask{', L2 normalisation' if normalize else ''} and "
+                     "head inside: logits [batch, classes]; softmax gives the probabilities",
             "int8": "onnxruntime.quantization.quantize_dynamic: int8 weights per output channel, activations "
                     "quantised at run time",
             "check": checks,
