@@ -72,7 +72,7 @@ def paired_comparison(truth: Sequence[str], a: Sequence[str], b: Sequence[str], 
 
 def collapse_reasons(probs: np.ndarray, *, train_loss: float | None = None,
                      temperature_at_bound: float | None = None) -> list[str]:
-    """Why a model's outputs ``probs`` ([N, M], before any temperature, on texts it may meet: the pool) say it
+    """Why a model's outputs ``probs`` ([N, M] as it ships them, on texts it may meet: the pool) say it
     learned nothing, each in words; empty when none does. Near-uniform outputs; one class for (nearly) every
     text; a training loss at ln M (soft cross-entropy against targets it never matched); a confidence
     temperature at the bound of its search."""

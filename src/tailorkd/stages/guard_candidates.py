@@ -74,6 +74,7 @@ class Candidate(Protocol):
     """What the guard asks of a candidate."""
 
     name: str
+    fitted_to_labels: bool  # fitted to the seeds' hard labels (its collapse check reads it with its temperature)
 
     def ship(self, ctx: GuardContext) -> Path:
         """The folder of the model it would ship (trained now unless it is there for this run); every process."""
@@ -97,6 +98,8 @@ def kept_ids(ctx: GuardContext, keep: np.ndarray) -> list[str]:
 
 
 class DistilledCandidate:
+    fitted_to_labels = False  # it learned the teacher's soft targets: flat outputs mean it learned nothing
+
     def __init__(self, kind: CandidateKind):
         self.kind, self.name = kind, kind.name
 
@@ -154,7 +157,7 @@ def _predict(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.
 class _SeedsOnlyCandidate:
     """A classifier fitted on the seeds alone, shipped as an encoder student (method full)."""
 
-    system_label = ""
+    fitted_to_labels = True  # fitted to hard labels: its raw outputs are as flat as its regularisation makes them
 
     def __init__(self, kind: CandidateKind):
         self.kind, self.name = kind, kind.name
