@@ -86,6 +86,11 @@ def shipped_systems(guard: dict) -> list[str]:
     return ["shipped"] if guard["shipped"] not in ("adaptive_kd", "standard_kd", "untrained_student") else []
 
 
+def shipped_predictions(report: dict) -> str:
+    """The predictions file (predictions/<name>.parquet) of the student that ships."""
+    return "shipped" if "shipped" in report["systems"] else report["seed_guard"]["shipped"]
+
+
 def make_recipe(tmp_path, teacher, student, **extra) -> str:
     """A tiny recipe; ``extra`` sections replace the defaults (teacher and student through
     ``teacher_section={...}`` and ``student_section={...}``)."""

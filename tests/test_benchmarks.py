@@ -115,7 +115,9 @@ def test_student_confidence_benchmark_tiny(tiny_models, tmp_path):
     from tailorkd.cli import main
 
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
-                         evaluation={"systems": ["teacher", "untrained_student", "adaptive_kd"]})
+                         evaluation={"systems": ["teacher", "untrained_student", "adaptive_kd"]},
+                         distill={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3,
+                                  "seed_guard": {"candidates": ["adaptive_kd", "seed_only"]}})
     assert main(["run", recipe]) == 0
     out = tmp_path / "confidence.json"
     assert _load_script("student_confidence").main([recipe, "--out", str(out)]) == 0
@@ -137,8 +139,9 @@ def test_crisis_signals_days_come_from_tweet_ids():
 
 def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     """benchmarks/quality_suite.py end to end on a tiny task, two random seeds: every system's test metrics as
-    the runs' reports have them, the shipped student, the majority class, the per-task means and the table."""
-    from helpers import make_recipe
+    the runs' reports have them, the shipped student, the majority class, the per-task means and the table, the
+    seed guard's regret and a replay of its choice rule."""
+    from helpers import TEST_GUARD_CANDIDATES, make_recipe, shipped_predictions
 
     recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"])
     bench = _load_script("quality_suite")
@@ -155,8 +158,15 @@ def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
         for system in ("teacher", "adaptive_kd", "seed_only", "setfit"):
             assert run["rows"][system]["macro_f1"] == report["systems"][system]["metrics"]["macro_f1"]
         shipped = report["seed_guard"]["shipped"]
-        assert run["seed_guard"]["shipped"] == shipped
-        assert run["rows"]["shipped"]["macro_f1"] == report["systems"][shipped]["metrics"]["macro_f1"]
+        assert run["seed_guard"]["shipped"] == shipped and run["seed_guard"]["reason"] == report["seed_guard"]["reason"]
+        measured = report["systems"][shipped_predictions(report)]["metrics"]
+        assert run["rows"]["shipped"]["macro_f1"] == measured["macro_f1"]
+        # The guard's regret: the best candidate's test macro-F1 minus the shipped student's.
+        best = max(("adaptive_kd", "standard_kd", "seed_only", "setfit"), key=lambda c: run["rows"][c]["macro_f1"])
+        assert run["regret"]["best"] == best
+        gap = run["rows"][best]["macro_f1"] - run["rows"]["shipped"]["macro_f1"]
+        assert run["regret"]["macro_f1"] == pytest.approx(gap, abs=1e-4)
+        assert run["regret"]["shipped_collapsed"] is False
         assert run["rows"]["majority"]["test_texts"] == 20 and 0 < run["rows"]["majority"]["accuracy"] < 1
     tiny = result["summary"]["per_task"]["tiny"]
     assert tiny["runs"] == 2
@@ -165,6 +175,20 @@ def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     assert result["summary"]["average_over_tasks"]["setfit"]["macro_f1"] == tiny["setfit"]["macro_f1"]
     lines = result["table_markdown"].splitlines()
     assert lines[0] == "| system | tiny macro-F1 / acc | average macro-F1 / acc |" and len(lines) == 2 + 8
+    guard = result["summary"]["guard"]
+    regrets = [100 * r["regret"]["macro_f1"] for r in runs]
+    assert guard["runs"] == 2 and guard["average_regret"] == pytest.approx(sum(regrets) / 2, abs=0.01)
+    assert guard["max_regret"] == pytest.approx(max(regrets), abs=0.01)
+    assert result["guard_table_markdown"].splitlines()[2].startswith("| tiny | 3 | ")
+    # The guard's own rule replayed on the finished runs' recorded seed predictions makes the guard's choices;
+    # another rule is scored the same way, its regret read from the test rows.
+    replayed = bench.main(["--replay", str(out), "--preference", ",".join(TEST_GUARD_CANDIDATES)])
+    assert [r["choice"] for r in replayed["runs"]] == [r["seed_guard"]["shipped"] for r in runs]
+    replayed = bench.main(["--replay", str(out), "--preference", "seed_only,adaptive_kd,standard_kd"])
+    for r, again in zip(runs, replayed["runs"]):
+        best = max(("adaptive_kd", "standard_kd", "seed_only", "setfit"), key=lambda c: r["rows"][c]["macro_f1"])
+        assert again["regret"] == pytest.approx(100 * (r["rows"][best]["macro_f1"]
+                                                       - r["rows"][again["choice"]]["macro_f1"]), abs=0.01)
     # The suite in pieces, merged: the same summary; a later piece's run of a task and seed replaces one before.
     pieces = []
     for i, run in enumerate(runs):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import make_recipe
+from helpers import make_recipe, shipped_predictions
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.confidence import apply_temperature, fit_temperature
@@ -78,11 +78,11 @@ def test_distill_fits_each_students_temperature_and_evaluate_and_classify_use_it
     assert 0 <= block["uncalibrated_ece"] <= 1
     assert "## Student confidence" in (run / "report.md").read_text()
 
-    # classify gives the calibrated confidence of the student that ships (adaptive KD, or the seed guard's
-    # self-trained one): the reported predictions are the same texts' answers
+    # classify gives the calibrated confidence of the student that ships (the seed guard's choice): the reported
+    # predictions are the same texts' answers
     import pandas as pd
 
-    frame = pd.read_parquet(run / "predictions" / f"{report['seed_guard']['shipped']}.parquet")
+    frame = pd.read_parquet(run / "predictions" / f"{shipped_predictions(report)}.parquet")
     rows = pipeline.load_data(recipe).rows("test")[:4]
     answers = pipeline.classify(recipe, rows)
     by_id = frame.set_index("id")

@@ -40,7 +40,8 @@ def test_the_seed_judge_imports_none_of_what_it_judges():
 
 def test_texts_are_embedded_without_reaching_into_the_evaluation():
     for module in ("tailorkd.prompts.select", "tailorkd.corpus.relevance", "tailorkd.corpus.steps",
-                   "tailorkd.stages.prompt_search", "tailorkd.stages.teacher_check", "tailorkd.stages.seed_guard"):
+                   "tailorkd.stages.prompt_search", "tailorkd.stages.teacher_check",
+                   "tailorkd.stages.guard_candidates"):
         imported = tailorkd_imports(module)
         assert "tailorkd.models.embedder" in imported, module
         assert not (module.startswith(("tailorkd.prompts", "tailorkd.corpus"))

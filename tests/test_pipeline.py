@@ -44,11 +44,10 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
     assert "| teacher |" in (run / "report.md").read_text()
 
     # The pool's labels never reach the pipeline; the teacher labelled pool and test, and the 10 seeds for
-    # the teacher check (its pool sample is part of the pool), nothing else; a self-trained student's targets
-    # are the seed classifier's, stored beside them.
+    # the teacher check (its pool sample is part of the pool), nothing else (the seed guard labels nothing).
     pool = pd.read_feather(run / "data" / "pool.arrow")
     assert "label" not in pool.columns and len(pool) == 60 - 10 - 20
-    assert labels_in_store(run) == 30 + 20 + 10 + (30 if added else 0)
+    assert labels_in_store(run) == 30 + 20 + 10
 
     # Reported metrics are those of the stored predictions.
     for system in report["systems"]:
@@ -80,9 +79,10 @@ def test_cli_run_end_to_end(tiny_models, tmp_path, capsys, teacher, student):
 
     # A second run skips what is done: no new labels, no student is retrained.
     stamps = {d: (run / "students" / d / "student.json").stat().st_mtime_ns
-              for d in ("adaptive_kd", "untrained", "standard_kd", *added)}
+              for d in ("adaptive_kd", "untrained", "standard_kd", "seed_only")}
+    guard_written = (run / "students" / "seed_guard.json").stat().st_mtime_ns
     assert main(["run", recipe_path]) == 0
-    assert labels_in_store(run) == 60 + (30 if added else 0)
+    assert labels_in_store(run) == 60 and (run / "students" / "seed_guard.json").stat().st_mtime_ns == guard_written
     assert {d: (run / "students" / d / "student.json").stat().st_mtime_ns for d in stamps} == stamps
 
     # A changed prompt labels afresh rather than mixing old and new labels, and the old labels are not

@@ -71,3 +71,16 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         "mean_confidence_after": float(after.max(axis=1).mean()),
         "accuracy": float((probs.argmax(axis=1) == labels).mean()),
     }
+
+
+def confidence_warning(fitted: dict[str, Any]) -> str | None:
+    """Why a fitted temperature may not hold beyond the seeds, or None: every seed answered right (the seeds
+    cannot show how often the student errs, so its confidence may be too high), or a temperature at the edge
+    of the search (the seeds pushed it as far as allowed)."""
+    if fitted["accuracy"] == 1.0:
+        return (f"the student answers all {fitted['n']} seeds right, so they cannot show how often it errs: its "
+                "calibrated confidence may be too high on other texts (more, or less typical, seeds would tell)")
+    if min(abs(fitted["temperature"] - bound) / bound for bound in T_BOUNDS) < 1e-3:
+        return (f"the temperature reached the bound of its search ({fitted['temperature']:.3g}): the seeds ask "
+                "for more than scaling can give, e.g. an untrained head whose answers are near chance")
+    return None

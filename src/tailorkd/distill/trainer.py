@@ -548,3 +548,19 @@ def _finished_stage(folder: Path, stage: Stage) -> dict[str, Any] | None:
              stage.name)
     shutil.rmtree(folder)
     return None
+
+
+def is_trained(folder: Path, fingerprint: str) -> bool:
+    """Whether ``folder`` holds a student trained for ``fingerprint`` in the current training format."""
+    from tailorkd.run_dir import RunDir
+    from tailorkd.students import STUDENT_FILE, read_student_info
+
+    if not (folder / STUDENT_FILE).is_file():
+        return False
+    try:
+        done = read_student_info(folder)
+    except TailorkdError as e:  # cut short by a kill under an older tailorkd: train again rather than trust it
+        log.warning("distill: %s; training again", e)
+        return False
+    return (RunDir.stamp_matches(done, fingerprint)
+            and done.get("summary", {}).get("training_format") == TRAINING_FORMAT)

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tailorkd import distributed
+from tailorkd.confidence import confidence_warning  # noqa: F401  (read here before it moved)
 from tailorkd.data import PreparedData
 from tailorkd.data.pool_rows import take_rows
+from tailorkd.distill.trainer import is_trained
 from tailorkd.errors import TailorkdError
 from tailorkd.prompts import fixed_shots, held_out_seeds
 from tailorkd.run_dir import RunDir
@@ -62,7 +64,7 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
         out = run.student_dir(system)
         train_student(job, system, rows, probs, out, run.fingerprint("distill", job), shots, force=force)
         calibrate_confidence(job, data, out, shots)
-    record = seed_guard(recipe, data, rows, shots, train_student, force=force)  # every process gets main's record
+    record = seed_guard(recipe, data, rows, shots, train_student, student_jobs(recipe), force=force)
     return run.student_dir(record["shipped"] if record else "adaptive_kd")
 
 
@@ -128,21 +130,6 @@ def calibrate_confidence(recipe: Recipe, data: PreparedData, folder: Path, shots
     return record
 
 
-def confidence_warning(fitted: dict[str, Any]) -> str | None:
-    """Why a fitted temperature may not hold beyond the seeds, or None: every seed answered right (the seeds
-    cannot show how often the student errs, so its confidence may be too high), or a temperature at the edge
-    of the search (the seeds pushed it as far as allowed)."""
-    from tailorkd.confidence import T_BOUNDS
-
-    if fitted["accuracy"] == 1.0:
-        return (f"the student answers all {fitted['n']} seeds right, so they cannot show how often it errs: its "
-                "calibrated confidence may be too high on other texts (more, or less typical, seeds would tell)")
-    if min(abs(fitted["temperature"] - bound) / bound for bound in T_BOUNDS) < 1e-3:
-        return (f"the temperature reached the bound of its search ({fitted['temperature']:.3g}): the seeds ask "
-                "for more than scaling can give, e.g. an untrained head whose answers are near chance")
-    return None
-
-
 def student_jobs(recipe: Recipe) -> dict[str, Recipe]:
     """{student system: the recipe it is trained with}: adaptive KD is the recipe itself; the baselines are
     the recipe with their adapter and distillation settings."""
@@ -159,22 +146,6 @@ def student_jobs(recipe: Recipe) -> dict[str, Recipe]:
         jobs["standard_kd"] = recipe.model_copy(
             update={"adapter": adapter_config("full"), "distill": plain})
     return jobs
-
-
-def is_trained(folder: Path, fingerprint: str) -> bool:
-    """Whether ``folder`` holds a student trained for ``fingerprint`` in the current training format."""
-    from tailorkd.distill.trainer import TRAINING_FORMAT
-    from tailorkd.students import STUDENT_FILE, read_student_info
-
-    if not (folder / STUDENT_FILE).is_file():
-        return False
-    try:
-        done = read_student_info(folder)
-    except TailorkdError as e:  # cut short by a kill under an older tailorkd: train again rather than trust it
-        log.warning("distill: %s; training again", e)
-        return False
-    return (RunDir.stamp_matches(done, fingerprint)
-            and done.get("summary", {}).get("training_format") == TRAINING_FORMAT)
 
 
 def students_are_current(recipe: Recipe) -> bool:

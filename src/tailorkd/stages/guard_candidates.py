@@ -42,13 +42,15 @@ CANDIDATE_VERSION = 1
 @dataclass
 class GuardContext:
     """What every candidate needs: the run, its seeds, the pool rows the students train on, the students'
-    shots, the distill stage's ``train(job, system, rows, targets, out, fingerprint, shots, force=)``."""
+    shots, the distill stage's ``train(job, system, rows, targets, out, fingerprint, shots, force=)`` and its
+    jobs ({student system: the recipe it trains with})."""
 
     recipe: Recipe
     data: PreparedData
     rows: Any
     shots: list[dict[str, Any]]
     train: Callable[..., bool]
+    jobs: dict[str, Recipe]
     force: bool = False
     _refit: TeacherRefit | None = field(default=None, repr=False)
 
@@ -104,9 +106,7 @@ class DistilledCandidate:
         self.kind, self.name = kind, kind.name
 
     def job(self, ctx: GuardContext) -> Recipe:
-        from tailorkd.stages.distill import student_jobs
-
-        return student_jobs(ctx.recipe)[self.name]
+        return ctx.jobs[self.name]
 
     def ship(self, ctx: GuardContext) -> Path:
         return ctx.run.student_dir(self.name)  # trained by the distill stage before the guard
@@ -175,8 +175,7 @@ class _SeedsOnlyCandidate:
         return ctx.run.student_dir(self.name)
 
     def _ship(self, ctx: GuardContext) -> None:
-        from tailorkd.distill.trainer import TRAINING_FORMAT
-        from tailorkd.stages.distill import is_trained
+        from tailorkd.distill.trainer import TRAINING_FORMAT, is_trained
         from tailorkd.students import save_student
 
         folder = ctx.run.student_dir(self.name)
@@ -209,8 +208,7 @@ class _SeedsOnlyCandidate:
 
 
 def _fit_confidence_on(ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
-    from tailorkd.confidence import fit_temperature
-    from tailorkd.stages.distill import confidence_warning
+    from tailorkd.confidence import confidence_warning, fit_temperature
     from tailorkd.students import CONFIDENCE_FILE, student_file_hash
 
     names = ctx.recipe.task.label_names

@@ -52,10 +52,10 @@ COLLAPSE_SAMPLE = 256  # pool texts the collapse check reads each candidate's ou
 
 
 def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]],
-          train: Callable[..., bool], force: bool = False) -> dict[str, Any] | None:
+          train: Callable[..., bool], jobs: dict[str, Recipe], force: bool = False) -> dict[str, Any] | None:
     """Choose what ships as ``distill.seed_guard`` says; write seed_guard.json and return it (None when the
     recipe has no guard). ``rows``: the pool rows the students trained on; ``train``: the distill stage's
-    ``train_student``."""
+    ``train_student``; ``jobs``: its ``student_jobs``."""
     run = RunDir(recipe)
     config = recipe.distill.seed_guard
     if config is None:
@@ -63,7 +63,7 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
             run.seed_guard.unlink(missing_ok=True)  # an earlier guard's choice no longer applies
         return None
     t0 = time.perf_counter()
-    ctx = GuardContext(recipe, data, rows, shots, train, force)
+    ctx = GuardContext(recipe, data, rows, shots, train, jobs, force)
     names = recipe.task.label_names
     kinds = [get_candidate(name) for name in config.candidates]
     left_out = {k.name: f"not installed ({k.install})" for k in kinds if not k.available()}
