@@ -209,3 +209,31 @@ def test_guard_folds_are_stratified_and_never_judge_a_single_seed_class():
         assert sorted(labels[i] for i in test).count("a") in (2, 3)
     assert len(guard_folds(["a", "a", "b", "b"], 3, seed=1)) == 2  # no more folds than the smallest class has seeds
     assert guard_folds(["a", "a", "b"], 3, seed=1) == []
+
+
+def test_setfit_is_a_candidate_written_as_a_student_and_judged_by_refits(tmp_path, tiny_models):
+    path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
+                       distill={"batch_size": 8, **LEARNS,
+                                "seed_guard": {"candidates": ["setfit", "adaptive_kd"], "folds": 2}},
+                       adapter={"method": "full"},
+                       evaluation={"systems": ["teacher", "adaptive_kd"], "seed_only_encoder": str(tiny_models["bert"]),
+                                   "setfit_iterations": 1})
+    recipe = load_recipe(path)
+    prepare(recipe)
+    label(recipe, teacher=wrong_teacher(recipe))
+    run = RunDir(recipe)
+    distill(recipe)
+    guard = json.loads(run.seed_guard.read_text())
+    setfit = guard["candidates"]["setfit"]
+    assert setfit["uses_teacher"] is False and setfit["judgement"]["n"] == 10
+    assert all(p in TOPICS for p in setfit["predicted"].values())  # each seed by a SetFit fitted without it
+    info = read_student_info(run.student_dir("setfit"))
+    assert info["system"] == "setfit" and info["summary"]["settings"]["iterations"] == 1
+    assert "cross-fitted" in json.loads((run.student_dir("setfit") / "confidence.json").read_text())["fitted_on"]
+    # The first choice ships unless the other wins clearly; the teacher's worth is stated either way.
+    assert guard["shipped"] == ("adaptive_kd" if guard["why"] == "clear_win" else "setfit")
+    assert guard["teacher_worth"]["seeds_alone"] == "setfit" and "on this task the teacher" in guard["reason"]
+    # A rerun with the same settings is current: nothing is fitted again.
+    written = (run.student_dir("setfit") / "student.json").stat().st_mtime_ns
+    assert main(["run", path]) == 0
+    assert (run.student_dir("setfit") / "student.json").stat().st_mtime_ns == written
