@@ -233,7 +233,10 @@ def test_setfit_is_a_candidate_written_as_a_student_and_judged_by_refits(tmp_pat
     # The first choice ships unless the other wins clearly; the teacher's worth is stated either way.
     assert guard["shipped"] == ("adaptive_kd" if guard["why"] == "clear_win" else "setfit")
     assert guard["teacher_worth"]["seeds_alone"] == "setfit" and "on this task the teacher" in guard["reason"]
-    # A rerun with the same settings is current: nothing is fitted again.
+    # A rerun with the same settings is current: nothing is fitted again; the SetFit baseline of the evaluation is
+    # the guard's SetFit student, not a second training.
     written = (run.student_dir("setfit") / "student.json").stat().st_mtime_ns
-    assert main(["run", path]) == 0
+    assert main(["run", path, "evaluation.systems=[teacher,adaptive_kd,setfit]"]) == 0
     assert (run.student_dir("setfit") / "student.json").stat().st_mtime_ns == written
+    report = json.loads(run.report_json.read_text())
+    assert "the seed guard's candidate" in report["systems"]["setfit"]["model"]

@@ -210,11 +210,27 @@ def seed_only_system(recipe: Recipe, data: PreparedData) -> tuple[pd.DataFrame, 
 
 
 def setfit_system(recipe: Recipe, data: PreparedData) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The SetFit baseline: the seed-only encoder fine-tuned on pairs of seeds, with its head."""
+    """The SetFit baseline: the seed-only encoder fine-tuned on pairs of seeds, with its head. When the seed
+    guard fitted the same SetFit (same seeds and settings) as a candidate, that student answers: minutes of
+    training saved, the same model."""
     from tailorkd.evaluation.setfit_baseline import setfit_baseline
+    from tailorkd.stages.guard_candidates import seeds_only_student
+    from tailorkd.students import load_student, read_student_info
 
     rows = data.rows("test")
     encoder = recipe.evaluation.seed_only_encoder
+    folder = seeds_only_student(recipe, data, "setfit")
+    if folder is not None:
+        student = load_student(folder, recipe.task, recipe.prompt, [], recipe.student)
+        probs, _, elapsed = timed_student_probs(student, rows, recipe.evaluation.batch_size)
+        trained = read_student_info(folder)["summary"]
+        return predictions_frame(rows, probs, recipe.task.label_names), {
+            "model": f"SetFit: {encoder} tuned on pairs of {len(data.rows('seed'))} seeds "
+                     f"({recipe.evaluation.setfit_iterations} pairs per seed), logistic-regression head (the seed "
+                     f"guard's candidate, {folder})",
+            "cost": cost(texts_per_second=len(rows) / elapsed if elapsed > 0 else None,
+                         training={"train_seconds": round(trained["train_seconds"], 2)}),
+        }
     baseline = setfit_baseline(data.rows("seed"), rows, recipe.task.label_names, encoder, recipe.seed,
                                recipe.evaluation.setfit_iterations)
     seconds = baseline["seconds_per_text"]

@@ -162,8 +162,12 @@ class _SeedsOnlyCandidate:
     def __init__(self, kind: CandidateKind):
         self.kind, self.name = kind, kind.name
 
-    def settings(self, ctx: GuardContext) -> dict[str, Any]:
+    def settings(self, recipe: Recipe) -> dict[str, Any]:
         raise NotImplementedError
+
+    def key(self, recipe: Recipe, seeds: list[dict[str, Any]]) -> str:
+        """What its student depends on: its settings and the seeds it is fitted on."""
+        return key_of(self.settings(recipe), sorted(str(r["id"]) for r in seeds))
 
     def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
         """An EncoderStudent fitted on ``seeds``."""
@@ -179,7 +183,7 @@ class _SeedsOnlyCandidate:
         from tailorkd.students import save_student
 
         folder = ctx.run.student_dir(self.name)
-        key = key_of(self.settings(ctx), sorted(str(r["id"]) for r in ctx.seeds))
+        key = self.key(ctx.recipe, ctx.seeds)
         if not ctx.force and is_trained(folder, key):
             log.info("seed guard: %s in %s is up to date", self.name, folder)
             return
@@ -187,8 +191,8 @@ class _SeedsOnlyCandidate:
         student = self.fit_student(ctx, ctx.seeds)
         summary = {"train_seconds": time.perf_counter() - t0, "train_loss": None, "steps": 0,
                    "training_format": TRAINING_FORMAT, "trained_on": f"{len(ctx.seeds)} expert seeds",
-                   "settings": self.settings(ctx)}
-        save_student(student, "full", folder, {"recipe_hash": key, "base_model": self.settings(ctx)["encoder"],
+                   "settings": self.settings(ctx.recipe)}
+        save_student(student, "full", folder, {"recipe_hash": key, "base_model": self.settings(ctx.recipe)["encoder"],
                                                "system": self.name, "summary": summary,
                                                "max_length": student.max_length})
         log.info("seed guard: %s fitted on %d seeds in %.1fs -> %s", self.name, len(ctx.seeds),
@@ -205,6 +209,17 @@ class _SeedsOnlyCandidate:
 
     def fit_confidence(self, ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
         distributed.on_main(_fit_confidence_on)(ctx, folder, probs, labels)
+
+
+def seeds_only_student(recipe: Recipe, data: PreparedData, name: str) -> Path | None:
+    """The folder of seeds-only candidate ``name`` (setfit, seed_only) when it holds the model fitted on this
+    run's seeds with the recipe's settings now, else None."""
+    from tailorkd.candidates import get_candidate
+    from tailorkd.distill.trainer import is_trained
+
+    candidate = get_candidate(name).build()
+    folder = RunDir(recipe).student_dir(name)
+    return folder if is_trained(folder, candidate.key(recipe, data.rows("seed"))) else None
 
 
 def _fit_confidence_on(ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
@@ -226,33 +241,31 @@ def _fit_confidence_on(ctx: GuardContext, folder: Path, probs: np.ndarray, label
 
 
 class SetFitCandidate(_SeedsOnlyCandidate):
-    def settings(self, ctx: GuardContext) -> dict[str, Any]:
-        e = ctx.recipe.evaluation
+    def settings(self, recipe: Recipe) -> dict[str, Any]:
+        e = recipe.evaluation
         return {"method": "setfit", "encoder": e.seed_only_encoder, "iterations": e.setfit_iterations,
-                "seed": ctx.recipe.seed, "labels": ctx.recipe.task.label_names,
-                "max_text_chars": ctx.recipe.prompt.max_text_chars}
+                "seed": recipe.seed, "labels": recipe.task.label_names, "max_text_chars": recipe.prompt.max_text_chars}
 
     def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
         from tailorkd.evaluation.setfit_baseline import fit_setfit
         from tailorkd.seed_students import setfit_student
 
-        s = self.settings(ctx)
+        s = self.settings(ctx.recipe)
         model = fit_setfit(seeds, s["labels"], s["encoder"], s["seed"], s["iterations"])
         return setfit_student(model, ctx.recipe.task, ctx.recipe.prompt)
 
 
 class SeedOnlyCandidate(_SeedsOnlyCandidate):
-    def settings(self, ctx: GuardContext) -> dict[str, Any]:
-        return {"method": "logistic_regression", "encoder": ctx.recipe.evaluation.seed_only_encoder,
-                "seed": ctx.recipe.seed, "labels": ctx.recipe.task.label_names,
-                "max_text_chars": ctx.recipe.prompt.max_text_chars}
+    def settings(self, recipe: Recipe) -> dict[str, Any]:
+        return {"method": "logistic_regression", "encoder": recipe.evaluation.seed_only_encoder,
+                "seed": recipe.seed, "labels": recipe.task.label_names, "max_text_chars": recipe.prompt.max_text_chars}
 
     def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
         from tailorkd.evaluation.baselines import fit_seed_classifier
         from tailorkd.models.embedder import SentenceEmbedder, embedding_text
         from tailorkd.seed_students import logistic_student
 
-        s = self.settings(ctx)
+        s = self.settings(ctx.recipe)
         x = SentenceEmbedder(s["encoder"])([embedding_text(r) for r in seeds])
         classifier = fit_seed_classifier(x, [str(r["label"]) for r in seeds], s["seed"])
         return logistic_student(s["encoder"], classifier, ctx.recipe.task, ctx.recipe.prompt)
