@@ -4,6 +4,7 @@ collapsed one, and says why in one line."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -127,6 +128,7 @@ def test_a_collapsed_student_never_ships_even_when_preferred(tmp_path, tiny_mode
 
 
 def test_stop_ends_the_run_with_the_reason_and_warn_ships_the_student(tmp_path, tiny_models, caplog):
+    caplog.set_level(logging.INFO, logger="tailorkd.stages.seed_guard")
     recipe = guarded_run(tmp_path, tiny_models, wrong_teacher, on_worse="stop")
     with pytest.raises(TailorkdError, match=r"seed_guard.json: The seed-only classifier .* ships: cross-fitted on "
                                             r"10 seeds .*; the run stops \(distill.seed_guard.on_worse: stop\)"):
@@ -136,8 +138,10 @@ def test_stop_ends_the_run_with_the_reason_and_warn_ships_the_student(tmp_path, 
     assert stopped["choice"] == "seed_only" and stopped["shipped"] is None and run.seed_guard_record() is None
     warned = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
         "seed_guard": recipe.distill.seed_guard.model_copy(update={"on_worse": "warn"})})})
-    assert distill(warned) == run.student_dir("adaptive_kd")  # trained already: only the guard runs again
+    assert distill(warned) == run.student_dir("adaptive_kd")  # trained already: only the guard decides again
     assert "the adaptive-KD student ships anyway" in caplog.text
+    # Another choice rule refits nothing: the candidates' cross-fitted predictions made before are read back.
+    assert caplog.text.count("its cross-fitted predictions made before are reused") == 2
     assert json.loads(run.seed_guard.read_text())["shipped"] == "adaptive_kd"
     # No guard: no record, and the adaptive-KD student ships.
     unguarded = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"seed_guard": None})})

@@ -89,6 +89,9 @@ class Candidate(Protocol):
         """Fit its confidence temperature given its cross-fitted ``probs`` on seeds of ``labels`` (or keep the
         one it has)."""
 
+    def fold_fingerprint(self, ctx: GuardContext) -> str:
+        """What its refits depend on besides the folds (its cross-fitted predictions are reused while it holds)."""
+
 
 def key_of(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([CANDIDATE_VERSION, *parts], sort_keys=True, default=str).encode()
@@ -110,6 +113,13 @@ class DistilledCandidate:
 
     def ship(self, ctx: GuardContext) -> Path:
         return ctx.run.student_dir(self.name)  # trained by the distill stage before the guard
+
+    def fold_fingerprint(self, ctx: GuardContext) -> str:
+        from tailorkd.students import student_file_hash
+
+        # Its folds' students train on targets refitted from this labelling (the distill fingerprint covers the
+        # teacher, prompt, data and training); without refits, the trained student itself predicts.
+        return key_of(ctx.run.fingerprint("distill", self.job(ctx)), student_file_hash(self.ship(ctx)))
 
     def fold_probs(self, ctx: GuardContext, fold: int, keep: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
         if not distributed.from_main(_seeds_fitted(ctx)):
@@ -168,6 +178,9 @@ class _SeedsOnlyCandidate:
     def key(self, recipe: Recipe, seeds: list[dict[str, Any]]) -> str:
         """What its student depends on: its settings and the seeds it is fitted on."""
         return key_of(self.settings(recipe), sorted(str(r["id"]) for r in seeds))
+
+    def fold_fingerprint(self, ctx: GuardContext) -> str:
+        return self.key(ctx.recipe, ctx.seeds)
 
     def fit_student(self, ctx: GuardContext, seeds: list[dict[str, Any]]) -> Any:
         """An EncoderStudent fitted on ``seeds``."""

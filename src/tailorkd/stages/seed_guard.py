@@ -40,7 +40,7 @@ from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
 from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison
 from tailorkd.run_dir import RunDir
-from tailorkd.stages.guard_candidates import GuardContext
+from tailorkd.stages.guard_candidates import GuardContext, key_of
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
@@ -76,13 +76,19 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
     truth = [str(r["label"]) for r in seeds]
     folds = guard_folds(truth, config.folds, recipe.seed)
     probs = {name: np.full((len(seeds), len(names)), np.nan) for name in candidates}
+    split = [[str(seeds[i]["id"]) for i in test] for _, test in folds]
+    fold_keys = {name: key_of(GUARD_VERSION, c.fold_fingerprint(ctx), split) for name, c in candidates.items()}
+    earlier = {} if force else distributed.from_main(_earlier_fold_probs(run))
     t_folds = time.perf_counter()
-    for k, (train_index, test_index) in enumerate(folds):
-        keep = np.zeros(len(seeds), dtype=bool)
-        keep[train_index] = True
-        fold_rows = [seeds[i] for i in test_index]
-        for name, candidate in candidates.items():
-            probs[name][test_index] = candidate.fold_probs(ctx, k, keep, fold_rows)
+    for name, candidate in candidates.items():
+        if (earlier.get(name) or {}).get("fold_key") == fold_keys[name]:
+            probs[name] = np.array(earlier[name]["oof_probs"], dtype=float)  # the same refits, made before
+            log.info("seed guard: %s: its cross-fitted predictions made before are reused", name)
+            continue
+        for k, (train_index, test_index) in enumerate(folds):
+            keep = np.zeros(len(seeds), dtype=bool)
+            keep[train_index] = True
+            probs[name][test_index] = candidate.fold_probs(ctx, k, keep, [seeds[i] for i in test_index])
     fold_seconds = time.perf_counter() - t_folds
     judged = np.ones(len(seeds), dtype=bool) if folds else np.zeros(len(seeds), dtype=bool)
     for p in probs.values():
@@ -92,6 +98,8 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
         candidate.fit_confidence(ctx, folders[name], probs[name][ok], [t for t, o in zip(truth, ok) if o])
 
     record = distributed.from_main(_decide_on_main(ctx, candidates, folders, probs, judged, folds))
+    for name, entry in record["candidates"].items():
+        entry.update(fold_key=fold_keys[name], oof_probs=np.where(np.isnan(probs[name]), None, probs[name]).tolist())
     record.update(left_out=left_out, seconds={"total": round(time.perf_counter() - t0, 1),
                                               "cross_fitting": round(fold_seconds, 1)})
     shipped = record["choice"]
@@ -112,6 +120,19 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
         run.write_json(run.seed_guard, record)
     log.info("seed guard: %s", record["reason"])
     return record
+
+
+@distributed.on_main
+def _earlier_fold_probs(run: RunDir) -> dict[str, Any]:
+    """{candidate: its entry} of the seed_guard.json there, whatever it decided: its cross-fitted predictions
+    are reused where the candidate and the folds are the same (a changed choice rule refits nothing)."""
+    try:
+        earlier = run.read_json_if_exists(run.seed_guard, "seed guard")
+    except TailorkdError:
+        return {}
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("candidates"), dict):
+        return {}
+    return {n: e for n, e in earlier["candidates"].items() if isinstance(e, dict) and "oof_probs" in e}
 
 
 @distributed.on_main
