@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import TOPICS, ScriptedTeacher, make_recipe, scripted
+from tailorkd.candidates import CandidateKind, register_candidate, unregister_candidate
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
 from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison
@@ -18,6 +19,7 @@ from tailorkd.recipe.distill import SeedGuardConfig
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.distill import distill
 from tailorkd.stages.evaluate import evaluate
+from tailorkd.stages.guard_candidates import SeedOnlyCandidate
 from tailorkd.stages.label import label
 from tailorkd.stages.prepare import prepare
 from tailorkd.students import load_student, predict_probs, read_student_info
@@ -244,3 +246,27 @@ def test_setfit_is_a_candidate_written_as_a_student_and_judged_by_refits(tmp_pat
     assert (run.student_dir("setfit") / "student.json").stat().st_mtime_ns == written
     report = json.loads(run.report_json.read_text())
     assert "the seed guard's candidate" in report["systems"]["setfit"]["model"]
+
+
+class RidgeCandidate(SeedOnlyCandidate):
+    """A toy candidate registered from outside: the seed-only classifier under another name and settings."""
+
+    def settings(self, recipe):
+        return {**super().settings(recipe), "method": "toy"}
+
+
+def test_a_registered_candidate_is_trained_judged_and_may_ship(tmp_path, tiny_models):
+    register_candidate(CandidateKind("toy", "a toy seeds-only classifier", False, "test_seed_guard:RidgeCandidate"))
+    try:
+        recipe = guarded_run(tmp_path, tiny_models, wrong_teacher)
+        recipe = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
+            "seed_guard": SeedGuardConfig(candidates=["toy", "adaptive_kd"])})})
+        run = RunDir(recipe)
+        assert distill(recipe) == run.student_dir("toy") == run.root / "students" / "toy"
+        guard = json.loads(run.seed_guard.read_text())
+        assert guard["candidates"]["toy"]["judgement"]["n"] == 10 and guard["shipped"] == "toy"
+        assert read_student_info(run.student_dir("toy"))["summary"]["settings"]["method"] == "toy"
+    finally:
+        unregister_candidate("toy")
+    with pytest.raises(ValueError, match="unknown candidates"):
+        SeedGuardConfig(candidates=["toy"])
