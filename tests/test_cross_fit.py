@@ -5,6 +5,7 @@ labelled again."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from tailorkd.stages.label import label, teacher_records
 from tailorkd.stages.prepare import load_data, prepare
 
 
-def test_refit_on_every_seed_gives_the_label_stages_targets_and_a_fold_moves_them(tiny_models, tmp_path):
+def test_refit_on_every_seed_gives_the_label_stages_targets_and_a_fold_moves_them(tiny_models, tmp_path, caplog):
     path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                        teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
                                         "calibration": {"method": "auto", "domain_samples": 3},
@@ -41,11 +42,25 @@ def test_refit_on_every_seed_gives_the_label_stages_targets_and_a_fold_moves_the
     assert not np.allclose(without, expected, atol=1e-4)
     assert labels_in_store(tmp_path / "run") == stored  # read back, never labelled again
 
-    # The guard trains each distilled candidate once per fold on such targets, and keeps only its predictions.
+    # The guard trains each distilled candidate once per fold on such targets, and keeps only its predictions,
+    # written fold by fold: a guard cut short, or asked again with another rule, refits nothing done.
     run = RunDir(recipe)
     distill(recipe)
     guard = json.loads(run.seed_guard.read_text())
     assert guard["folds"]["k"] == 2 and guard["seconds"]["cross_fitting"] > 0
     folds_dir = run.root / "students" / "guard"
-    assert not folds_dir.exists() or not any(folds_dir.iterdir())
+    assert sorted(p.name for p in folds_dir.iterdir()) == ["adaptive_kd.folds.json", "seed_only.folds.json"]
     assert all(p is not None for p in guard["candidates"]["adaptive_kd"]["predicted"].values())
+    kept = json.loads((folds_dir / "adaptive_kd.folds.json").read_text())
+    assert sorted(kept["folds"]) == ["0", "1"] and kept["fold_key"] == guard["candidates"]["adaptive_kd"]["fold_key"]
+    del kept["folds"]["1"]  # as if cut short after the first fold
+    (folds_dir / "adaptive_kd.folds.json").write_text(json.dumps(kept))
+    again = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
+        "seed_guard": recipe.distill.seed_guard.model_copy(update={"switch_probability": 0.95})})})
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="tailorkd")
+    distill(again)
+    redone = json.loads(run.seed_guard.read_text())
+    assert redone["candidates"]["adaptive_kd"]["oof_probs"] == guard["candidates"]["adaptive_kd"]["oof_probs"]
+    trained = [r.getMessage() for r in caplog.records if r.getMessage().startswith("distill: adaptive_kd, ")]
+    assert len(trained) == 1 and "1 of 2 folds predicted before are reused" in caplog.text

@@ -143,7 +143,7 @@ def test_stop_ends_the_run_with_the_reason_and_warn_ships_the_student(tmp_path, 
     assert distill(warned) == run.student_dir("adaptive_kd")  # trained already: only the guard decides again
     assert "the adaptive-KD student ships anyway" in caplog.text
     # Another choice rule refits nothing: the candidates' cross-fitted predictions made before are read back.
-    assert caplog.text.count("its cross-fitted predictions made before are reused") == 2
+    assert caplog.text.count("2 of 2 folds predicted before are reused") == 2
     assert json.loads(run.seed_guard.read_text())["shipped"] == "adaptive_kd"
     # No guard: no record, and the adaptive-KD student ships.
     unguarded = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"seed_guard": None})})

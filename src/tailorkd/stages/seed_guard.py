@@ -78,17 +78,21 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
     probs = {name: np.full((len(seeds), len(names)), np.nan) for name in candidates}
     split = [[str(seeds[i]["id"]) for i in test] for _, test in folds]
     fold_keys = {name: key_of(GUARD_VERSION, c.fold_fingerprint(ctx), split) for name, c in candidates.items()}
-    earlier = {} if force else distributed.from_main(_earlier_fold_probs(run))
     t_folds = time.perf_counter()
     for name, candidate in candidates.items():
-        if (earlier.get(name) or {}).get("fold_key") == fold_keys[name]:
-            probs[name] = np.array(earlier[name]["oof_probs"], dtype=float)  # the same refits, made before
-            log.info("seed guard: %s: its cross-fitted predictions made before are reused", name)
-            continue
+        done = {} if force else distributed.from_main(_folds_done(run, name, fold_keys[name]))
+        if done:
+            log.info("seed guard: %s: %d of %d folds predicted before are reused", name, len(done), len(folds))
         for k, (train_index, test_index) in enumerate(folds):
+            if str(k) in done:  # the same refit, made before (a changed choice rule, or a guard cut short)
+                probs[name][test_index] = np.array(done[str(k)], dtype=float)
+                continue
             keep = np.zeros(len(seeds), dtype=bool)
             keep[train_index] = True
             probs[name][test_index] = candidate.fold_probs(ctx, k, keep, [seeds[i] for i in test_index])
+            done[str(k)] = np.where(np.isnan(probs[name][test_index]), None, probs[name][test_index]).tolist()
+            if distributed.is_main():
+                run.write_json(_folds_file(run, name), {"fold_key": fold_keys[name], "folds": done})
     fold_seconds = time.perf_counter() - t_folds
     judged = np.ones(len(seeds), dtype=bool) if folds else np.zeros(len(seeds), dtype=bool)
     for p in probs.values():
@@ -122,17 +126,21 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
     return record
 
 
+def _folds_file(run: RunDir, name: str) -> Path:
+    return run.root / "students" / "guard" / f"{name}.folds.json"
+
+
 @distributed.on_main
-def _earlier_fold_probs(run: RunDir) -> dict[str, Any]:
-    """{candidate: its entry} of the seed_guard.json there, whatever it decided: its cross-fitted predictions
-    are reused where the candidate and the folds are the same (a changed choice rule refits nothing)."""
+def _folds_done(run: RunDir, name: str, fold_key: str) -> dict[str, Any]:
+    """{fold: [T, M] predictions} of candidate ``name`` written by an earlier guard for the same candidate and
+    folds (``fold_key``), each fold as soon as it was predicted; {} when none or for other ones."""
     try:
-        earlier = run.read_json_if_exists(run.seed_guard, "seed guard")
+        done = run.read_json_if_exists(_folds_file(run, name), "seed guard folds")
     except TailorkdError:
         return {}
-    if not isinstance(earlier, dict) or not isinstance(earlier.get("candidates"), dict):
+    if not isinstance(done, dict) or done.get("fold_key") != fold_key or not isinstance(done.get("folds"), dict):
         return {}
-    return {n: e for n, e in earlier["candidates"].items() if isinstance(e, dict) and "oof_probs" in e}
+    return done["folds"]
 
 
 @distributed.on_main
