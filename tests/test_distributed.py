@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import TOPICS, topic_rows, write_jsonl
+from helpers import TEST_GUARD_CANDIDATES, TOPICS, topic_rows, write_jsonl
 from tailorkd import pipeline
 from tailorkd.cli import main
 from tailorkd.labels import LabelStore, text_hash
@@ -45,7 +45,10 @@ def make_recipe(folder: Path, name: str, teacher: Path, student: Path, hidden_st
                     **({"hidden_states": {"layers": [-1], "pooling": "mean"}} if hidden_states else {})},
         "student": {"model": str(student), "max_length": 128},
         "adapter": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
-        "distill": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "validation_fraction": 0.0, **distill},
+        "distill": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "validation_fraction": 0.0,
+                    # the guard's folds train under the launcher too (standard KD: every weight, DDP finds the
+                    # unused ones); SetFit is left to tests/test_seed_guard.py
+                    "seed_guard": {"candidates": TEST_GUARD_CANDIDATES}, **distill},
         "evaluation": {"systems": ["teacher", "adaptive_kd"]},
     }
     path = folder / f"{name}.yaml"

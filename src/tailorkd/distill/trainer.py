@@ -471,8 +471,9 @@ def _train_stage(stage: Stage, student: Student, trained: torch.nn.Module, train
         use_cpu=device.type == "cpu",
         optim=optimizer_name(device),
         dataloader_num_workers=0,
-        # Every trainable parameter takes part in every step (adapters, head, projections): DDP need not search.
-        ddp_find_unused_parameters=False,
+        # An adapter's trainable parameters (adapters, head, projections) all take part in every step, so DDP need
+        # not search; when every weight trains (standard KD) some never do (an encoder's pooler), and must be found.
+        ddp_find_unused_parameters=all(p.requires_grad for p in trained.parameters()),
     )
     stage_callbacks = list(callbacks)
     if early:
