@@ -152,7 +152,7 @@ def test_stop_ends_the_run_with_the_reason_and_warn_ships_the_student(tmp_path, 
 
 def test_the_guard_settings_are_checked_and_the_old_self_train_means_choose():
     assert SeedGuardConfig(on_worse="self_train").on_worse == "choose"
-    assert SeedGuardConfig().candidates == ["adaptive_kd", "standard_kd", "setfit", "seed_only"]
+    assert SeedGuardConfig().candidates == ["setfit", "adaptive_kd", "standard_kd", "seed_only"]
     with pytest.raises(ValueError, match=r"unknown candidates \['self_trained'\]"):
         SeedGuardConfig(candidates=["adaptive_kd", "self_trained"])
     with pytest.raises(ValueError, match="listed twice"):
