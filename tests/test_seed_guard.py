@@ -122,7 +122,7 @@ def test_a_collapsed_student_never_ships_even_when_preferred(tmp_path, tiny_mode
     collapsed = guard["candidates"]["adaptive_kd"]["collapsed"]
     assert any(reason.startswith("near-uniform outputs") for reason in collapsed), collapsed
     assert guard["shipped"] == "seed_only" and guard["why"] == "default"
-    assert "adaptive_kd collapsed (near-uniform outputs" in guard["reason"]
+    assert "adaptive KD collapsed (near-uniform outputs" in guard["reason"]
     # warn ships the adaptive-KD student only when it did not collapse.
     warned = recipe.model_copy(update={"distill": recipe.distill.model_copy(update={
         "seed_guard": recipe.distill.seed_guard.model_copy(update={"on_worse": "warn"})})})

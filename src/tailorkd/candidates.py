@@ -19,8 +19,8 @@ from typing import Any
 class CandidateKind:
     """One candidate: ``name`` (its key in recipes and records, and its student folder), ``label`` (in words),
     ``uses_teacher`` (learns from the teacher's labels: what the teacher's worth is measured by), ``builder``
-    ("module:attribute", called with this kind) and ``needs`` (a module it imports; left out of a run, with a
-    note, when it is not installed)."""
+    ("module:attribute", called with this kind), ``needs`` (a module it imports; left out of a run, with a
+    note, when it is not installed; ``install`` says how) and ``short`` (its name in the one-line reason)."""
 
     name: str
     label: str
@@ -28,6 +28,11 @@ class CandidateKind:
     builder: str
     needs: str | None = None
     install: str | None = None
+    short: str | None = None  # a few words for the one-line reason (default: the name)
+
+    @property
+    def shown(self) -> str:
+        return self.short or self.name
 
     def available(self) -> bool:
         return self.needs is None or importlib.util.find_spec(self.needs) is not None
@@ -63,9 +68,11 @@ def get_candidate(name: str) -> CandidateKind:
 
 
 _IMPL = "tailorkd.stages.guard_candidates"
-register_candidate(CandidateKind("adaptive_kd", "the adaptive-KD student", True, f"{_IMPL}:DistilledCandidate"))
-register_candidate(CandidateKind("standard_kd", "the standard-KD student", True, f"{_IMPL}:DistilledCandidate"))
+register_candidate(CandidateKind("adaptive_kd", "the adaptive-KD student", True, f"{_IMPL}:DistilledCandidate",
+                                 short="adaptive KD"))
+register_candidate(CandidateKind("standard_kd", "the standard-KD student", True, f"{_IMPL}:DistilledCandidate",
+                                 short="standard KD"))
 register_candidate(CandidateKind("setfit", "SetFit on your seeds", False, f"{_IMPL}:SetFitCandidate", needs="setfit",
-                                 install="pip install 'tailorkd[setfit]'"))
+                                 install="pip install 'tailorkd[setfit]'", short="SetFit"))
 register_candidate(CandidateKind("seed_only", "the seed-only classifier (logistic regression on your seeds)", False,
-                                 f"{_IMPL}:SeedOnlyCandidate"))
+                                 f"{_IMPL}:SeedOnlyCandidate", short="seed-only"))

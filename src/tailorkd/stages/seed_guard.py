@@ -277,7 +277,7 @@ def _f1(entries: dict[str, dict[str, Any]], name: str) -> str:
 
 
 def _collapsed_note(collapsed: dict[str, Sequence[str]]) -> str:
-    bad = [f"{n} collapsed ({r[0]})" for n, r in collapsed.items() if r]
+    bad = [f"{get_candidate(n).shown} collapsed ({r[0]})" for n, r in collapsed.items() if r]
     return f"; {'; '.join(bad)}" if bad else ""
 
 
@@ -291,7 +291,7 @@ def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, An
                    f"{_f1(entries, default)} for {get_candidate(default).label}, higher in "
                    f"{100 * c['probability_better']:.0f}% of paired draws")
     else:
-        rivals = [f"{n_} {_f1(entries, n_)}" for n_ in comparisons]
+        rivals = [f"{get_candidate(n_).shown} {_f1(entries, n_)}" for n_ in comparisons]
         because = (f"the first choice not collapsed, and no other beats it clearly (cross-fitted macro-F1 on {n} "
                    f"seeds: {_f1(entries, choice)}" + (f"; {', '.join(rivals)}" if rivals else "") + ")")
     line = f"{_label(choice)} ships: {because}"
@@ -299,7 +299,8 @@ def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, An
         d, ci = worth["macro_f1_difference"], worth["interval"]
         verdict = ("the teacher helped" if ci["low"] > 0 else "the teacher did not help" if ci["high"] < 0
                    else "the teacher's worth is unclear")
-        line += (f"; on this task {verdict} ({worth['with_teacher']} minus {worth['seeds_alone']}: "
+        line += (f"; on this task {verdict} ({get_candidate(worth['with_teacher']).shown} minus "
+                 f"{get_candidate(worth['seeds_alone']).shown}: "
                  f"{100 * d:+.1f} macro-F1, {100 * ci['level']:.0f}% interval [{100 * ci['low']:+.1f}, "
                  f"{100 * ci['high']:+.1f}])")
     return line + _collapsed_note(collapsed)
