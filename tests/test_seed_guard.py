@@ -174,6 +174,9 @@ def test_collapse_reasons_name_each_sign_and_pass_a_model_that_learned():
     assert collapse_reasons(learned, temperature_at_bound=20.0) == [
         "confidence temperature at the bound of its search (20)"]
     assert collapse_reasons(one_class[:10]) == []  # too few texts to call it
+    # A classifier fitted to hard labels is flat by its regularisation, not collapsed; one class is still collapse.
+    assert collapse_reasons(flat, soft_targets=False) == []
+    assert collapse_reasons(one_class, soft_targets=False) == ["one class for 200 of 200 texts"]
 
 
 def test_choose_keeps_the_first_choice_unless_another_wins_clearly_and_never_a_collapsed_one():

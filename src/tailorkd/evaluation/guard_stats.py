@@ -71,16 +71,18 @@ def paired_comparison(truth: Sequence[str], a: Sequence[str], b: Sequence[str], 
 
 
 def collapse_reasons(probs: np.ndarray, *, train_loss: float | None = None,
-                     temperature_at_bound: float | None = None) -> list[str]:
-    """Why a model's outputs ``probs`` ([N, M] as it ships them, on texts it may meet: the pool) say it
-    learned nothing, each in words; empty when none does. Near-uniform outputs; one class for (nearly) every
-    text; a training loss at ln M (soft cross-entropy against targets it never matched); a confidence
-    temperature at the bound of its search."""
+                     temperature_at_bound: float | None = None, soft_targets: bool = True) -> list[str]:
+    """Why a model's outputs ``probs`` ([N, M], on texts it may meet: the pool) say it learned nothing, each in
+    words; empty when none does. Near-uniform outputs, for a model that learned soft targets (``soft_targets``:
+    a classifier fitted to hard labels is as flat as its regularisation makes it, a logistic regression on 20
+    seeds of five classes at a top probability of ~0.22 while it ranks them right; its weakness is the
+    cross-fitted estimate's to judge); one class for (nearly) every text; a training loss at ln M (soft
+    cross-entropy against targets it never matched); a confidence temperature at the bound of its search."""
     reasons = []
     n, m = probs.shape
     if n and m > 1:
         margin = float(np.mean((probs.max(axis=1) - 1.0 / m) / (1.0 - 1.0 / m)))
-        if margin < NEAR_UNIFORM_MARGIN:
+        if soft_targets and margin < NEAR_UNIFORM_MARGIN:
             reasons.append(f"near-uniform outputs (mean top probability {float(probs.max(axis=1).mean()):.3f} with "
                            f"{m} classes)")
         top = np.bincount(probs.argmax(axis=1), minlength=m)

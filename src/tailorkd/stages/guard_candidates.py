@@ -76,7 +76,7 @@ class Candidate(Protocol):
     """What the guard asks of a candidate."""
 
     name: str
-    fitted_to_labels: bool  # fitted to the seeds' hard labels (its collapse check reads it with its temperature)
+    fitted_to_labels: bool  # fitted to the seeds' hard labels: flat by regularisation, not collapsed
 
     def ship(self, ctx: GuardContext) -> Path:
         """The folder of the model it would ship (trained now unless it is there for this run); every process."""

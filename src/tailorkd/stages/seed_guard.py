@@ -3,10 +3,9 @@ never one that learned nothing, and say why in one line.
 
 1. Every candidate (``distill.seed_guard.candidates``: the adaptive-KD and standard-KD students, SetFit and the
    seed-only classifier on the seeds; ``stages.guard_candidates``) is trained in the run into a student folder.
-2. The collapse check (``evaluation.guard_stats.collapse_reasons``): near-uniform outputs on the pool (a
-   classifier fitted to the seeds' labels with its confidence temperature applied: see ``_collapse_probs``), one
-   class for every pool text, a training loss at ln K, a confidence temperature at the top of its search. A
-   collapsed candidate never ships.
+2. The collapse check (``evaluation.guard_stats.collapse_reasons``): near-uniform outputs on the pool (for a
+   student that learned soft targets), one class for every pool text, a training loss at ln K, a confidence
+   temperature at the top of its search. A collapsed candidate never ships.
 3. Cross-fitting: the seeds are cut into stratified folds; for each fold every candidate is refitted without
    it, everything the seeds' labels fitted refitted too (the teacher's calibration, ensemble weights and
    temperatures and seed classifier: ``stages.cross_fit``), and predicts the fold. So each seed is judged by
@@ -157,9 +156,10 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
     entries: dict[str, dict[str, Any]] = {}
     for name, folder in folders.items():
         info = read_student_info(folder)
-        reasons = collapse_reasons(_collapse_probs(ctx, candidates[name], folder, sample),
+        reasons = collapse_reasons(_pool_probs(ctx, folder, sample),
                                    train_loss=(info.get("summary") or {}).get("train_loss"),
-                                   temperature_at_bound=_temperature_at_top(folder))
+                                   temperature_at_bound=_temperature_at_top(folder),
+                                   soft_targets=not getattr(candidates[name], "fitted_to_labels", False))
         predicted = [names[int(i)] if ok else None for i, ok in zip(np.nan_to_num(probs[name]).argmax(axis=1),
                                                                       ~np.isnan(probs[name]).any(axis=1))]
         entries[name] = {"label": get_candidate(name).label, "uses_teacher": get_candidate(name).uses_teacher,
@@ -209,19 +209,13 @@ def _collapse_sample(ctx: GuardContext) -> list[dict[str, Any]]:
     return list(take_rows(ctx.rows, index))
 
 
-def _collapse_probs(ctx: GuardContext, candidate: Any, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
-    """The probabilities the collapse check reads: a student that learned soft targets, as it answers (flat
-    outputs: it learned nothing of them, or they were flat); a classifier fitted to the seeds' hard labels, as it
-    ships, its confidence temperature applied (its raw outputs are flat by its regularisation: a logistic
-    regression on 20 seeds of five classes gives a top probability of ~0.22 and ranks the classes right, which
-    its temperature, fitted on its cross-fitted predictions, sharpens)."""
-    from tailorkd.students import load_student, predict_probs, student_temperature
+def _pool_probs(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
+    """The student's raw probabilities for ``rows``: what the collapse check reads."""
+    from tailorkd.students import load_student, predict_probs
 
     recipe = ctx.recipe
     student = load_student(folder, recipe.task, recipe.prompt, ctx.shots, recipe.student)
-    temperature = student_temperature(folder) if getattr(candidate, "fitted_to_labels", False) else 1.0
-    return predict_probs(student, rows, recipe.evaluation.batch_size, desc=f"seed guard: {folder.name} on the pool",
-                         temperature=temperature)
+    return predict_probs(student, rows, recipe.evaluation.batch_size, desc=f"seed guard: {folder.name} on the pool")
 
 
 def _temperature_at_top(folder: Path) -> float | None:
