@@ -156,10 +156,14 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
     entries: dict[str, dict[str, Any]] = {}
     for name, folder in folders.items():
         info = read_student_info(folder)
+        # A seeds-only classifier's temperature is fitted on its fold refits (a third fewer seeds), so a flat
+        # one says the refits were weak, not that it learned nothing (crisis, seed 21: SetFit's hit 20, and it
+        # was the best on test): only a distilled student's temperature at the top is a collapse.
+        soft = not getattr(candidates[name], "fitted_to_labels", False)
         reasons = collapse_reasons(_pool_probs(ctx, folder, sample),
                                    train_loss=(info.get("summary") or {}).get("train_loss"),
-                                   temperature_at_bound=_temperature_at_top(folder),
-                                   soft_targets=not getattr(candidates[name], "fitted_to_labels", False))
+                                   temperature_at_bound=_temperature_at_top(folder) if soft else None,
+                                   soft_targets=soft)
         predicted = [names[int(i)] if ok else None for i, ok in zip(np.nan_to_num(probs[name]).argmax(axis=1),
                                                                       ~np.isnan(probs[name]).any(axis=1))]
         entries[name] = {"label": get_candidate(name).label, "uses_teacher": get_candidate(name).uses_teacher,
