@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GUARD_VERSION = 2
+GUARD_VERSION = 3
 COLLAPSE_SAMPLE = 256  # pool texts the collapse check reads each candidate's outputs on
 
 
