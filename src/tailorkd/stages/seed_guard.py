@@ -146,6 +146,7 @@ def _folds_done(run: RunDir, name: str, fold_key: str) -> dict[str, Any]:
 def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict[str, Path],
                     probs: dict[str, np.ndarray], judged: np.ndarray, folds: list[Any]) -> dict[str, Any]:
     from tailorkd.evaluation.seed_judge import judgement
+    from tailorkd.stages.cross_fit import NOT_REFITTED
     from tailorkd.students import read_student_info
 
     recipe, config = ctx.recipe, ctx.recipe.distill.seed_guard
@@ -177,7 +178,7 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
                               "switch_probability": config.switch_probability,
                               "folds": {"k": len(folds), "judged_seeds": int(judged.sum()), "of": len(seeds),
                                         "refitted": "each fold: every candidate and the teacher's seed-fitted parts",
-                                        "not_refitted": _not_refitted(ctx)}}
+                                        "not_refitted": NOT_REFITTED}}
     collapsed = {n: e["collapsed"] for n, e in entries.items()}
     usable = [n for n in candidates if not collapsed[n]]
     if not usable:
@@ -242,12 +243,6 @@ def _student_file(folder: Path) -> str | None:
     from tailorkd.students import STUDENT_FILE, student_file_hash
 
     return student_file_hash(folder) if (folder / STUDENT_FILE).is_file() else None
-
-
-def _not_refitted(ctx: GuardContext) -> str:
-    from tailorkd.stages.cross_fit import NOT_REFITTED
-
-    return NOT_REFITTED
 
 
 def _teacher_worth(entries: dict[str, dict[str, Any]], predicted: dict[str, list[str]], truth: list[str],
