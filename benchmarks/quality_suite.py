@@ -18,14 +18,14 @@ the seed guard chose among its candidates, measured as it ships), standard KD, t
 seed-only (logistic regression on MiniLM embeddings of the seeds), SetFit, and the majority class of the test
 set. Also per run: the teacher check's verdict; the seed guard's choice, its one-line reason, each candidate's
 cross-fitted seed judgement and collapse check; the guard's regret (the best candidate's test macro-F1 minus
-the shipped student's, the candidates adaptive KD, standard KD, seed-only and SetFit: negative when what ships
-beats them all); and whether the shipped student's macro-F1 is at least seed-only's within its 95% interval
+the shipped student's, the candidates joint KD, adaptive KD, standard KD, seed-only and SetFit: negative when what
+ships beats them all); and whether the shipped student's macro-F1 is at least seed-only's within its 95% interval
 (its interval's upper bound reaches seed-only's macro-F1) and at its point estimate. Summarised: the average and
 largest regret, runs with a regret above 5 points, runs that shipped a collapsed candidate.
 
 ``--replay`` scores another choice rule on finished runs without training anything: the candidates' recorded
-cross-fitted predictions on the seeds are judged again with another preference order or switch probability
-(``tailorkd.evaluation.guard_stats.choose``), and the regret is read from their test scores.
+cross-fitted predictions on the seeds are judged again with another preference order, switch probability or
+weak-teacher rule (``tailorkd.evaluation.guard_stats``), and the regret is read from their test scores.
 
     .venv/bin/python benchmarks/quality_suite.py --seeds 13,14 --work runs/quality
 
@@ -53,22 +53,24 @@ TASKS = {
     "crisis-signals": "recipes/crisis-signals/gemma3-270m_to_minilm-l6_lora.yaml",
     "financial-tone": "recipes/financial-tone/gemma3-270m_to_minilm-l6_lora.yaml",
 }
-SYSTEMS = ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "seed_only", "setfit"]
-# What the guard's regret is measured against: the best of these on the test set.
-REGRET_CANDIDATES = ["adaptive_kd", "standard_kd", "seed_only", "setfit"]
+SYSTEMS = ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "joint_kd", "seed_only", "setfit"]
+# What the guard's regret is measured against: the best of these on the test set (those the run has).
+REGRET_CANDIDATES = ["joint_kd", "adaptive_kd", "standard_kd", "seed_only", "setfit"]
 # Rows of the table: the report's systems, the student that shipped, and the majority class.
-ROWS = ["teacher", "adaptive_kd", "shipped", "standard_kd", "untrained_student", "seed_only", "setfit", "majority"]
-ROW_LABELS = {"teacher": "teacher", "adaptive_kd": "adaptive KD", "shipped": "shipped student (seed guard)",
-              "standard_kd": "standard KD", "untrained_student": "untrained student", "seed_only": "seed-only",
-              "setfit": "SetFit", "majority": "majority class"}
+ROWS = ["teacher", "adaptive_kd", "joint_kd", "shipped", "standard_kd", "untrained_student", "seed_only", "setfit",
+        "majority"]
+ROW_LABELS = {"teacher": "teacher", "adaptive_kd": "adaptive KD", "joint_kd": "joint KD (teacher + SetFit targets)",
+              "shipped": "shipped student (seed guard)", "standard_kd": "standard KD",
+              "untrained_student": "untrained student", "seed_only": "seed-only", "setfit": "SetFit",
+              "majority": "majority class"}
 
 
 def run_one(task: str, recipe: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """One ``tailorkd run`` of ``recipe`` with random seed ``seed``; its measured rows (see the module text)."""
     out = args.work / f"{task}-seed{seed}"
     overrides = [f"seed={seed}", f"output_dir={out}", f"data.splits.pool_size={args.pool_size}",
-                 f"data.splits.test_size={args.test_size}", f"evaluation.systems=[{','.join(SYSTEMS)}]",
-                 *args.override]
+                 f"data.splits.test_size={args.test_size}", *args.override]
+    overrides.insert(4, f"evaluation.systems=[{','.join(_systems(recipe, overrides))}]")
     log = args.work / f"{task}-seed{seed}.log"
     t0 = time.perf_counter()
     with open(log, "w") as handle:
@@ -81,6 +83,16 @@ def run_one(task: str, recipe: str, seed: int, args: argparse.Namespace) -> dict
     report = json.loads((out / "report.json").read_text())
     return {"task": task, "seed": seed, "seconds": round(seconds, 1), "output_dir": str(out),
             **measured(report, out)}
+
+
+def _systems(recipe: str, overrides: list[str]) -> list[str]:
+    """SYSTEMS less those the seed guard trains (joint KD) when the recipe's guard does not list them."""
+    from tailorkd.evaluation.systems import GUARD_STUDENT_SYSTEMS
+    from tailorkd.recipe import load_recipe
+
+    guard = load_recipe(str(ROOT / recipe), overrides).distill.seed_guard
+    candidates = guard.candidates if guard is not None else []
+    return [s for s in SYSTEMS if s not in GUARD_STUDENT_SYSTEMS or s in candidates]
 
 
 def measured(report: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -147,8 +159,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             r["shipped_vs_seed_only"]["at_least_within_interval"] for r in mine)
         per_task[task]["adaptive_kd_minus_seed_only"] = round(
             per_task[task]["adaptive_kd"]["macro_f1"] - per_task[task]["seed_only"]["macro_f1"], 4)
-    average = {row: {key: round(float(np.mean([per_task[t][row][key] for t in per_task])), 4)
-                     for key in ("macro_f1", "accuracy")} for row in ROWS if per_task}
+    average = {row: {key: _mean_of([per_task[t][row][key] for t in per_task]) for key in ("macro_f1", "accuracy")}
+               for row in ROWS if per_task}
     return {"per_task": per_task, "average_over_tasks": average, "guard": guard_summary(ok)}
 
 
@@ -167,19 +179,29 @@ def guard_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
                                                 if not r["shipped_vs_seed_only"]["at_least_within_interval"]]}
 
 
+def _mean_of(values: list[float | None]) -> float | None:
+    """The mean over tasks, or None when a task lacks the row (an average over fewer tasks is another number)."""
+    return None if any(v is None for v in values) else round(float(np.mean(values)), 4)
+
+
 def _mean(runs: list[dict[str, Any]], row: str) -> dict[str, Any]:
     f1 = [r["rows"][row]["macro_f1"] for r in runs if row in r["rows"]]
     acc = [r["rows"][row]["accuracy"] for r in runs if row in r["rows"]]
+    if not f1:  # a system these runs did not have (e.g. runs made before it was a candidate)
+        return {"macro_f1": None, "accuracy": None, "macro_f1_sd": None}
     return {"macro_f1": round(float(np.mean(f1)), 4), "accuracy": round(float(np.mean(acc)), 4),
             "macro_f1_sd": round(float(np.std(f1)), 4) if len(f1) > 1 else None}
 
 
-def replay(runs: list[dict[str, Any]], preference: list[str], probability: float, seed: int = 0) -> dict[str, Any]:
+def replay(runs: list[dict[str, Any]], preference: list[str], probability: float, weak_teacher: str = "seeds_only",
+           seed: int = 0) -> dict[str, Any]:
     """Another choice rule on finished runs: their recorded cross-fitted seed predictions judged again
-    (``guard_stats.choose`` with ``preference`` and ``probability``); the regret read from the test rows (a
-    seeds-only candidate's row is its evaluation baseline, the model the guard would write as a student)."""
+    (``guard_stats.choose`` with ``preference`` and ``probability``, after ``weak_teacher_veto`` on the run's
+    teacher check unless ``weak_teacher`` is judge); the regret read from the test rows (a seeds-only
+    candidate's row is its evaluation baseline, the model the guard would write as a student)."""
+    from tailorkd.candidates import get_candidate
     from tailorkd.evaluation import classification_metrics
-    from tailorkd.evaluation.guard_stats import choose, paired_comparison
+    from tailorkd.evaluation.guard_stats import choose, paired_comparison, weak_teacher_veto
 
     out = []
     for run in runs:
@@ -193,6 +215,11 @@ def replay(runs: list[dict[str, Any]], preference: list[str], probability: float
         classes = sorted(set(truth) | {predictions[n][i] for n in names for i in ids})
         collapsed = {n: guard["collapsed"].get(n) or [] for n in names}
         usable = [n for n in names if not collapsed[n]]
+        if weak_teacher == "seeds_only":
+            vetoed = weak_teacher_veto({"verdict": run.get("teacher_check")},
+                                       {n: get_candidate(n).teacher_only for n in usable})
+            names = [n for n in names if n not in vetoed]
+            usable = [n for n in usable if n not in vetoed]
         if not usable:
             continue
         estimates = {n: classification_metrics(truth, [predictions[n][i] for i in ids], classes) for n in names}
@@ -226,12 +253,14 @@ def markdown(summary: dict[str, Any]) -> str:
     head = "| system | " + " | ".join(f"{t} macro-F1 / acc" for t in tasks) + " | average macro-F1 / acc |"
     lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
     for row in ROWS:
-        cells = [f"{100 * summary['per_task'][t][row]['macro_f1']:.1f} / "
-                 f"{100 * summary['per_task'][t][row]['accuracy']:.1f}" for t in tasks]
-        avg = summary["average_over_tasks"][row]
-        lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells)
-                     + f" | {100 * avg['macro_f1']:.1f} / {100 * avg['accuracy']:.1f} |")
+        cells = [_cell(summary["per_task"][t][row]) for t in tasks]
+        average = _cell(summary["average_over_tasks"][row])
+        lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + f" | {average} |")
     return "\n".join(lines)
+
+
+def _cell(m: dict[str, Any]) -> str:
+    return "-" if m["macro_f1"] is None else f"{100 * m['macro_f1']:.1f} / {100 * m['accuracy']:.1f}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -252,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "this results file; trains nothing, prints the regret as JSON")
     p.add_argument("--preference", default=",".join(REGRET_CANDIDATES), help="--replay: candidates, first preferred")
     p.add_argument("--switch-probability", type=float, default=0.9, help="--replay: see distill.seed_guard")
+    p.add_argument("--weak-teacher", choices=["seeds_only", "judge"], default="seeds_only",
+                   help="--replay: see distill.seed_guard.weak_teacher")
     return p.parse_args(argv)
 
 
@@ -285,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.replay:
         runs = [r for r in json.loads(args.replay.read_text())["runs"] if not r.get("failed")]
-        replayed = replay(runs, args.preference.split(","), args.switch_probability)
+        replayed = replay(runs, args.preference.split(","), args.switch_probability, args.weak_teacher)
         print(json.dumps(replayed, indent=1))
         return replayed
     if args.merge:

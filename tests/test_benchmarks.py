@@ -174,7 +174,9 @@ def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     assert tiny["teacher"]["macro_f1"] == pytest.approx(mean, abs=1e-4)
     assert result["summary"]["average_over_tasks"]["setfit"]["macro_f1"] == tiny["setfit"]["macro_f1"]
     lines = result["table_markdown"].splitlines()
-    assert lines[0] == "| system | tiny macro-F1 / acc | average macro-F1 / acc |" and len(lines) == 2 + 8
+    assert lines[0] == "| system | tiny macro-F1 / acc | average macro-F1 / acc |" and len(lines) == 2 + 9
+    # joint KD is not among this recipe's guard candidates: not evaluated, its row a dash
+    assert "joint_kd" not in runs[0]["rows"] and lines[4] == "| joint KD (teacher + SetFit targets) | - | - |"
     guard = result["summary"]["guard"]
     regrets = [100 * r["regret"]["macro_f1"] for r in runs]
     assert guard["runs"] == 2 and guard["average_regret"] == pytest.approx(sum(regrets) / 2, abs=0.01)

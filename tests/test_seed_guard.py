@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from helpers import TOPICS, ScriptedTeacher, make_recipe, scripted
-from tailorkd.candidates import CandidateKind, register_candidate, unregister_candidate
+from tailorkd.candidates import CandidateKind, get_candidate, register_candidate, unregister_candidate
 from tailorkd.cli import main
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison
+from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison, weak_teacher_veto
 from tailorkd.recipe import load_recipe
 from tailorkd.recipe.distill import SeedGuardConfig
 from tailorkd.run_dir import RunDir
@@ -31,14 +31,16 @@ HALF_WRONG = {t: TOPICS[(i + 1) % len(TOPICS)] if i < 2 else t for i, t in enume
 LEARNS = {"epochs": 10, "learning_rate": 5e-3, "warmup_ratio": 0.0}  # the tiny student learns its teacher's topics
 
 
-def guarded_run(tmp_path, tiny_models, teacher, on_worse="choose", distill_settings=LEARNS):
+def guarded_run(tmp_path, tiny_models, teacher, on_worse="choose", distill_settings=LEARNS, weak_teacher="judge"):
     """A tiny run labelled by ``teacher(recipe)``, whose guard weighs the adaptive-KD student against the seed-only
-    classifier (SetFit is left to its own tests: minutes of training)."""
+    classifier (SetFit is left to its own tests: minutes of training); cross-fitting decides even when the teacher
+    check finds the teacher weak, unless ``weak_teacher`` is seeds_only."""
     path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                        teacher_section={"model": str(tiny_models["llama"]), "batch_size": 4,
                                         "check": {"pool_sample": 4, "on_failure": "warn"}},
                        distill={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, **(distill_settings or {}),
-                                "seed_guard": {"on_worse": on_worse, "candidates": ["adaptive_kd", "seed_only"]}},
+                                "seed_guard": {"on_worse": on_worse, "candidates": ["adaptive_kd", "seed_only"],
+                                               "weak_teacher": weak_teacher}},
                        adapter={"method": "full"}, evaluation={"systems": ["teacher", "adaptive_kd", "seed_only"]})
     recipe = load_recipe(path)
     prepare(recipe)
@@ -113,6 +115,36 @@ def test_a_student_taught_wrong_labels_loses_to_the_seeds_clearly_and_the_seed_o
     assert f"seed guard: {guard['reason']}" in captured.err
 
 
+def test_a_weak_teachers_student_never_ships_over_a_seeds_only_candidate(tmp_path, tiny_models):
+    recipe = guarded_run(tmp_path, tiny_models, wrong_teacher, weak_teacher="seeds_only")
+    run = RunDir(recipe)
+    check = json.loads(run.teacher_check.read_text())
+    assert check["verdict"] == "weak", check["reasons"]  # two of five topics named wrong
+    # adaptive KD first in the preference order, yet the seed-only classifier ships, whatever cross-fitting says
+    assert distill(recipe) == run.student_dir("seed_only")
+    guard = json.loads(run.seed_guard.read_text())
+    assert guard["shipped"] == "seed_only" and guard["why"] == "weak_teacher"
+    assert set(guard["vetoed"]) == {"adaptive_kd"} and "judgement" in guard["candidates"]["adaptive_kd"]
+    assert guard["reason"].startswith("The seed-only classifier (logistic regression on your seeds) ships: the teacher "
+                                      f"check found the teacher WEAK on your seeds ({check['reasons'][0]}), so no "
+                                      "student of it alone ships")
+    assert "on this task the teacher" in guard["reason"]  # its worth is still stated
+
+
+def test_the_weak_teacher_veto_bars_the_teacher_only_students_while_one_that_learns_the_seeds_is_left():
+    kinds = ["adaptive_kd", "standard_kd", "joint_kd", "setfit"]
+    teacher_only = {n: get_candidate(n).teacher_only for n in kinds}
+    assert teacher_only == {"adaptive_kd": True, "standard_kd": True, "joint_kd": False, "setfit": False}
+    weak = {"verdict": "weak", "reasons": ["weak: seed accuracy 48% [28, 68] does not clear chance"]}
+    assert set(weak_teacher_veto(weak, teacher_only)) == {"adaptive_kd", "standard_kd"}
+    assert "WEAK on your seeds (weak: seed accuracy 48%" in weak_teacher_veto(weak, teacher_only)["adaptive_kd"]
+    assert set(weak_teacher_veto({"verdict": "collapsed", "reasons": []}, teacher_only)) == {"adaptive_kd",
+                                                                                            "standard_kd"}
+    assert weak_teacher_veto({"verdict": "ok", "reasons": []}, teacher_only) == {}
+    assert weak_teacher_veto(None, teacher_only) == {}  # no check in the recipe
+    assert weak_teacher_veto(weak, {"adaptive_kd": True}) == {}  # nothing that learns the seeds is usable
+
+
 def test_a_collapsed_student_never_ships_even_when_preferred(tmp_path, tiny_models):
     recipe = guarded_run(tmp_path, tiny_models, uniform_teacher,
                          distill_settings=LEARNS)
@@ -152,7 +184,8 @@ def test_stop_ends_the_run_with_the_reason_and_warn_ships_the_student(tmp_path, 
 
 def test_the_guard_settings_are_checked_and_the_old_self_train_means_choose():
     assert SeedGuardConfig(on_worse="self_train").on_worse == "choose"
-    assert SeedGuardConfig().candidates == ["setfit", "adaptive_kd", "standard_kd", "seed_only"]
+    assert SeedGuardConfig().candidates == ["joint_kd", "setfit", "adaptive_kd", "standard_kd", "seed_only"]
+    assert SeedGuardConfig().weak_teacher == "seeds_only"
     with pytest.raises(ValueError, match=r"unknown candidates \['self_trained'\]"):
         SeedGuardConfig(candidates=["adaptive_kd", "self_trained"])
     with pytest.raises(ValueError, match="listed twice"):
@@ -223,7 +256,8 @@ def test_guard_folds_are_stratified_and_never_judge_a_single_seed_class():
 def test_setfit_is_a_candidate_written_as_a_student_and_judged_by_refits(tmp_path, tiny_models):
     path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                        distill={"batch_size": 8, **LEARNS,
-                                "seed_guard": {"candidates": ["setfit", "adaptive_kd"], "folds": 2}},
+                                "seed_guard": {"candidates": ["setfit", "adaptive_kd", "joint_kd"], "folds": 2,
+                                               "weak_teacher": "judge"}},
                        adapter={"method": "full"},
                        evaluation={"systems": ["teacher", "adaptive_kd"], "seed_only_encoder": str(tiny_models["bert"]),
                                    "setfit_iterations": 1})
@@ -239,16 +273,27 @@ def test_setfit_is_a_candidate_written_as_a_student_and_judged_by_refits(tmp_pat
     info = read_student_info(run.student_dir("setfit"))
     assert info["system"] == "setfit" and info["summary"]["settings"]["iterations"] == 1
     assert "cross-fitted" in json.loads((run.student_dir("setfit") / "confidence.json").read_text())["fitted_on"]
-    # The first choice ships unless the other wins clearly; the teacher's worth is stated either way.
-    assert guard["shipped"] == ("adaptive_kd" if guard["why"] == "clear_win" else "setfit")
+    # Joint KD: the adaptive-KD student trained on the teacher's and SetFit's targets together, judged by refits
+    # of both; its confidence fitted on those (SetFit saw every seed).
+    joint = guard["candidates"]["joint_kd"]
+    assert joint["uses_teacher"] is True and joint["judgement"]["n"] == 10 and not joint["collapsed"]
+    info = read_student_info(run.student_dir("joint_kd"))
+    assert info["system"] == "joint_kd" and info["summary"]["steps"] > 0
+    assert "cross-fitted" in json.loads((run.student_dir("joint_kd") / "confidence.json").read_text())["fitted_on"]
+    assert not list((run.root / "students" / "guard").glob("joint_kd-fold*"))  # fold students kept as predictions
+    # The first choice ships unless another wins clearly; the teacher's worth is stated either way.
+    assert guard["shipped"] == "setfit" if guard["why"] == "default" else guard["why"] == "clear_win"
     assert guard["teacher_worth"]["seeds_alone"] == "setfit" and "on this task the teacher" in guard["reason"]
     # A rerun with the same settings is current: nothing is fitted again; the SetFit baseline of the evaluation is
-    # the guard's SetFit student, not a second training.
-    written = (run.student_dir("setfit") / "student.json").stat().st_mtime_ns
-    assert main(["run", path, "evaluation.systems=[teacher,adaptive_kd,setfit]"]) == 0
-    assert (run.student_dir("setfit") / "student.json").stat().st_mtime_ns == written
+    # the guard's SetFit student, not a second training; joint KD is evaluated as the student it is.
+    written = [(run.student_dir(s) / "student.json").stat().st_mtime_ns for s in ("setfit", "joint_kd")]
+    assert main(["run", path, "evaluation.systems=[teacher,adaptive_kd,setfit,joint_kd]"]) == 0
+    assert [(run.student_dir(s) / "student.json").stat().st_mtime_ns for s in ("setfit", "joint_kd")] == written
     report = json.loads(run.report_json.read_text())
     assert "the seed guard's candidate" in report["systems"]["setfit"]["model"]
+    assert report["systems"]["joint_kd"]["metrics"]["macro_f1"] is not None
+    with pytest.raises(TailorkdError, match=r"evaluation.systems lists \['joint_kd'\], which the seed guard trains"):
+        load_recipe(path, ["distill.seed_guard.candidates=[setfit,adaptive_kd]", "evaluation.systems=[joint_kd]"])
 
 
 class RidgeCandidate(SeedOnlyCandidate):

@@ -20,7 +20,9 @@ class CandidateKind:
     """One candidate: ``name`` (its key in recipes and records, and its student folder), ``label`` (in words),
     ``uses_teacher`` (learns from the teacher's labels: what the teacher's worth is measured by), ``builder``
     ("module:attribute", called with this kind), ``needs`` (a module it imports; left out of a run, with a
-    note, when it is not installed; ``install`` says how) and ``short`` (its name in the one-line reason)."""
+    note, when it is not installed; ``install`` says how), ``short`` (its name in the one-line reason) and
+    ``anchored_to_seeds`` (a candidate that uses the teacher but also learns a model fitted on the seeds alone:
+    a weak teacher does not bar it, see ``distill.seed_guard.weak_teacher``)."""
 
     name: str
     label: str
@@ -29,6 +31,12 @@ class CandidateKind:
     needs: str | None = None
     install: str | None = None
     short: str | None = None  # a few words for the one-line reason (default: the name)
+    anchored_to_seeds: bool = False
+
+    @property
+    def teacher_only(self) -> bool:
+        """Whether it learns from the teacher and from nothing fitted on the seeds alone."""
+        return self.uses_teacher and not self.anchored_to_seeds
 
     @property
     def shown(self) -> str:
@@ -76,3 +84,6 @@ register_candidate(CandidateKind("setfit", "SetFit on your seeds", False, f"{_IM
                                  install="pip install 'tailorkd[setfit]'", short="SetFit"))
 register_candidate(CandidateKind("seed_only", "the seed-only classifier (logistic regression on your seeds)", False,
                                  f"{_IMPL}:SeedOnlyCandidate", short="seed-only"))
+register_candidate(CandidateKind("joint_kd", "the student distilled from the teacher and SetFit on your seeds together",
+                                 True, f"{_IMPL}:JointCandidate", needs="setfit",
+                                 install="pip install 'tailorkd[setfit]'", short="joint KD", anchored_to_seeds=True))

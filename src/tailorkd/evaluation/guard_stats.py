@@ -113,3 +113,16 @@ def choose(estimates: Mapping[str, Mapping[str, Any]], comparisons: Mapping[str,
         return default, "default"
     best = max(clear, key=lambda c: (estimates[c]["macro_f1"], -preference.index(c)))
     return best, "clear_win"
+
+
+def weak_teacher_veto(check: Mapping[str, Any] | None, teacher_only: Mapping[str, bool]) -> dict[str, str]:
+    """{candidate: why it may not ship} when the teacher check ``check`` (teacher_check.json) did not find the
+    teacher ok: every usable candidate that learns from the teacher alone (``teacher_only``), as long as another
+    usable one learns from the seeds, alone or with the teacher; else {} (no check, an ok teacher, or nothing
+    else to ship)."""
+    verdict = (check or {}).get("verdict")
+    if verdict in (None, "ok") or all(teacher_only.values()):
+        return {}
+    first = ((check or {}).get("reasons") or ["no reason recorded"])[0]
+    why = f"the teacher check found the teacher {str(verdict).upper()} on your seeds ({first})"
+    return {name: why for name, alone in teacher_only.items() if alone}

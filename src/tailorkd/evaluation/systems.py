@@ -34,10 +34,14 @@ SYSTEMS: dict[str, System] = {s.key: s for s in (
 OPT_IN_SYSTEMS: dict[str, System] = {s.key: s for s in (
     System("setfit", "SetFit baseline", "SetFit", "the sentence encoder fine-tuned contrastively on pairs of "
            "expert seeds, then a logistic-regression head (SetFit): a stronger seeds-only bar"),
+    System("joint_kd", "joint KD", "joint KD", "the adaptive-KD student trained on the teacher's targets averaged "
+           "with SetFit's on the pool: seeds, teacher and pool together (a seed-guard candidate)"),
 )}
 
 # The student systems, each trained by the distill stage into its own folder.
 STUDENT_SYSTEMS = ("untrained_student", "standard_kd", "adaptive_kd")
+# Student systems the seed guard trains when they are among its candidates (distill.seed_guard.candidates).
+GUARD_STUDENT_SYSTEMS = ("joint_kd",)
 
 # Systems a run may add on its own, not chosen in ``evaluation.systems``: the student the seed guard shipped
 # (stages.seed_guard) when it is none of the student systems evaluated, e.g. SetFit written as a student.

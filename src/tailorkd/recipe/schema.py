@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from tailorkd.data.config import DataConfig
+from tailorkd.evaluation.systems import GUARD_STUDENT_SYSTEMS
 from tailorkd.recipe.base import Section, readable_dump
 from tailorkd.recipe.corpus import CorpusConfig
 from tailorkd.recipe.distill import DistillConfig
@@ -66,6 +67,16 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _distill_fits_task_and_teacher(self) -> Recipe:
         self.distill.check_against(self.task.label_names, self.teacher.hidden_states)
+        return self
+
+    @model_validator(mode="after")
+    def _guard_students_are_candidates(self) -> Recipe:
+        guard = self.distill.seed_guard
+        missing = [s for s in self.evaluation.systems if s in GUARD_STUDENT_SYSTEMS
+                   and (guard is None or s not in guard.candidates)]
+        if missing:
+            raise ValueError(f"evaluation.systems lists {missing}, which the seed guard trains: add them to "
+                             "distill.seed_guard.candidates")
         return self
 
     @model_validator(mode="after")

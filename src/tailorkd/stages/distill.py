@@ -64,7 +64,7 @@ def distill(recipe: Recipe, force: bool = False) -> Path:
         out = run.student_dir(system)
         train_student(job, system, rows, probs, out, run.fingerprint("distill", job), shots, force=force)
         calibrate_confidence(job, data, out, shots)
-    record = seed_guard(recipe, data, rows, shots, train_student, student_jobs(recipe), force=force)
+    record = seed_guard(recipe, data, rows, probs, shots, train_student, student_jobs(recipe), force=force)
     return run.student_dir(record["shipped"] if record else "adaptive_kd")
 
 

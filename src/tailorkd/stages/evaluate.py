@@ -30,7 +30,7 @@ from tailorkd.evaluation.assemble import (
     severity_counts,
     versus_teacher,
 )
-from tailorkd.evaluation.systems import STUDENT_SYSTEMS
+from tailorkd.evaluation.systems import GUARD_STUDENT_SYSTEMS, STUDENT_SYSTEMS
 from tailorkd.labels import LabelStore, text_hash
 from tailorkd.prompts import fixed_shots
 from tailorkd.run_dir import RunDir
@@ -66,7 +66,7 @@ def evaluate(recipe: Recipe, timings: dict[str, float] | None = None) -> dict[st
     systems: dict[str, Any] = {}
     if "teacher" in wanted:
         frames["teacher"], systems["teacher"] = teacher_system(recipe, data)
-    for system in STUDENT_SYSTEMS:
+    for system in (*STUDENT_SYSTEMS, *GUARD_STUDENT_SYSTEMS):
         if system in wanted:
             frames[system], systems[system] = student_system(recipe, data, system)
     guard = run.seed_guard_record()

@@ -1,8 +1,9 @@
 """Stage 3b, seed guard (run by the distill stage, ``distill.seed_guard``): ship the best model the run made,
 never one that learned nothing, and say why in one line.
 
-1. Every candidate (``distill.seed_guard.candidates``: the adaptive-KD and standard-KD students, SetFit and the
-   seed-only classifier on the seeds; ``stages.guard_candidates``) is trained in the run into a student folder.
+1. Every candidate (``distill.seed_guard.candidates``: the adaptive-KD and standard-KD students, the joint-KD
+   student that learns from the teacher and SetFit together, SetFit and the seed-only classifier on the seeds;
+   ``stages.guard_candidates``) is trained in the run into a student folder.
 2. The collapse check (``evaluation.guard_stats.collapse_reasons``): near-uniform outputs on the pool (for a
    student that learned soft targets), one class for every pool text, a training loss at ln K, a confidence
    temperature at the top of its search. A collapsed candidate never ships.
@@ -12,6 +13,10 @@ never one that learned nothing, and say why in one line.
    models that never fitted on it. Not refitted: the prompt (see ``stages.cross_fit``).
 4. The choice (``evaluation.guard_stats.choose``): ~20 seeds judge within wide intervals, so the first candidate
    not collapsed ships unless another beats it in at least ``switch_probability`` of the paired bootstrap draws.
+   When the teacher check did not find the teacher ok (``weak_teacher: seeds_only``), no candidate that learns
+   from the teacher alone ships while one that learns from the seeds (alone, or with the teacher: joint KD) is
+   usable: cross-fitting rated a weak teacher's students above SetFit on the seeds (crisis, seed 21: 46.8
+   against 21.4), and on test they were 15 points below it.
    The teacher's worth is stated either way: the best candidate that learns from the teacher against the best
    that learns from the seeds alone, paired on the same seeds.
 5. ``on_worse`` when the choice is not the adaptive-KD student: ``choose`` ships it; ``warn`` ships the
@@ -37,7 +42,7 @@ from tailorkd import distributed
 from tailorkd.candidates import get_candidate
 from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
-from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison
+from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison, weak_teacher_veto
 from tailorkd.run_dir import RunDir
 from tailorkd.stages.guard_candidates import GuardContext, key_of
 
@@ -46,15 +51,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GUARD_VERSION = 3
+# The choice rule's version: a record of another one decides again (4: the weak-teacher veto, joint KD).
+GUARD_VERSION = 4
+# What fold predictions are keyed with besides each candidate's fold_fingerprint: bumped when how a fold is
+# refitted changes, not when the choice rule does (cross-fitting costs more than the rest of the run).
+FOLDS_VERSION = 3
 COLLAPSE_SAMPLE = 256  # pool texts the collapse check reads each candidate's outputs on
 
 
-def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], shots: list[dict[str, Any]],
-          train: Callable[..., bool], jobs: dict[str, Recipe], force: bool = False) -> dict[str, Any] | None:
+def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], targets: np.ndarray,
+          shots: list[dict[str, Any]], train: Callable[..., bool], jobs: dict[str, Recipe], force: bool = False
+          ) -> dict[str, Any] | None:
     """Choose what ships as ``distill.seed_guard`` says; write seed_guard.json and return it (None when the
-    recipe has no guard). ``rows``: the pool rows the students trained on; ``train``: the distill stage's
-    ``train_student``; ``jobs``: its ``student_jobs``."""
+    recipe has no guard). ``rows``: the pool rows the students trained on, ``targets`` the teacher's [N, M] for
+    them; ``train``: the distill stage's ``train_student``; ``jobs``: its ``student_jobs``."""
     run = RunDir(recipe)
     config = recipe.distill.seed_guard
     if config is None:
@@ -62,7 +72,7 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
             run.seed_guard.unlink(missing_ok=True)  # an earlier guard's choice no longer applies
         return None
     t0 = time.perf_counter()
-    ctx = GuardContext(recipe, data, rows, shots, train, jobs, force)
+    ctx = GuardContext(recipe, data, rows, targets, shots, train, jobs, force)
     names = recipe.task.label_names
     kinds = [get_candidate(name) for name in config.candidates]
     left_out = {k.name: f"not installed ({k.install})" for k in kinds if not k.available()}
@@ -76,7 +86,7 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], sh
     folds = guard_folds(truth, config.folds, recipe.seed)
     probs = {name: np.full((len(seeds), len(names)), np.nan) for name in candidates}
     split = [[str(seeds[i]["id"]) for i in test] for _, test in folds]
-    fold_keys = {name: key_of(GUARD_VERSION, c.fold_fingerprint(ctx), split) for name, c in candidates.items()}
+    fold_keys = {name: key_of(FOLDS_VERSION, c.fold_fingerprint(ctx), split) for name, c in candidates.items()}
     t_folds = time.perf_counter()
     for name, candidate in candidates.items():
         done = {} if force else distributed.from_main(_folds_done(run, name, fold_keys[name]))
@@ -157,13 +167,14 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
     entries: dict[str, dict[str, Any]] = {}
     for name, folder in folders.items():
         info = read_student_info(folder)
-        # A seeds-only classifier's temperature is fitted on its fold refits (a third fewer seeds), so a flat
-        # one says the refits were weak, not that it learned nothing (crisis, seed 21: SetFit's hit 20, and it
-        # was the best on test): only a distilled student's temperature at the top is a collapse.
+        # A temperature fitted on fold refits (a third fewer seeds) at the top of its search says the refits
+        # were weak, not that the model learned nothing (crisis, seed 21: SetFit's hit 20, and it was the best
+        # on test): only a temperature fitted on seeds the model never saw is a collapse sign.
         soft = not getattr(candidates[name], "fitted_to_labels", False)
+        from_folds = getattr(candidates[name], "confidence_from_folds", False)
         reasons = collapse_reasons(_pool_probs(ctx, folder, sample),
                                    train_loss=(info.get("summary") or {}).get("train_loss"),
-                                   temperature_at_bound=_temperature_at_top(folder) if soft else None,
+                                   temperature_at_bound=None if from_folds else _temperature_at_top(folder),
                                    soft_targets=soft)
         predicted = [names[int(i)] if ok else None for i, ok in zip(np.nan_to_num(probs[name]).argmax(axis=1),
                                                                       ~np.isnan(probs[name]).any(axis=1))]
@@ -195,15 +206,32 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
     predicted = {n: [names[int(i)] for i in probs[n][judged].argmax(axis=1)] for n in candidates}
     for name in candidates:
         entries[name]["judgement"] = judgement(kept_truth, predicted[name], names, recipe.seed)
-    default = usable[0]
+    vetoed = _weak_teacher_veto(recipe, usable)
+    record["vetoed"] = vetoed
+    eligible = [n for n in candidates if n not in vetoed]
+    default = next(n for n in eligible if not collapsed[n])
     comparisons = {n: paired_comparison(kept_truth, predicted[n], predicted[default], names, recipe.seed)
-                   for n in usable if n != default}
-    choice, why = choose({n: entries[n]["judgement"] for n in candidates}, comparisons, collapsed, list(candidates),
+                   for n in eligible if n != default and not collapsed[n]}
+    choice, why = choose({n: entries[n]["judgement"] for n in candidates}, comparisons, collapsed, eligible,
                          config.switch_probability)
     worth = _teacher_worth(entries, predicted, kept_truth, names, recipe.seed)
-    record.update(choice=choice, why=why, default=default, comparisons=comparisons, teacher_worth=worth,
-                  reason=_reason(choice, why, default, entries, comparisons, worth, collapsed, len(kept_truth)))
+    reason = _reason(choice, why, default, entries, comparisons, worth, collapsed, len(kept_truth))
+    if vetoed:
+        reason = reason.replace(f"{_label(choice)} ships: ",
+                                f"{_label(choice)} ships: {next(iter(vetoed.values()))}, so no student of it alone "
+                                "ships (distill.seed_guard.weak_teacher: seeds_only); ", 1)
+    record.update(choice=choice, why="weak_teacher" if vetoed else why, default=default, comparisons=comparisons,
+                  teacher_worth=worth, reason=reason)
     return record
+
+
+def _weak_teacher_veto(recipe: Recipe, usable: list[str]) -> dict[str, str]:
+    """``weak_teacher_veto`` for this run's teacher check (none when ``weak_teacher`` is judge)."""
+    from tailorkd.stages.teacher_check import load_teacher_check
+
+    if recipe.distill.seed_guard.weak_teacher != "seeds_only":
+        return {}
+    return weak_teacher_veto(load_teacher_check(recipe), {n: get_candidate(n).teacher_only for n in usable})
 
 
 def _collapse_sample(ctx: GuardContext) -> list[dict[str, Any]]:
