@@ -129,6 +129,10 @@ def test_a_weak_teachers_student_never_ships_over_a_seeds_only_candidate(tmp_pat
                                       f"check found the teacher WEAK on your seeds ({check['reasons'][0]}), so no "
                                       "student of it alone ships")
     assert "on this task the teacher" in guard["reason"]  # its worth is still stated
+    evaluate(recipe)
+    text = run.report_md.read_text()
+    assert f"**{guard['reason']}.**" in text
+    assert "| the adaptive-KD student | teacher | " in text and "barred: the teacher check did not find" in text
 
 
 def test_the_weak_teacher_veto_bars_the_teacher_only_students_while_one_that_learns_the_seeds_is_left():

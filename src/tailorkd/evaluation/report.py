@@ -141,8 +141,11 @@ def _seed_guard_section(guard: dict[str, Any] | None) -> list[str]:
         c = guard.get("comparisons", {}).get(name)
         versus = f"{100 * c['macro_f1_difference']:+.1f} ({100 * c['probability_better']:.0f}%)" if c else "-"
         shipped = " (shipped)" if name == guard.get("shipped") else ""
-        lines.append(f"| {entry['label']}{shipped} | {'teacher' if entry['uses_teacher'] else 'seeds'} | {f1} | "
-                     f"{accuracy} | {versus} | {'; '.join(entry['collapsed']) or 'no'} |")
+        learns = entry.get("learns_from") or ("teacher" if entry["uses_teacher"] else "seeds")
+        state = "; ".join(entry["collapsed"]) or "no"
+        if name in (guard.get("vetoed") or {}):
+            state += "; barred: the teacher check did not find the teacher ok (weak_teacher: seeds_only)"
+        lines.append(f"| {entry['label']}{shipped} | {learns} | {f1} | {accuracy} | {versus} | {state} |")
     for name, why in (guard.get("left_out") or {}).items():
         lines.append(f"| {name} | - | - | - | - | left out: {why} |")
     seconds = guard.get("seconds") or {}

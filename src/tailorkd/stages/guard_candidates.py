@@ -5,6 +5,9 @@ student folder of the run, and refits itself without a fold of the seeds to pred
   fold's student trains the same way on the targets the teacher would have given without the fold's seeds
   (``stages.cross_fit``); when nothing of the targets was fitted on the seeds, the run's own student is that
   student, and predicts the fold as it is.
+- ``JointCandidate`` (joint_kd): the adaptive-KD student trained on the teacher's targets averaged with SetFit's
+  probabilities on the pool; a fold's student on the fold's refitted targets averaged with a SetFit fitted
+  without the fold (the one the SetFit candidate judges the fold with: ``GuardContext.fold_models``).
 - ``SetFitCandidate`` and ``SeedOnlyCandidate``: fitted on the seeds alone (SetFit; logistic regression on the
   frozen encoder), then written as an ordinary encoder student (``tailorkd.seed_students``), so classify, serve,
   export and signals read them like any student. Their confidence temperature is fitted on their cross-fitted
@@ -153,17 +156,23 @@ def _fold_targets(ctx: GuardContext, keep: np.ndarray) -> np.ndarray:
     return ctx.refit.targets(keep)
 
 
-@distributed.on_main
-def _predict(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
-    """Raw probabilities of the student in ``folder`` for ``rows``; NaN for the seeds a causal-LM student shows
-    as examples."""
+def raw_probs(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]], desc: str) -> tuple[np.ndarray, str]:
+    """([N, M] raw probabilities of the student in ``folder`` for ``rows``, its kind)."""
     from tailorkd.students import load_student, predict_probs
 
     recipe = ctx.recipe
     student = load_student(folder, recipe.task, recipe.prompt, ctx.shots, recipe.student)
-    probs = predict_probs(student, rows, recipe.evaluation.batch_size, desc="seed guard: fold") if rows else \
+    probs = predict_probs(student, rows, recipe.evaluation.batch_size, desc=desc) if rows else \
         np.zeros((0, len(recipe.task.labels)))
-    if student.kind != "encoder":
+    return probs, student.kind
+
+
+@distributed.on_main
+def _predict(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Raw probabilities of the student in ``folder`` for ``rows`` (seeds); NaN for the seeds a causal-LM
+    student shows as examples."""
+    probs, kind = raw_probs(ctx, folder, rows, "seed guard: fold")
+    if kind != "encoder":
         shown = {str(s["id"]) for s in ctx.shots}
         probs[[str(r["id"]) in shown for r in rows]] = np.nan
     return probs
@@ -355,11 +364,10 @@ def _joint_targets(ctx: GuardContext, teacher: np.ndarray, keep: np.ndarray | No
                    ) -> np.ndarray:
     """The teacher's [N, M] targets ``teacher`` averaged with SetFit's probabilities on the pool rows: of SetFit
     fitted on the seeds where ``keep`` (a fold's refit), or of the run's SetFit in ``setfit_folder``."""
-    from tailorkd.students import load_student, predict_probs
+    from tailorkd.students import predict_probs
 
-    recipe = ctx.recipe
-    student = _setfit().fold_student(ctx, keep) if keep is not None else \
-        load_student(setfit_folder, recipe.task, recipe.prompt, [], recipe.student)
-    pool = predict_probs(student, list(ctx.rows), recipe.evaluation.batch_size, desc="seed guard: SetFit on the pool")
+    desc = "seed guard: SetFit on the pool"
+    pool = raw_probs(ctx, setfit_folder, list(ctx.rows), desc)[0] if keep is None else \
+        predict_probs(_setfit().fold_student(ctx, keep), list(ctx.rows), ctx.recipe.evaluation.batch_size, desc=desc)
     weight = JointCandidate.SETFIT_WEIGHT
     return (1.0 - weight) * np.asarray(teacher, dtype=float) + weight * pool

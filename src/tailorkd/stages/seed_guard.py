@@ -44,7 +44,7 @@ from tailorkd.data import PreparedData
 from tailorkd.errors import TailorkdError
 from tailorkd.evaluation.guard_stats import choose, collapse_reasons, guard_folds, paired_comparison, weak_teacher_veto
 from tailorkd.run_dir import RunDir
-from tailorkd.stages.guard_candidates import GuardContext, key_of
+from tailorkd.stages.guard_candidates import GuardContext, key_of, raw_probs
 
 if TYPE_CHECKING:
     from tailorkd.recipe import Recipe
@@ -172,13 +172,16 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
         # on test): only a temperature fitted on seeds the model never saw is a collapse sign.
         soft = not getattr(candidates[name], "fitted_to_labels", False)
         from_folds = getattr(candidates[name], "confidence_from_folds", False)
-        reasons = collapse_reasons(_pool_probs(ctx, folder, sample),
+        reasons = collapse_reasons(raw_probs(ctx, folder, sample, f"seed guard: {name} on the pool")[0],
                                    train_loss=(info.get("summary") or {}).get("train_loss"),
                                    temperature_at_bound=None if from_folds else _temperature_at_top(folder),
                                    soft_targets=soft)
         predicted = [names[int(i)] if ok else None for i, ok in zip(np.nan_to_num(probs[name]).argmax(axis=1),
                                                                       ~np.isnan(probs[name]).any(axis=1))]
-        entries[name] = {"label": get_candidate(name).label, "uses_teacher": get_candidate(name).uses_teacher,
+        kind = get_candidate(name)
+        learns = "teacher + seeds" if kind.uses_teacher and kind.anchored_to_seeds else \
+            "teacher" if kind.uses_teacher else "seeds"
+        entries[name] = {"label": kind.label, "uses_teacher": kind.uses_teacher, "learns_from": learns,
                          "folder": str(folder), "collapsed": reasons,
                          "predicted": {str(r["id"]): p for r, p in zip(seeds, predicted)}}
     record: dict[str, Any] = {"version": GUARD_VERSION, "on_worse": config.on_worse,
@@ -240,15 +243,6 @@ def _collapse_sample(ctx: GuardContext) -> list[dict[str, Any]]:
     n = len(ctx.rows)
     index = np.sort(np.random.default_rng(ctx.recipe.seed).choice(n, min(n, COLLAPSE_SAMPLE), replace=False))
     return list(take_rows(ctx.rows, index))
-
-
-def _pool_probs(ctx: GuardContext, folder: Path, rows: list[dict[str, Any]]) -> np.ndarray:
-    """The student's raw probabilities for ``rows``: what the collapse check reads."""
-    from tailorkd.students import load_student, predict_probs
-
-    recipe = ctx.recipe
-    student = load_student(folder, recipe.task, recipe.prompt, ctx.shots, recipe.student)
-    return predict_probs(student, rows, recipe.evaluation.batch_size, desc=f"seed guard: {folder.name} on the pool")
 
 
 def _temperature_at_top(folder: Path) -> float | None:
