@@ -21,7 +21,9 @@ cross-fitted seed judgement and collapse check; the guard's regret (the best can
 the shipped student's, the candidates joint KD, adaptive KD, standard KD, seed-only and SetFit: negative when what
 ships beats them all); and whether the shipped student's macro-F1 is at least seed-only's within its 95% interval
 (its interval's upper bound reaches seed-only's macro-F1) and at its point estimate. Summarised: the average and
-largest regret, runs with a regret above 5 points, runs that shipped a collapsed candidate.
+largest regret, the same against the single-source candidates only (adaptive KD, standard KD, seed-only, SetFit:
+issue 35's definition, negative when joint KD ships and beats them), runs with a regret above 5 points, runs
+that shipped a collapsed candidate.
 
 ``--replay`` scores another choice rule on finished runs without training anything: the candidates' recorded
 cross-fitted predictions on the seeds are judged again with another preference order, switch probability or
@@ -56,6 +58,9 @@ TASKS = {
 SYSTEMS = ["teacher", "untrained_student", "standard_kd", "adaptive_kd", "joint_kd", "seed_only", "setfit"]
 # What the guard's regret is measured against: the best of these on the test set (those the run has).
 REGRET_CANDIDATES = ["joint_kd", "adaptive_kd", "standard_kd", "seed_only", "setfit"]
+# The candidates that each learn from one source (the teacher or the seeds): issue 35's regret, negative when
+# what ships beats them all.
+SINGLE_SOURCE_CANDIDATES = ["adaptive_kd", "standard_kd", "seed_only", "setfit"]
 # Rows of the table: the report's systems, the student that shipped, and the majority class.
 ROWS = ["teacher", "adaptive_kd", "joint_kd", "shipped", "standard_kd", "untrained_student", "seed_only", "setfit",
         "majority"]
@@ -171,12 +176,22 @@ def guard_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not scored:
         return None
     regret = [100 * r["regret"]["macro_f1"] for r in scored]
+    single = [100 * single_source_regret(r) for r in scored]
     return {"runs": len(scored), "average_regret": round(float(np.mean(regret)), 2),
             "max_regret": round(float(np.max(regret)), 2),
+            "average_regret_single_source": round(float(np.mean(single)), 2),
+            "max_regret_single_source": round(float(np.max(single)), 2),
             "runs_above_5": [f"{r['task']}/{r['seed']}" for r, g in zip(scored, regret) if g > 5],
             "shipped_collapsed": [f"{r['task']}/{r['seed']}" for r in scored if r["regret"]["shipped_collapsed"]],
             "below_seed_only_beyond_interval": [f"{r['task']}/{r['seed']}" for r in scored
                                                 if not r["shipped_vs_seed_only"]["at_least_within_interval"]]}
+
+
+def single_source_regret(run: dict[str, Any]) -> float:
+    """The best single-source candidate's test macro-F1 (adaptive KD, standard KD, seed-only, SetFit) minus the
+    shipped student's: negative when what ships beats them all."""
+    rows = run["rows"]
+    return max(rows[c]["macro_f1"] for c in SINGLE_SOURCE_CANDIDATES if c in rows) - rows["shipped"]["macro_f1"]
 
 
 def _mean_of(values: list[float | None]) -> float | None:
@@ -238,13 +253,15 @@ def replay(runs: list[dict[str, Any]], preference: list[str], probability: float
 
 def guard_markdown(runs: list[dict[str, Any]]) -> str:
     """One row per run: what the seed guard shipped, its regret and its one-line reason."""
-    lines = ["| task | seed | shipped | best on test | regret (macro-F1) | reason |", "|---|---:|---|---|---:|---|"]
+    lines = ["| task | seed | shipped | best on test | regret | regret vs single-source | reason |",
+             "|---|---:|---|---|---:|---:|---|"]
     for r in runs:
         if r.get("failed") or "regret" not in r:
             continue
         g = r["seed_guard"]
         lines.append(f"| {r['task']} | {r['seed']} | {g['shipped']} | {r['regret']['best']} | "
-                     f"{100 * r['regret']['macro_f1']:+.1f} | {g.get('reason') or '-'} |")
+                     f"{100 * r['regret']['macro_f1']:+.1f} | {100 * single_source_regret(r):+.1f} | "
+                     f"{g.get('reason') or '-'} |")
     return "\n".join(lines)
 
 

@@ -181,6 +181,8 @@ def test_quality_suite_on_a_tiny_task(tiny_models, tmp_path):
     regrets = [100 * r["regret"]["macro_f1"] for r in runs]
     assert guard["runs"] == 2 and guard["average_regret"] == pytest.approx(sum(regrets) / 2, abs=0.01)
     assert guard["max_regret"] == pytest.approx(max(regrets), abs=0.01)
+    # without joint KD among the candidates, the regret against the single-source ones is the same
+    assert guard["average_regret_single_source"] == guard["average_regret"]
     assert result["guard_table_markdown"].splitlines()[2].startswith("| tiny | 3 | ")
     # The guard's own rule replayed on the finished runs' recorded seed predictions makes the guard's choices;
     # another rule is scored the same way, its regret read from the test rows.
