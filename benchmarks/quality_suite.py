@@ -241,7 +241,8 @@ def replay(runs: list[dict[str, Any]], preference: list[str], probability: float
         comparisons = {n: paired_comparison(truth, [predictions[n][i] for i in ids],
                                             [predictions[usable[0]][i] for i in ids], classes, seed)
                        for n in usable[1:]}
-        choice, _ = choose(estimates, comparisons, collapsed, names, probability)
+        choice, _ = choose(estimates, comparisons, collapsed, names, probability,
+                           {n: get_candidate(n).seed_dependence for n in names})
         best = max((c for c in REGRET_CANDIDATES if c in run["rows"]), key=lambda c: run["rows"][c]["macro_f1"])
         out.append({"task": run["task"], "seed": run["seed"], "choice": choice,
                     "regret": round(100 * (run["rows"][best]["macro_f1"] - run["rows"][choice]["macro_f1"]), 2)})

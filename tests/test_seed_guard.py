@@ -227,6 +227,12 @@ def test_choose_keeps_the_first_choice_unless_another_wins_clearly_and_never_a_c
     assert choose(estimates, {}, {"a": ["one class"]}, ["a", "b", "c"], 0.9) == ("b", "default")
     with pytest.raises(ValueError, match="every candidate collapsed"):
         choose(estimates, {}, {n: ["x"] for n in "abc"}, ["a", "b", "c"], 0.9)
+    # A challenger less fitted on the seeds than the default wins under cross-fitting's bias: its win does not
+    # count; one fitted on them as much or more may still replace it.
+    dependence = {"a": 1, "b": 0, "c": 2}
+    assert choose(estimates, clear, {}, ["a", "b", "c"], 0.9, dependence) == ("c", "clear_win")
+    assert choose(estimates, {"b": clear["b"]}, {}, ["a", "b", "c"], 0.9, dependence) == ("a", "default")
+    assert [get_candidate(n).seed_dependence for n in ("adaptive_kd", "joint_kd", "setfit")] == [0, 1, 2]
 
 
 def test_paired_comparison_draws_the_same_seeds_for_both():

@@ -39,6 +39,12 @@ class CandidateKind:
         return self.uses_teacher and not self.anchored_to_seeds
 
     @property
+    def seed_dependence(self) -> int:
+        """How much of it is fitted on the seeds: 0 a student of the teacher alone, 1 one anchored to the seeds
+        too, 2 a model of the seeds alone (``guard_stats.choose``: cross-fitting is biased towards the lower)."""
+        return 0 if self.teacher_only else 1 if self.uses_teacher else 2
+
+    @property
     def shown(self) -> str:
         return self.short or self.name
 

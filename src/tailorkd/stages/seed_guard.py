@@ -12,7 +12,9 @@ never one that learned nothing, and say why in one line.
    temperatures and seed classifier: ``stages.cross_fit``), and predicts the fold. So each seed is judged by
    models that never fitted on it. Not refitted: the prompt (see ``stages.cross_fit``).
 4. The choice (``evaluation.guard_stats.choose``): ~20 seeds judge within wide intervals, so the first candidate
-   not collapsed ships unless another beats it in at least ``switch_probability`` of the paired bootstrap draws.
+   not collapsed ships unless another beats it in at least ``switch_probability`` of the paired bootstrap draws
+   and depends on the seeds at least as much (a fold's refit weakens what was fitted on the seeds, so the
+   comparison favours the candidate less fitted on them: only a win against that bias is evidence).
    When the teacher check did not find the teacher ok (``weak_teacher: seeds_only``), no candidate that learns
    from the teacher alone ships while one that learns from the seeds (alone, or with the teacher: joint KD) is
    usable: cross-fitting rated a weak teacher's students above SetFit on the seeds (crisis, seed 21: 46.8
@@ -51,8 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The choice rule's version: a record of another one decides again (4: the weak-teacher veto, joint KD).
-GUARD_VERSION = 4
+# The choice rule's version: a record of another one decides again (4: the weak-teacher veto, joint KD; 5: a
+# challenger less fitted on the seeds than the default cannot replace it).
+GUARD_VERSION = 5
 # What fold predictions are keyed with besides each candidate's fold_fingerprint: bumped when how a fold is
 # refitted changes, not when the choice rule does (cross-fitting costs more than the rest of the run).
 FOLDS_VERSION = 3
@@ -216,7 +219,7 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
     comparisons = {n: paired_comparison(kept_truth, predicted[n], predicted[default], names, recipe.seed)
                    for n in eligible if n != default and not collapsed[n]}
     choice, why = choose({n: entries[n]["judgement"] for n in candidates}, comparisons, collapsed, eligible,
-                         config.switch_probability)
+                         config.switch_probability, {n: get_candidate(n).seed_dependence for n in candidates})
     worth = _teacher_worth(entries, predicted, kept_truth, names, recipe.seed)
     reason = _reason(choice, why, default, entries, comparisons, worth, collapsed, len(kept_truth))
     if vetoed:
