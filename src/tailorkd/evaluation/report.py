@@ -150,7 +150,10 @@ def _seed_guard_section(guard: dict[str, Any] | None) -> list[str]:
         lines.append(f"| {name} | - | - | - | - | left out: {why} |")
     seconds = guard.get("seconds") or {}
     if seconds:
-        lines += ["", f"The guard took {seconds['total']:.0f} s ({seconds['cross_fitting']:.0f} s cross-fitting)."]
+        made = seconds.get("cross_fitting_when_made") or {}
+        each = ", ".join(f"{n} {v:.0f} s" for n, v in made.items())
+        lines += ["", f"The guard took {seconds['total']:.0f} s ({seconds['cross_fitting']:.0f} s cross-fitting"
+                  + (f"; the cross-fitting of each candidate when it was made: {each}" if each else "") + ")."]
     return lines + [""]
 
 

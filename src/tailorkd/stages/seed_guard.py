@@ -91,8 +91,9 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], ta
     split = [[str(seeds[i]["id"]) for i in test] for _, test in folds]
     fold_keys = {name: key_of(FOLDS_VERSION, c.fold_fingerprint(ctx), split) for name, c in candidates.items()}
     t_folds = time.perf_counter()
+    made_in: dict[str, float] = {}  # seconds each candidate's cross-fitting took when it was made
     for name, candidate in candidates.items():
-        done = {} if force else distributed.from_main(_folds_done(run, name, fold_keys[name]))
+        done, spent = ({}, {}) if force else distributed.from_main(_folds_done(run, name, fold_keys[name]))
         if done:
             log.info("seed guard: %s: %d of %d folds predicted before are reused", name, len(done), len(folds))
         for k, (train_index, test_index) in enumerate(folds):
@@ -101,10 +102,13 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], ta
                 continue
             keep = np.zeros(len(seeds), dtype=bool)
             keep[train_index] = True
+            t_fold = time.perf_counter()
             probs[name][test_index] = candidate.fold_probs(ctx, k, keep, [seeds[i] for i in test_index])
+            spent[str(k)] = round(time.perf_counter() - t_fold, 1)
             done[str(k)] = np.where(np.isnan(probs[name][test_index]), None, probs[name][test_index]).tolist()
             if distributed.is_main():
-                run.write_json(_folds_file(run, name), {"fold_key": fold_keys[name], "folds": done})
+                run.write_json(_folds_file(run, name), {"fold_key": fold_keys[name], "folds": done, "seconds": spent})
+        made_in[name] = round(sum(spent.values()), 1)
     fold_seconds = time.perf_counter() - t_folds
     judged = np.ones(len(seeds), dtype=bool) if folds else np.zeros(len(seeds), dtype=bool)
     for p in probs.values():
@@ -117,7 +121,8 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], ta
     for name, entry in record["candidates"].items():
         entry.update(fold_key=fold_keys[name], oof_probs=np.where(np.isnan(probs[name]), None, probs[name]).tolist())
     record.update(left_out=left_out, seconds={"total": round(time.perf_counter() - t0, 1),
-                                              "cross_fitting": round(fold_seconds, 1)})
+                                              "cross_fitting": round(fold_seconds, 1),
+                                              "cross_fitting_when_made": made_in})
     shipped = record["choice"]
     if shipped != "adaptive_kd" and config.on_worse == "stop":
         if distributed.is_main():
@@ -143,16 +148,18 @@ def _folds_file(run: RunDir, name: str) -> Path:
 
 
 @distributed.on_main
-def _folds_done(run: RunDir, name: str, fold_key: str) -> dict[str, Any]:
-    """{fold: [T, M] predictions} of candidate ``name`` written by an earlier guard for the same candidate and
-    folds (``fold_key``), each fold as soon as it was predicted; {} when none or for other ones."""
+def _folds_done(run: RunDir, name: str, fold_key: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """({fold: [T, M] predictions}, {fold: seconds it took}) of candidate ``name`` written by an earlier guard
+    for the same candidate and folds (``fold_key``), each fold as soon as it was predicted; ({}, {}) when none
+    or for other ones."""
     try:
         done = run.read_json_if_exists(_folds_file(run, name), "seed guard folds")
     except TailorkdError:
-        return {}
+        return {}, {}
     if not isinstance(done, dict) or done.get("fold_key") != fold_key or not isinstance(done.get("folds"), dict):
-        return {}
-    return done["folds"]
+        return {}, {}
+    seconds = done.get("seconds") if isinstance(done.get("seconds"), dict) else {}
+    return done["folds"], {k: v for k, v in seconds.items() if k in done["folds"]}
 
 
 @distributed.on_main
