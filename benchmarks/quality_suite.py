@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from tailorkd.recipe.distill import DEFAULT_GUARD_CANDIDATES
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
     "bbc-news": "recipes/bbc-news/gemma3-270m_to_minilm-l6_lora.yaml",
@@ -297,7 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replay", type=Path, default=None, metavar="RESULTS",
                    help="score another seed-guard choice rule (--preference, --switch-probability) on the runs of "
                         "this results file; trains nothing, prints the regret as JSON")
-    p.add_argument("--preference", default=",".join(REGRET_CANDIDATES), help="--replay: candidates, first preferred")
+    p.add_argument("--preference", default=",".join(DEFAULT_GUARD_CANDIDATES),
+                   help="--replay: candidates, first preferred (default: the guard's default order)")
     p.add_argument("--switch-probability", type=float, default=0.9, help="--replay: see distill.seed_guard")
     p.add_argument("--weak-teacher", choices=["seeds_only", "judge"], default="seeds_only",
                    help="--replay: see distill.seed_guard.weak_teacher")
