@@ -104,11 +104,11 @@ def guard(recipe: Recipe, data: PreparedData, rows: Sequence[dict[str, Any]], ta
             keep[train_index] = True
             t_fold = time.perf_counter()
             probs[name][test_index] = candidate.fold_probs(ctx, k, keep, [seeds[i] for i in test_index])
-            spent[str(k)] = round(time.perf_counter() - t_fold, 1)
+            spent[str(k)] = round(time.perf_counter() - t_fold, 3)
             done[str(k)] = np.where(np.isnan(probs[name][test_index]), None, probs[name][test_index]).tolist()
             if distributed.is_main():
                 run.write_json(_folds_file(run, name), {"fold_key": fold_keys[name], "folds": done, "seconds": spent})
-        made_in[name] = round(sum(spent.values()), 1)
+        made_in[name] = round(sum(spent.values()), 3)
     fold_seconds = time.perf_counter() - t_folds
     judged = np.ones(len(seeds), dtype=bool) if folds else np.zeros(len(seeds), dtype=bool)
     for p in probs.values():
