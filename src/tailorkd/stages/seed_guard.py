@@ -317,7 +317,9 @@ def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, An
                    f"{100 * c['probability_better']:.0f}% of paired draws")
     else:
         rivals = [f"{get_candidate(n_).shown} {_f1(entries, n_)}" for n_ in comparisons]
-        because = (f"the first choice not collapsed, and no other beats it clearly (cross-fitted macro-F1 on {n} "
+        because = (f"the first choice not collapsed, and no candidate fitted on the seeds at least as much beats it "
+                   f"clearly "
+                   f"(cross-fitted macro-F1 on {n} "
                    f"seeds: {_f1(entries, choice)}" + (f"; {', '.join(rivals)}" if rivals else "") + ")")
     line = f"{_label(choice)} ships: {because}"
     if worth is not None:
