@@ -318,9 +318,8 @@ def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, An
     else:
         rivals = [f"{get_candidate(n_).shown} {_f1(entries, n_)}" for n_ in comparisons]
         because = (f"the first choice not collapsed, and no candidate fitted on the seeds at least as much beats it "
-                   f"clearly "
-                   f"(cross-fitted macro-F1 on {n} "
-                   f"seeds: {_f1(entries, choice)}" + (f"; {', '.join(rivals)}" if rivals else "") + ")")
+                   f"clearly (cross-fitted macro-F1 on {n} seeds: {_f1(entries, choice)}"
+                   + (f"; {', '.join(rivals)}" if rivals else "") + ")")
     line = f"{_label(choice)} ships: {because}"
     if worth is not None:
         d, ci = worth["macro_f1_difference"], worth["interval"]
