@@ -143,7 +143,8 @@ class DistilledCandidate:
         return probs
 
     def fit_confidence(self, ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
-        return None  # fitted by the distill stage on the seeds it never saw
+        if self.confidence_from_folds:  # else fitted by the distill stage on the seeds it never saw
+            distributed.on_main(_fit_confidence_on)(ctx, folder, probs, labels)
 
 
 @distributed.on_main
@@ -348,9 +349,6 @@ class JointCandidate(DistilledCandidate):
         if distributed.is_main():
             shutil.rmtree(out, ignore_errors=True)  # its predictions are what the guard keeps
         return probs
-
-    def fit_confidence(self, ctx: GuardContext, folder: Path, probs: np.ndarray, labels: list[str]) -> None:
-        distributed.on_main(_fit_confidence_on)(ctx, folder, probs, labels)
 
 
 def _setfit() -> SetFitCandidate:
