@@ -228,11 +228,9 @@ def _decide_on_main(ctx: GuardContext, candidates: dict[str, Any], folders: dict
     choice, why = choose({n: entries[n]["judgement"] for n in candidates}, comparisons, collapsed, eligible,
                          config.switch_probability, {n: get_candidate(n).seed_dependence for n in candidates})
     worth = _teacher_worth(entries, predicted, kept_truth, names, recipe.seed)
-    reason = _reason(choice, why, default, entries, comparisons, worth, collapsed, len(kept_truth))
-    if vetoed:
-        reason = reason.replace(f"{_label(choice)} ships: ",
-                                f"{_label(choice)} ships: {next(iter(vetoed.values()))}, so no student of it alone "
-                                "ships (distill.seed_guard.weak_teacher: seeds_only); ", 1)
+    barred = (f"{next(iter(vetoed.values()))}, so no student of it alone ships (distill.seed_guard.weak_teacher: "
+              "seeds_only); ") if vetoed else ""
+    reason = _reason(choice, why, default, entries, comparisons, worth, collapsed, len(kept_truth), barred)
     record.update(choice=choice, why="weak_teacher" if vetoed else why, default=default, comparisons=comparisons,
                   teacher_worth=worth, reason=reason)
     return record
@@ -308,8 +306,9 @@ def _collapsed_note(collapsed: dict[str, Sequence[str]]) -> str:
 
 def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, Any]],
             comparisons: dict[str, dict[str, Any]], worth: dict[str, Any] | None,
-            collapsed: dict[str, Sequence[str]], n: int) -> str:
-    """What ships and why, in one line, with the teacher's worth on the task."""
+            collapsed: dict[str, Sequence[str]], n: int, barred: str = "") -> str:
+    """What ships and why, in one line, with the teacher's worth on the task (``barred``: what the weak-teacher
+    rule barred, said first)."""
     if why == "clear_win":
         c = comparisons[choice]
         because = (f"cross-fitted on {n} seeds it scores macro-F1 {_f1(entries, choice)} against "
@@ -320,7 +319,7 @@ def _reason(choice: str, why: str, default: str, entries: dict[str, dict[str, An
         because = (f"the first choice not collapsed, and no candidate fitted on the seeds at least as much beats it "
                    f"clearly (cross-fitted macro-F1 on {n} seeds: {_f1(entries, choice)}"
                    + (f"; {', '.join(rivals)}" if rivals else "") + ")")
-    line = f"{_label(choice)} ships: {because}"
+    line = f"{_label(choice)} ships: {barred}{because}"
     if worth is not None:
         d, ci = worth["macro_f1_difference"], worth["interval"]
         verdict = ("the teacher helped" if ci["low"] > 0 else "the teacher did not help" if ci["high"] < 0
