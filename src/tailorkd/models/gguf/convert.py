@@ -94,7 +94,7 @@ def join_parts(parts: list[Path], path: Path, size: int, sha256: str, model: Pac
                     joined.write(chunk)
     if path.stat().st_size != size or digest.hexdigest() != sha256:
         raise reinstall_error(
-            model, f"the joined GGUF has {path.stat().st_size} bytes and sha256 {digest.hexdigest()}, "
+            model, f"the joined {path.name} has {path.stat().st_size} bytes and sha256 {digest.hexdigest()}, "
             f"not {size} bytes and sha256 {sha256}"
         )
 
