@@ -171,3 +171,49 @@ def test_real_mpnet_is_all_mpnet_base_v2_and_embeds_as_sentence_transformers_doe
     # Not a degenerate encoder: the two news items about bad news are closer than bad news and a meeting notice.
     similarity = ours @ ours.T
     assert similarity[1, 3] > similarity[1, 2]
+
+
+def test_student_body_benchmark_on_tiny_bodies(tiny_models, tiny_mpnet, tmp_path):
+    """benchmarks/student_body.py end to end on a tiny BERT and a tiny MPNet body with a tiny teacher: both train,
+    export and classify every test text, and the ratios are those of the measured numbers."""
+    import importlib.util
+
+    from helpers import make_recipe
+
+    recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"])
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "student_body.py"
+    spec = importlib.util.spec_from_file_location("bench_student_body", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "result.json"
+    bodies = [str(tiny_models["bert"]), str(tiny_mpnet)]
+    bench.main(["--recipe", recipe, "--bodies", *bodies, "--train-texts", "20", "--check-texts", "10",
+                "--repeats", "1", "--teacher-texts", "2", "--work-dir", str(tmp_path / "work"), "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert list(result["bodies"]) == bodies
+    for body, measured in result["bodies"].items():
+        assert measured["train_texts"] == 20 and measured["steps"] > 0 and measured["train_seconds"] > 0
+        assert measured["export_check"]["fp32"]["agreement"] == 1.0 and measured["export_check"]["fp32"]["texts"] == 10
+        assert measured["onnx_int8"]["texts_per_s"] > 0
+        ratio = measured["onnx_int8"]["texts_per_s"] / result["teacher"]["texts_per_s"]
+        assert result["ratios"][f"onnx_int8_over_teacher[{body}]"] == pytest.approx(ratio)
+        assert result["targets"][f"onnx_int8_over_teacher[{body}]"]["met"] == (ratio >= 50.0)
+    bert, mpnet = result["bodies"][bodies[0]], result["bodies"][bodies[1]]
+    assert result["ratios"][f"train_seconds[{bodies[1]}]_over[{bodies[0]}]"] == pytest.approx(
+        mpnet["train_seconds"] / bert["train_seconds"])
+    assert result["teacher"]["texts"] == 2 and result["settings"]["test_texts"] == 20
+
+
+@pytest.mark.real_model
+def test_real_mpnet_is_a_setfit_body_that_converts_to_a_student(real_mpnet, monkeypatch):
+    pytest.importorskip("setfit")
+    from tailorkd.evaluation.setfit_baseline import fit_setfit, setfit_probs
+    from tailorkd.seed_students import setfit_student
+
+    monkeypatch.setenv(models.CACHE_ENV, str(real_mpnet.parent.parent))
+    seeds = [r for r in ROWS if r["label"] in ("business", "sport")][:4]
+    model = fit_setfit(seeds, TOPICS, MPNET, seed=0, iterations=1)  # seconds: 8 pairs, one step
+    student = setfit_student(model, TASK, PROMPT)
+    assert student.model.normalize and student.max_length == 384  # all-mpnet-base-v2's max_seq_length
+    texts = [student.input_text(r) for r in ROWS]
+    np.testing.assert_allclose(predict_probs(student, ROWS, 8), setfit_probs(model, texts, TOPICS), atol=1e-4)
