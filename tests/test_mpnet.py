@@ -187,7 +187,8 @@ def test_student_body_benchmark_on_tiny_bodies(tiny_models, tiny_mpnet, tmp_path
     spec.loader.exec_module(bench)
     out = tmp_path / "result.json"
     bodies = [str(tiny_models["bert"]), str(tiny_mpnet)]
-    bench.main(["--recipe", recipe, "--bodies", *bodies, "--train-texts", "20", "--check-texts", "10",
+    bench.main(["--recipe", recipe, "--bodies", *bodies, "--target-encoder", bodies[0], "--train-texts", "20",
+                "--check-texts", "10",
                 "--repeats", "1", "--teacher-texts", "2", "--work-dir", str(tmp_path / "work"), "--output", str(out)])
     result = json.loads(out.read_text())
     assert list(result["bodies"]) == bodies
