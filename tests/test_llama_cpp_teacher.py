@@ -250,20 +250,40 @@ def test_with_prompt_shares_the_loaded_model_and_changes_the_fingerprint(smol):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
 
+def _flip_last_byte(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.seek(-1, 2)
+        last = file.read(1)
+        file.seek(-1, 2)
+        file.write(bytes([last[0] ^ 0xFF]))
+
+
 @pytest.mark.real_model
 def test_identity_names_the_gguf_weights(smol, tmp_path):
     weights = smol.identity.rsplit("weights=", 1)[1]
     copy = tmp_path / "copy.gguf"
     shutil.copyfile(smol.runner.path, copy)
     assert models.file_fingerprint(copy) == weights  # a copy has the same weights
-    with copy.open("r+b") as file:  # the file's last byte (tensor data) changed
-        file.seek(-1, 2)
-        last = file.read(1)
-        file.seek(-1, 2)
-        file.write(bytes([last[0] ^ 0xFF]))
+    _flip_last_byte(copy)  # tensor data changed
     assert models.file_fingerprint(copy) != weights
     at_path = make_teacher(TeacherConfig(kind="llama_cpp", model=str(copy), options=ONE_THREAD), TASK, PROMPT, SHOTS)
     assert at_path.identity.startswith(f"llama_cpp:{copy}|") and weights not in at_path.identity
+
+
+@pytest.mark.real_model
+def test_the_label_stage_records_the_gguf_weights(smol, tmp_path):
+    """A label stage made with other weights at the same path is not current: it records each teacher's
+    weights, the llama_cpp kind's by the fingerprint its identity names."""
+    from tailorkd.stages.label import local_teacher_weights
+
+    copy = tmp_path / "model.gguf"
+    shutil.copyfile(smol.runner.path, copy)
+    recipe = load_recipe(_recipe(tmp_path, {"kind": "llama_cpp", "model": SMOL, "ensemble": {"members": [
+        {"kind": "llama_cpp", "model": str(copy)}]}}))
+    weights = smol.identity.rsplit("weights=", 1)[1]
+    assert local_teacher_weights(recipe) == {f"llama_cpp:{SMOL}": weights, f"llama_cpp:{copy}": weights}
+    _flip_last_byte(copy)
+    assert local_teacher_weights(recipe)[f"llama_cpp:{copy}"] != weights
 
 
 @pytest.mark.real_model

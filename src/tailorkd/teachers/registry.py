@@ -47,6 +47,8 @@ class TeacherKind:
     ``build``, it may be given as ``"module:attribute"``.
     ``server``: the kind talks to ``teacher.server`` (then required; without it ``server`` is refused).
     ``extras``: the main teacher's settings beyond labelling it supports (``hidden_states``, ``reasons``).
+    ``weights``: ``teacher.model`` -> a fingerprint of the weights it names (or ``"module:attribute"``), for a
+    kind whose model is files here: the label stage records it, so new weights at the same path label afresh.
     """
 
     name: str
@@ -56,10 +58,15 @@ class TeacherKind:
     server: bool = False
     extras: frozenset[str] = frozenset()
     description: str = ""
+    weights: Callable[[str], str] | str | None = None
 
     def builder(self) -> Callable[..., Any]:
         """``build``, imported first when given as ``"module:attribute"`` (dotted attributes allowed)."""
         return _imported(self.build)
+
+    def weights_fingerprint(self, model: str) -> str | None:
+        """The fingerprint of the weights ``model`` names (None: the kind's weights are not files here)."""
+        return None if self.weights is None else _imported(self.weights)(model)
 
     def parsed_options(self, options: Mapping[str, Any]) -> BaseModel | None:
         """``options`` validated by the kind's options class (a pydantic ``ValidationError`` when they do not
@@ -141,12 +148,14 @@ def make_seed_model(config: SeedClassifierConfig, seeds: Sequence[dict[str, Any]
 # The built-in kinds, one registration each.
 register_teacher_kind(TeacherKind(
     "local", "tailorkd.teachers.local:LocalTeacher", extras=frozenset({"hidden_states", "reasons"}),
+    weights="tailorkd.models:weights_fingerprint",
     description="a Hugging Face causal LM loaded here; class probabilities from label likelihoods"))
 register_teacher_kind(TeacherKind(
     "served", "tailorkd.teachers.served:ServedTeacher", server=True,
     description="a model behind an OpenAI-compatible chat-completions API (teacher.server)"))
 register_teacher_kind(TeacherKind(
     "llama_cpp", "tailorkd.teachers.llama_cpp:LlamaCppTeacher", options="tailorkd.teachers.llama_cpp:LlamaCppOptions",
+    weights="tailorkd.teachers.llama_cpp:gguf_weights",
     description="a GGUF model run in-process by llama.cpp; class probabilities from label likelihoods"))
 register_teacher_kind(TeacherKind(
     "logistic_regression", "tailorkd.teachers.seed_classifier:LogisticSeedModel.from_config", role=SEED_CLASSIFIER,
