@@ -294,6 +294,17 @@ def test_a_fixed_context_too_small_is_one_line_naming_n_ctx(smol):
                                             r"more than n_ctx=64; raise it") as error:
         small.score(ROWS[:1])
     assert "\n" not in str(error.value)
+    # A size the real prompts fit, below the estimate the default size is taken from, is no error.
+    need = max(len(smol.encode(r)) for r in ROWS) + max(len(ids) for ids in smol.label_ids) - 1
+    assert need < smol.longest_prompt()
+    exact = make_teacher(TeacherConfig(kind="llama_cpp", model=SMOL, options={"n_ctx": need, **ONE_THREAD}), TASK,
+                         PROMPT, SHOTS)
+    try:
+        probs, _ = exact.score(ROWS)
+        assert exact.runner.n_ctx == need
+    finally:
+        exact.runner.close()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
 
 # ---- Gemma-3-270M: sliding-window attention ---------------------------------------------------------------

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -143,14 +144,17 @@ class LlamaRunner:
         self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=size, n_batch=self.options.n_batch,
                                    n_ubatch=self.options.n_batch, n_threads=threads, n_threads_batch=threads,
                                    swa_full=self.swa_full, verbose=False)
+        # Closed at the latest when the interpreter exits, before llama_cpp's own teardown (its __del__ then fails).
+        self._finalizer = weakref.finalize(self, self.llm.close)
         self.n_ctx = size
         self.n_vocab = self.llm.n_vocab()
         self.n_swa = int(llama_cpp.llama_model_n_swa(self.llm.model))
         log.info("llama.cpp: %s with a context of %d tokens, %d threads", self.path.name, size, threads)
 
     def close(self) -> None:
+        """Free the model and its context (a later prompt loads them again)."""
         if self.llm is not None:
-            self.llm.close()
+            self._finalizer()
             self.llm, self.n_ctx = None, 0
 
     def clear(self) -> None:
@@ -286,8 +290,10 @@ class LlamaCppTeacher:
 
     def score(self, rows: Sequence[dict[str, Any]], bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
         """[N, M] class probabilities and per-text seconds, in the order of ``rows``."""
-        if not self._sized:
-            self.runner.ensure_room(min(self.longest_prompt(), self.runner.context_length))
+        if not self._sized:  # a fixed n_ctx is checked against the real prompts, not this estimate
+            runner = self.runner
+            runner.ensure_room(min(self.longest_prompt(), runner.options.n_ctx or runner.context_length,
+                                   runner.context_length))
             self._sized = True
         if self.builder.selector is not None:
             self.builder.selector.prepare(rows)
