@@ -441,7 +441,7 @@ def test_qwen_coder_15b_scores_financial_tone(monkeypatch, tmp_path):
     texts = _phrasebank(3, 7)
     prompt = PromptConfig(instruction="Decide whether this sentence from financial news is negative, neutral or "
                           "positive for investors.", shots=21, max_text_chars=300, max_shot_chars=200)
-    teacher = make_teacher(TeacherConfig(kind="llama_cpp", model=QWEN15), FPB_TASK, prompt, shots)
+    teacher = make_teacher(TeacherConfig(kind="llama_cpp", model=QWEN15, options=ONE_THREAD), FPB_TASK, prompt, shots)
     try:
         assert teacher.builder.use_chat and len(teacher.prompts.shared_prefix_ids()) > 800
         probs, seconds = teacher.score(texts)
