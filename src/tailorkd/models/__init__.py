@@ -6,11 +6,11 @@ cache (see `cache`). Everything else in tailorkd goes through `resolve_model` / 
 registry name, a local folder and a Hub id are interchangeable wherever a model is asked for.
 
 Modules: `registry` (the packaged models and their pip packages), `cache` (preparing them),
-`gguf` (converting GGUFs), `loading` (resolving and loading), `fingerprint` (identifying weights).
+`gguf` (locating, joining and converting GGUFs), `loading` (resolving and loading), `fingerprint` (identifying weights).
 """
 
-from tailorkd.models.cache import CACHE_ENV, cache_root, list_models, prepare_model
-from tailorkd.models.fingerprint import weights_fingerprint
+from tailorkd.models.cache import CACHE_ENV, cache_root, gguf_file, list_models, prepare_model
+from tailorkd.models.fingerprint import file_fingerprint, weights_fingerprint
 from tailorkd.models.loading import (
     from_pretrained,
     load_causal_lm,
@@ -37,7 +37,9 @@ __all__ = [
     "REGISTRY",
     "PackagedModel",
     "cache_root",
+    "file_fingerprint",
     "from_pretrained",
+    "gguf_file",
     "install_command",
     "list_models",
     "load_causal_lm",

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from tailorkd.errors import TailorkdError
-from tailorkd.models.gguf.convert import convert_gemma3, convert_qwen_coder, convert_smollm2, join_parts
+from tailorkd.models.gguf.convert import convert_gemma3, convert_qwen_coder, convert_qwen_coder_15b, convert_smollm2
+from tailorkd.models.gguf.sources import join_parts, packaged_gguf
 from tailorkd.models.registry import (
     REGISTRY,
     PackagedModel,
@@ -163,6 +164,48 @@ def prepare_model(name: str, force: bool = False) -> Path:
     return target
 
 
+def gguf_file(name: str) -> Path:
+    """The GGUF file of registry model `name`, for llama.cpp: the file in its package when it ships whole, else
+    the file its parts join into, joined (and its size and sha256 checked) once into ``<cache root>/gguf/<name>/``.
+
+    Like a conversion, the joined file is written in a temporary folder and renamed into place with its marker,
+    so a killed join leaves nothing that a later call would take for finished.
+    """
+    model = registry_entry(name)
+    target = cache_root() / "gguf" / name
+    marker = _read_marker(target)
+    if marker is not None and marker.get("packages") == list(model.packages):
+        joined = target / str(marker.get("file"))
+        if joined.is_file() and joined.stat().st_size == marker.get("size"):
+            return joined
+    missing = missing_requirements(model)
+    if missing:
+        raise missing_packages_error(model, missing)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(target.parent, name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
+    except OSError as exc:
+        raise _cache_error(target, exc) from exc
+    try:
+        try:
+            path = packaged_gguf(name, tmp)
+        except OSError as exc:
+            if exc.errno in _CACHE_ERRNOS:
+                raise _cache_error(target, exc) from exc
+            raise
+        if tmp not in path.parents:
+            return path  # the package holds the file whole: nothing to keep in the cache
+        tmp.chmod(0o755)
+        info = {"name": name, "packages": list(model.packages), "file": path.name, "size": path.stat().st_size}
+        (tmp / _MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        _move_into_place(tmp, target, model, lambda: _read_marker(target) == info)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename succeeded
+    logger.info("Joined the GGUF of %r into %s", name, target)
+    return target / path.name
+
+
 # A full disk, a quota or a read-only or forbidden cache folder: things the user can fix.
 _CACHE_ERRNOS = {
     getattr(errno, code) for code in ("ENOSPC", "EDQUOT", "EACCES", "EROFS", "EPERM") if hasattr(errno, code)
@@ -183,8 +226,10 @@ def _versions() -> dict[str, str]:
     return {"transformers": transformers.__version__, "torch": torch.__version__}
 
 
-def _move_into_place(tmp: Path, target: Path, model: PackagedModel) -> None:
-    """Rename the finished `tmp` folder to `target`, replacing an old or unusable one."""
+def _move_into_place(tmp: Path, target: Path, model: PackagedModel,
+                     finished: Callable[[], bool] | None = None) -> None:
+    """Rename the finished `tmp` folder to `target`, replacing an old or unusable one (``finished``: whether
+    `target` is complete, when another process got there first; default: a prepared model folder)."""
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".old-{model.name}-", dir=target.parent))
@@ -193,7 +238,7 @@ def _move_into_place(tmp: Path, target: Path, model: PackagedModel) -> None:
         os.replace(tmp, target)
     except OSError:
         # Another process finished the same conversion first; keep its folder.
-        if not _is_prepared(model, target):
+        if not (finished() if finished is not None else _is_prepared(model, target)):
             raise
         logger.info("Model %r was prepared concurrently by another process; using that one", model.name)
     finally:
@@ -271,6 +316,7 @@ CONVERTERS: dict[str, Callable[[Path, Path], dict]] = {
     "smollm2-135m-instruct": convert_smollm2,
     "gemma3-270m": convert_gemma3,
     "qwen2.5-coder-0.5b-instruct": convert_qwen_coder,
+    "qwen2.5-coder-1.5b-instruct": convert_qwen_coder_15b,
     "minilm-l6": _convert_minilm,
     "mpnet-base": _convert_mpnet,
 }

@@ -40,6 +40,15 @@ def weights_fingerprint(name_or_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """16 hex characters that change when one weight file (a GGUF) changes: its size, first 1 MiB and 16
+    samples, as ``weights_fingerprint`` reads each file of a folder. The name is left out, so a copy or a
+    renamed file gives the same value."""
+    digest = hashlib.sha256()
+    _add_file(digest, "", Path(path))
+    return digest.hexdigest()[:16]
+
+
 def _add_file(digest, name: str, path: Path) -> None:
     size = path.stat().st_size
     digest.update(f"{name}\0{size}\0".encode())

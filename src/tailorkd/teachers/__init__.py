@@ -21,7 +21,8 @@ from tailorkd.teachers.registry import (
 )
 
 _LAZY = {"Teacher": "base", "SeedModel": "base", "LocalTeacher": "local", "add_reasons": "local",
-         "hidden_key": "local", "label_rows": "local", "ServedTeacher": "served", "label_served_rows": "served"}
+         "hidden_key": "local", "label_rows": "local", "ServedTeacher": "served", "label_served_rows": "served",
+         "LlamaCppTeacher": "llama_cpp"}
 
 
 def __getattr__(name: str) -> Any:
@@ -30,6 +31,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LocalTeacher", "SeedModel", "ServedTeacher", "Teacher", "TeacherKind", "add_reasons",
+__all__ = ["LlamaCppTeacher", "LocalTeacher", "SeedModel", "ServedTeacher", "Teacher", "TeacherKind", "add_reasons",
            "get_teacher_kind", "hidden_key", "label_rows", "label_served_rows", "make_seed_model", "make_teacher",
            "register_teacher_kind", "teacher_kinds", "unregister_teacher_kind"]

