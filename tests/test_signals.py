@@ -11,7 +11,7 @@ import pytest
 from helpers import TOPICS, make_recipe, topic_rows, write_jsonl
 from tailorkd import pipeline
 from tailorkd.cli import main
-from tailorkd.recipe import SignalRule, SignalsConfig, load_recipe
+from tailorkd.recipe import SignalRule, load_recipe
 from tailorkd.signals import SignalStore, daily_signals, find_alerts, wilson_interval
 
 WEIGHTS = {"none": 0.0, "low": 1 / 3, "medium": 2 / 3, "high": 1.0}
@@ -140,9 +140,10 @@ def test_signals_estimate_shares_from_the_seed_guards_predictions_or_say_they_ca
     folder, recipe_path = trained_run
     feed = _feed(tmp_path, "day", "2024-03-04", 16)
     out = tmp_path / "signals"
-    assert main(["signals", recipe_path, str(feed), "--out", str(out)]) == 0
+    pacc = ["--set", "signals.quantifier=pacc"]
+    assert main(["signals", recipe_path, str(feed), "--out", str(out), *pacc]) == 0
     quantifier = json.loads((out / "summary.json").read_text())["quantifier"]
-    assert quantifier["method"] == quantifier["asked"] == SignalsConfig().quantifier
+    assert quantifier["method"] == quantifier["asked"] == "pacc"
     assert "cross-fitted predictions on" in quantifier["labelled"] and quantifier["note"] is None
     daily = pd.read_parquet(out / "daily.parquet")
     assert ((daily["risk_share_estimate_low"] <= daily["risk_share_estimate"] + 1e-9)
@@ -155,12 +156,11 @@ def test_signals_estimate_shares_from_the_seed_guards_predictions_or_say_they_ca
     hidden = guard.with_suffix(".hidden")
     guard.rename(hidden)  # a run without the guard's predictions: raw counts, and the summary says why
     try:
-        assert main(["signals", recipe_path, str(feed), "--out", str(tmp_path / "raw")]) == 0
+        assert main(["signals", recipe_path, str(feed), "--out", str(tmp_path / "raw"), *pacc]) == 0
     finally:
         hidden.rename(guard)
     quantifier = json.loads((tmp_path / "raw" / "summary.json").read_text())["quantifier"]
-    assert (quantifier["method"], quantifier["labelled"]) == ("raw", None)
-    assert quantifier["asked"] == SignalsConfig().quantifier
+    assert (quantifier["method"], quantifier["asked"], quantifier["labelled"]) == ("raw", "pacc", None)
     assert "the shares are raw counts" in quantifier["note"]
     raw = pd.read_parquet(tmp_path / "raw" / "daily.parquet")
     assert np.allclose(raw["risk_share_estimate"], raw["risk_share"])
