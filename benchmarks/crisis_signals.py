@@ -8,10 +8,15 @@ topic = the event, day = the tweet's creation day decoded from its Twitter snowf
 trained on the teacher's labels of the run's pool. So that no trained-on text flatters the comparison, the
 fidelity figures leave out the run's seed and pool texts ("unseen" tweets).
 
-Fidelity, per topic and day with at least ``--min-count`` unseen tweets: the student's daily risk share
-against the crowd's (Pearson and Spearman correlation, mean absolute difference), and the alerts the
-recipe's rules raise on the student's signals against those the same rules raise on the crowd's labels
-(precision, recall). Writes the results JSON and a markdown table of the student's alerts.
+Fidelity, per topic and day with at least ``--min-count`` unseen tweets, for the raw count and each
+quantifier of ``tailorkd.quantify`` (the student's stored probabilities are read once; each method only
+re-aggregates them): the estimated daily risk share against the crowd's (mean absolute error, Pearson and
+Spearman correlation, how often the interval covers the crowd's share), and the alerts the recipe's rules raise
+on it (on the estimate, and on the interval) against those the same rules raise on the crowd's labels
+(precision, recall, F1). The confusion comes from the seed guard's cross-fitted seed predictions (what a user
+run has) and, as a reference only, from the run's test split (crowd-labelled tweets of the same feed, which a
+user run has not; so these are left out of the tweets compared). The default is the method with the lowest
+error among those a user run has. Writes the results JSON and a markdown table of the shipped alerts.
 
     TAILORKD_DATA_DIR=../shared/data .venv/bin/python benchmarks/crisis_signals.py \\
         recipes/crisis-signals/gemma3-270m_to_minilm-l6_lora.yaml --out benchmarks/results/crisis_signals.json \\
