@@ -140,8 +140,7 @@ class ShareEstimator:
         self.crisp = method == "raw" or method == "acc"
         self.point = quapy_quantifier(method, n_classes)
         self.fitted: list[Any] = []
-        if method in NEEDS_LABELLED:
-            assert labelled is not None
+        if labelled is not None and method in NEEDS_LABELLED:
             self._fit(self.point, labelled.probs, labelled.labels)
             strata = [np.flatnonzero(labelled.labels == k) for k in range(n_classes)]
             for _ in range(replicates):
