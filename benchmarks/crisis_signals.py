@@ -171,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         sources["test_split_reference"] = LabelledPredictions(
             test[[f"p_{n}" for n in names]].to_numpy(dtype=float),
             np.array([names.index(h) for h in test["human"]]), f"the run's test split ({len(test)} texts)")
+        # The other source a run could have: the teacher's labels on texts the student never trained on (a
+        # held-out share of the pool); stood in for by the teacher's labels of the same test texts.
+        teacher_file = run.root / "predictions" / "teacher.parquet"
+        if teacher_file.is_file():
+            said = pd.read_parquet(teacher_file).set_index("id")["predicted"]
+            by_teacher = test[test["id"].isin(said.index)]
+            sources["teacher_labels_reference"] = LabelledPredictions(
+                by_teacher[[f"p_{n}" for n in names]].to_numpy(dtype=float),
+                np.array([names.index(said[i]) for i in by_teacher["id"]]),
+                f"the teacher's labels of the run's test split ({len(by_teacher)} texts)")
 
     def scored(method: str, source: str | None) -> tuple[dict, pd.DataFrame, np.ndarray]:
         estimator = ShareEstimator(method, len(names), sources[source] if source else None, args.replicates, 0)
