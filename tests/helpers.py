@@ -303,9 +303,11 @@ def gated(model):
 
 def write_signals(folder: Path, seed: int = 0) -> Path:
     """A signals folder like `tailorkd signals` writes: three topics over ten days, one of them turning risky
-    in its last days (so both rules fire there), one topic quiet, one with a single day."""
+    in its last days (so both rules fire there), one topic quiet, one with a single day; the shares estimated
+    by PACC with a confusion from 30 labelled texts, as a run's seeds give it."""
     import pandas as pd
 
+    from tailorkd.quantify import LabelledPredictions, ShareEstimator, corrected_shares
     from tailorkd.recipe import SignalRule
     from tailorkd.signals import daily_signals, find_alerts
 
@@ -316,20 +318,34 @@ def write_signals(folder: Path, seed: int = 0) -> Path:
             p_risk = 0.7 if day >= risky_from else 0.1
             for k in range(int(rng.integers(12, 20))):
                 label = rng.choice(SIGNAL_LABELS, p=[p_risk, (1 - p_risk) / 2, (1 - p_risk) / 2])
+                confidence = float(rng.uniform(0.4, 1.0))
+                if k == 0:  # the hostile text: each day's most confident risk article, so each alert lists it
+                    label, confidence = "risk", 0.99
+                probs = {f"p_{name}": confidence if name == label else (1 - confidence) / 2 for name in SIGNAL_LABELS}
                 rows.append({"key": f"{topic}-{day}-{k}", "id": f"{topic[:4]}-{day}-{k}", "topic": topic,
                              "day": f"2024-05-{day:02d}", "label": label, "severity": SIGNAL_SEVERITY[label],
-                             "confidence": float(rng.uniform(0.4, 1.0)), "source": "wire",
-                             "text": HOSTILE_TEXT if k == 0 else f"{topic} report {day}.{k}"})
+                             "confidence": confidence, "source": "wire",
+                             "text": HOSTILE_TEXT if k == 0 else f"{topic} report {day}.{k}", **probs})
     frame = pd.DataFrame(rows)
     daily = daily_signals(frame, SIGNAL_LABELS, ["risk"], SEVERITY_WEIGHTS, baseline_days=5)
+    truth = np.repeat(np.arange(len(SIGNAL_LABELS)), 10)
+    # a student right 80% of the time on the labelled texts, its errors spread evenly, as sure as on the feed
+    said = np.where(rng.random(len(truth)) < 0.8, truth, (truth + rng.integers(1, 3, len(truth))) % 3)
+    sure = rng.uniform(0.4, 1.0, len(truth))[:, None]
+    labelled = LabelledPredictions(np.eye(3)[said] * sure + (1 - np.eye(3)[said]) * (1 - sure) / 2, truth,
+                                   "30 labelled texts")
+    daily, replicates = corrected_shares(frame, daily, SIGNAL_LABELS, ["risk"],
+                                         ShareEstimator("pacc", 3, labelled, replicates=100, seed=seed))
     rules = [SignalRule(name="high risk share", kind="share_above", threshold=0.5),
              SignalRule(name="risk rising", kind="rise_over_baseline", threshold=2.0, baseline_days=5)]
-    alerts = find_alerts(daily, frame, rules, ["risk"], top_articles=3)
+    alerts = find_alerts(daily, frame, rules, ["risk"], top_articles=3, replicates=replicates)
     folder.mkdir(parents=True, exist_ok=True)
     daily.to_parquet(folder / "daily.parquet", index=False)
     (folder / "alerts.jsonl").write_text("".join(json.dumps(a) + "\n" for a in alerts), encoding="utf-8")
     (folder / "summary.json").write_text(json.dumps({"title": "floods: crisis signals", "labels": SIGNAL_LABELS,
-                                                     "risk_labels": ["risk"], "model": "abc123-T0.5"}))
+                                                     "risk_labels": ["risk"], "model": "abc123-T0.5",
+                                                     "alert_on": "estimate",
+                                                     "quantifier": {"method": "pacc", "labelled": labelled.source}}))
     return folder
 
 

@@ -139,6 +139,8 @@ def test_the_dashboard_renders_in_chromium_with_the_numbers_of_the_files(tmp_pat
                 alert_days = {a["day"] for a in alerts if a["topic"] == row.topic}
                 assert count(f"#topic-{i} svg") == 1
                 assert count(f"#severity-{i} use") == count(f"#risk-{i} use") == row.days
+                # the estimated share beside the count: one marker a day, inside its drawn interval band
+                assert count(f"#estimate-{i} use") == row.days and count(f"#estimate-band-{i} path") == 1
                 assert count(f"#alerts-{i} use") == len(alert_days)
                 box = driver.find_element(By.CSS_SELECTOR, f"#topic-{i} svg").rect
                 assert box["width"] > 200 and box["height"] > 80  # drawn, not collapsed
@@ -153,7 +155,12 @@ def test_the_dashboard_renders_in_chromium_with_the_numbers_of_the_files(tmp_pat
                 cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
                 assert cells[:4] == [alert["day"], alert["topic"], alert["rule"], str(alert["n"])]
                 assert cells[4] == f"{100 * alert['risk_share']:.1f}%"
+                low, high = alert["risk_share_estimate_interval"]
+                assert cells[6] == (f"{100 * alert['risk_share_estimate']:.1f}% ({100 * low:.1f}% – "
+                                    f"{100 * high:.1f}%)")
+                assert cells[7] == f"{100 * alert['sure']:.1f}%"
             assert driver.find_element(By.ID, "kpi-alerts").text == str(len(alerts))
+            assert "shares estimated by pacc" in driver.find_element(By.ID, "quantifier").text
             assert driver.find_element(By.ID, "kpi-articles").text == str(daily["n"].sum())
             assert driver.execute_script("return window.pwned") is None  # the hostile text did not run
             fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

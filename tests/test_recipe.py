@@ -235,3 +235,14 @@ def test_paper_pair_recipes_use_the_papers_settings_and_fit_the_memory_estimate(
         assert qlora["gb"]["total"] < 0.15 * full["gb"]["total"], path.name
         if recipe.student.model == "meta-llama/Llama-2-7b-hf":
             assert qlora["reduction_vs_full_pct"] > 93
+
+
+@pytest.mark.parametrize("key, value", [("signals.quantifier", "median"), ("signals.alert_on", "hunch"),
+                                        ("signals.replicates", 5)])
+def test_a_bad_signals_quantification_option_is_a_problem_line_naming_the_key(tmp_path, key, value):
+    with pytest.raises(TailorkdError) as err:
+        load_recipe(minimal(tmp_path), [f"{key}={value}"])
+    [problem] = [line for line in str(err.value).splitlines() if key in line]  # the recipe's list of problems
+    assert str(value) in problem and "recipe.yaml" in str(err.value)
+    recipe = load_recipe(minimal(tmp_path), ["signals.quantifier=acc", "signals.alert_on=interval"])
+    assert (recipe.signals.quantifier, recipe.signals.alert_on) == ("acc", "interval")

@@ -134,6 +134,38 @@ def test_signals_score_a_feed_once_and_add_only_new_days(trained_run, tmp_path):
     assert all(a["n"] >= 10 for a in alerts)  # the default rules' min_count: no day holds 10 articles per topic
 
 
+def test_signals_estimate_shares_from_the_seed_guards_predictions_or_say_they_cannot(trained_run, tmp_path):
+    from tailorkd.run_dir import RunDir
+
+    folder, recipe_path = trained_run
+    feed = _feed(tmp_path, "day", "2024-03-04", 16)
+    out = tmp_path / "signals"
+    pacc = ["--set", "signals.quantifier=pacc"]
+    assert main(["signals", recipe_path, str(feed), "--out", str(out), *pacc]) == 0
+    quantifier = json.loads((out / "summary.json").read_text())["quantifier"]
+    assert quantifier["method"] == quantifier["asked"] == "pacc"
+    assert "cross-fitted predictions on" in quantifier["labelled"] and quantifier["note"] is None
+    daily = pd.read_parquet(out / "daily.parquet")
+    assert ((daily["risk_share_estimate_low"] <= daily["risk_share_estimate"] + 1e-9)
+            & (daily["risk_share_estimate"] <= daily["risk_share_estimate_high"] + 1e-9)).all()
+    shares = daily[[f"share_{t}" for t in TOPICS]].sum(axis=1)
+    assert np.allclose(shares, 1.0, atol=1e-6)
+    assert 'id="estimate-0"' in (out / "dashboard.html").read_text()
+
+    guard = RunDir(load_recipe(recipe_path)).seed_guard
+    hidden = guard.with_suffix(".hidden")
+    guard.rename(hidden)  # a run without the guard's predictions: raw counts, and the summary says why
+    try:
+        assert main(["signals", recipe_path, str(feed), "--out", str(tmp_path / "raw"), *pacc]) == 0
+    finally:
+        hidden.rename(guard)
+    quantifier = json.loads((tmp_path / "raw" / "summary.json").read_text())["quantifier"]
+    assert (quantifier["method"], quantifier["asked"], quantifier["labelled"]) == ("raw", "pacc", None)
+    assert "the shares are raw counts" in quantifier["note"]
+    raw = pd.read_parquet(tmp_path / "raw" / "daily.parquet")
+    assert np.allclose(raw["risk_share_estimate"], raw["risk_share"])
+
+
 def test_a_killed_signals_run_keeps_its_stored_batches(trained_run, tmp_path, monkeypatch):
     folder, recipe_path = trained_run
     feed = _feed(tmp_path, "day", "2024-03-05", 20)
@@ -305,3 +337,58 @@ def test_a_store_of_an_older_tailorkd_takes_over_the_rejects_and_files_it_left_i
                                                                                     ("b.jsonl", 1, "line")]
     with SignalStore(path, TOPICS) as store:
         assert not store.upgraded  # taken over once
+
+
+def _estimated_days(rows, replicates):
+    """A daily table with estimated risk shares (topic, day, n, estimate) and their replicates [rows, B]."""
+    daily = pd.DataFrame([{"topic": t, "day": d, "n": n, "risk_share": est, "risk_share_low": 0.0,
+                           "risk_share_high": 1.0, "severity_index": 0.0, "risk_share_estimate": est}
+                          for t, d, n, est in rows])
+    daily["risk_share_estimate_low"], daily["risk_share_estimate_high"] = np.quantile(replicates, [0.025, 0.975],
+                                                                                      axis=1)
+    return daily
+
+
+def test_alerts_on_the_interval_need_its_lower_end_to_clear_and_say_how_sure_they_are():
+    rng = np.random.default_rng(0)
+    replicates = np.vstack([np.clip(rng.normal(0.6, 0.15, 400), 0, 1),   # above 0.5, but unsure
+                            np.clip(rng.normal(0.7, 0.02, 400), 0, 1)])  # clearly above
+    daily = _estimated_days([("floods", "2024-01-01", 50, 0.6), ("fires", "2024-01-01", 50, 0.7)], replicates)
+    articles = _signals([("floods", "2024-01-01", "risk", "high", 0.9)])
+    rules = [SignalRule(name="share", kind="share_above", threshold=0.5)]
+    on_estimate = find_alerts(daily, articles, rules, ["risk"], 1, replicates, alert_on="estimate")
+    assert [a["topic"] for a in on_estimate] == ["floods", "fires"]
+    unsure, sure = on_estimate
+    assert 0.6 < unsure["sure"] < 0.9 and sure["sure"] == 1.0
+    assert unsure["sure"] == pytest.approx((replicates[0] >= 0.5).mean())
+    assert unsure["risk_share_estimate"] == 0.6 and unsure["risk_share_estimate_interval"][0] < 0.5
+    assert unsure["top_articles"][0]["label"] == "risk"
+    on_interval = find_alerts(daily, articles, rules, ["risk"], 1, replicates, alert_on="interval")
+    assert [a["topic"] for a in on_interval] == ["fires"] and on_interval[0]["alert_on"] == "interval"
+    # without replicates (a table of counts) there is nothing to be sure of, and no interval to gate on
+    assert find_alerts(daily, articles, rules, ["risk"], 0)[0]["sure"] is None
+    with pytest.raises(Exception, match="signals.alert_on: interval needs the risk share's replicates"):
+        find_alerts(daily, articles, rules, ["risk"], 0, alert_on="interval")
+    with pytest.raises(Exception, match="signals.alert_on: 'hunch' is not one of estimate, interval"):
+        find_alerts(daily, articles, rules, ["risk"], 0, replicates, alert_on="hunch")
+
+
+def test_a_rise_is_judged_against_a_baseline_of_the_same_replicates():
+    # The confusion's uncertainty scales every day's estimate alike (replicate b by factor f_b): each day's share
+    # is unsure, but the day is 3.5 times its baseline in every replicate.
+    rng = np.random.default_rng(1)
+    factor = rng.uniform(0.5, 1.5, 300)
+    replicates = np.vstack([0.1 * factor, 0.1 * factor, 0.35 * factor])
+    daily = _estimated_days([("floods", f"2024-01-0{d}", 40, s) for d, s in ((1, 0.1), (2, 0.1), (3, 0.35))],
+                            replicates)
+    articles = _signals([("floods", "2024-01-03", "risk", "high", 0.9)])
+    rise = [SignalRule(name="rise", kind="rise_over_baseline", threshold=3.0, baseline_days=7)]
+    [alert] = find_alerts(daily, articles, rise, ["risk"], 0, replicates, alert_on="interval")
+    assert alert["day"] == "2024-01-03" and alert["ratio"] == pytest.approx(3.5) and alert["sure"] == 1.0
+    assert alert["baseline_risk_share"] == pytest.approx(0.1) and alert["baseline_n"] == 80
+    # the same day's share alone is unsure of clearing 0.3 (its interval reaches down to ~0.18)
+    share = [SignalRule(name="share", kind="share_above", threshold=0.3)]
+    assert find_alerts(daily, articles, share, ["risk"], 0, replicates, alert_on="interval") == []
+    # replicates that do not move together: the rise is no longer sure
+    shuffled = np.vstack([0.1 * factor, 0.1 * rng.permutation(factor), 0.35 * rng.permutation(factor)])
+    assert find_alerts(daily, articles, rise, ["risk"], 0, shuffled, alert_on="interval") == []

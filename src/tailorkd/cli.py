@@ -252,7 +252,9 @@ def signals(recipe: str, inputs: list[str], overrides: list[str], out: str | Non
     INPUT: JSONL, JSONL.gz, Parquet or CSV files (or folders, or globs) with a text and a date per article,
     optionally a topic, a source and an id (column names: the recipe's signals.columns). Each article gets its
     label, calibrated confidence and severity; per topic and day: counts, the risk share and the severity
-    index with their intervals, the trailing baseline, and alerts by the recipe's signals.rules. Writes
+    index with their intervals, each label's estimated share with its interval (signals.quantifier), the
+    trailing baseline, and alerts by the recipe's signals.rules (on the estimate or its interval:
+    signals.alert_on), each saying how sure it is. Writes
     signals.sqlite, signals.parquet, daily.parquet, alerts.jsonl, rejects.jsonl and summary.json into --out
     (default: the run's signals/ folder). Rerunning adds nothing twice; a new day's file adds only its rows.
     """

@@ -2,16 +2,19 @@
 
     daily.parquet, alerts.jsonl, summary.json ──> render_dashboard ──> dashboard.html
 
-The page shows, per topic, the severity index with its interval and the risk share over time (alert days
-marked), the alerts with their top articles, and the class mix per topic. Charts are matplotlib SVG inlined
-in the page, its style and its one small script (the topic filter) are inline too: the page needs nothing
-from the network, so it opens from disk, behind a firewall, or from ``tailorkd serve`` (GET /dashboard).
+The page shows, per topic, the severity index with its interval and the risk share over time (the count's, and
+the estimated one with its interval where the table has it: ``tailorkd.quantify``; alert days marked), the
+alerts with their top articles (each with its estimated share and how sure it is), and the class mix per
+topic. Charts are matplotlib SVG inlined in the page, its style and its one small script (the topic filter) are
+inline too: the page needs nothing from the network, so it opens from disk, behind a firewall, or from
+``tailorkd serve`` (GET /dashboard).
 
 Topic and label names are drawn literally (``evaluation.figures.literal``: a topic such as 'Say $\\foo$ now'
 is not read as math), without TeX.
 
-Each chart's elements carry ids (``severity-<i>``, ``risk-<i>``, ``alerts-<i>``, ``mix-bar-<i>-<j>``: topic i,
-label j, in the page's order) and the numbers are also in tables, so a browser test can check what is drawn.
+Each chart's elements carry ids (``severity-<i>``, ``risk-<i>``, ``estimate-<i>``, ``estimate-band-<i>``,
+``alerts-<i>``, ``mix-bar-<i>-<j>``: topic i, label j, in the page's order) and the numbers are also in tables,
+so a browser test can check what is drawn.
 ``signals`` writes the page after every run; ``serve`` renders it again when the folder's files change.
 """
 
@@ -34,7 +37,7 @@ FILES = ("daily.parquet", "alerts.jsonl", "summary.json")
 PAGE = "dashboard.html"
 # One colour per label in the task's order (risk first in the crisis recipes); more labels cycle.
 LABEL_COLOURS = ("#c0392b", "#e67e22", "#27ae60", "#2980b9", "#8e44ad", "#7f8c8d")
-SEVERITY_COLOUR, RISK_COLOUR, ALERT_COLOUR = "#34495e", "#c0392b", "#e74c3c"
+SEVERITY_COLOUR, RISK_COLOUR, ALERT_COLOUR, ESTIMATE_COLOUR = "#34495e", "#c0392b", "#e74c3c", "#8e44ad"
 
 
 def read_signals_folder(folder: Path) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, Any]]:
@@ -112,6 +115,7 @@ def render_dashboard(folder: Path, title: str | None = None) -> str:
         title=title or summary.get("title") or "tailorkd signals",
         summary=summary, labels=names, label_colours=dict(zip(names, _colours(len(names)))),
         risk_labels=summary.get("risk_labels") or names[:1], cards=cards,
+        quantifier=summary.get("quantifier") if isinstance(summary.get("quantifier"), dict) else None,
         topics=topics.to_dict("records"), alerts=sorted(alerts, key=lambda a: (a["day"], a["topic"]), reverse=True),
         days=int(daily["day"].nunique()) if len(daily) else 0, articles=int(daily["n"].sum()) if len(daily) else 0,
         mix_svg=class_mix_chart(topics, names) if len(topics) else "",
@@ -191,12 +195,22 @@ def topic_chart(days: pd.DataFrame, index: int, alert_days: set[tuple[str, str]]
     severity, = axis.plot(x, days["severity_index"], color=SEVERITY_COLOUR, marker="o", markersize=2.5,
                           linewidth=1.2, label="severity index")
     risk, = axis.plot(x, days["risk_share"], color=RISK_COLOUR, marker="s", markersize=2, linewidth=0.8,
-                      linestyle="--", label="risk share")
+                      linestyle="--", label="risk share (count)")
     severity.set_gid(f"severity-{index}")
     risk.set_gid(f"risk-{index}")
+    shown = "risk_share"
+    if "risk_share_estimate" in days.columns:  # the corrected share (tailorkd.quantify), with its interval
+        band = axis.fill_between(x, days["risk_share_estimate_low"].astype(float),
+                                 days["risk_share_estimate_high"].astype(float), color=ESTIMATE_COLOUR, alpha=0.18,
+                                 linewidth=0, label="_estimate interval")
+        band.set_gid(f"estimate-band-{index}")
+        estimate, = axis.plot(x, days["risk_share_estimate"], color=ESTIMATE_COLOUR, marker="D", markersize=2.2,
+                              linewidth=1.2, label="risk share (estimated)")
+        estimate.set_gid(f"estimate-{index}")
+        shown = "risk_share_estimate"
     fired = days[[(t, d) in alert_days for t, d in zip(days["topic"], days["day"])]]
     if len(fired):
-        marks, = axis.plot(pd.to_datetime(fired["day"]).to_numpy(), fired["risk_share"], linestyle="none",
+        marks, = axis.plot(pd.to_datetime(fired["day"]).to_numpy(), fired[shown], linestyle="none",
                            marker="^", markersize=7, color=ALERT_COLOUR, label="alert")
         marks.set_gid(f"alerts-{index}")
     if len(x) == 1:  # one day: a range of zero would leave the date locator nothing to divide

@@ -14,7 +14,8 @@ with the run's student). Here:
   interval, the severity index (mean severity weight) with its normal interval, and the topic's trailing
   risk share over the days before.
 - ``find_alerts``: the recipe's rules (``signals.rules``) on the daily table, each alert with its day's most
-  confident risk articles.
+  confident risk articles; on the estimated risk share (``tailorkd.quantify``) where the table has it, gated by
+  the estimate or its interval (``signals.alert_on``), each alert saying how sure it is.
 """
 
 from __future__ import annotations
@@ -298,52 +299,93 @@ def daily_signals(signals: pd.DataFrame, label_names: Sequence[str], risk_labels
     return daily[columns]
 
 
-def trailing_baseline(daily: pd.DataFrame, days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``daily`` (topic, day, n, risk_share): the pooled risk share and the article count of the
-    topic's calendar days [day - days, day - 1] (NaN share where they hold no article)."""
-    share, count = np.full(len(daily), np.nan), np.zeros(len(daily), dtype=int)
-    risk = (daily["risk_share"] * daily["n"]).round().to_numpy()
-    n = daily["n"].to_numpy()
+def trailing_windows(daily: pd.DataFrame, days: int) -> list[np.ndarray]:
+    """Per row of ``daily`` (topic, day): the rows of the topic's calendar days [day - days, day - 1]."""
+    windows: list[np.ndarray] = [np.array([], dtype=int)] * len(daily)
     dates = pd.to_datetime(daily["day"]).to_numpy()
     for _, rows in daily.groupby("topic", sort=False).indices.items():
         for i in rows:
-            window = rows[(dates[rows] >= dates[i] - np.timedelta64(days, "D")) & (dates[rows] < dates[i])]
-            count[i] = int(n[window].sum())
-            if count[i]:
-                share[i] = risk[window].sum() / count[i]
+            windows[i] = rows[(dates[rows] >= dates[i] - np.timedelta64(days, "D")) & (dates[rows] < dates[i])]
+    return windows
+
+
+def trailing_baseline(daily: pd.DataFrame, days: int, column: str = "risk_share") -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``daily`` (topic, day, n, ``column``): the pooled share (``column`` weighted by n) and the
+    article count of the topic's calendar days [day - days, day - 1] (NaN share where they hold no article)."""
+    share, count = np.full(len(daily), np.nan), np.zeros(len(daily), dtype=int)
+    # The raw share pools counts (whole articles); an estimated share pools as it is.
+    risk = daily[column] * daily["n"]
+    risk = (risk.round() if column == "risk_share" else risk).to_numpy(dtype=float)
+    n = daily["n"].to_numpy()
+    for i, window in enumerate(trailing_windows(daily, days)):
+        count[i] = int(n[window].sum())
+        if count[i]:
+            share[i] = risk[window].sum() / count[i]
     return share, count
 
 
+ALERT_ON = ("estimate", "interval")
+
+
 def find_alerts(daily: pd.DataFrame, signals: pd.DataFrame, rules: Sequence[Any], risk_labels: Sequence[str],
-                top_articles: int) -> list[dict[str, Any]]:
+                top_articles: int, replicates: np.ndarray | None = None, alert_on: str = "estimate",
+                level: float = 0.95) -> list[dict[str, Any]]:
     """The alerts the recipe's rules raise on ``daily``, in day and topic order, each with its day's most
-    confident risk articles."""
+    confident risk articles.
+
+    The rules read the corrected risk share (``risk_share_estimate``, ``tailorkd.quantify``) when the table has
+    it, else the raw count's. ``replicates`` [rows, B]: the risk share's bootstrap replicates; with them each
+    alert says how sure it is (``sure``: the share of replicates in which the rule holds; a rise is judged
+    against the baseline made of the same replicates) and ``alert_on`` chooses what must clear the rule:
+    ``estimate`` (the point estimate) or ``interval`` (the whole ``level`` interval: its lower end)."""
+    if alert_on not in ALERT_ON:
+        raise TailorkdError(f"signals.alert_on: {alert_on!r} is not one of {', '.join(ALERT_ON)}")
+    if alert_on == "interval" and replicates is None:
+        raise TailorkdError("signals.alert_on: interval needs the risk share's replicates (signals.quantifier)")
     alerts = []
+    column = "risk_share_estimate" if "risk_share_estimate" in daily.columns else "risk_share"
+    shares = daily[column].to_numpy(dtype=float)
+    low_tail = (1 - level) / 2
+    n = daily["n"].to_numpy(dtype=float)
     risky = signals[signals["label"].isin(list(risk_labels))]
-    baselines = {r.baseline_days: trailing_baseline(daily, r.baseline_days) for r in rules
-                 if r.kind == "rise_over_baseline"}
+    rising = {r.baseline_days for r in rules if r.kind == "rise_over_baseline"}
+    baselines = {days: trailing_baseline(daily, days, column) for days in rising}
+    windows = {days: trailing_windows(daily, days) for days in rising} if replicates is not None else {}
     for i, row in enumerate(daily.itertuples(index=False)):
         for rule in rules:
             if row.n < rule.min_count:
                 continue
             if rule.kind == "share_above":
-                fired, detail = row.risk_share >= rule.threshold, {}
+                value, detail = shares[i], {}
+                held = replicates[i] >= rule.threshold if replicates is not None else None
+                low = float(np.quantile(replicates[i], low_tail)) if replicates is not None else value
             else:
                 base_share, base_n = baselines[rule.baseline_days][0][i], baselines[rule.baseline_days][1][i]
                 if base_n < rule.min_baseline_count or not base_share > 0:
                     continue  # no baseline yet, or a zero one that any risk would multiply without bound
-                ratio = row.risk_share / base_share
-                fired = ratio >= rule.threshold
+                value = shares[i] / base_share
                 detail = {"baseline_days": rule.baseline_days, "baseline_risk_share": float(base_share),
-                          "baseline_n": int(base_n), "ratio": float(ratio)}
-            if not fired:
+                          "baseline_n": int(base_n), "ratio": float(value)}
+                held, low = None, value
+                if replicates is not None:
+                    window = windows[rule.baseline_days][i]
+                    base = n[window] @ replicates[window] / n[window].sum()
+                    ratios = np.divide(replicates[i], base, out=np.where(replicates[i] > 0, np.inf, 0.0),
+                                       where=base > 0)
+                    held, low = ratios >= rule.threshold, float(np.quantile(ratios, low_tail))
+            if not (low if alert_on == "interval" else value) >= rule.threshold:
                 continue
             day = risky[(risky["topic"] == row.topic) & (risky["day"] == row.day)]
             top = day.sort_values("confidence", ascending=False).head(top_articles)
+            estimate = {"risk_share_estimate": float(shares[i]),
+                        "risk_share_estimate_interval": [float(row.risk_share_estimate_low),
+                                                         float(row.risk_share_estimate_high)]
+                        } if column == "risk_share_estimate" else {}
             alerts.append({
                 "topic": row.topic, "day": row.day, "rule": rule.name, "kind": rule.kind,
                 "threshold": rule.threshold, "n": int(row.n), "risk_share": float(row.risk_share),
-                "risk_share_interval": [float(row.risk_share_low), float(row.risk_share_high)],
+                "risk_share_interval": [float(row.risk_share_low), float(row.risk_share_high)], **estimate,
+                "sure": float(held.mean()) if held is not None else None, "alert_on": alert_on,
                 "severity_index": float(row.severity_index), **detail,
                 "top_articles": [{"id": a.id, "text": a.text[:500], "label": a.label,
                                   "confidence": float(a.confidence), "severity": a.severity, "source": a.source}

@@ -60,3 +60,16 @@ class SignalsConfig(Section):
     top_articles: int = Field(default=3, ge=0, description="Articles listed with each alert (most confident risk).")
     batch_size: int = Field(default=256, ge=1, description="Articles read, scored and stored at a time.")
     interval_level: float = Field(default=0.95, gt=0, lt=1)
+    quantifier: Literal["raw", "pcc", "acc", "pacc", "emq"] = Field(
+        default="raw", description="How each topic-day's class shares are estimated (tailorkd.quantify): raw "
+        "counts the student's labels; pcc averages its probabilities; acc / pacc correct the count / the mean "
+        "probability by the student's confusion on the seeds (its cross-fitted predictions, which the seed guard "
+        "keeps); emq adjusts the prior by EM. A run without those predictions falls back to raw, and says so. "
+        "raw by default: on the CrisisLexT26 benchmark (docs/signals.md) no correction from ~20 seeds came "
+        "closer to the crowd's shares than the count.")
+    alert_on: Literal["estimate", "interval"] = Field(
+        default="estimate", description="What must clear a rule's threshold: the estimated risk share "
+        "(estimate), or the lower end of its interval at interval_level (interval), which takes in the day's "
+        "sampling and the uncertainty of the student's confusion.")
+    replicates: int = Field(default=200, ge=20, le=10000,
+                            description="Bootstrap replicates behind each estimated share's interval.")

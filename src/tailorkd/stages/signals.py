@@ -36,6 +36,7 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
     folder) and write the daily signals and alerts; returns summary.json."""
     from tailorkd.dashboard import write_dashboard
     from tailorkd.files import write_json_atomic, write_text_atomic
+    from tailorkd.quantify import corrected_shares
     from tailorkd.signals import SignalStore, daily_signals, feed_files, find_alerts, read_feed
     from tailorkd.students import load_student, predict_probs, read_student_info, student_file_hash, student_temperature
 
@@ -89,7 +90,10 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
     # The table's baseline column uses the first rise rule's window; each rule reads its own (find_alerts).
     baseline_days = next((r.baseline_days for r in config.rules if r.kind == "rise_over_baseline"), 7)
     daily = daily_signals(frame, names, risk_labels, config.severity_weights, baseline_days, config.interval_level)
-    alerts = find_alerts(daily, frame, config.rules, risk_labels, config.top_articles)
+    estimator, quantifier = share_estimator(config, names, run, temperature)
+    daily, replicates = corrected_shares(frame, daily, names, risk_labels, estimator, config.interval_level)
+    alerts = find_alerts(daily, frame, config.rules, risk_labels, config.top_articles, replicates, config.alert_on,
+                         config.interval_level)
 
     _write_parquet(folder / "signals.parquet", frame)
     _write_parquet(folder / "daily.parquet", daily)
@@ -101,13 +105,35 @@ def signals(recipe, inputs: Sequence[str | Path], out: str | Path | None = None)
         "files_now": [str(f) for f in files], "articles_read": read, "articles_scored_now": scored,
         "articles_stored": len(frame), "rejected": len(rejects), "rejected_now": rejected_now,
         "topics": int(daily["topic"].nunique()) if len(daily) else 0, "days": int(daily["day"].nunique()) if len(daily)
-        else 0, "alerts": len(alerts), "risk_labels": list(risk_labels), "seconds": round(time.perf_counter() - t0, 2),
+        else 0, "alerts": len(alerts), "risk_labels": list(risk_labels), "quantifier": quantifier,
+        "alert_on": config.alert_on, "interval_level": config.interval_level,
+        "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json_atomic(folder / "summary.json", summary)
     write_dashboard(folder)  # last: it reads the files above
     log.info("signals: %d articles read, %d scored now, %d stored, %d rejected now (%d in all); %d topic-days, "
              "%d alerts -> %s", read, scored, len(frame), rejected_now, len(rejects), len(daily), len(alerts), folder)
     return summary
+
+
+def share_estimator(config: SignalsConfig, names: Sequence[str], run: RunDir, temperature: float
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The estimator of each topic-day's shares that ``signals.quantifier`` names, and what summary.json says of
+    it. A method that needs the student's predictions on labelled texts reads the seed guard's cross-fitted
+    ones; a run without them (no seed guard, or one that judged another student) falls back to raw counts."""
+    from tailorkd.quantify import NEEDS_LABELLED, ShareEstimator, labelled_from_guard
+
+    method, labelled, note = config.quantifier, None, None
+    if method in NEEDS_LABELLED:
+        labelled = labelled_from_guard(run.seed_guard_record(), names, temperature, str(run.seed_guard))
+        if labelled is None:
+            note = (f"signals.quantifier {method} needs the student's cross-fitted predictions on the seeds, and "
+                    f"{run.seed_guard} has none for the student that ships: the shares are raw counts")
+            log.warning("signals: %s", note)
+            method = "raw"
+    estimator = ShareEstimator(method, len(names), labelled, config.replicates, seed=0)
+    return estimator, {"method": method, "asked": config.quantifier, "replicates": config.replicates,
+                       "labelled": labelled.source if labelled is not None else None, "note": note}
 
 
 def _jsonl_records(path: Path) -> list[Any]:
