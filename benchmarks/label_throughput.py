@@ -20,6 +20,24 @@ interleaved one batch of texts at a time (so (b) scores each batch of ``--batch-
 
     .venv/bin/python benchmarks/label_throughput.py            # defaults: smollm2-135m-instruct, 20 shots
     .venv/bin/python benchmarks/label_throughput.py --n-naive 8 --n-scorer 32 --repeats 1   # quicker
+
+With ``--backend llama_cpp`` the model is the packaged GGUF ``--model`` names, run by llama.cpp
+(``tailorkd.teachers.llama_cpp``), and the three ways are, on the same texts and the same prompt tokens:
+
+(a) tailorkd:  ``LlamaCppTeacher.score(rows)`` -- the few-shot prefix stays in llama.cpp's KV cache, each text
+               evaluates only what is new, multi-token answers are scored on the same cache;
+(b) llama.cpp: llama.cpp's own throughput on the same new tokens: ``Llama.eval`` over each text's own tokens
+               plus the answer tokens the scorer must feed (the distinct non-final answer tokens), on a context
+               holding the shared prefix (rolled back to it before each text, outside the timer) -- the floor;
+(c) generate:  per-text generation, ``Llama.create_completion`` (greedy, longest answer + 3 tokens) over the
+               whole prompt, the context emptied first (``--generate-reuse-prefix``: llama-cpp-python keeps
+               the prefix it shares with the last prompt), the label parsed from the output as in (a) above.
+
+Labelling tokens/s is the texts' new tokens (own + answer tokens fed) per second, the same count for all three;
+reported with the ratios (a)/(b) (1.0: at llama.cpp's own speed) and (a)/(c). Interleaved a batch at a time:
+
+    .venv/bin/python benchmarks/label_throughput.py --backend llama_cpp --n-naive 16 --threads 1 \
+        --output benchmarks/results/label_throughput_llamacpp.json
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import statistics
 import sys
@@ -180,6 +199,184 @@ def run_floor(teacher, batches, n_answer: int) -> dict[str, float]:
     return {"forward_s": forward_s, "floor_s": floor_s, "cache_copy_s": copy_s}
 
 
+# -- llama.cpp -------------------------------------------------------------------------------------
+def build_llama_cpp(args: argparse.Namespace):
+    """The recipe's task, data and prompt with the GGUF ``args.model`` as a llama_cpp teacher."""
+    from tailorkd import pipeline
+    from tailorkd.prompts import choose_shots
+    from tailorkd.recipe import load_recipe
+    from tailorkd.teachers import make_teacher
+
+    overrides = [f"output_dir={args.work_dir}", "teacher.kind=llama_cpp", f"teacher.model={args.model}",
+                 f"prompt.shots={args.shots}"]
+    if args.threads:
+        overrides.append(f"teacher.options.n_threads={args.threads}")
+    recipe = load_recipe(args.recipe, overrides)
+    data = pipeline.prepare(recipe)
+    shots = choose_shots(data.rows("seed"), recipe.task.label_names, recipe.prompt.shots, recipe.seed)
+    t0 = time.perf_counter()
+    teacher = make_teacher(recipe.teacher, recipe.task, recipe.prompt, shots)
+    return recipe, teacher, data.rows("test"), shots, time.perf_counter() - t0
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    n = min(len(p) for p in prompts)
+    first = prompts[0]
+    for i in range(n):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return n
+
+
+def llama_floor(teacher, prompts: list[list[int]], n_prefix: int, tree_tokens: list[int]) -> float:
+    """llama.cpp's own time for the tokens new per text: ``Llama.eval`` of each text's own tokens and the answer
+    tokens after the shared prefix (the context rolled back to the prefix outside the timer)."""
+    llm = teacher.runner.llm
+    prefix = prompts[0][:n_prefix]
+    seconds = 0.0
+    for p in prompts:
+        held = llm.input_ids[: llm.n_tokens]
+        if len(held) < n_prefix or list(held[:n_prefix]) != prefix:
+            llm.n_tokens = 0
+            llm.eval(prefix)
+        llm.n_tokens = n_prefix  # eval drops the cache from n_tokens on
+        t0 = time.perf_counter()
+        llm.eval(list(p[n_prefix:]) + tree_tokens)
+        seconds += time.perf_counter() - t0
+    return seconds
+
+
+def llama_generate(teacher, rows, prompts: list[list[int]], max_new_tokens: int, parse, reuse_prefix: bool
+                   ) -> tuple[float, list[str], list[str | None]]:
+    """Per-text generation over the whole prompt (greedy), the label parsed from the output."""
+    llm = teacher.runner.llm
+    answers, parsed, seconds = [], [], 0.0
+    for row, ids in zip(rows, prompts):
+        if not reuse_prefix:
+            llm.reset()  # n_tokens = 0: llama-cpp-python finds no common prefix and evaluates the whole prompt
+        t0 = time.perf_counter()
+        out = llm.create_completion(list(ids), max_tokens=max_new_tokens, temperature=0.0, top_k=1)
+        seconds += time.perf_counter() - t0
+        answers.append(out["choices"][0]["text"])
+        parsed.append(parse(answers[-1]))
+    return seconds, answers, parsed
+
+
+def main_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
+    recipe, teacher, rows, shots, setup_s = build_llama_cpp(args)
+    n = args.n_naive
+    need = n + args.batch_size
+    if need > len(rows):
+        sys.exit(f"need {need} test texts, the test split has {len(rows)}")
+    warm, texts = rows[: args.batch_size], rows[args.batch_size : args.batch_size + n]
+    parse = label_parser(recipe.task)
+    label_ids = teacher.label_ids
+    max_new = max(len(ids) for ids in label_ids) + 3
+    n_answer = answer_tokens_needed(label_ids)
+    tree_tokens = sorted({tuple(ids[: i + 1]) for ids in label_ids for i in range(len(ids) - 1)})
+    tree_tokens = [t[-1] for t in tree_tokens]
+    prompts = [teacher.encode(r) for r in rows[: args.batch_size + n]]
+    n_prefix = _shared_prefix(prompts)
+    warm_prompts, text_prompts = prompts[: args.batch_size], prompts[args.batch_size :]
+    teacher.score(warm)  # warm-up: the context made, the prefix evaluated
+    threads = teacher.runner.llm.n_threads
+    print(f"llama.cpp {args.model}, {len(shots)} shots, shared prefix {n_prefix} tokens, n_threads {threads}; "
+          f"setup {setup_s:.1f}s", flush=True)
+    llama_floor(teacher, warm_prompts[:2], n_prefix, tree_tokens)
+    llama_generate(teacher, warm[:1], warm_prompts[:1], max_new, parse, args.generate_reuse_prefix)
+
+    tot = {"a_s": 0.0, "b_s": 0.0, "c_s": 0.0}
+    pred, answers, parsed = [], [], []
+    a_evaluated = 0
+    bs = args.batch_size
+    for r0 in range(0, n, bs):
+        chunk, chunk_prompts = texts[r0 : r0 + bs], text_prompts[r0 : r0 + bs]
+        c_s, ans, par = llama_generate(teacher, chunk, chunk_prompts, max_new, parse, args.generate_reuse_prefix)
+        tot["c_s"] += c_s
+        answers += ans
+        parsed += par
+        runs = []
+        for _ in range(args.repeats):
+            before = teacher.runner.evaluated_tokens
+            t0 = time.perf_counter()
+            probs, _ = teacher.score(chunk)
+            runs.append(time.perf_counter() - t0)
+            a_evaluated += teacher.runner.evaluated_tokens - before
+        tot["a_s"] += statistics.median(runs)
+        pred += [recipe.task.label_names[i] for i in probs.argmax(1)]
+        tot["b_s"] += statistics.median(llama_floor(teacher, chunk_prompts, n_prefix, tree_tokens)
+                                        for _ in range(args.repeats))
+        print(f"  {r0 + len(chunk)}/{n} texts: " + ", ".join(f"{k} {v:.2f}" for k, v in tot.items()), flush=True)
+
+    own = [len(p) - n_prefix for p in text_prompts]
+    new_tokens = sum(own) + n_answer * n
+    gold = [r["label"] for r in texts]
+
+    def way(seconds: float) -> dict[str, float]:
+        return {"seconds": seconds, "texts_per_s": n / seconds, "tokens_per_s": new_tokens / seconds}
+
+    a, b, c = way(tot["a_s"]), way(tot["b_s"]), way(tot["c_s"])
+    result = {
+        "benchmark": "label_throughput",
+        "backend": "llama_cpp",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": describe_machine(packages=("llama_cpp",)),
+        "load_average_1min": {"start": args.load_start, "end": round(os.getloadavg()[0], 2)},
+        "model": args.model,
+        "gguf": teacher.runner.path.name,
+        "n_threads": threads,
+        "task": recipe.task.name,
+        "data": f"test split of recipe {Path(args.recipe).name}, seed {recipe.seed}",
+        "texts": n,
+        "shots": len(shots),
+        "batch_size": bs,
+        "repeats": args.repeats,
+        "prompt_tokens": {
+            "shared_prefix": n_prefix,
+            "mean_full_prompt": sum(len(p) for p in text_prompts) / n,
+            "mean_new_text_tokens": sum(own) / n,
+            "answer_tokens_fed_per_text": n_answer,
+            "new_tokens_total": new_tokens,
+            "tokens_tailorkd_evaluated": a_evaluated // max(args.repeats, 1),
+            "label_token_ids": label_ids,
+        },
+        "tailorkd": a,
+        "llama_cpp_eval": b,
+        "generate": {**way(tot["c_s"]), "max_new_tokens": max_new, "reuse_prefix": args.generate_reuse_prefix,
+                     "unparseable": sum(p is None for p in parsed), "answers_sample": answers[:5]},
+        "tailorkd_over_llama_cpp": b["seconds"] / a["seconds"],
+        "tailorkd_over_generate": c["seconds"] / a["seconds"],
+        "agreement": {
+            "texts": n,
+            "tailorkd_vs_generate": sum(x == y for x, y in zip(parsed, pred)) / n,
+            "generate_accuracy_vs_gold": sum(x == g for x, g in zip(parsed, gold)) / n,
+            "tailorkd_accuracy_vs_gold": sum(x == g for x, g in zip(pred, gold)) / n,
+        },
+        "definitions": {
+            "tailorkd": "LlamaCppTeacher.score(rows), wall clock of the whole call (render, tokenize, roll back, eval, "
+                        "answer scoring, softmax), the shared prefix kept in the KV cache",
+            "llama_cpp_eval": "Llama.eval of each text's own tokens + the distinct non-final answer tokens on a "
+                              "context holding the shared prefix (roll-back outside the timer)",
+            "generate": "Llama.create_completion over the whole prompt, greedy, longest answer + 3 tokens; the "
+                        "context emptied first unless reuse_prefix; the first label name/answer in the output",
+            "tokens_per_s": "the texts' new tokens (own + answer tokens fed) per second, the same count for all",
+            "timing": "wall clock after warm-up; (c), (a), (b) interleaved per batch of texts and summed",
+        },
+        "setup_s": setup_s,
+    }
+    print(f"\n{'way':<30}{'texts/s':>10}{'tokens/s':>11}")
+    for name, w in (("(a) tailorkd score", a), ("(b) llama.cpp eval (floor)", b), ("(c) per-text generate", c)):
+        print(f"{name:<30}{w['texts_per_s']:>10.2f}{w['tokens_per_s']:>11.1f}")
+    print(f"(a)/(b) {result['tailorkd_over_llama_cpp']:.2f}, (a)/(c) {result['tailorkd_over_generate']:.2f}; "
+          f"shared prefix {n_prefix}, new tokens/text {new_tokens / n:.1f}")
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    teacher.runner.close()
+    return result
+
+
 # -- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -195,7 +392,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe giving task, data and prompt")
     p.add_argument("--work-dir", default="/tmp/tailorkd_bench_label_throughput", help="where the data splits go")
     p.add_argument("--output", default=str(DEFAULT_OUT), help="JSON results path")
+    p.add_argument("--backend", choices=["torch", "llama_cpp"], default="torch",
+                   help="torch: the model in transformers; llama_cpp: the packaged GGUF --model names")
+    p.add_argument("--generate-reuse-prefix", action="store_true",
+                   help="llama_cpp: let per-text generation keep the prefix it shares with the last prompt")
     args = p.parse_args(argv)
+    args.load_start = round(os.getloadavg()[0], 2)
+    if args.backend == "llama_cpp":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return main_llama_cpp(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
