@@ -65,6 +65,20 @@ def test_teacher_ladder_on_a_tiny_task(tiny_models, tmp_path, monkeypatch):
     expected = f1_score([r["label"] for r in rows], predicted, labels=names, average="macro", zero_division=0)
     assert tiny["test"]["macro_f1"] == pytest.approx(expected, abs=1e-4)
     assert sum(tiny["seeds"]["predicted_counts"].values()) == tiny["seeds"]["texts"]
+    # The same after a per-class bias fitted on the seeds (calibration's seed_bias).
+    from tailorkd.calibration import calibrate
+    from tailorkd.labels import LabelStore
+    from tailorkd.run_dir import RunDir
+    from tailorkd.stages.calibrate import scored_seeds
+
+    with LabelStore(RunDir(run).label_store) as store:
+        seed_rows, seed_probs = scored_seeds(run, data, member_teacher(run, data), store)
+    bias = calibrate("seed_bias", names, content_free=None, domain=None, seed_probs=seed_probs,
+                     seed_labels=[r["label"] for r in seed_rows], seed=3)
+    calibrated = [names[i] for i in bias.apply(probs).argmax(1)]
+    expected = f1_score([r["label"] for r in rows], calibrated, labels=names, average="macro", zero_division=0)
+    assert tiny["test_seed_bias"]["macro_f1"] == pytest.approx(expected, abs=1e-4)
+    assert tiny["seeds_seed_bias"]["texts"] == tiny["seeds"]["texts"]
     lines = result["table_markdown"].splitlines()
     assert len(lines) == 4 and "missing: qwen2.5-coder-0.5b-instruct is not installed" in lines[2]
     assert lines[3].startswith("| tiny | 3 | tiny-llama | ")
