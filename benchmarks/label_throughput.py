@@ -320,7 +320,7 @@ def main_llama_cpp(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "label_throughput",
         "backend": "llama_cpp",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": describe_machine(packages=("llama_cpp",)),
+        "machine": describe_machine(packages=("llama-cpp-python",)),
         "load_average_1min": {"start": args.load_start, "end": round(os.getloadavg()[0], 2)},
         "model": args.model,
         "gguf": teacher.runner.path.name,
