@@ -94,6 +94,9 @@ def measure_teacher(recipe: Any, data: Any, threads: int | None) -> dict[str, An
         teacher.score(test_rows[:1])  # warm-up (a llama.cpp context is sized, the shared prefix evaluated)
         test_probs, seconds = teacher.score(test_rows)
         identity = teacher.identity
+        llm = getattr(getattr(teacher, "runner", None), "llm", None)
+        if llm is not None:
+            threads = llm.n_threads  # what llama.cpp runs with (all usable cores unless n_threads is set)
     finally:
         runner = getattr(teacher, "runner", None)
         if runner is not None:

@@ -117,3 +117,16 @@ def test_label_throughput_llama_cpp_on_smollm2(tmp_path):
     assert 0 < tokens["tokens_tailorkd_evaluated"] <= tokens["new_tokens_total"]
     assert len(result["generate"]["answers_sample"]) == 3
     assert 0 <= result["agreement"]["tailorkd_vs_generate"] <= 1
+
+
+def test_label_throughput_torch_path_still_runs(tiny_models, tmp_path):
+    """The default backend (transformers) beside the new one: naive generate, scorer and floor on a tiny LLaMA."""
+    from helpers import make_recipe
+
+    recipe = make_recipe(tmp_path, tiny_models["llama"], tiny_models["bert"])
+    bench = _load_script("label_throughput")
+    result = bench.main(["--model", str(tiny_models["llama"]), "--recipe", recipe, "--n-naive", "2", "--batch-size",
+                         "2", "--shots", "3", "--threads", "1", "--work-dir", str(tmp_path / "w"),
+                         "--output", str(tmp_path / "lt.json")])
+    assert "backend" not in result and result["naive"]["texts"] == 2
+    assert result["same_texts"]["scorer_texts_per_s"] > 0 and result["scorer_over_naive"] > 0
