@@ -3,6 +3,9 @@ probabilities, with a bootstrap interval over the labelled texts and the day's a
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,3 +118,19 @@ def test_labelled_predictions_come_from_the_seed_guard_at_the_students_temperatu
         ShareEstimator("acc", 3)
     with pytest.raises(TailorkdError, match="signals.quantifier: 'median' is not one of raw, pcc, acc"):
         ShareEstimator("median", 3)
+
+
+def test_using_quapy_leaves_matplotlibs_settings_as_they_were():
+    # In a fresh interpreter: quapy sets them when first imported, which another test may already have done here.
+    code = """
+import matplotlib
+keys = ("figure.figsize", "figure.dpi", "font.size")
+before = {key: matplotlib.rcParams[key] for key in keys}
+from tailorkd.quantify import quapy_quantifier
+quapy_quantifier("acc", 3)
+import quapy  # now imported: what its import changed stays changed
+after = {key: matplotlib.rcParams[key] for key in keys}
+assert after == before, (before, after)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -108,7 +108,11 @@ def _precomputed_class() -> type:
 
 def quapy_quantifier(method: str, n_classes: int) -> Any:
     """A QuaPy aggregative quantifier for ``method`` around the student's precomputed outputs."""
-    from quapy.method.aggregative import ACC, CC, EMQ, PACC, PCC
+    import matplotlib
+
+    # Importing quapy sets matplotlib's global figure size, dpi and font size (quapy.plot): keep ours.
+    with matplotlib.rc_context():
+        from quapy.method.aggregative import ACC, CC, EMQ, PACC, PCC
 
     classifier = _precomputed_class()(n_classes)
     if method == "raw":
